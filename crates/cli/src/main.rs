@@ -1,0 +1,41 @@
+//! The `refstrip` command: a thin layer that parses arguments and calls the library crates.
+
+mod nar;
+mod narinfo;
+
+use clap::{Parser, Subcommand};
+
+/// refstrip makes Nix binary caches dedupe across mass rebuilds: it strips store-path hashes out of
+/// NARs into patch lists, stores the normalized content by BLAKE3, and restores the exact original
+/// bytes (same NarHash, same signatures) on the client.
+#[derive(Parser)]
+#[command(name = "refstrip", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with Nix archives (NAR): dump a path, unpack, list.
+    #[command(subcommand)]
+    Nar(nar::NarCommand),
+    /// Work with .narinfo files: verify their signatures.
+    #[command(subcommand)]
+    Narinfo(narinfo::NarinfoCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Nar(cmd) => nar::run(cmd),
+        Command::Narinfo(cmd) => narinfo::run(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("refstrip: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! NAR codec against real Nix (filled in below).

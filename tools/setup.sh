@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install what refstrip's tests and demo need on a fresh Debian machine, idempotently:
+# real Nix (Debian's nix-bin, single-user as root) as the test oracle, and cargo-nextest.
+set -euo pipefail
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v nix-store >/dev/null 2>&1; then
+  echo "setup: installing nix-bin (the test oracle)" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nix-bin >/dev/null
+fi
+
+# Single-user Nix as root: no build users, no sandbox (these machines cannot create namespaces for it).
+conf=/etc/nix/nix.conf
+want='build-users-group =
+sandbox = false
+experimental-features = nix-command
+substituters =
+fsync-metadata = false'
+if [ "$(cat "$conf" 2>/dev/null)" != "$want" ]; then
+  as_root mkdir -p /etc/nix
+  printf '%s\n' "$want" | as_root tee "$conf" >/dev/null
+fi
+as_root mkdir -p /nix/var/nix/gcroots /nix/var/nix/profiles /nix/store
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest" >&2
+  cargo install --locked cargo-nextest
+fi
