@@ -1,0 +1,1 @@
+//! Nix formats against real Nix (owned by the nix-formats work).
