@@ -54,7 +54,7 @@ fn open_input(path: &PathBuf) -> anyhow::Result<Box<dyn io::BufRead>> {
 /// One line per entry, in archive order, like `nix nar ls -lR`: mode, size, path[ -> target].
 fn list(reader: &mut NarReader<impl io::BufRead>, out: &mut impl Write) -> anyhow::Result<()> {
     let mut path: Vec<Vec<u8>> = Vec::new();
-    while let Some(event) = reader.next()? {
+    while let Some(event) = reader.next_event()? {
         let name = event.name().map(<[u8]>::to_vec);
         let show = |path: &[Vec<u8>], name: &Option<Vec<u8>>| {
             let mut p = String::from(".");

@@ -26,8 +26,8 @@
 //! w.finish().unwrap();
 //!
 //! let mut r = NarReader::new(&nar[..]);
-//! assert_eq!(r.next().unwrap(), Some(Event::Directory { name: None }));
-//! assert!(matches!(r.next().unwrap(), Some(Event::File { size: 5, .. })));
+//! assert_eq!(r.next_event().unwrap(), Some(Event::Directory { name: None }));
+//! assert!(matches!(r.next_event().unwrap(), Some(Event::File { size: 5, .. })));
 //! ```
 
 mod dump;
@@ -49,7 +49,7 @@ pub fn copy<R: std::io::BufRead, W: std::io::Write>(
     reader: &mut NarReader<R>,
     writer: &mut NarWriter<W>,
 ) -> Result<(), NarError> {
-    while let Some(event) = reader.next()? {
+    while let Some(event) = reader.next_event()? {
         writer.event(&event)?;
         if let Event::File { .. } = event {
             loop {

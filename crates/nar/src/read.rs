@@ -39,9 +39,9 @@ enum State {
 
 /// A pull parser over a NAR stream.
 ///
-/// Call [`next`](Self::next) until it returns `None`. After an [`Event::File`], the contents can be
+/// Call [`next_event`](Self::next_event) until it returns `None`. After an [`Event::File`], the contents can be
 /// read with [`contents`](Self::contents) or [`content_chunk`](Self::content_chunk); whatever is not
-/// read is skipped by the next call to `next`.
+/// read is skipped by the next call to `next_event`.
 pub struct NarReader<R> {
     r: R,
     offset: u64,
@@ -79,7 +79,7 @@ impl<R: BufRead> NarReader<R> {
         self.r
     }
 
-    pub fn next(&mut self) -> Result<Option<Event>, NarError> {
+    pub fn next_event(&mut self) -> Result<Option<Event>, NarError> {
         self.flush_pending();
         loop {
             match self.state {

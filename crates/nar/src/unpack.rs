@@ -44,7 +44,7 @@ pub fn unpack<R: BufRead>(nar: &mut NarReader<R>, dest: &Path) -> Result<u64, Na
 fn unpack_into<R: BufRead>(nar: &mut NarReader<R>, root: &Path) -> Result<u64, NarError> {
     let mut path = PathBuf::new();
     let mut count = 0u64;
-    while let Some(event) = nar.next()? {
+    while let Some(event) = nar.next_event()? {
         if let Some(name) = event.name() {
             path.push(OsStr::from_bytes(name));
         } else if !matches!(event, Event::EndDirectory) {

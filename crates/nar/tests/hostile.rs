@@ -31,7 +31,7 @@ fn dir_nar(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
 fn read_all(nar: &[u8]) -> Result<usize, NarError> {
     let mut r = NarReader::new(nar);
     let mut events = 0;
-    while r.next()?.is_some() {
+    while r.next_event()?.is_some() {
         events += 1;
     }
     Ok(events)

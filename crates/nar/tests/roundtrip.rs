@@ -68,7 +68,7 @@ proptest! {
         let mut r = NarReader::new(std::io::BufReader::with_capacity(16, &nar[..]));
         let mut seen = Vec::new();
         let mut contents = Vec::new();
-        while let Some(e) = r.next().unwrap() {
+        while let Some(e) = r.next_event().unwrap() {
             if let Event::File { .. } = e {
                 std::io::Read::read_to_end(&mut r.contents(), &mut contents).unwrap();
             }
