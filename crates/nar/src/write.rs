@@ -58,7 +58,11 @@ impl<W: Write> NarWriter<W> {
         Ok(())
     }
 
+    /// Write the current file's next bytes. An empty write is always a no-op.
     pub fn write_contents(&mut self, data: &[u8]) -> Result<(), NarError> {
+        if data.is_empty() {
+            return Ok(());
+        }
         let State::File { remaining, size } = self.state else {
             return Err(NarError::Misuse("file contents written outside a file"));
         };

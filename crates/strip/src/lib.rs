@@ -1,0 +1,35 @@
+//! Reference stripping and exact restoration of Nix archives — the heart of refstrip.
+//!
+//! **Strip** reads a NAR and, in file contents, symlink targets and entry names, replaces every
+//! occurrence of a reference's 32-character hash part (the declared references plus the path's own
+//! hash) with a fixed [`PLACEHOLDER`], recording each occurrence in a patch list. Bytes derived from
+//! content that contained hashes (the ELF build-id) are normalized too, their original bytes kept as
+//! literal patches. The result is a [`Manifest`] (tree, patch lists, reference table) plus normalized
+//! file contents, identified by BLAKE3, which are identical across rebuilds that changed only hashes.
+//!
+//! **Restore** walks a manifest, pulls normalized contents from a [`ContentSource`], writes the
+//! patches back and re-sorts directory entries by their real names, producing the exact original
+//! NAR (and optionally a filesystem tree) while computing its SHA-256, which must equal the NarHash.
+//!
+//! This crate does no I/O policy of its own: content goes to a [`ContentSink`] and comes from a
+//! [`ContentSource`], so stores, bundles and caches plug in from outside. The format is specified in
+//! `spec/normalized-format.md`.
+
+mod elf;
+mod error;
+mod manifest;
+mod patch;
+mod refs;
+mod restore;
+mod scan;
+mod strip;
+mod varint;
+
+pub use elf::{build_id_range, HEAD_LEN};
+pub use error::{Result, StripError};
+pub use manifest::{ContentDigest, Entry, Manifest, Node, MANIFEST_VERSION};
+pub use patch::{apply_all, validate, Patch, PatchKind, Patcher};
+pub use refs::{RefTable, HASH_LEN, PLACEHOLDER};
+pub use restore::{restore, restore_nar, ContentSource, MemoryStore, NarDigest, RestoreVisitor};
+pub use scan::{ScanStream, Scanner};
+pub use strip::{strip, ContentSink, StripOptions, StripStats, Stripped};

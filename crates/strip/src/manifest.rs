@@ -1,0 +1,298 @@
+//! The manifest of one stripped store path and its versioned binary encoding (see
+//! `spec/normalized-format.md`).
+
+use std::fmt;
+use std::io::Read;
+
+use crate::error::{Result, StripError};
+use crate::patch::{validate, Patch, PatchKind};
+use crate::refs::RefTable;
+use crate::varint::{put, put_bytes, Cursor};
+
+pub const MANIFEST_VERSION: u64 = 1;
+const MAGIC: &[u8; 8] = b"rsmanif\n";
+/// A decoded manifest larger than this is refused (a path with a million files needs ~100 MB).
+const MAX_DECODED: u64 = 1 << 30;
+
+/// BLAKE3 of a file's normalized contents.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContentDigest(pub [u8; 32]);
+
+impl ContentDigest {
+    pub fn of(bytes: &[u8]) -> Self {
+        ContentDigest(*blake3::hash(bytes).as_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(ContentDigest(out))
+    }
+}
+
+impl fmt::Debug for ContentDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ContentDigest({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for ContentDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// A node of the normalized tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    /// A regular file: `size` normalized bytes with BLAKE3 `digest`, and the patches that restore it.
+    File { executable: bool, size: u64, digest: ContentDigest, patches: Vec<Patch> },
+    /// A symlink with its normalized target.
+    Symlink { target: Vec<u8>, patches: Vec<Patch> },
+    /// Entries sorted by normalized name (ties keep archive order).
+    Directory(Vec<Entry>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The normalized name.
+    pub name: Vec<u8>,
+    pub name_patches: Vec<Patch>,
+    pub node: Node,
+}
+
+/// Everything needed to restore one store path besides the content objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The store directory, e.g. `/nix/store` or `/gnu/store`.
+    pub store_dir: Vec<u8>,
+    /// The path itself (index 0) and its references, as basenames; patches index into this.
+    pub refs: RefTable,
+    /// The narinfo's `References`, verbatim (it may or may not list the path itself).
+    pub references: Vec<Vec<u8>>,
+    /// SHA-256 of the original NAR, and its size.
+    pub nar_hash: [u8; 32],
+    pub nar_size: u64,
+    /// Further narinfo lines kept untouched (`Deriver`, `Sig`, `CA`, …) as (key, value).
+    pub info: Vec<(String, String)>,
+    pub root: Node,
+}
+
+impl Manifest {
+    /// The path's own basename, `<hash>-<name>`.
+    pub fn basename(&self) -> &[u8] {
+        self.refs.basename(0)
+    }
+
+    /// Every distinct content object the tree needs, with its size, in tree order.
+    pub fn objects(&self) -> Vec<(ContentDigest, u64)> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            match node {
+                Node::File { size, digest, .. } => {
+                    if seen.insert(*digest) {
+                        out.push((*digest, *size));
+                    }
+                }
+                Node::Symlink { .. } => {}
+                Node::Directory(entries) => stack.extend(entries.iter().rev().map(|e| &e.node)),
+            }
+        }
+        out
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        put_bytes(&mut body, &self.store_dir);
+        put(&mut body, self.refs.len() as u64);
+        for b in self.refs.basenames() {
+            put_bytes(&mut body, b);
+        }
+        put(&mut body, self.references.len() as u64);
+        for r in &self.references {
+            put_bytes(&mut body, r);
+        }
+        body.extend_from_slice(&self.nar_hash);
+        put(&mut body, self.nar_size);
+        put(&mut body, self.info.len() as u64);
+        for (k, v) in &self.info {
+            put_bytes(&mut body, k.as_bytes());
+            put_bytes(&mut body, v.as_bytes());
+        }
+        encode_node(&mut body, &self.root);
+
+        let mut out = MAGIC.to_vec();
+        put(&mut out, MANIFEST_VERSION);
+        out.extend(zstd::bulk::compress(&body, 19).expect("in-memory zstd"));
+        out
+    }
+
+    /// Decode and validate a manifest: every patch is checked against its file, name or target and
+    /// against the reference table, so a manifest that decodes can be restored without panics.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest> {
+        let bad = |what: &str| StripError::BadManifest(what.to_string());
+        let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(|| bad("not a refstrip manifest (bad magic)"))?;
+        let mut cur = Cursor { bytes: rest };
+        let version = cur.varint().ok_or_else(|| bad("truncated header"))?;
+        if version != MANIFEST_VERSION {
+            return Err(StripError::UnsupportedVersion { found: version, supported: MANIFEST_VERSION });
+        }
+        let mut body = Vec::new();
+        zstd::stream::read::Decoder::new(cur.bytes)
+            .map_err(|e| bad(&format!("zstd: {e}")))?
+            .take(MAX_DECODED + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| bad(&format!("zstd: {e}")))?;
+        if body.len() as u64 > MAX_DECODED {
+            return Err(bad("decoded manifest exceeds 1 GiB"));
+        }
+        let mut cur = Cursor { bytes: &body };
+        let truncated = || bad("truncated body");
+        let store_dir = cur.bytes().ok_or_else(truncated)?.to_vec();
+        let n = cur.count().ok_or_else(truncated)?;
+        let mut table = Vec::with_capacity(n);
+        for _ in 0..n {
+            table.push(cur.bytes().ok_or_else(truncated)?.to_vec());
+        }
+        let (self_basename, others) = table.split_first().ok_or_else(|| bad("empty reference table"))?;
+        let refs = RefTable::new(self_basename, others)?;
+        if refs.len() != table.len() {
+            return Err(bad("duplicate entries in the reference table"));
+        }
+        let n = cur.count().ok_or_else(truncated)?;
+        let mut references = Vec::with_capacity(n);
+        for _ in 0..n {
+            references.push(cur.bytes().ok_or_else(truncated)?.to_vec());
+        }
+        let nar_hash: [u8; 32] = cur.take(32).ok_or_else(truncated)?.try_into().expect("32 bytes");
+        let nar_size = cur.varint().ok_or_else(truncated)?;
+        let n = cur.count().ok_or_else(truncated)?;
+        let mut info = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = cur.bytes().ok_or_else(truncated)?;
+            let v = cur.bytes().ok_or_else(truncated)?;
+            let utf8 = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| bad("info field is not UTF-8"));
+            info.push((utf8(k)?, utf8(v)?));
+        }
+        let root = decode_node(&mut cur, &refs, 0)?;
+        if !cur.bytes.is_empty() {
+            return Err(bad("trailing bytes after the tree"));
+        }
+        Ok(Manifest { store_dir, refs, references, nar_hash, nar_size, info, root })
+    }
+}
+
+const TAG_FILE: u64 = 0;
+const TAG_EXECUTABLE: u64 = 1;
+const TAG_SYMLINK: u64 = 2;
+const TAG_DIRECTORY: u64 = 3;
+
+fn encode_node(out: &mut Vec<u8>, node: &Node) {
+    match node {
+        Node::File { executable, size, digest, patches } => {
+            put(out, if *executable { TAG_EXECUTABLE } else { TAG_FILE });
+            put(out, *size);
+            out.extend_from_slice(&digest.0);
+            encode_patches(out, patches);
+        }
+        Node::Symlink { target, patches } => {
+            put(out, TAG_SYMLINK);
+            put_bytes(out, target);
+            encode_patches(out, patches);
+        }
+        Node::Directory(entries) => {
+            put(out, TAG_DIRECTORY);
+            put(out, entries.len() as u64);
+            for e in entries {
+                put_bytes(out, &e.name);
+                encode_patches(out, &e.name_patches);
+                encode_node(out, &e.node);
+            }
+        }
+    }
+}
+
+/// Patch list: count, then per patch the gap since the previous patch's end (delta offsets stay
+/// small and compress well), then the kind: 0 = literal (length, bytes), k ≥ 1 = reference k-1.
+fn encode_patches(out: &mut Vec<u8>, patches: &[Patch]) {
+    put(out, patches.len() as u64);
+    let mut end = 0;
+    for p in patches {
+        // Patches are sorted and disjoint (see `validate`); saturate rather than panic otherwise.
+        put(out, p.offset.saturating_sub(end));
+        match &p.kind {
+            PatchKind::Literal(bytes) => {
+                put(out, 0);
+                put_bytes(out, bytes);
+            }
+            PatchKind::Ref(index) => put(out, u64::from(*index) + 1),
+        }
+        end = p.end();
+    }
+}
+
+fn decode_patches(cur: &mut Cursor<'_>) -> Result<Vec<Patch>> {
+    let truncated = || StripError::BadManifest("truncated patch list".into());
+    let n = cur.count().ok_or_else(truncated)?;
+    let mut patches = Vec::with_capacity(n);
+    let mut end = 0u64;
+    for _ in 0..n {
+        let gap = cur.varint().ok_or_else(truncated)?;
+        let offset = end.checked_add(gap).ok_or_else(|| StripError::BadManifest("patch offset overflows".into()))?;
+        let kind = match cur.varint().ok_or_else(truncated)? {
+            0 => PatchKind::Literal(cur.bytes().ok_or_else(truncated)?.to_vec()),
+            k => PatchKind::Ref(u32::try_from(k - 1).map_err(|_| StripError::UnknownReference { index: k - 1, count: 0 })?),
+        };
+        let patch = Patch { offset, kind };
+        end = offset.checked_add(patch.len()).ok_or_else(|| StripError::BadManifest("patch end overflows".into()))?;
+        patches.push(patch);
+    }
+    Ok(patches)
+}
+
+fn decode_node(cur: &mut Cursor<'_>, refs: &RefTable, depth: usize) -> Result<Node> {
+    let bad = |what: &str| StripError::BadManifest(what.to_string());
+    if depth > refstrip_nar::MAX_DEPTH {
+        return Err(bad("tree nested too deeply"));
+    }
+    let truncated = || bad("truncated tree");
+    Ok(match cur.varint().ok_or_else(truncated)? {
+        tag @ (TAG_FILE | TAG_EXECUTABLE) => {
+            let size = cur.varint().ok_or_else(truncated)?;
+            let digest = ContentDigest(cur.take(32).ok_or_else(truncated)?.try_into().expect("32 bytes"));
+            let patches = decode_patches(cur)?;
+            validate(&patches, size, refs, "file")?;
+            Node::File { executable: tag == TAG_EXECUTABLE, size, digest, patches }
+        }
+        TAG_SYMLINK => {
+            let target = cur.bytes().ok_or_else(truncated)?.to_vec();
+            let patches = decode_patches(cur)?;
+            validate(&patches, target.len() as u64, refs, "symlink target")?;
+            Node::Symlink { target, patches }
+        }
+        TAG_DIRECTORY => {
+            let n = cur.count().ok_or_else(truncated)?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                let name = cur.bytes().ok_or_else(truncated)?.to_vec();
+                let name_patches = decode_patches(cur)?;
+                validate(&name_patches, name.len() as u64, refs, "entry name")?;
+                let node = decode_node(cur, refs, depth + 1)?;
+                entries.push(Entry { name, name_patches, node });
+            }
+            Node::Directory(entries)
+        }
+        other => return Err(bad(&format!("unknown node tag {other}"))),
+    })
+}

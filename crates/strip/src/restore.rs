@@ -1,0 +1,188 @@
+//! Manifest + normalized contents + reference table → the exact original NAR (and/or a tree).
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+
+use refstrip_nar::{Event, NarWriter};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, StripError};
+use crate::manifest::{ContentDigest, Entry, Manifest, Node};
+use crate::patch::{apply_all, Patcher};
+use crate::strip::ContentSink;
+
+/// Where restore reads normalized contents from.
+pub trait ContentSource {
+    /// A reader over the normalized contents of object `digest`, which should be `size` bytes long.
+    fn open(&mut self, digest: &ContentDigest, size: u64) -> io::Result<Box<dyn Read + '_>>;
+}
+
+/// Receives the restored tree as NAR events (with real names, in NAR order) and file contents,
+/// e.g. to write files straight into a store while the NAR hash is computed alongside.
+pub trait RestoreVisitor {
+    fn event(&mut self, event: &Event) -> io::Result<()>;
+    fn contents(&mut self, data: &[u8]) -> io::Result<()>;
+}
+
+/// No visitor: restore only to the NAR output.
+impl RestoreVisitor for () {
+    fn event(&mut self, _: &Event) -> io::Result<()> {
+        Ok(())
+    }
+    fn contents(&mut self, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// SHA-256 and size of a restored NAR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NarDigest {
+    pub sha256: [u8; 32],
+    pub size: u64,
+}
+
+/// Restore `manifest` as a NAR into `out`, checking its SHA-256 and size against the manifest.
+pub fn restore_nar<W: Write>(manifest: &Manifest, source: &mut dyn ContentSource, out: W) -> Result<NarDigest> {
+    restore(manifest, source, out, &mut ())
+}
+
+/// Restore `manifest`, writing the NAR to `nar_out` (use [`io::sink`] for none) and reporting the
+/// tree to `visitor`. Fails with [`StripError::NarHashMismatch`] at the end when the result is not
+/// byte-exact: callers must treat everything written as provisional until this returns `Ok`.
+pub fn restore<W: Write>(
+    manifest: &Manifest,
+    source: &mut dyn ContentSource,
+    nar_out: W,
+    visitor: &mut dyn RestoreVisitor,
+) -> Result<NarDigest> {
+    let mut w = NarWriter::new(HashingWriter { inner: nar_out, hasher: Sha256::new() });
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut emit = |w: &mut NarWriter<_>, visitor: &mut dyn RestoreVisitor, name: Option<Vec<u8>>, node: &Node| -> Result<()> {
+        let event = match node {
+            Node::File { executable, size, .. } => Event::File { name, executable: *executable, size: *size },
+            Node::Symlink { target, patches } => {
+                Event::Symlink { name, target: apply_all(target, patches, &manifest.refs) }
+            }
+            Node::Directory(_) => Event::Directory { name },
+        };
+        w.event(&event)?;
+        visitor.event(&event)?;
+        if let Node::File { size, digest, patches, .. } = node {
+            let mut reader = source.open(digest, *size)?;
+            let mut patcher = Patcher::new(patches, &manifest.refs);
+            let mut done = 0u64;
+            loop {
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                if done + n as u64 > *size {
+                    return Err(StripError::ObjectSize { digest: digest.to_hex(), expected: *size, actual: done + n as u64 });
+                }
+                patcher.apply(&mut buf[..n]);
+                w.write_contents(&buf[..n])?;
+                visitor.contents(&buf[..n])?;
+                done += n as u64;
+            }
+            if done != *size {
+                return Err(StripError::ObjectSize { digest: digest.to_hex(), expected: *size, actual: done });
+            }
+        }
+        Ok(())
+    };
+
+    emit(&mut w, visitor, None, &manifest.root)?;
+    // Open directories, each with its entries in real-name (NAR) order and a cursor.
+    let mut stack: Vec<(Vec<(Vec<u8>, &Entry)>, usize)> = Vec::new();
+    if let Node::Directory(entries) = &manifest.root {
+        stack.push((real_order(entries, manifest), 0));
+    }
+    while let Some((entries, next)) = stack.last_mut() {
+        let Some((name, entry)) = entries.get(*next) else {
+            w.end_directory()?;
+            visitor.event(&Event::EndDirectory)?;
+            stack.pop();
+            continue;
+        };
+        *next += 1;
+        let (name, entry) = (name.clone(), *entry);
+        emit(&mut w, visitor, Some(name), &entry.node)?;
+        if let Node::Directory(children) = &entry.node {
+            stack.push((real_order(children, manifest), 0));
+        }
+    }
+
+    let size = w.offset();
+    let HashingWriter { mut inner, hasher } = w.finish()?;
+    inner.flush()?;
+    let digest = NarDigest { sha256: hasher.finalize().into(), size };
+    if digest.sha256 != manifest.nar_hash || digest.size != manifest.nar_size {
+        return Err(StripError::NarHashMismatch {
+            expected: hex(&manifest.nar_hash),
+            actual: hex(&digest.sha256),
+            expected_size: manifest.nar_size,
+            actual_size: digest.size,
+        });
+    }
+    Ok(digest)
+}
+
+/// A directory's entries with their real names, sorted as the NAR has them.
+fn real_order<'m>(entries: &'m [Entry], manifest: &Manifest) -> Vec<(Vec<u8>, &'m Entry)> {
+    let mut out: Vec<_> =
+        entries.iter().map(|e| (apply_all(&e.name, &e.name_patches, &manifest.refs), e)).collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Objects kept in memory: a [`ContentSink`] and [`ContentSource`] for tests, tools and small jobs.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStore {
+    pub objects: HashMap<ContentDigest, Vec<u8>>,
+    current: Vec<u8>,
+}
+
+impl ContentSink for MemoryStore {
+    fn begin(&mut self, _: u64) -> io::Result<()> {
+        self.current.clear();
+        Ok(())
+    }
+    fn write(&mut self, normalized: &[u8]) -> io::Result<()> {
+        self.current.extend_from_slice(normalized);
+        Ok(())
+    }
+    fn end(&mut self, digest: &ContentDigest) -> io::Result<()> {
+        self.objects.entry(*digest).or_insert_with(|| std::mem::take(&mut self.current));
+        Ok(())
+    }
+}
+
+impl ContentSource for MemoryStore {
+    fn open(&mut self, digest: &ContentDigest, _: u64) -> io::Result<Box<dyn Read + '_>> {
+        match self.objects.get(digest) {
+            Some(bytes) => Ok(Box::new(&bytes[..])),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, format!("object {digest} missing"))),
+        }
+    }
+}
