@@ -92,8 +92,7 @@ pub fn restore<W: Write>(
     };
 
     emit(&mut w, visitor, None, &manifest.root)?;
-    // Open directories, each with its entries in real-name (NAR) order and a cursor.
-    let mut stack: Vec<(Vec<(Vec<u8>, &Entry)>, usize)> = Vec::new();
+    let mut stack: Vec<OpenDir<'_>> = Vec::new();
     if let Node::Directory(entries) = &manifest.root {
         stack.push((real_order(entries, manifest), 0));
     }
@@ -126,6 +125,9 @@ pub fn restore<W: Write>(
     }
     Ok(digest)
 }
+
+/// A directory being restored: its entries in real-name (NAR) order and the index of the next one.
+type OpenDir<'m> = (Vec<(Vec<u8>, &'m Entry)>, usize);
 
 /// A directory's entries with their real names, sorted as the NAR has them.
 fn real_order<'m>(entries: &'m [Entry], manifest: &Manifest) -> Vec<(Vec<u8>, &'m Entry)> {

@@ -84,28 +84,26 @@ pub fn strip<R: BufRead>(
     let scanner = Scanner::new(refs);
     let mut reader = NarReader::new(HashingBufRead { inner: nar, hasher: Sha256::new() });
     let mut stats = StripStats::default();
-    // Open directories: (normalized name and its patches, entries so far, archive name for ties).
-    let mut open: Vec<(Option<(Vec<u8>, Vec<Patch>)>, Vec<(Entry, Vec<u8>)>)> = Vec::new();
+    let mut open: Vec<OpenDir> = Vec::new();
     let mut root = None;
 
     while let Some(event) = reader.next_event()? {
         let named = event.name().map(|n| {
             let (normalized, patches) = scanner.strip_bytes(n);
             stats.ref_patches += patches.len() as u64;
-            (normalized, patches, n.to_vec())
+            (normalized, patches)
         });
         let node = match event {
             Event::Directory { .. } => {
                 stats.directories += 1;
-                open.push((named.map(|(n, p, _)| (n, p)), Vec::new()));
+                open.push((named, Vec::new()));
                 continue;
             }
             Event::EndDirectory => {
                 let (name, mut entries) = open.pop().expect("reader balances directories");
                 // Normalized order; the stable sort keeps archive order among equal normalized names.
-                entries.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-                let node = Node::Directory(entries.into_iter().map(|(e, _)| e).collect());
-                attach(&mut open, &mut root, name.map(|(n, p)| (n, p, Vec::new())), node);
+                entries.sort_by(|a, b| a.name.cmp(&b.name));
+                attach(&mut open, &mut root, name, Node::Directory(entries));
                 continue;
             }
             Event::Symlink { target, .. } => {
@@ -135,14 +133,13 @@ pub fn strip<R: BufRead>(
     Ok(Stripped { root: root.expect("a complete NAR has a root"), nar_hash: hasher.finalize().into(), nar_size, stats })
 }
 
-type OpenDir = (Option<(Vec<u8>, Vec<Patch>)>, Vec<(Entry, Vec<u8>)>);
+/// An open directory: its normalized name and name patches (none for the root), and its entries so far.
+type OpenDir = (Option<(Vec<u8>, Vec<Patch>)>, Vec<Entry>);
 
 /// Put a finished node into its parent directory, or make it the root.
-fn attach(open: &mut [OpenDir], root: &mut Option<Node>, named: Option<(Vec<u8>, Vec<Patch>, Vec<u8>)>, node: Node) {
+fn attach(open: &mut [OpenDir], root: &mut Option<Node>, named: Option<(Vec<u8>, Vec<Patch>)>, node: Node) {
     match (open.last_mut(), named) {
-        (Some((_, entries)), Some((name, name_patches, original))) => {
-            entries.push((Entry { name, name_patches, node }, original))
-        }
+        (Some((_, entries)), Some((name, name_patches))) => entries.push(Entry { name, name_patches, node }),
         _ => *root = Some(node),
     }
 }
