@@ -23,7 +23,7 @@ mod refs;
 mod restore;
 mod scan;
 mod strip;
-mod varint;
+pub mod varint;
 
 pub use elf::{build_id_range, HEAD_LEN};
 pub use error::{Result, StripError};

@@ -1,6 +1,7 @@
-//! LEB128 varints and a bounds-checked cursor for decoding untrusted manifests.
+//! LEB128 varints (the integer encoding of every refstrip format) and a bounds-checked cursor for
+//! decoding untrusted input.
 
-pub(crate) fn put(out: &mut Vec<u8>, mut v: u64) {
+pub fn put(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -8,18 +9,18 @@ pub(crate) fn put(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+pub fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     put(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
 }
 
 /// Reads from a byte slice; every read is checked, so truncated or hostile input yields `None`.
-pub(crate) struct Cursor<'a> {
-    pub(crate) bytes: &'a [u8],
+pub struct Cursor<'a> {
+    pub bytes: &'a [u8],
 }
 
 impl<'a> Cursor<'a> {
-    pub(crate) fn varint(&mut self) -> Option<u64> {
+    pub fn varint(&mut self) -> Option<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let (&b, rest) = self.bytes.split_first()?;
@@ -36,7 +37,7 @@ impl<'a> Cursor<'a> {
         None
     }
 
-    pub(crate) fn take(&mut self, n: u64) -> Option<&'a [u8]> {
+    pub fn take(&mut self, n: u64) -> Option<&'a [u8]> {
         let n = usize::try_from(n).ok()?;
         if n > self.bytes.len() {
             return None;
@@ -46,13 +47,13 @@ impl<'a> Cursor<'a> {
         Some(head)
     }
 
-    pub(crate) fn bytes(&mut self) -> Option<&'a [u8]> {
+    pub fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = self.varint()?;
         self.take(n)
     }
 
     /// A count of items that each need at least one more byte: larger than what is left is a lie.
-    pub(crate) fn count(&mut self) -> Option<usize> {
+    pub fn count(&mut self) -> Option<usize> {
         let n = self.varint()?;
         (n <= self.bytes.len() as u64).then_some(n as usize)
     }

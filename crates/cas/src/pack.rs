@@ -1,0 +1,282 @@
+//! Pack files: many objects in one immutable file.
+//!
+//! ```text
+//! "rspack01"                      8-byte header
+//! block*                          zstd frames; each holds the concatenated bytes of ≥1 objects
+//! index                           a zstd frame (format below)
+//! index_offset u64le, index_len u64le, "rspackix"    24-byte footer
+//! ```
+//! The index lists every object sorted by (kind, digest): digest (32 bytes), kind, block offset,
+//! block compressed length, block decompressed length, offset in block, size (all LEB128 varints
+//! but the digest). Small objects share blocks so they compress together (solid compression,
+//! close to a compressed NAR); reading one object takes one ranged read of its block.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+
+use refstrip_strip::varint::{put as put_varint, Cursor};
+use refstrip_strip::ContentDigest;
+
+use crate::error::CasError;
+use crate::files::{ObjectRead, ObjectWrite};
+use crate::id::{Kind, ObjectId};
+
+const HEADER: &[u8; 8] = b"rspack01";
+const FOOTER_MAGIC: &[u8; 8] = b"rspackix";
+const FOOTER_LEN: u64 = 24;
+/// A block is compressed once it holds this many bytes.
+pub const BLOCK_TARGET: usize = 1 << 20;
+/// Largest block or index a reader will decompress (guards against hostile packs).
+const MAX_DECOMPRESSED: u64 = 1 << 30;
+
+/// Where one object lives in a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub block_offset: u64,
+    pub block_len: u64,
+    pub block_raw_len: u64,
+    pub offset_in_block: u64,
+    pub size: u64,
+}
+
+/// Writes a pack: objects are buffered into the current block, compressed block by block.
+pub struct PackWriter<W: Write> {
+    w: W,
+    level: i32,
+    offset: u64,
+    block: Vec<u8>,
+    /// Objects in the current, not yet written block: (id, offset in block, size).
+    pending: Vec<(ObjectId, u64, u64)>,
+    index: HashMap<ObjectId, Location>,
+    raw_bytes: u64,
+}
+
+impl<W: Write> PackWriter<W> {
+    pub fn new(mut w: W, level: i32) -> io::Result<Self> {
+        w.write_all(HEADER)?;
+        Ok(PackWriter {
+            w,
+            level,
+            offset: HEADER.len() as u64,
+            block: Vec::new(),
+            pending: Vec::new(),
+            index: HashMap::new(),
+            raw_bytes: 0,
+        })
+    }
+
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        self.index.contains_key(id) || self.pending.iter().any(|(p, _, _)| p == id)
+    }
+
+    /// Objects added so far.
+    pub fn len(&self) -> usize {
+        self.index.len() + self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Uncompressed bytes of the objects added so far.
+    pub fn raw_bytes(&self) -> u64 {
+        self.raw_bytes
+    }
+
+    /// Compressed bytes written so far (header and complete blocks).
+    pub fn written_bytes(&self) -> u64 {
+        self.offset
+    }
+
+    /// Add an object unless the pack has it already. Returns whether it was added.
+    pub fn add(&mut self, id: ObjectId, bytes: &[u8]) -> io::Result<bool> {
+        if self.contains(&id) {
+            return Ok(false);
+        }
+        self.pending.push((id, self.block.len() as u64, bytes.len() as u64));
+        self.block.extend_from_slice(bytes);
+        self.raw_bytes += bytes.len() as u64;
+        if self.block.len() >= BLOCK_TARGET {
+            self.flush_block()?;
+        }
+        Ok(true)
+    }
+
+    fn flush_block(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let frame = zstd::bulk::compress(&self.block, self.level)?;
+        self.w.write_all(&frame)?;
+        for (id, offset_in_block, size) in self.pending.drain(..) {
+            self.index.insert(
+                id,
+                Location {
+                    block_offset: self.offset,
+                    block_len: frame.len() as u64,
+                    block_raw_len: self.block.len() as u64,
+                    offset_in_block,
+                    size,
+                },
+            );
+        }
+        self.offset += frame.len() as u64;
+        self.block.clear();
+        Ok(())
+    }
+
+    /// Write the last block, the index and the footer.
+    pub fn finish(mut self) -> io::Result<(W, HashMap<ObjectId, Location>)> {
+        self.flush_block()?;
+        let index = zstd::bulk::compress(&encode_index(&self.index), self.level)?;
+        self.w.write_all(&index)?;
+        self.w.write_all(&self.offset.to_le_bytes())?;
+        self.w.write_all(&(index.len() as u64).to_le_bytes())?;
+        self.w.write_all(FOOTER_MAGIC)?;
+        self.w.flush()?;
+        Ok((self.w, self.index))
+    }
+}
+
+impl<W: Write> ObjectWrite for PackWriter<W> {
+    fn has(&mut self, id: &ObjectId) -> io::Result<bool> {
+        Ok(self.contains(id))
+    }
+
+    fn put(&mut self, id: ObjectId, bytes: &[u8]) -> io::Result<()> {
+        self.add(id, bytes).map(drop)
+    }
+}
+
+fn encode_index(index: &HashMap<ObjectId, Location>) -> Vec<u8> {
+    let mut entries: Vec<_> = index.iter().collect();
+    entries.sort_by_key(|(id, _)| **id);
+    let mut out = Vec::new();
+    put_varint(&mut out, entries.len() as u64);
+    for (id, loc) in entries {
+        out.extend_from_slice(&id.digest.0);
+        for v in [id.kind.code(), loc.block_offset, loc.block_len, loc.block_raw_len, loc.offset_in_block, loc.size] {
+            put_varint(&mut out, v);
+        }
+    }
+    out
+}
+
+/// Decode a pack index (the decompressed index frame).
+pub fn decode_index(bytes: &[u8], pack_len: u64) -> Result<HashMap<ObjectId, Location>, CasError> {
+    let bad = |why: &str| CasError::BadPack(why.to_string());
+    let mut cur = Cursor { bytes };
+    let count = cur.varint().ok_or_else(|| bad("truncated index"))?;
+    if count > cur.bytes.len() as u64 / 33 {
+        return Err(bad("index entry count exceeds its size"));
+    }
+    let mut index = HashMap::with_capacity(count as usize);
+    for _ in 0..count {
+        let digest = cur.take(32).ok_or_else(|| bad("truncated index"))?;
+        let digest = ContentDigest(digest.try_into().expect("32 bytes"));
+        let mut v = [0u64; 6];
+        for slot in &mut v {
+            *slot = cur.varint().ok_or_else(|| bad("truncated index"))?;
+        }
+        let kind = Kind::from_code(v[0]).ok_or_else(|| bad("unknown object kind"))?;
+        let loc = Location { block_offset: v[1], block_len: v[2], block_raw_len: v[3], offset_in_block: v[4], size: v[5] };
+        let block_end = loc.block_offset.checked_add(loc.block_len);
+        let object_end = loc.offset_in_block.checked_add(loc.size);
+        if block_end.is_none_or(|e| e > pack_len)
+            || object_end.is_none_or(|e| e > loc.block_raw_len)
+            || loc.block_raw_len > MAX_DECOMPRESSED
+        {
+            return Err(bad("index entry points outside the pack"));
+        }
+        index.insert(ObjectId::new(kind, digest), loc);
+    }
+    if !cur.bytes.is_empty() {
+        return Err(bad("trailing bytes in index"));
+    }
+    Ok(index)
+}
+
+/// Reads objects from a pack held in any seekable reader. Blocks are verified on the way out: an
+/// object whose bytes do not hash to its name is reported corrupt, never returned.
+pub struct PackReader<R> {
+    r: R,
+    index: HashMap<ObjectId, Location>,
+    /// The last decompressed block, since consecutive objects usually share one.
+    cached: Option<(u64, Vec<u8>)>,
+}
+
+impl<R: Read + Seek> PackReader<R> {
+    pub fn open(mut r: R) -> Result<Self, CasError> {
+        let bad = |why: &str| CasError::BadPack(why.to_string());
+        let len = r.seek(SeekFrom::End(0))?;
+        if len < HEADER.len() as u64 + FOOTER_LEN {
+            return Err(bad("too short to be a pack"));
+        }
+        r.seek(SeekFrom::Start(0))?;
+        let mut header = [0u8; 8];
+        r.read_exact(&mut header)?;
+        if &header != HEADER {
+            return Err(bad("bad header (not a refstrip pack, or an unsupported version)"));
+        }
+        r.seek(SeekFrom::Start(len - FOOTER_LEN))?;
+        let mut footer = [0u8; FOOTER_LEN as usize];
+        r.read_exact(&mut footer)?;
+        if &footer[16..] != FOOTER_MAGIC {
+            return Err(bad("bad footer (truncated pack?)"));
+        }
+        let index_offset = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
+        let index_len = u64::from_le_bytes(footer[8..16].try_into().expect("8 bytes"));
+        if index_offset.checked_add(index_len) != Some(len - FOOTER_LEN) {
+            return Err(bad("footer points outside the pack"));
+        }
+        r.seek(SeekFrom::Start(index_offset))?;
+        let mut compressed = vec![0u8; index_len as usize];
+        r.read_exact(&mut compressed)?;
+        let raw = decompress_bounded(&compressed).map_err(|e| bad(&format!("index: {e}")))?;
+        let index = decode_index(&raw, index_offset)?;
+        Ok(PackReader { r, index, cached: None })
+    }
+
+    pub fn index(&self) -> &HashMap<ObjectId, Location> {
+        &self.index
+    }
+}
+
+impl<R: Read + Seek> ObjectRead for PackReader<R> {
+    fn get(&mut self, id: &ObjectId) -> Result<Vec<u8>, CasError> {
+        let loc = *self.index.get(id).ok_or(CasError::NotFound(*id))?;
+        if self.cached.as_ref().map(|(o, _)| *o) != Some(loc.block_offset) {
+            self.r.seek(SeekFrom::Start(loc.block_offset))?;
+            let mut compressed = vec![0u8; loc.block_len as usize];
+            self.r.read_exact(&mut compressed)?;
+            let raw = decompress_bounded(&compressed).map_err(|e| CasError::Corrupt { id: *id, why: e.to_string() })?;
+            if raw.len() as u64 != loc.block_raw_len {
+                return Err(CasError::Corrupt { id: *id, why: "block has the wrong length".into() });
+            }
+            self.cached = Some((loc.block_offset, raw));
+        }
+        let block = &self.cached.as_ref().expect("just cached").1;
+        let bytes = block[loc.offset_in_block as usize..(loc.offset_in_block + loc.size) as usize].to_vec();
+        verify(id, &bytes)?;
+        Ok(bytes)
+    }
+}
+
+/// Check that an object's bytes hash to its name.
+pub fn verify(id: &ObjectId, bytes: &[u8]) -> Result<(), CasError> {
+    // Chunk lists are named after the file they describe, which `FileSource` checks as it reads.
+    if id.kind != Kind::ChunkList && ContentDigest::of(bytes) != id.digest {
+        return Err(CasError::Corrupt { id: *id, why: "BLAKE3 of its bytes does not match its name".into() });
+    }
+    Ok(())
+}
+
+/// Decompress one zstd frame, refusing output beyond a fixed bound.
+pub fn decompress_bounded(compressed: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(compressed)?.take(MAX_DECOMPRESSED + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_DECOMPRESSED {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "decompresses to more than 1 GiB"));
+    }
+    Ok(out)
+}
