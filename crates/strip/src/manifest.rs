@@ -75,7 +75,7 @@ pub struct Entry {
 pub struct Manifest {
     /// The store directory, e.g. `/nix/store` or `/gnu/store`.
     pub store_dir: Vec<u8>,
-    /// The path itself (index 0) and its references, as basenames; patches index into this.
+    /// The path itself (index 0) and its references in canonical order; patches index into this.
     pub refs: RefTable,
     /// The narinfo's `References`, verbatim (it may or may not list the path itself).
     pub references: Vec<Vec<u8>>,
@@ -167,8 +167,8 @@ impl Manifest {
         }
         let (self_basename, others) = table.split_first().ok_or_else(|| bad("empty reference table"))?;
         let refs = RefTable::new(self_basename, others)?;
-        if refs.len() != table.len() {
-            return Err(bad("duplicate entries in the reference table"));
+        if refs.basenames() != table.as_slice() {
+            return Err(bad("reference table has duplicates or is not in canonical order"));
         }
         let n = cur.count().ok_or_else(truncated)?;
         let mut references = Vec::with_capacity(n);

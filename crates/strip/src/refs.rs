@@ -21,16 +21,18 @@ pub struct RefTable {
 impl RefTable {
     /// Build the table for `self_basename` and its `references` (from the narinfo; a self-reference
     /// among them is folded into index 0).
+    ///
+    /// References are ordered by name, then hash: narinfos list them by hash, which a rebuild
+    /// reshuffles, while names usually survive it, so patch lists stay identical across rebuilds.
     pub fn new(self_basename: &[u8], references: &[Vec<u8>]) -> Result<Self> {
-        let mut basenames = vec![self_basename.to_vec()];
-        for r in references {
-            if r != self_basename && !basenames.contains(r) {
-                basenames.push(r.clone());
-            }
-        }
-        for b in &basenames {
+        let mut others: Vec<Vec<u8>> = references.iter().filter(|r| *r != self_basename).cloned().collect();
+        for b in std::iter::once(self_basename).chain(others.iter().map(Vec::as_slice)) {
             check_basename(b)?;
         }
+        others.sort_by(|a, b| (&a[HASH_LEN..], &a[..HASH_LEN]).cmp(&(&b[HASH_LEN..], &b[..HASH_LEN])));
+        others.dedup();
+        let mut basenames = vec![self_basename.to_vec()];
+        basenames.extend(others);
         Ok(RefTable { basenames })
     }
 
@@ -71,3 +73,25 @@ fn check_basename(b: &[u8]) -> Result<()> {
 }
 
 const NIX_BASE32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_canonical_whatever_the_narinfo_order() {
+        let me = b"0000000000000000000000000000000z-me".to_vec();
+        let zlib_old = b"1111111111111111111111111111111a-zlib".to_vec();
+        let bash = b"2222222222222222222222222222222b-bash".to_vec();
+        let zlib_new = b"00000000000000000000000000000001-zlib".to_vec();
+        let a = RefTable::new(&me, &[zlib_old.clone(), bash.clone(), me.clone()]).unwrap();
+        let b = RefTable::new(&me, &[bash.clone(), zlib_old.clone()]).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.basenames(), &[me.clone(), bash.clone(), zlib_old]);
+        // A rebuild that changes zlib's hash keeps zlib's index.
+        let c = RefTable::new(&me, &[zlib_new.clone(), bash]).unwrap();
+        assert_eq!(c.basename(2), zlib_new.as_slice());
+        assert!(RefTable::new(b"short-me", &[]).is_err());
+        assert!(RefTable::new(&me, &[b"0000000000000000000000000000000e-bad".to_vec()]).is_err());
+    }
+}
