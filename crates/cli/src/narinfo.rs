@@ -1,10 +1,160 @@
-//! `refstrip narinfo …` (owned by the nix-formats work; filled in with crates/nix).
+//! `refstrip narinfo …`: check and inspect `.narinfo` files.
 
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
 use clap::Subcommand;
+use refstrip_nix::{signature, Deriver, NarInfo, PublicKey, StoreDir};
+
+/// Nix's built-in `trusted-public-keys` when nix.conf does not set it.
+const NIX_DEFAULT_KEYS: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
 
 #[derive(Subcommand)]
-pub enum NarinfoCommand {}
+pub enum NarinfoCommand {
+    /// Check that each FILE carries a valid signature by a trusted key.
+    ///
+    /// A narinfo is valid when at least one of its Sig lines verifies with a trusted key of the
+    /// same name, over the fingerprint "1;<store path>;<NarHash>;<NarSize>;<references>", exactly
+    /// as Nix checks substitutes. Prints one line per file naming the key that verified it, and
+    /// exits non-zero if any file fails to parse or verify.
+    ///
+    /// Trusted keys come from --trusted-public-keys; without it, from `trusted-public-keys` and
+    /// `extra-trusted-public-keys` in $NIX_CONF_DIR/nix.conf (default /etc/nix/nix.conf), falling
+    /// back to Nix's built-in default (cache.nixos.org-1) as Nix does.
+    Verify {
+        /// .narinfo files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Space-separated `name:base64` public keys, the format of nix.conf's trusted-public-keys
+        /// (e.g. the contents of the public key file `nix-store --generate-binary-cache-key` wrote).
+        #[arg(long, value_name = "KEYS")]
+        trusted_public_keys: Option<String>,
+        /// The store directory the narinfo's paths live in.
+        #[arg(long, value_name = "DIR", default_value = "/nix/store")]
+        store_dir: String,
+    },
+    /// Print the parsed fields of FILE and the fingerprint its signatures cover.
+    Show {
+        file: PathBuf,
+        /// The store directory the narinfo's paths live in.
+        #[arg(long, value_name = "DIR", default_value = "/nix/store")]
+        store_dir: String,
+    },
+}
 
 pub fn run(cmd: NarinfoCommand) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        NarinfoCommand::Verify { files, trusted_public_keys, store_dir } => {
+            let store_dir = parse_store_dir(&store_dir)?;
+            let (keys, source) = match trusted_public_keys {
+                Some(keys) => (keys, "--trusted-public-keys".to_owned()),
+                None => keys_from_nix_conf()?,
+            };
+            let trusted =
+                PublicKey::parse_list(&keys).with_context(|| format!("parsing trusted keys from {source}"))?;
+            if trusted.is_empty() {
+                bail!("no trusted public keys (from {source}): nothing can verify");
+            }
+            let mut failures = 0;
+            for file in &files {
+                match verify_file(&store_dir, file, &trusted) {
+                    Ok(key) => println!("{}: OK, signed by {key}", file.display()),
+                    Err(e) => {
+                        failures += 1;
+                        println!("{}: FAILED: {e:#}", file.display());
+                    }
+                }
+            }
+            if failures > 0 {
+                bail!("{failures} of {} narinfo files failed verification (trusted keys from {source})", files.len());
+            }
+        }
+        NarinfoCommand::Show { file, store_dir } => {
+            let store_dir = parse_store_dir(&store_dir)?;
+            let info = read_narinfo(&store_dir, &file)?;
+            show(&info);
+        }
+    }
+    Ok(())
+}
+
+fn parse_store_dir(dir: &str) -> anyhow::Result<StoreDir> {
+    StoreDir::new(dir).context("--store-dir")
+}
+
+fn read_narinfo(store_dir: &StoreDir, file: &Path) -> anyhow::Result<NarInfo> {
+    let bytes = fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    Ok(NarInfo::parse_bytes(store_dir, &bytes)?)
+}
+
+fn verify_file(store_dir: &StoreDir, file: &Path, trusted: &[PublicKey]) -> anyhow::Result<String> {
+    let info = read_narinfo(store_dir, file)?;
+    Ok(signature::verify(&info, trusted)?.name().to_owned())
+}
+
+/// Trusted keys the way Nix finds them: nix.conf's `trusted-public-keys` (last assignment wins)
+/// plus every `extra-trusted-public-keys`, or Nix's default when unset. Returns the keys and
+/// where they came from, for messages.
+fn keys_from_nix_conf() -> anyhow::Result<(String, String)> {
+    let conf_dir = std::env::var_os("NIX_CONF_DIR").map_or_else(|| PathBuf::from("/etc/nix"), PathBuf::from);
+    let conf = conf_dir.join("nix.conf");
+    let text = match fs::read_to_string(&conf) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", conf.display())),
+    };
+    let mut keys = None;
+    let mut extra = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default();
+        let Some((name, value)) = line.split_once('=') else { continue };
+        match name.trim() {
+            "trusted-public-keys" => keys = Some(value.trim().to_owned()),
+            "extra-trusted-public-keys" => extra.push(value.trim().to_owned()),
+            _ => {}
+        }
+    }
+    let source = if keys.is_some() || !extra.is_empty() {
+        conf.display().to_string()
+    } else {
+        format!("Nix's default ({} sets no trusted-public-keys)", conf.display())
+    };
+    let mut all = keys.unwrap_or_else(|| NIX_DEFAULT_KEYS.to_owned());
+    for e in extra {
+        all.push(' ');
+        all.push_str(&e);
+    }
+    Ok((all, source))
+}
+
+fn show(info: &NarInfo) {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    println!("store path:   {}", info.path());
+    println!("hash part:    {}", info.store_path.hash_part());
+    println!("url:          {}", info.url);
+    println!("compression:  {}{}", info.compression(), if info.compression.is_none() { " (default)" } else { "" });
+    println!("file hash:    {}", opt(info.file_hash.map(|h| h.to_string())));
+    println!("file size:    {}", opt(info.file_size.map(|n| n.to_string())));
+    println!("nar hash:     {}", info.nar_hash);
+    println!("nar size:     {}", info.nar_size);
+    println!("references:   {}", info.references.len());
+    for r in &info.references {
+        println!("  {}", info.store_dir.display_path(r));
+    }
+    let deriver = match &info.deriver {
+        Some(Deriver::Path(p)) => info.store_dir.display_path(p),
+        Some(Deriver::Unknown) => "unknown-deriver".to_owned(),
+        None => "-".to_owned(),
+    };
+    println!("deriver:      {deriver}");
+    println!("ca:           {}", opt(info.ca.clone()));
+    println!("signatures:   {}", info.sigs.len());
+    for s in &info.sigs {
+        println!("  {s}");
+    }
+    for (name, value) in &info.extra {
+        println!("extra field:  {name}: {value}");
+    }
+    println!("fingerprint:  {}", info.fingerprint());
 }

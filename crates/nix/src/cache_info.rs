@@ -37,7 +37,7 @@ pub enum CacheInfoErrorKind {
     #[error("{0} appears more than once")]
     DuplicateField(&'static str),
     #[error("bad StoreDir: {0}")]
-    BadStoreDir(#[source] StorePathError),
+    BadStoreDir(StorePathError),
     #[error("WantMassQuery must be 0 or 1, not {0:?}")]
     BadBool(String),
     #[error("Priority is not a decimal number: {0:?}")]

@@ -33,11 +33,17 @@ pub enum HashError {
     #[error("sha256 hash body has {0} characters; expected 52 (nix32), 64 (hex) or 44 (base64)")]
     WrongLength(usize),
     #[error("bad nix-base32 in hash: {0}")]
-    Base32(#[from] base32::Base32Error),
+    Base32(base32::Base32Error),
     #[error("bad hex digit in hash")]
     Hex,
     #[error("bad base64 in hash")]
     Base64,
+}
+
+impl From<base32::Base32Error> for HashError {
+    fn from(e: base32::Base32Error) -> Self {
+        HashError::Base32(e)
+    }
 }
 
 impl Hash {

@@ -84,10 +84,10 @@ pub enum NarInfoErrorKind {
     BadNumber { field: &'static str, value: String },
     #[error("NarSize is zero")]
     ZeroNarSize,
-    #[error("bad {field}: {source}")]
-    BadHash { field: &'static str, source: HashError },
-    #[error("bad {field}: {source}")]
-    BadPath { field: &'static str, source: StorePathError },
+    #[error("bad {field}: {error}")]
+    BadHash { field: &'static str, error: HashError },
+    #[error("bad {field}: {error}")]
+    BadPath { field: &'static str, error: StorePathError },
 }
 
 impl fmt::Display for NarInfoError {
@@ -99,15 +99,8 @@ impl fmt::Display for NarInfoError {
     }
 }
 
-impl std::error::Error for NarInfoError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            NarInfoErrorKind::BadHash { source, .. } => Some(source),
-            NarInfoErrorKind::BadPath { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
+/// The kind's message already includes any underlying error, so there is no separate source.
+impl std::error::Error for NarInfoError {}
 
 fn set_once<T>(slot: &mut Option<T>, field: &'static str, value: T) -> Result<(), NarInfoErrorKind> {
     if slot.is_some() {
@@ -126,11 +119,11 @@ fn number(field: &'static str, value: &str) -> Result<u64, NarInfoErrorKind> {
 }
 
 fn hash(field: &'static str, value: &str) -> Result<Hash, NarInfoErrorKind> {
-    value.parse().map_err(|source| NarInfoErrorKind::BadHash { field, source })
+    value.parse().map_err(|error| NarInfoErrorKind::BadHash { field, error })
 }
 
 fn base_name(field: &'static str, value: &str) -> Result<StorePath, NarInfoErrorKind> {
-    StorePath::from_base_name(value).map_err(|source| NarInfoErrorKind::BadPath { field, source })
+    StorePath::from_base_name(value).map_err(|error| NarInfoErrorKind::BadPath { field, error })
 }
 
 /// Fields while parsing, before the required ones are known to be present.
@@ -156,7 +149,7 @@ impl Partial {
             "StorePath" => {
                 let path = store_dir
                     .parse_path(value)
-                    .map_err(|source| NarInfoErrorKind::BadPath { field: "StorePath", source })?;
+                    .map_err(|error| NarInfoErrorKind::BadPath { field: "StorePath", error })?;
                 set_once(&mut self.store_path, "StorePath", path)
             }
             "URL" => set_once(&mut self.url, "URL", value.to_owned()),
