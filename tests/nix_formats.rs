@@ -236,6 +236,13 @@ fn tampering_is_caught_by_library_and_cli() {
         .arg(&other));
     let out = refstrip_verify(&files, Some(&fs::read_to_string(&other).unwrap()), None);
     assert!(!out.status.success());
+    // A validly signed narinfo served under another path's name is refused.
+    let other_path = files.iter().find(|f| *f != top).unwrap();
+    let misnamed = bad_dir.join(other_path.file_name().unwrap());
+    fs::copy(top, &misnamed).unwrap();
+    let out = refstrip_verify(&[misnamed], Some(&keys), None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("file is named for hash part"));
     let garbage = bad_dir.join("garbage.narinfo");
     fs::write(&garbage, text.replace("NarSize: ", "NarSize: x")).unwrap();
     let out = refstrip_verify(&[garbage], Some(&keys), None);

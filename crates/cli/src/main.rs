@@ -2,6 +2,7 @@
 
 mod nar;
 mod narinfo;
+mod strip;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,11 @@ enum Command {
     /// Work with .narinfo files: verify their signatures.
     #[command(subcommand)]
     Narinfo(narinfo::NarinfoCommand),
+    /// Strip one store path's NAR into a normalized bundle: hashes of references replaced by
+    /// placeholders, their positions kept in patch lists (see spec/normalized-format.md).
+    Strip(strip::StripArgs),
+    /// Restore a bundle written by `strip` to the exact original NAR (SHA-256 checked).
+    Restore(strip::RestoreArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,6 +36,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Nar(cmd) => nar::run(cmd),
         Command::Narinfo(cmd) => narinfo::run(cmd),
+        Command::Strip(args) => strip::strip(args),
+        Command::Restore(args) => strip::restore(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

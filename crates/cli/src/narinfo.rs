@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use refstrip_nix::{signature, Deriver, NarInfo, PublicKey, StoreDir};
+use refstrip_nix::{is_hash_part, signature, Deriver, NarInfo, PublicKey, StoreDir};
 
 /// Nix's built-in `trusted-public-keys` when nix.conf does not set it.
 const NIX_DEFAULT_KEYS: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
@@ -16,8 +16,9 @@ pub enum NarinfoCommand {
     ///
     /// A narinfo is valid when at least one of its Sig lines verifies with a trusted key of the
     /// same name, over the fingerprint "1;<store path>;<NarHash>;<NarSize>;<references>", exactly
-    /// as Nix checks substitutes. Prints one line per file naming the key that verified it, and
-    /// exits non-zero if any file fails to parse or verify.
+    /// as Nix checks substitutes. A file named `<hash part>.narinfo` must describe that hash part.
+    /// Prints one line per file naming the key that verified it, and exits non-zero if any file
+    /// fails to parse or verify.
     ///
     /// Trusted keys come from --trusted-public-keys; without it, from `trusted-public-keys` and
     /// `extra-trusted-public-keys` in $NIX_CONF_DIR/nix.conf (default /etc/nix/nix.conf), falling
@@ -90,6 +91,15 @@ fn read_narinfo(store_dir: &StoreDir, file: &Path) -> anyhow::Result<NarInfo> {
 
 fn verify_file(store_dir: &StoreDir, file: &Path, trusted: &[PublicKey]) -> anyhow::Result<String> {
     let info = read_narinfo(store_dir, file)?;
+    // A cache serves a path's narinfo at <hash part>.narinfo; a validly signed narinfo of another
+    // path under that name would make a client substitute the wrong path.
+    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    if file.extension().is_some_and(|e| e == "narinfo")
+        && is_hash_part(stem.as_bytes())
+        && stem != info.store_path.hash_part()
+    {
+        bail!("file is named for hash part {stem} but describes {}", info.path());
+    }
     Ok(signature::verify(&info, trusted)?.name().to_owned())
 }
 

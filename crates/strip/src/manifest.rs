@@ -130,7 +130,7 @@ impl Manifest {
             put_bytes(&mut body, k.as_bytes());
             put_bytes(&mut body, v.as_bytes());
         }
-        encode_node(&mut body, &self.root);
+        encode_node(&mut body, &self.root, Literals::Bytes);
 
         let mut out = MAGIC.to_vec();
         put(&mut out, MANIFEST_VERSION);
@@ -193,31 +193,46 @@ impl Manifest {
     }
 }
 
+/// BLAKE3 of a normalized tree: names, modes, sizes, content digests and patch positions, with
+/// literal patches reduced to their length (their bytes are the per-build residue). Two builds that
+/// differ only in hashes (and derived fields) have the same tree digest.
+pub fn tree_digest(root: &Node) -> ContentDigest {
+    let mut out = Vec::new();
+    encode_node(&mut out, root, Literals::LengthOnly);
+    ContentDigest::of(&out)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Literals {
+    Bytes,
+    LengthOnly,
+}
+
 const TAG_FILE: u64 = 0;
 const TAG_EXECUTABLE: u64 = 1;
 const TAG_SYMLINK: u64 = 2;
 const TAG_DIRECTORY: u64 = 3;
 
-fn encode_node(out: &mut Vec<u8>, node: &Node) {
+fn encode_node(out: &mut Vec<u8>, node: &Node, literals: Literals) {
     match node {
         Node::File { executable, size, digest, patches } => {
             put(out, if *executable { TAG_EXECUTABLE } else { TAG_FILE });
             put(out, *size);
             out.extend_from_slice(&digest.0);
-            encode_patches(out, patches);
+            encode_patches(out, patches, literals);
         }
         Node::Symlink { target, patches } => {
             put(out, TAG_SYMLINK);
             put_bytes(out, target);
-            encode_patches(out, patches);
+            encode_patches(out, patches, literals);
         }
         Node::Directory(entries) => {
             put(out, TAG_DIRECTORY);
             put(out, entries.len() as u64);
             for e in entries {
                 put_bytes(out, &e.name);
-                encode_patches(out, &e.name_patches);
-                encode_node(out, &e.node);
+                encode_patches(out, &e.name_patches, literals);
+                encode_node(out, &e.node, literals);
             }
         }
     }
@@ -225,13 +240,17 @@ fn encode_node(out: &mut Vec<u8>, node: &Node) {
 
 /// Patch list: count, then per patch the gap since the previous patch's end (delta offsets stay
 /// small and compress well), then the kind: 0 = literal (length, bytes), k ≥ 1 = reference k-1.
-fn encode_patches(out: &mut Vec<u8>, patches: &[Patch]) {
+fn encode_patches(out: &mut Vec<u8>, patches: &[Patch], literals: Literals) {
     put(out, patches.len() as u64);
     let mut end = 0;
     for p in patches {
         // Patches are sorted and disjoint (see `validate`); saturate rather than panic otherwise.
         put(out, p.offset.saturating_sub(end));
         match &p.kind {
+            PatchKind::Literal(bytes) if literals == Literals::LengthOnly => {
+                put(out, 0);
+                put(out, bytes.len() as u64);
+            }
             PatchKind::Literal(bytes) => {
                 put(out, 0);
                 put_bytes(out, bytes);
