@@ -1,6 +1,6 @@
 //! SHA-256 hashes as narinfo files spell them, and streaming adapters that compute them.
 //!
-//! Nix writes `NarHash` and `FileHash` as `sha256:<nix32>` and that is what [`Hash`] prints, because
+//! Nix writes `NarHash` and `FileHash` as `sha256:<nix32>` and that is what [`Hash`](struct@Hash) prints, because
 //! the signature fingerprint embeds exactly that text. On input it accepts every spelling Nix's
 //! `Hash::parseAnyPrefixed` accepts for SHA-256: `sha256:` followed by 52 nix32, 64 hex or 44 base64
 //! characters (told apart by length), or SRI `sha256-<base64>`. Other algorithms are rejected:
