@@ -98,9 +98,12 @@ fi
 if [ "$check" = 1 ] && [ "$fresh" = 1 ]; then
   # force real rebuilds: drop our GC roots and delete the corpus' paths from the local store
   for gen in $GENERATIONS; do rm -f "$GCROOTS/$profile-$gen"; done
-  # shellcheck disable=SC2046
-  nix-store --delete $(cat "$refdir"/*/paths | sort -u | while read -r p; do [ -e "$p" ] && echo "$p"; done) >/dev/null \
-    || log "warning: some paths are still in use and were not deleted (they will not be rebuilt)"
+  # (with every unrooted path that refers to them, or Nix refuses; rooted ones make this fail)
+  mapfile -t present < <(cat "$refdir"/*/paths | sort -u | while read -r p; do [ -e "$p" ] && echo "$p"; done)
+  if [ ${#present[@]} -gt 0 ]; then
+    nix-store --delete $(nix-store -q --referrers-closure "${present[@]}") >/dev/null \
+      || log "warning: some paths are still in use and were not deleted (they will not be rebuilt)"
+  fi
 fi
 nixargs=(--argstr srcDir "$SRC_DIR" --argstr profile "$profile")
 for gen in $GENERATIONS; do

@@ -41,6 +41,7 @@ let
         sed -e "s|@stdenvRevision@|$stdenvRevision|g" -e "s|@realCC@|$real|g" $wrapperIn > $out/bin/$cc
         chmod +x $out/bin/$cc
       done
+      sleep 0.3 &  # NixOS/nix#2176, see setup.sh
     '' ];
   };
 
@@ -84,15 +85,12 @@ let
     args = [ "-euc" ''
       PATH=/usr/bin:/bin
       mkdir -p $out
+      # merge the members' trees as symlinks to their files (first one wins on a collision)
       for p in $paths; do
-        (cd $p && find . -mindepth 1 \( -type f -o -type l \) ! -path './nix-support/*' | sort) | while read -r f; do
-          f=''${f#./}
-          if [ -e "$out/$f" ] || [ -L "$out/$f" ]; then echo "collision: $f from $p ignored"; continue; fi
-          mkdir -p "$out/$(dirname "$f")"
-          ln -s "$p/$f" "$out/$f"
-        done
+        for d in $p/*; do [ "$d" = $p/nix-support ] || cp -rsn $d $out/; done
       done
       cp $manifestPath $out/manifest
+      sleep 0.3 &  # NixOS/nix#2176, see stdenv/setup.sh
     '' ];
   };
 

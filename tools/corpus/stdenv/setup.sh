@@ -142,4 +142,11 @@ genericBuild() {
     runHook "post${n^}"
   done
   for o in $outputs; do mkdir -p "${!o}"; done
+  workaroundNix2176
 }
+
+# Nix decides a builder is done when its log pipe reaches EOF and then SIGKILLs the process group;
+# the kernel closes the pipe before the exiting builder is a zombie, so a quick builder is sometimes
+# reported "failed due to signal 9" (NixOS/nix#2176). A short-lived background child holding the
+# pipe makes the EOF come after the builder has really exited.
+workaroundNix2176() { sleep 0.3 & }
