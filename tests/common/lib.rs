@@ -27,13 +27,26 @@ macro_rules! require_nix {
     };
 }
 
-/// The `refstrip` binary built for this test run (target/<profile>/refstrip).
+/// The `refstrip` binary, built from the current sources once per test process: test runners
+/// build a package's test targets but not other packages' binaries, so without this a test could
+/// run a stale binary.
 pub fn refstrip_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
-    let bin = profile_dir.join("refstrip");
-    assert!(bin.exists(), "{} not built; run the tests through cargo (nextest builds it)", bin.display());
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "refstrip", "--bin", "refstrip"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("running cargo build");
+            assert!(status.success(), "cargo build -p refstrip failed");
+            let exe = std::env::current_exe().expect("test executable path");
+            let bin = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps").join("refstrip");
+            assert!(bin.exists(), "{} missing after cargo build", bin.display());
+            bin
+        })
+        .clone()
 }
 
 /// Run a command, panicking with its stderr if it fails; returns stdout.
@@ -41,4 +54,23 @@ pub fn run(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
+}
+
+/// The committed corpus (see corpus/README.md).
+pub fn corpus_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../corpus"))
+}
+
+/// The generations of the small corpus, oldest first.
+pub const GENERATIONS: [&str; 4] = ["gen1", "mass", "single", "bump"];
+
+/// `(name, output) -> store path` of one corpus generation, from its `packages` index.
+pub fn corpus_packages(generation: &str) -> std::collections::BTreeMap<(String, String), String> {
+    let text = std::fs::read_to_string(corpus_dir().join("small").join(generation).join("packages")).unwrap();
+    text.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            ((f[0].to_string(), f[2].to_string()), f[3].to_string())
+        })
+        .collect()
 }

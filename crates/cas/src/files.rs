@@ -26,6 +26,8 @@ pub struct FileSink<'w, W: ObjectWrite + ?Sized> {
     small: Vec<u8>,
     chunker: Option<Chunker>,
     chunks: Vec<(ContentDigest, u64)>,
+    /// Every object the files so far need, new or not (what a path record must locate).
+    pub needed: Vec<ObjectId>,
     /// Objects newly written, and their bytes: what this sink added to the store.
     pub new_objects: u64,
     pub new_bytes: u64,
@@ -33,10 +35,11 @@ pub struct FileSink<'w, W: ObjectWrite + ?Sized> {
 
 impl<'w, W: ObjectWrite + ?Sized> FileSink<'w, W> {
     pub fn new(store: &'w mut W) -> Self {
-        FileSink { store, small: Vec::new(), chunker: None, chunks: Vec::new(), new_objects: 0, new_bytes: 0 }
+        FileSink { store, small: Vec::new(), chunker: None, chunks: Vec::new(), needed: Vec::new(), new_objects: 0, new_bytes: 0 }
     }
 
     fn put_new(&mut self, id: ObjectId, bytes: &[u8]) -> io::Result<()> {
+        self.needed.push(id);
         if !self.store.has(&id)? {
             self.store.put(id, bytes)?;
             self.new_objects += 1;

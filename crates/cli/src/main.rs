@@ -2,6 +2,7 @@
 
 mod nar;
 mod narinfo;
+mod store_cmd;
 mod strip;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,12 @@ enum Command {
     Strip(strip::StripArgs),
     /// Restore a bundle written by `strip` to the exact original NAR (SHA-256 checked).
     Restore(strip::RestoreArgs),
+    /// Normalize a binary cache or Nix store into a normalized store (the cache-side job).
+    Ingest(store_cmd::IngestArgs),
+    /// Show what a normalized store holds and how much it saves.
+    Stats(store_cmd::StatsArgs),
+    /// Remove paths not kept (with their closure) and the packs nothing needs any more.
+    Gc(store_cmd::GcArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +45,9 @@ fn main() -> std::process::ExitCode {
         Command::Narinfo(cmd) => narinfo::run(cmd),
         Command::Strip(args) => strip::strip(args),
         Command::Restore(args) => strip::restore(args),
+        Command::Ingest(args) => store_cmd::ingest_cmd(args),
+        Command::Stats(args) => store_cmd::stats_cmd(args),
+        Command::Gc(args) => store_cmd::gc_cmd(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -49,7 +49,7 @@ impl Compression {
 
 /// Wrap `r` so that reading yields the decompressed NAR, buffered for the NAR reader. Corrupt or
 /// truncated input surfaces as an I/O error from the reads.
-pub fn decompress<'a, R: Read + 'a>(r: R, compression: Compression) -> io::Result<Box<dyn BufRead + 'a>> {
+pub fn decompress<'a, R: Read + Send + 'a>(r: R, compression: Compression) -> io::Result<Box<dyn BufRead + Send + 'a>> {
     const BUF: usize = 1 << 20;
     Ok(match compression {
         Compression::None => Box::new(BufReader::with_capacity(BUF, r)),

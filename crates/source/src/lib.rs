@@ -1,6 +1,8 @@
-//! Where NARs come from: Nix binary caches (narinfo + compressed NAR files) and the compressions
-//! Nix uses for them.
+//! Where NARs come from: Nix binary caches (narinfo + compressed NAR files, over `file://` or
+//! `http(s)://`) and local Nix stores (their SQLite database and the store directory itself).
 
 mod compression;
+mod sources;
 
 pub use compression::{decompress, Compression};
+pub use sources::{open_source, BinaryCache, LocalStore, NarSource, SourceError};

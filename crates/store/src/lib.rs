@@ -1,5 +1,23 @@
-//! The normalized store: one manifest per store path over content-addressed objects, and the
-//! mapping between a Nix narinfo and a manifest (what is kept verbatim so the original narinfo and
-//! its signatures come back unchanged).
+//! The normalized store: one path record (manifest + object locations) per store path over
+//! immutable, content-addressed pack files, on a [`Backend`] chosen by URL, with a SQLite
+//! [`Catalog`] as a local, rebuildable cache. Also the mapping between a Nix narinfo and a manifest
+//! ([`pathinfo`]).
+//!
+//! Layout of a store (identical on a directory and on an object store):
+//! ```text
+//! packs/<BLAKE3 of the pack>.pack    objects (spec/normalized-format.md §6)
+//! paths/<hash part>                  one path record per store path
+//! catalog.sqlite                     local cache of the above (directory stores only)
+//! tmp/                               scratch for packs being written
+//! ```
 
+pub mod backend;
+pub mod catalog;
 pub mod pathinfo;
+pub mod record;
+mod store;
+
+pub use backend::{Backend, LocalDir};
+pub use catalog::{Catalog, Totals};
+pub use record::PathRecord;
+pub use store::{pack_key, read_pack_index, record_key, RecordObjects, StagingPack, Store, StoreError, PACK_TARGET};

@@ -1,0 +1,253 @@
+//! The cache-side normalizer job: read store paths from a [`NarSource`] (a binary cache or a Nix
+//! store), strip each into a normalized [`Store`], and say what it cost.
+//!
+//! Workers (one per core by default) take paths from a shared queue, largest first. Each strips
+//! into its own staging pack, verifying the NarHash as the NAR streams by; once a pack is sealed
+//! (published under its BLAKE3), the records of the paths whose new objects it holds are written.
+//! So a record never points at a missing pack, an interrupted ingest leaves only scratch files
+//! and sealed packs behind, and a rerun skips exactly the paths that have records. Memory per
+//! worker is bounded by a pack block, one chunk and the NAR reader's buffer, whatever the sizes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use refstrip_cas::FileSink;
+use refstrip_nix::{NarInfo, StorePath};
+use refstrip_source::{NarSource, SourceError};
+use refstrip_store::{PathRecord, StagingPack, Store, StoreError, PACK_TARGET};
+use refstrip_strip::{strip, Manifest, StripOptions};
+
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    pub jobs: usize,
+    /// zstd level of pack blocks.
+    pub level: i32,
+    /// `(i, n)`: only paths whose shard is `i` of `n` (see [`shard_of`]).
+    pub shard: Option<(u64, u64)>,
+    pub strip: StripOptions,
+    /// Follow references from the given paths.
+    pub closure: bool,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            level: 12,
+            shard: None,
+            strip: StripOptions::default(),
+            closure: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct IngestReport {
+    /// Paths selected (after closure and sharding).
+    pub paths: u64,
+    pub ingested: u64,
+    /// Already in the store.
+    pub skipped: u64,
+    pub failed: Vec<(String, String)>,
+    /// NAR bytes of the ingested paths.
+    pub nar_bytes: u64,
+    /// Compressed bytes of the cache's own files for the ingested paths (narinfo FileSize).
+    pub source_file_bytes: u64,
+    pub new_objects: u64,
+    /// Uncompressed bytes of new objects.
+    pub new_object_bytes: u64,
+    /// Bytes added to the store: sealed packs plus path records.
+    pub stored_bytes: u64,
+    pub packs: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Which of `n` shards a path belongs to: its digest's first 8 bytes modulo `n`, so every worker
+/// of a sharded job agrees without talking to the others.
+pub fn shard_of(path: &StorePath, n: u64) -> u64 {
+    let d = path.digest();
+    u64::from_le_bytes(d[..8].try_into().expect("20-byte digest")) % n
+}
+
+/// Resolve the paths to ingest: the given ones (or all, if none are given), their closure, then the
+/// shard. Returns their narinfos, largest NAR first.
+pub fn select(source: &dyn NarSource, roots: Vec<StorePath>, options: &IngestOptions) -> Result<Vec<NarInfo>, IngestError> {
+    let all = roots.is_empty();
+    let mut queue: VecDeque<StorePath> = if all { source.list()?.into() } else { roots.into() };
+    let mut seen = HashSet::new();
+    let mut infos = Vec::new();
+    while let Some(path) = queue.pop_front() {
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let info = source.narinfo(&path)?;
+        if options.closure && !all {
+            queue.extend(info.references.iter().filter(|r| !seen.contains(*r)).cloned());
+        }
+        infos.push(info);
+    }
+    if let Some((i, n)) = options.shard {
+        infos.retain(|info| shard_of(&info.store_path, n) == i);
+    }
+    infos.sort_by(|a, b| b.nar_size.cmp(&a.nar_size).then_with(|| a.store_path.cmp(&b.store_path)));
+    Ok(infos)
+}
+
+/// A path stripped into a staging pack, waiting for the pack to be sealed.
+struct Pending {
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    needed: Vec<refstrip_cas::ObjectId>,
+}
+
+/// Ingest `paths` (from [`select`]) into `store`. Per-path failures (bad NarHash, truncated or
+/// undecodable NAR) are reported and skipped; they leave no record behind.
+pub fn ingest(
+    source: &dyn NarSource,
+    store: &Store,
+    paths: Vec<NarInfo>,
+    options: &IngestOptions,
+    progress: &ProgressBar,
+) -> Result<IngestReport, IngestError> {
+    let started = Instant::now();
+    let total = paths.len() as u64;
+    progress.set_length(paths.iter().map(|p| p.nar_size).sum());
+    let queue = Mutex::new(VecDeque::from(paths));
+    let report = Mutex::new(IngestReport { paths: total, ..IngestReport::default() });
+    let stored = AtomicU64::new(0);
+
+    std::thread::scope(|scope| -> Result<(), IngestError> {
+        let workers: Vec<_> = (0..options.jobs.max(1))
+            .map(|_| scope.spawn(|| worker(source, store, &queue, options, progress, &report, &stored)))
+            .collect();
+        for w in workers {
+            w.join().expect("ingest worker panicked")?;
+        }
+        Ok(())
+    })?;
+
+    let mut report = report.into_inner().expect("report lock");
+    report.stored_bytes = stored.into_inner();
+    report.seconds = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    Ok(report)
+}
+
+fn worker(
+    source: &dyn NarSource,
+    store: &Store,
+    queue: &Mutex<VecDeque<NarInfo>>,
+    options: &IngestOptions,
+    progress: &ProgressBar,
+    report: &Mutex<IngestReport>,
+    stored: &AtomicU64,
+) -> Result<(), IngestError> {
+    let mut pack = store.new_pack(options.level)?;
+    let mut pending = Vec::new();
+    loop {
+        let next = queue.lock().expect("queue lock").pop_front();
+        let Some(info) = next else { break };
+        let hash_part = info.store_path.hash_part().to_string();
+        if store.has_path(&hash_part)? {
+            report.lock().expect("report lock").skipped += 1;
+            progress.inc(info.nar_size);
+            continue;
+        }
+        progress.set_message(info.store_path.name().to_string());
+        match strip_path(source, &info, options, &mut pack) {
+            Ok((p, new_objects, new_bytes)) => {
+                let mut r = report.lock().expect("report lock");
+                r.ingested += 1;
+                r.nar_bytes += info.nar_size;
+                r.source_file_bytes += info.file_size.unwrap_or(0);
+                r.new_objects += new_objects;
+                r.new_object_bytes += new_bytes;
+                pending.push(p);
+            }
+            Err(why) => {
+                progress.println(format!("refstrip: skipping {}: {why}", info.store_path));
+                report.lock().expect("report lock").failed.push((info.store_path.to_string(), why));
+            }
+        }
+        progress.inc(info.nar_size);
+        if pack.written_bytes() >= PACK_TARGET {
+            publish(store, &mut pack, &mut pending, report, stored)?;
+        }
+    }
+    publish(store, &mut pack, &mut pending, report, stored)
+}
+
+/// Strip one path into the staging pack, checking the NAR against its narinfo.
+fn strip_path(
+    source: &dyn NarSource,
+    info: &NarInfo,
+    options: &IngestOptions,
+    pack: &mut StagingPack<'_>,
+) -> Result<(Pending, u64, u64), String> {
+    let path_info = refstrip_store::pathinfo::path_info(info).map_err(|e| e.to_string())?;
+    let nar = source.nar(info).map_err(|e| e.to_string())?;
+    let mut sink = FileSink::new(pack);
+    let stripped = strip(nar, &path_info.refs, &options.strip, &mut sink).map_err(|e| format!("reading NAR: {e}"))?;
+    if stripped.nar_hash != *info.nar_hash.as_bytes() || stripped.nar_size != info.nar_size {
+        return Err(format!(
+            "NAR has SHA-256 {} and {} bytes, but the narinfo says {} and {} bytes",
+            refstrip_nix::Hash::from_bytes(stripped.nar_hash),
+            stripped.nar_size,
+            info.nar_hash,
+            info.nar_size
+        ));
+    }
+    let manifest = Manifest {
+        store_dir: path_info.store_dir,
+        refs: path_info.refs,
+        references: path_info.references,
+        nar_hash: stripped.nar_hash,
+        nar_size: stripped.nar_size,
+        info: path_info.info,
+        root: stripped.root,
+    };
+    let manifest_bytes = manifest.encode();
+    let (new_objects, new_bytes, needed) = (sink.new_objects, sink.new_bytes, sink.needed);
+    Ok((Pending { manifest, manifest_bytes, needed }, new_objects, new_bytes))
+}
+
+/// Seal the staging pack, then write the records of the paths waiting on it.
+fn publish(
+    store: &Store,
+    pack: &mut StagingPack<'_>,
+    pending: &mut Vec<Pending>,
+    report: &Mutex<IngestReport>,
+    stored: &AtomicU64,
+) -> Result<(), IngestError> {
+    if !pack.is_empty() {
+        report.lock().expect("report lock").packs += 1;
+    }
+    let (pack_id, index, pack_bytes) = pack.seal()?;
+    stored.fetch_add(pack_bytes, Ordering::Relaxed);
+    for p in pending.drain(..) {
+        let mut objects = HashMap::new();
+        for id in p.needed {
+            let location = match index.get(&id) {
+                Some(loc) => (pack_id.clone(), *loc),
+                None => store.locate(&id)?.ok_or_else(|| {
+                    StoreError::BadRecord { key: String::from_utf8_lossy(p.manifest.basename()).into_owned(), why: format!("object {id} vanished before its record was written") }
+                })?,
+            };
+            objects.insert(id, location);
+        }
+        let record = PathRecord { manifest: p.manifest, manifest_bytes: p.manifest_bytes, objects };
+        stored.fetch_add(store.add_record(&record)?, Ordering::Relaxed);
+    }
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! NAR sources: a Nix binary cache (`file://` or `http(s)://`) or a local Nix store.
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use refstrip_nix::{Hash, NarInfo, StoreDir, StorePath};
+
+use crate::compression::{decompress, Compression};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("{0} is not in the source")]
+    NotFound(String),
+    #[error("{what}: {why}")]
+    Invalid { what: String, why: String },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SourceError {
+    let what = what.into();
+    move |source| SourceError::Io { what, source }
+}
+
+/// Somewhere store paths can be read from as narinfo + NAR stream.
+pub trait NarSource: Send + Sync {
+    fn describe(&self) -> String;
+    fn store_dir(&self) -> &StoreDir;
+    /// Every path the source holds (for `--all`).
+    fn list(&self) -> Result<Vec<StorePath>, SourceError>;
+    fn narinfo(&self, path: &StorePath) -> Result<NarInfo, SourceError>;
+    /// The uncompressed NAR of `info`'s path. Not verified here: the reader compares the NarHash.
+    fn nar(&self, info: &NarInfo) -> Result<Box<dyn BufRead + Send>, SourceError>;
+}
+
+/// Open a source by the way Nix users name it: `file:///dir` or `http(s)://host/…` (a binary
+/// cache), `/` or a chroot-store root directory (a local Nix store with `nix/var/nix/db/db.sqlite`),
+/// or a plain directory holding `nix-cache-info` (a binary cache).
+pub fn open_source(spec: &str, store_dir: StoreDir) -> Result<Box<dyn NarSource>, SourceError> {
+    if spec.starts_with("http://") || spec.starts_with("https://") {
+        return Ok(Box::new(BinaryCache::Http { base: spec.trim_end_matches('/').to_string(), store_dir }));
+    }
+    let dir = PathBuf::from(spec.strip_prefix("file://").map(|r| r.split('?').next().unwrap_or(r)).unwrap_or(spec));
+    if spec.contains("://") && !spec.starts_with("file://") {
+        return Err(SourceError::Invalid { what: spec.into(), why: "unsupported URL scheme (file, http, https)".into() });
+    }
+    if dir.join("nix/var/nix/db/db.sqlite").exists() {
+        return Ok(Box::new(LocalStore { root: dir, store_dir }));
+    }
+    if spec.starts_with("file://") || dir.join("nix-cache-info").exists() {
+        return Ok(Box::new(BinaryCache::Dir { dir, store_dir }));
+    }
+    Err(SourceError::Invalid {
+        what: spec.into(),
+        why: "neither a binary cache (no nix-cache-info) nor a Nix store root (no nix/var/nix/db/db.sqlite)".into(),
+    })
+}
+
+/// A Nix binary cache: `<hash>.narinfo` files and the NAR files their `URL`s name.
+pub enum BinaryCache {
+    Dir { dir: PathBuf, store_dir: StoreDir },
+    Http { base: String, store_dir: StoreDir },
+}
+
+impl BinaryCache {
+    fn fetch(&self, rel: &str) -> Result<Box<dyn Read + Send>, SourceError> {
+        match self {
+            BinaryCache::Dir { dir, .. } => {
+                let path = dir.join(rel);
+                match File::open(&path) {
+                    Ok(f) => Ok(Box::new(f)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SourceError::NotFound(path.display().to_string())),
+                    Err(e) => Err(io_err(path.display().to_string())(e)),
+                }
+            }
+            BinaryCache::Http { base, .. } => {
+                let url = format!("{base}/{rel}");
+                match ureq::get(&url).call() {
+                    Ok(resp) => Ok(Box::new(resp.into_body().into_reader())),
+                    Err(ureq::Error::StatusCode(404)) => Err(SourceError::NotFound(url)),
+                    Err(e) => Err(SourceError::Io { what: url, source: io::Error::other(e) }),
+                }
+            }
+        }
+    }
+}
+
+impl NarSource for BinaryCache {
+    fn describe(&self) -> String {
+        match self {
+            BinaryCache::Dir { dir, .. } => format!("file://{}", dir.display()),
+            BinaryCache::Http { base, .. } => base.clone(),
+        }
+    }
+
+    fn store_dir(&self) -> &StoreDir {
+        match self {
+            BinaryCache::Dir { store_dir, .. } | BinaryCache::Http { store_dir, .. } => store_dir,
+        }
+    }
+
+    fn list(&self) -> Result<Vec<StorePath>, SourceError> {
+        let BinaryCache::Dir { dir, .. } = self else {
+            return Err(SourceError::Invalid {
+                what: self.describe(),
+                why: "an HTTP cache cannot be listed; name the paths to ingest".into(),
+            });
+        };
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).map_err(io_err(dir.display().to_string()))? {
+            let name = e.map_err(io_err(dir.display().to_string()))?.file_name().to_string_lossy().into_owned();
+            if let Some(hash) = name.strip_suffix(".narinfo") {
+                let info = self.narinfo_by_hash(hash)?;
+                out.push(info.store_path);
+            }
+        }
+        Ok(out)
+    }
+
+    fn narinfo(&self, path: &StorePath) -> Result<NarInfo, SourceError> {
+        let info = self.narinfo_by_hash(path.hash_part())?;
+        if info.store_path != *path {
+            return Err(SourceError::Invalid { what: path.to_string(), why: format!("narinfo is for {}", info.store_path) });
+        }
+        Ok(info)
+    }
+
+    fn nar(&self, info: &NarInfo) -> Result<Box<dyn BufRead + Send>, SourceError> {
+        let compression = Compression::from_narinfo(info.compression.as_deref()).map_err(io_err(info.url.clone()))?;
+        decompress(self.fetch(&info.url)?, compression).map_err(io_err(info.url.clone()))
+    }
+}
+
+impl BinaryCache {
+    fn narinfo_by_hash(&self, hash: &str) -> Result<NarInfo, SourceError> {
+        let rel = format!("{hash}.narinfo");
+        let mut text = Vec::new();
+        self.fetch(&rel)?.read_to_end(&mut text).map_err(io_err(rel.clone()))?;
+        NarInfo::parse_bytes(self.store_dir(), &text).map_err(|e| SourceError::Invalid { what: rel, why: e.to_string() })
+    }
+}
+
+/// A local Nix store: `ROOT/nix/var/nix/db/db.sqlite` for metadata, `ROOT/<store dir>` for contents.
+/// `ROOT` is `/` for the system store, or a chroot store's root (`nix --store ROOT`).
+pub struct LocalStore {
+    root: PathBuf,
+    store_dir: StoreDir,
+}
+
+impl LocalStore {
+    fn db(&self) -> Result<rusqlite::Connection, SourceError> {
+        let path = self.root.join("nix/var/nix/db/db.sqlite");
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| SourceError::Io { what: path.display().to_string(), source: io::Error::other(e) })
+    }
+
+    fn real_path(&self, path: &StorePath) -> PathBuf {
+        let full = self.store_dir.display_path(path);
+        self.root.join(Path::new(&full).strip_prefix("/").unwrap_or(Path::new(&full)))
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> SourceError {
+    SourceError::Io { what: "Nix database".into(), source: io::Error::other(e) }
+}
+
+impl NarSource for LocalStore {
+    fn describe(&self) -> String {
+        format!("local Nix store at {}", self.root.display())
+    }
+
+    fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+
+    fn list(&self) -> Result<Vec<StorePath>, SourceError> {
+        let db = self.db()?;
+        let mut q = db.prepare("SELECT path FROM ValidPaths").map_err(db_err)?;
+        let paths: Vec<String> = q.query_map([], |r| r.get(0)).map_err(db_err)?.collect::<Result<_, _>>().map_err(db_err)?;
+        paths
+            .iter()
+            .map(|p| self.store_dir.parse_path(p).map_err(|e| SourceError::Invalid { what: p.clone(), why: e.to_string() }))
+            .collect()
+    }
+
+    fn narinfo(&self, path: &StorePath) -> Result<NarInfo, SourceError> {
+        let db = self.db()?;
+        let full = self.store_dir.display_path(path);
+        let row = db
+            .query_row(
+                "SELECT id, hash, narSize, deriver, sigs, ca FROM ValidPaths WHERE path = ?1",
+                [&full],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                },
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => SourceError::NotFound(full.clone()),
+                e => db_err(e),
+            })?;
+        let (id, hash, nar_size, deriver, sigs, ca) = row;
+        let mut q = db
+            .prepare("SELECT p.path FROM Refs r JOIN ValidPaths p ON r.reference = p.id WHERE r.referrer = ?1 ORDER BY p.path")
+            .map_err(db_err)?;
+        let refs: Vec<String> = q.query_map([id], |r| r.get(0)).map_err(db_err)?.collect::<Result<_, _>>().map_err(db_err)?;
+        // Build the narinfo text Nix would serve for this path and parse it: one code path for all.
+        let mut text = format!("StorePath: {full}\nURL: local\nCompression: none\nNarHash: {hash}\nNarSize: {}\nReferences:", nar_size.unwrap_or(0));
+        for r in &refs {
+            text.push(' ');
+            text.push_str(r.rsplit('/').next().unwrap_or(r));
+        }
+        text.push('\n');
+        if let Some(d) = deriver.filter(|d| !d.is_empty()) {
+            text.push_str(&format!("Deriver: {}\n", d.rsplit('/').next().unwrap_or(&d)));
+        }
+        for sig in sigs.unwrap_or_default().split_whitespace() {
+            text.push_str(&format!("Sig: {sig}\n"));
+        }
+        if let Some(ca) = ca.filter(|c| !c.is_empty()) {
+            text.push_str(&format!("CA: {ca}\n"));
+        }
+        let mut info = NarInfo::parse(&self.store_dir, &text).map_err(|e| SourceError::Invalid { what: full.clone(), why: e.to_string() })?;
+        // The database stores the NarHash in base16; normalize so it prints as Nix's narinfo does.
+        info.nar_hash = Hash::from_bytes(*info.nar_hash.as_bytes());
+        Ok(info)
+    }
+
+    fn nar(&self, info: &NarInfo) -> Result<Box<dyn BufRead + Send>, SourceError> {
+        let path = self.real_path(&info.store_path);
+        let (reader, writer) = io::pipe().map_err(io_err("pipe"))?;
+        // Dumping runs beside the reader; if it fails the pipe closes early and the reader sees a
+        // truncated NAR (and a NarHash mismatch), so no error is lost silently.
+        std::thread::spawn(move || {
+            if let Err(e) = refstrip_nar::dump(&path, io::BufWriter::with_capacity(1 << 20, writer)) {
+                eprintln!("refstrip: dumping {}: {e}", path.display());
+            }
+        });
+        Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
+    }
+}

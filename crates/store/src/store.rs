@@ -1,0 +1,293 @@
+//! A normalized store: path records and packs on a [`Backend`], with a local [`Catalog`].
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use refstrip_cas::pack::{decompress_bounded, decode_index, verify, Location, PackWriter};
+use refstrip_cas::{CasError, ObjectId, ObjectRead, ObjectWrite};
+
+use crate::backend::{self, Backend};
+use crate::catalog::{Catalog, Totals};
+use crate::record::PathRecord;
+
+/// A sealed pack is this large (compressed) at most, give or take one block.
+pub const PACK_TARGET: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("catalog: {0}")]
+    Catalog(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Cas(#[from] CasError),
+    #[error("path record {key}: {why}")]
+    BadRecord { key: String, why: String },
+    #[error("{0} is not in the store")]
+    NoSuchPath(String),
+}
+
+pub struct Store {
+    backend: Box<dyn Backend>,
+    catalog: Mutex<Catalog>,
+}
+
+impl Store {
+    /// Open (creating if needed) the store at `url`: a directory or `file:///dir`.
+    pub fn open(url: &str) -> Result<Store, StoreError> {
+        let backend = backend::open(url)?;
+        let catalog = Catalog::open(&backend.catalog_path())?;
+        Ok(Store { backend, catalog: Mutex::new(catalog) })
+    }
+
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    pub fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
+        self.catalog.lock().expect("catalog lock poisoned")
+    }
+
+    pub fn has_path(&self, hash_part: &str) -> Result<bool, StoreError> {
+        Ok(self.catalog().has_path(hash_part)? || self.backend.size(&record_key(hash_part))?.is_some())
+    }
+
+    pub fn read_record(&self, hash_part: &str) -> Result<PathRecord, StoreError> {
+        let key = record_key(hash_part);
+        let bytes = self.backend.get(&key)?.ok_or_else(|| StoreError::NoSuchPath(hash_part.to_string()))?;
+        PathRecord::decode(&bytes).map_err(|why| StoreError::BadRecord { key, why })
+    }
+
+    /// Start a pack for new objects, in the backend's scratch space.
+    pub fn new_pack(&self, level: i32) -> Result<StagingPack<'_>, StoreError> {
+        let (writer, path) = self.pack_file(level)?;
+        Ok(StagingPack { store: self, writer: Some(writer), path, level })
+    }
+
+    fn pack_file(&self, level: i32) -> Result<(PackWriter<HashingFile>, PathBuf), StoreError> {
+        let tmp = tempfile::Builder::new().prefix("pack-").tempfile_in(self.backend.scratch_dir())?;
+        let (file, path) = tmp.keep().map_err(|e| e.error)?;
+        let hashing = HashingFile { inner: BufWriter::with_capacity(1 << 20, file), hasher: blake3::Hasher::new() };
+        Ok((PackWriter::new(hashing, level)?, path))
+    }
+
+    /// Make a path available: write its record and catalog it. Its objects must be in sealed packs.
+    /// Returns the record's size in bytes.
+    pub fn add_record(&self, record: &PathRecord) -> Result<u64, StoreError> {
+        let hash_part = String::from_utf8_lossy(&record.manifest.basename()[..32]).into_owned();
+        let bytes = record.encode();
+        self.backend.put(&record_key(&hash_part), &bytes)?;
+        let store_path = format!(
+            "{}/{}",
+            String::from_utf8_lossy(&record.manifest.store_dir),
+            String::from_utf8_lossy(record.manifest.basename())
+        );
+        self.catalog().add_path(
+            &hash_part,
+            &store_path,
+            &record.manifest.nar_hash,
+            record.manifest.nar_size,
+            bytes.len() as u64,
+            record.objects.keys(),
+        )?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Where a sealed object lives, per the catalog.
+    pub fn locate(&self, id: &ObjectId) -> Result<Option<(String, Location)>, StoreError> {
+        Ok(self.catalog().locate(id)?)
+    }
+
+    /// A reader for the objects of one path record.
+    pub fn objects<'s>(&'s self, record: &'s PathRecord) -> RecordObjects<'s> {
+        RecordObjects { backend: &*self.backend, record, cached: None }
+    }
+
+    pub fn totals(&self) -> Result<Totals, StoreError> {
+        Ok(self.catalog().totals()?)
+    }
+
+    /// Rebuild the catalog from the files: every pack's index and every path record.
+    pub fn rebuild_catalog(&self) -> Result<(), StoreError> {
+        let mut catalog = self.catalog();
+        catalog.clear()?;
+        for key in self.backend.list("packs/")? {
+            let Some(id) = key.strip_prefix("packs/").and_then(|k| k.strip_suffix(".pack")) else { continue };
+            let size = self.backend.size(&key)?.unwrap_or(0);
+            let index = read_pack_index(&*self.backend, &key, size)?;
+            let raw: u64 = index.values().map(|l| l.size).sum();
+            catalog.add_pack(id, size, raw, index.iter())?;
+        }
+        drop(catalog);
+        for key in self.backend.list("paths/")? {
+            let bytes = self.backend.get(&key)?.unwrap_or_default();
+            let record = PathRecord::decode(&bytes).map_err(|why| StoreError::BadRecord { key: key.clone(), why })?;
+            self.add_record(&record)?;
+        }
+        Ok(())
+    }
+
+    /// Remove every path not in `keep` (hash parts), then every pack no remaining path needs.
+    /// Returns (paths removed, packs removed, bytes freed).
+    ///
+    /// A concurrent ingest only adds packs after sealing them and records after their packs, and
+    /// gc only deletes packs that no record in the catalog needs; a path being ingested while gc
+    /// runs may find an object gone and must be ingested again (ingest skips nothing it did not
+    /// record), so the store never holds a record whose objects are missing.
+    pub fn gc(&self, keep: &std::collections::HashSet<String>) -> Result<(u64, u64, u64), StoreError> {
+        let mut removed_paths = 0;
+        // Collect first: a guard in the loop head would live through the loop and deadlock.
+        let paths = self.catalog().paths()?;
+        for (hash_part, _) in paths {
+            if !keep.contains(&hash_part) {
+                self.backend.delete(&record_key(&hash_part))?;
+                self.catalog().remove_path(&hash_part)?;
+                removed_paths += 1;
+            }
+        }
+        let mut removed_packs = 0;
+        let mut freed = 0;
+        let unreferenced = self.catalog().unreferenced_packs()?;
+        for id in unreferenced {
+            let key = pack_key(&id);
+            freed += self.backend.size(&key)?.unwrap_or(0);
+            self.backend.delete(&key)?;
+            self.catalog().remove_pack(&id)?;
+            removed_packs += 1;
+        }
+        Ok((removed_paths, removed_packs, freed))
+    }
+}
+
+pub fn record_key(hash_part: &str) -> String {
+    format!("paths/{hash_part}")
+}
+
+pub fn pack_key(id: &str) -> String {
+    format!("packs/{id}.pack")
+}
+
+/// Read a pack's index with two ranged reads (footer, then index).
+pub fn read_pack_index(backend: &dyn Backend, key: &str, size: u64) -> Result<HashMap<ObjectId, Location>, StoreError> {
+    if size < 32 {
+        return Err(CasError::BadPack(format!("{key} is too short")).into());
+    }
+    let footer = backend.get_range(key, size - 24, 24)?;
+    let offset = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
+    let len = u64::from_le_bytes(footer[8..16].try_into().expect("8 bytes"));
+    if &footer[16..] != b"rspackix" || offset.checked_add(len) != Some(size - 24) {
+        return Err(CasError::BadPack(format!("{key}: bad footer")).into());
+    }
+    let raw = decompress_bounded(&backend.get_range(key, offset, len)?)?;
+    Ok(decode_index(&raw, offset)?)
+}
+
+/// A pack being filled by one ingest worker; [`seal`](Self::seal) publishes it under its BLAKE3.
+pub struct StagingPack<'s> {
+    store: &'s Store,
+    writer: Option<PackWriter<HashingFile>>,
+    path: PathBuf,
+    level: i32,
+}
+
+impl StagingPack<'_> {
+    pub fn written_bytes(&self) -> u64 {
+        self.writer.as_ref().map_or(0, |w| w.written_bytes())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writer.as_ref().is_none_or(|w| w.is_empty())
+    }
+
+    /// Finish the pack, move it into the store and catalog its objects. Returns its id, index and
+    /// size (empty and 0 when nothing was added, in which case nothing is published). The staging
+    /// pack is ready for new objects afterwards.
+    pub fn seal(&mut self) -> Result<(String, HashMap<ObjectId, Location>, u64), StoreError> {
+        let writer = self.writer.take().expect("a staging pack always has a writer between calls");
+        if writer.is_empty() {
+            self.writer = Some(writer);
+            return Ok((String::new(), HashMap::new(), 0));
+        }
+        let raw = writer.raw_bytes();
+        let (file, index) = writer.finish()?;
+        let HashingFile { inner, hasher } = file;
+        let size = inner.get_ref().metadata()?.len();
+        inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        let id = hasher.finalize().to_hex().to_string();
+        self.store.backend.put_file(&pack_key(&id), &self.path)?;
+        self.store.catalog().add_pack(&id, size, raw, index.iter())?;
+        let (writer, path) = self.store.pack_file(self.level)?;
+        self.writer = Some(writer);
+        self.path = path;
+        Ok((id, index, size))
+    }
+}
+
+impl Drop for StagingPack<'_> {
+    fn drop(&mut self) {
+        // An unsealed pack is scratch: nothing refers to it.
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl ObjectWrite for StagingPack<'_> {
+    fn has(&mut self, id: &ObjectId) -> io::Result<bool> {
+        if self.writer.as_ref().is_some_and(|w| w.contains(id)) {
+            return Ok(true);
+        }
+        self.store.locate(id).map(|l| l.is_some()).map_err(io::Error::other)
+    }
+
+    fn put(&mut self, id: ObjectId, bytes: &[u8]) -> io::Result<()> {
+        self.writer.as_mut().expect("writer present").add(id, bytes).map(drop)
+    }
+}
+
+/// Computes the pack's BLAKE3 (its name) while it is written.
+struct HashingFile {
+    inner: BufWriter<File>,
+    hasher: blake3::Hasher,
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads the objects of one path record from its packs, one ranged read per block, verifying each.
+pub struct RecordObjects<'s> {
+    backend: &'s dyn Backend,
+    record: &'s PathRecord,
+    cached: Option<((String, u64), Vec<u8>)>,
+}
+
+impl ObjectRead for RecordObjects<'_> {
+    fn get(&mut self, id: &ObjectId) -> Result<Vec<u8>, CasError> {
+        let (pack, loc) = self.record.objects.get(id).ok_or(CasError::NotFound(*id))?;
+        let block_key = (pack.clone(), loc.block_offset);
+        if self.cached.as_ref().map(|(k, _)| k) != Some(&block_key) {
+            let compressed = self.backend.get_range(&pack_key(pack), loc.block_offset, loc.block_len)?;
+            let raw = decompress_bounded(&compressed).map_err(|e| CasError::Corrupt { id: *id, why: e.to_string() })?;
+            if raw.len() as u64 != loc.block_raw_len {
+                return Err(CasError::Corrupt { id: *id, why: "block has the wrong length".into() });
+            }
+            self.cached = Some((block_key, raw));
+        }
+        let block = &self.cached.as_ref().expect("cached above").1;
+        let bytes = block[loc.offset_in_block as usize..(loc.offset_in_block + loc.size) as usize].to_vec();
+        verify(id, &bytes)?;
+        Ok(bytes)
+    }
+}
