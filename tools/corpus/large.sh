@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Profile "large" of the refstrip corpus (not committed; for performance work): the Debian 12 binary
+# packages of a package set and all their dependencies (apt-get download), each laid out as a Nix
+# store path by tools/corpus/large/deb2store.py (ELF interpreter + rpaths + #! + symlinks pointed at
+# dependency store paths), generations gen1 and mass (only corpusRevision changes).
+#
+#   tools/corpus/large.sh [OUTDIR]     (also: tools/corpus/build.sh large [OUTDIR])
+#
+# OUTDIR (default /var/cache/refstrip-corpus/out/large)/GEN is a zstd binary cache with roots, paths,
+# packages index files as for the other profiles; with LARGE_XZ=1 also xz caches in
+# /var/cache/refstrip-corpus/xz/large/GEN. The .deb versions are whatever bookworm (+ -updates,
+# -security) serves at the time: store paths are reproducible only for the same .deb files
+# (index.json records their sha256).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+CORPUS_CACHE="${CORPUS_CACHE:-/var/cache/refstrip-corpus}"
+PKGSET="${PKGSET:-git python3 perl gcc-12 cmake vim-nox ffmpeg imagemagick}"
+GENERATIONS="${GENERATIONS:-gen1 mass}"
+debdir="$CORPUS_CACHE/debs"
+outdir="${1:-$CORPUS_CACHE/out/large}"
+key="$repo/corpus/keys/refstrip-corpus-1.sec"
+log() { echo "corpus/large: $*" >&2; }
+for c in patchelf dpkg-deb python3 zstd; do command -v $c >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq patchelf zstd python3 >/dev/null; break; }; done
+
+mkdir -p "$debdir" "$outdir" "$CORPUS_CACHE/gcroots"
+# shellcheck disable=SC2086
+mapfile -t set < <(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
+  --no-replaces --no-enhances $PKGSET | grep -v '^ ' | grep -v '^<' | sort -u)
+log "${#set[@]} packages in the closure of: $PKGSET"
+missing=()
+for p in "${set[@]}"; do
+  v="$(apt-cache policy "$p" | awk '/Candidate:/ { print $2 }')"
+  compgen -G "$debdir/${p}_${v//:/%3a}_*.deb" >/dev/null || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get download ${#missing[@]} packages"
+  (cd "$debdir" && apt-get download -qq "${missing[@]}")
+fi
+# only the .debs of the current set (the cache may hold older versions)
+idxdir="$CORPUS_CACHE/large-set"; rm -rf "$idxdir"; mkdir -p "$idxdir"
+for p in "${set[@]}"; do
+  v="$(apt-cache policy "$p" | awk '/Candidate:/ { print $2 }')"
+  ln -s "$debdir/${p}_${v//:/%3a}_"*.deb "$idxdir/"
+done
+python3 "$here/large/mkindex.py" "$idxdir" > "$CORPUS_CACHE/large-index.json"
+du -shL "$idxdir" >&2
+
+for gen in $GENERATIONS; do
+  log "building $gen"
+  root="$(nix-build "$here/large/default.nix" -A root --argstr debDir "$idxdir" \
+    --argstr indexFile "$CORPUS_CACHE/large-index.json" --argstr generation "$gen" \
+    --max-jobs 2 --cores 1 -o "$CORPUS_CACHE/gcroots/large-$gen")"
+  nix store sign --key-file "$key" -r "$root"
+  d="$outdir/$gen"; rm -rf "$d"; mkdir -p "$d"
+  nix copy --to "file://$d?compression=zstd" "$root"
+  echo "$root" > "$d/roots"
+  nix-store -qR "$root" | sort > "$d/paths"
+  nix eval --raw -f "$here/large/default.nix" indexText --argstr debDir "$idxdir" \
+    --argstr indexFile "$CORPUS_CACHE/large-index.json" --argstr generation "$gen" | sort > "$d/packages"
+  if [ "${LARGE_XZ:-0}" = 1 ]; then
+    x="$CORPUS_CACHE/xz/large/$gen"; rm -rf "$x"; mkdir -p "$x"
+    nix copy --to "file://$x?compression=xz" "$root"
+  fi
+done
+log "done: $outdir"
