@@ -24,8 +24,10 @@ use crate::id::{Kind, ObjectId};
 const HEADER: &[u8; 8] = b"rspack01";
 const FOOTER_MAGIC: &[u8; 8] = b"rspackix";
 const FOOTER_LEN: u64 = 24;
-/// A block is compressed once it holds this many bytes.
-pub const BLOCK_TARGET: usize = 1 << 20;
+/// A block is compressed once it holds this many bytes: larger blocks compress better (measured in
+/// docs/store.md: 4 MiB is 10 % smaller than 1 MiB on the full corpus) but a client fetching one
+/// object reads its whole block.
+pub const BLOCK_TARGET: usize = 4 << 20;
 /// Largest block or index a reader will decompress (guards against hostile packs).
 const MAX_DECOMPRESSED: u64 = 1 << 30;
 

@@ -31,7 +31,7 @@ fn pack_of(objects: &[Vec<u8>]) -> Vec<u8> {
 
 #[test]
 fn objects_round_trip_across_blocks() {
-    let objects: Vec<Vec<u8>> = (0..40).map(|i| noise(50_000 + i * 1000, i as u32)).collect();
+    let objects: Vec<Vec<u8>> = (0..120).map(|i| noise(50_000 + i * 1000, i as u32)).collect();
     let pack = pack_of(&objects);
     let mut r = PackReader::open(Cursor::new(pack)).unwrap();
     assert_eq!(r.index().len(), objects.len());

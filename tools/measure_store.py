@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Measure what a normalized store costs per corpus generation, against the Nix caches' own sizes.
+
+Usage: tools/measure_store.py PROFILE_DIR [XZ_PROFILE_DIR]
+  PROFILE_DIR     directory of zstd binary caches, one per generation (e.g. corpus/small)
+  XZ_PROFILE_DIR  the same generations as xz caches (tools/corpus/build.sh writes them to
+                  /var/cache/refstrip-corpus/xz/PROFILE); without it the xz column is omitted.
+
+Ingests the generations in order (gen1, mass, single, bump: those present) into a fresh store with
+the release binary, under /usr/bin/time for peak RSS, and prints a Markdown table. Both sides pay
+only for paths they do not have yet: the caches their new paths' FileSize, refstrip its new packs
+and path records.
+"""
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+GENERATIONS = ["gen1", "mass", "single", "bump"]
+
+
+def file_sizes(cache_dir):
+    """hash part -> FileSize of every narinfo in a cache directory."""
+    sizes = {}
+    for f in glob.glob(os.path.join(cache_dir, "*.narinfo")):
+        m = re.search(r"^FileSize: (\d+)$", open(f).read(), re.M)
+        sizes[os.path.basename(f)[:32]] = int(m.group(1))
+    return sizes
+
+
+def main():
+    profile = sys.argv[1]
+    xz_profile = sys.argv[2] if len(sys.argv) > 2 else None
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "refstrip"], check=True)
+    binary = os.path.abspath("target/release/refstrip")
+    store = os.path.join(tempfile.mkdtemp(), "store")
+    seen = set()
+    rows = []
+    for gen in GENERATIONS:
+        cache = os.path.join(profile, gen)
+        if not os.path.isdir(cache):
+            continue
+        zstd = file_sizes(cache)
+        xz = file_sizes(os.path.join(xz_profile, gen)) if xz_profile else {}
+        new = [h for h in zstd if h not in seen]
+        seen.update(zstd)
+        out = subprocess.run(
+            ["/usr/bin/time", "-f", "RSS %M", binary, "ingest", cache, "--all", "--to", store, "--json"],
+            check=True, capture_output=True, text=True)
+        report = json.loads(out.stdout)
+        rss_kib = int(re.search(r"RSS (\d+)", out.stderr).group(1))
+        assert report["ingested"] == len(new), (gen, report["ingested"], len(new))
+        # Compare with xz only where the xz cache holds every new path of the generation.
+        xz_total = sum(xz[h] for h in new) if new and all(h in xz for h in new) else None
+        rows.append((gen, report, sum(zstd[h] for h in new), xz_total, rss_kib))
+    stats = json.loads(subprocess.run([binary, "stats", store, "--json"], check=True, capture_output=True, text=True).stdout)
+
+    print(f"Profile `{profile}`; command: `python3 tools/measure_store.py {' '.join(sys.argv[1:])}`\n")
+    print("| generation | new paths | NAR bytes | Nix cache, xz | Nix cache, zstd | refstrip store | vs xz | vs zstd | new objects | packs | ingest MB/s | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for gen, r, zstd, xz, rss in rows:
+        ours = r["stored_bytes"]
+        xz_cells = (f"{xz:,}", f"{100 * ours / xz:.1f} %") if xz else ("-", "-")
+        mbps = r["nar_bytes"] / 1e6 / max(r["seconds"], 1e-9)
+        print(f"| {gen} | {r['ingested']} | {r['nar_bytes']:,} | {xz_cells[0]} | {zstd:,} | {ours:,} | {xz_cells[1]} | "
+              f"{100 * ours / zstd:.1f} % | {r['new_objects']} | {r['packs']} | {mbps:.1f} | {rss / 1024:.0f} MiB |")
+    print(f"\nWhole store after all generations: {stats['paths']} paths, {stats['nar_bytes']:,} NAR bytes in "
+          f"{stats['pack_bytes'] + stats['record_bytes']:,} bytes ({stats['packs']} packs, {stats['objects']} objects, "
+          f"{stats['record_bytes']:,} bytes of path records).")
+
+
+if __name__ == "__main__":
+    main()
