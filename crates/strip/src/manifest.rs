@@ -113,6 +113,16 @@ impl Manifest {
     }
 
     pub fn encode(&self) -> Vec<u8> {
+        let body = self.body();
+        let mut out = MAGIC.to_vec();
+        put(&mut out, MANIFEST_VERSION);
+        out.extend(zstd::bulk::compress(&body, 19).expect("in-memory zstd"));
+        out
+    }
+
+    /// The uncompressed body of the encoding (spec §3): deterministic, unlike the zstd frame around
+    /// it, whose bytes depend on the compressor; test vectors pin this.
+    pub fn body(&self) -> Vec<u8> {
         let mut body = Vec::new();
         put_bytes(&mut body, &self.store_dir);
         put(&mut body, self.refs.len() as u64);
@@ -131,11 +141,7 @@ impl Manifest {
             put_bytes(&mut body, v.as_bytes());
         }
         encode_node(&mut body, &self.root, Literals::Bytes);
-
-        let mut out = MAGIC.to_vec();
-        put(&mut out, MANIFEST_VERSION);
-        out.extend(zstd::bulk::compress(&body, 19).expect("in-memory zstd"));
-        out
+        body
     }
 
     /// Decode and validate a manifest: every patch is checked against its file, name or target and
