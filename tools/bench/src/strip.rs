@@ -312,7 +312,7 @@ pub fn run(args: StripArgs) -> anyhow::Result<()> {
                 }
                 Ok(())
             })?;
-            pt.push(&format!("{n} reference(s)"), "prototype `SkipScanner` (scan only, no copy)", sample, first);
+            pt.push(&format!("{n} reference(s)"), "prototype `SkipScanner` (scan only, no copy)", sample, Some(i));
         }
         report.push_str(&pt.markdown());
         report.push('\n');
