@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 profile="${1:?usage: build.sh [--check [--fresh]] PROFILE [OUTDIR]}"
-if [ "$profile" = large ]; then exec bash "$here/large.sh" "$@"; fi
+if [ "$profile" = large ]; then shift; exec bash "$here/large.sh" "$@"; fi
 case "$profile" in small|full) ;; *) echo "unknown profile $profile" >&2; exit 2 ;; esac
 if [ "$check" = 1 ]; then
   outdir="$(mktemp -d /tmp/refstrip-corpus-check.XXXXXX)"

@@ -15,7 +15,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 CORPUS_CACHE="${CORPUS_CACHE:-/var/cache/refstrip-corpus}"
-PKGSET="${PKGSET:-git python3 perl gcc-12 cmake vim-nox ffmpeg imagemagick}"
+PKGSET="${PKGSET:-bash dash coreutils git python3 perl gcc-12 cmake vim-nox ffmpeg imagemagick}"
 GENERATIONS="${GENERATIONS:-gen1 mass}"
 debdir="$CORPUS_CACHE/debs"
 outdir="${1:-$CORPUS_CACHE/out/large}"
@@ -28,21 +28,19 @@ mkdir -p "$debdir" "$outdir" "$CORPUS_CACHE/gcroots"
 mapfile -t set < <(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
   --no-replaces --no-enhances $PKGSET | grep -v '^ ' | grep -v '^<' | sort -u)
 log "${#set[@]} packages in the closure of: $PKGSET"
+# file names of the candidate versions, in one apt call (in an empty dir: it lists only files it
+# would download)
+# shellcheck disable=SC2068
+mapfile -t files < <(cd /tmp && mkdir -p refstrip-corpus-uris && cd refstrip-corpus-uris && apt-get download --print-uris ${set[@]} | awk '{ print $2 }')
 missing=()
-for p in "${set[@]}"; do
-  v="$(apt-cache policy "$p" | awk '/Candidate:/ { print $2 }')"
-  compgen -G "$debdir/${p}_${v//:/%3a}_*.deb" >/dev/null || missing+=("$p")
-done
+for f in "${files[@]}"; do [ -f "$debdir/$f" ] || missing+=("${f%%_*}"); done
 if [ ${#missing[@]} -gt 0 ]; then
   log "apt-get download ${#missing[@]} packages"
   (cd "$debdir" && apt-get download -qq "${missing[@]}")
 fi
 # only the .debs of the current set (the cache may hold older versions)
 idxdir="$CORPUS_CACHE/large-set"; rm -rf "$idxdir"; mkdir -p "$idxdir"
-for p in "${set[@]}"; do
-  v="$(apt-cache policy "$p" | awk '/Candidate:/ { print $2 }')"
-  ln -s "$debdir/${p}_${v//:/%3a}_"*.deb "$idxdir/"
-done
+for f in "${files[@]}"; do ln -s "$debdir/$f" "$idxdir/$f"; done
 python3 "$here/large/mkindex.py" "$idxdir" > "$CORPUS_CACHE/large-index.json"
 du -shL "$idxdir" >&2
 

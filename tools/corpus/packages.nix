@@ -150,6 +150,9 @@ rec {
     pname = "xz"; version = "5.4.1";
     src = source "xz-5.4.1";
     configureFlags = "--disable-doc";
+    # xz's configure picks $CONFIG_SHELL (the host's /bin/bash) for xzgrep & co; make it /bin/sh so
+    # patchShebangs points them at the store dash
+    preConfigure = "export CONFIG_SHELL=/bin/sh";
   };
 
   libffi = mkDerivation {

@@ -10,7 +10,7 @@ debdir = sys.argv[1]
 pkgs = {}
 for f in sorted(glob.glob(os.path.join(debdir, "*.deb"))):
     fields = {}
-    out = subprocess.run(["dpkg-deb", "-f", f, "Package", "Version", "Depends", "Pre-Depends", "Provides"],
+    out = subprocess.run(["dpkg-deb", "-f", f, "Package", "Version", "Depends", "Pre-Depends", "Provides", "Essential"],
                          check=True, capture_output=True, text=True).stdout
     key = None
     for line in out.splitlines():
@@ -23,7 +23,7 @@ for f in sorted(glob.glob(os.path.join(debdir, "*.deb"))):
     h = hashlib.sha256(open(f, "rb").read()).hexdigest()
     pkgs[name] = {"name": name, "version": fields["Version"], "file": os.path.basename(f), "sha256": h,
                   "rawdeps": ", ".join(x for x in (fields.get("Pre-Depends"), fields.get("Depends")) if x),
-                  "provides": fields.get("Provides", "")}
+                  "provides": fields.get("Provides", ""), "essential": fields.get("Essential") == "yes"}
 
 def bare(s):
     return re.sub(r"\(.*?\)|\[.*?\]|<.*?>", "", s).strip().split(":")[0].strip()
@@ -33,6 +33,7 @@ for p in pkgs.values():
     for v in filter(None, (bare(x) for x in p["provides"].split(","))):
         provides.setdefault(v, p["name"])
 
+essential = sorted(n for n, p in pkgs.items() if p["essential"])
 for p in pkgs.values():
     deps = []
     for group in filter(None, (g.strip() for g in p["rawdeps"].split(","))):
@@ -62,6 +63,22 @@ for n in sorted(pkgs):
     if n not in state:
         visit(n)
 
+# Essential packages (perl-base, dpkg, tar, ...) are never declared as dependencies in Debian but are
+# always present: make them implicit dependencies of every other package unless that would close a
+# cycle, so that e.g. debconf's "#!/usr/bin/perl" can point at the store perl-base.
+def reach(n, seen=None):
+    seen = set() if seen is None else seen
+    for d in pkgs[n]["deps"]:
+        if d not in seen:
+            seen.add(d); reach(d, seen)
+    return seen
+for n in sorted(pkgs):
+    if pkgs[n]["essential"]:
+        continue
+    for e in essential:
+        if e not in pkgs[n]["deps"] and n not in reach(e):
+            pkgs[n]["deps"].append(e)
+
 closure = {}
 def clos(n):
     if n not in closure:
@@ -75,4 +92,4 @@ for n in pkgs:
 
 print(json.dumps({"packages": [{k: p[k] for k in ("name", "version", "file", "sha256", "deps", "closure")}
                                for p in sorted(pkgs.values(), key=lambda p: p["name"])],
-                  "droppedCycleEdges": dropped}, indent=1))
+                  "essential": essential, "droppedCycleEdges": dropped}, indent=1))
