@@ -144,6 +144,9 @@ fn attach(open: &mut [OpenDir], root: &mut Option<Node>, named: Option<(Vec<u8>,
     }
 }
 
+/// Largest piece of file contents handed to the scanner at once.
+const FEED_MAX: usize = 256 * 1024;
+
 /// Stream one file's contents through the scanner (and, for its head, the ELF normalizer) into the
 /// sink, hashing the normalized bytes with BLAKE3.
 fn strip_file<R: BufRead>(
@@ -165,19 +168,27 @@ fn strip_file<R: BufRead>(
     while !at_end {
         let chunk = reader.content_chunk()?;
         at_end = chunk.is_empty();
-        let out = if at_end { stream.finish() } else { stream.feed(chunk) };
-        if !head_pending {
-            hasher.update(out);
-            sink.write(out)?;
-            continue;
-        }
-        head.extend_from_slice(out);
-        if head.len() >= HEAD_LEN || at_end {
-            literal = normalize_head(&mut head, stream.patches());
-            hasher.update(&head);
-            sink.write(&head)?;
-            head = Vec::new();
-            head_pending = false;
+        // An in-memory reader hands out whole files; feeding the scanner bounded pieces keeps its
+        // window (which copies) small and in cache.
+        let pieces = chunk.chunks(FEED_MAX).map(Some).chain(at_end.then_some(None));
+        for piece in pieces {
+            let out = match piece {
+                Some(piece) => stream.feed(piece),
+                None => stream.finish(),
+            };
+            if !head_pending {
+                hasher.update(out);
+                sink.write(out)?;
+                continue;
+            }
+            head.extend_from_slice(out);
+            if head.len() >= HEAD_LEN || piece.is_none() {
+                literal = normalize_head(&mut head, stream.patches());
+                hasher.update(&head);
+                sink.write(&head)?;
+                head = Vec::new();
+                head_pending = false;
+            }
         }
     }
     let mut patches = stream.into_patches();
