@@ -4,6 +4,7 @@ mod nar;
 mod narinfo;
 mod store_cmd;
 mod strip;
+mod substitute;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +37,8 @@ enum Command {
     Stats(store_cmd::StatsArgs),
     /// Remove paths not kept (with their closure) and the packs nothing needs any more.
     Gc(store_cmd::GcArgs),
+    /// Substitute store paths and their closure from a normalized store into a Nix store.
+    Substitute(substitute::SubstituteArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Ingest(args) => store_cmd::ingest_cmd(args),
         Command::Stats(args) => store_cmd::stats_cmd(args),
         Command::Gc(args) => store_cmd::gc_cmd(args),
+        Command::Substitute(args) => substitute::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -106,7 +106,7 @@ fn verify_file(store_dir: &StoreDir, file: &Path, trusted: &[PublicKey]) -> anyh
 /// Trusted keys the way Nix finds them: nix.conf's `trusted-public-keys` (last assignment wins)
 /// plus every `extra-trusted-public-keys`, or Nix's default when unset. Returns the keys and
 /// where they came from, for messages.
-fn keys_from_nix_conf() -> anyhow::Result<(String, String)> {
+pub(crate) fn keys_from_nix_conf() -> anyhow::Result<(String, String)> {
     let conf_dir = std::env::var_os("NIX_CONF_DIR").map_or_else(|| PathBuf::from("/etc/nix"), PathBuf::from);
     let conf = conf_dir.join("nix.conf");
     let text = match fs::read_to_string(&conf) {

@@ -1,0 +1,109 @@
+//! `refstrip substitute`: the client side, from a normalized store into a Nix store.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use refstrip_nix::PublicKey;
+use refstrip_substitute::{default_cache_dir, hash_part_of, substitute, Options};
+
+#[derive(Args)]
+pub struct SubstituteArgs {
+    /// Store paths to substitute with their closure (`/nix/store/<hash>-<name>`, `<hash>-<name>`
+    /// or the hash part). Paths already valid in the target are skipped, and so are their closures.
+    #[arg(required_unless_present = "all")]
+    paths: Vec<String>,
+    /// Every path the normalized store holds (a directory store only: HTTP cannot list).
+    #[arg(long, conflicts_with = "paths")]
+    all: bool,
+    /// The normalized store: a directory, `file:///dir`, or `http(s)://` serving such a directory.
+    #[arg(long, value_name = "STORE")]
+    from: String,
+    /// The Nix store root to substitute into: `/` for the system store, or the root of a chroot
+    /// store (`ROOT/nix/store`, `ROOT/nix/var/nix/db`), created if it does not exist. Nix reads it
+    /// with `nix-store --store ROOT` / `nix --store ROOT`.
+    #[arg(long = "store", value_name = "ROOT")]
+    root: PathBuf,
+    /// The logical store directory of the paths.
+    #[arg(long, value_name = "DIR", default_value = "/nix/store")]
+    store_dir: String,
+    /// Local object cache: pack blocks fetched earlier are reused from here
+    /// [default: $XDG_CACHE_HOME/refstrip or ~/.cache/refstrip].
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Keep no object cache: fetch every block this run needs.
+    #[arg(long, conflicts_with = "cache")]
+    no_cache: bool,
+    /// Space-separated `name:base64` keys one of which must have signed each path's original
+    /// narinfo [default: trusted-public-keys and extra-trusted-public-keys from nix.conf, as
+    /// `refstrip narinfo verify` reads them].
+    #[arg(long, value_name = "KEYS")]
+    trusted_public_keys: Option<String>,
+    /// Do not check signatures (as Nix's `--no-check-sigs`).
+    #[arg(long, conflicts_with = "trusted_public_keys")]
+    no_check_sigs: bool,
+    /// Worker threads for fetching and restoring [default: one per core].
+    #[arg(short, long, default_value_t = 0)]
+    jobs: usize,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
+    let backend = refstrip_store::backend::open(&args.from).with_context(|| format!("opening {}", args.from))?;
+    let mut roots = Vec::new();
+    if args.all {
+        for key in backend.list("paths/").context("listing paths/ of the store")? {
+            roots.extend(key.strip_prefix("paths/").and_then(hash_part_of));
+        }
+    }
+    for p in &args.paths {
+        roots.push(hash_part_of(p).with_context(|| format!("{p:?} is not a store path or hash part"))?);
+    }
+    let trusted_keys = if args.no_check_sigs {
+        None
+    } else {
+        let (keys, source) = match args.trusted_public_keys {
+            Some(keys) => (keys, "--trusted-public-keys".to_owned()),
+            None => crate::narinfo::keys_from_nix_conf()?,
+        };
+        let keys = PublicKey::parse_list(&keys).with_context(|| format!("parsing trusted keys from {source}"))?;
+        if keys.is_empty() {
+            bail!("no trusted public keys (from {source}): nothing can verify; use --no-check-sigs to skip the check");
+        }
+        Some(keys)
+    };
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        Some(args.cache.or_else(default_cache_dir).context("no cache directory: set --cache, XDG_CACHE_HOME or HOME")?)
+    };
+    let progress = if args.json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    progress.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} NAR {bytes_per_sec} {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let opts = Options { root: args.root, store_dir: args.store_dir, cache_dir, trusted_keys, jobs: args.jobs, progress };
+    let report = substitute(&*backend, &roots, &opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "substituted {} paths ({} already valid), {} NAR bytes in {} files, in {:.2} s",
+            report.paths, report.already_valid, report.nar_bytes, report.files, report.seconds
+        );
+        println!(
+            "fetched {} bytes ({} of path records, {} in {} blocks); reused {} bytes in {} blocks from the cache",
+            report.fetched_bytes,
+            report.record_bytes,
+            report.fetched_block_bytes,
+            report.fetched_blocks,
+            report.reused_bytes,
+            report.reused_blocks
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! Substitute store paths from a normalized store into a Nix store: this crate's one job is to make
+//! a closure valid in a Nix store (a chroot root or `/`) exactly as `nix copy` from a signed binary
+//! cache would, reading only the normalized store's path records and the pack blocks it lacks.
+//!
+//! What a run does, in order:
+//! 1. **Plan.** Walk the closure of the requested paths through their records (`paths/<hash>`,
+//!    fetched in parallel level by level), stopping at paths already valid in the Nix store.
+//! 2. **Trust.** Rebuild each path's narinfo from its manifest and check its original signatures
+//!    against the trusted keys (unless told not to), before anything is fetched or written.
+//! 3. **Lock.** Take Nix's locks ([`nixdb`]): the big lock and the GC lock shared, then every path's
+//!    `.lock` in sorted order (so two substituters cannot deadlock), re-checking validity under it.
+//! 4. **Fetch.** Every pack block the plan needs that the local [`cache`] lacks, in parallel.
+//! 5. **Restore**, paths in parallel (largest first): each path is written by [`tree::TreeWriter`]
+//!    into a temporary name in the store directory while `refstrip_strip::restore` patches the
+//!    references back and computes the NAR's SHA-256; a NarHash mismatch removes the temporary
+//!    tree. Then it is renamed into place.
+//! 6. **Register.** `syncfs` the store's file system, then register every new path in one SQLite
+//!    transaction. If anything failed, nothing is registered and the written paths are removed.
+//!
+//! A run killed at any moment leaves no registered path with wrong or missing contents: a path is
+//! registered only after its contents are complete and durable; leftovers (temporary trees, renamed
+//! but unregistered paths) are invalid paths, which the next run (or Nix) deletes before writing.
+
+pub mod cache;
+pub mod nixdb;
+pub mod tree;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+use refstrip_cas::FileSource;
+use refstrip_nix::{is_hash_part, signature, PublicKey};
+use refstrip_store::{record_key, Backend, PathRecord};
+
+use crate::cache::{BlockCache, BlockKey, CachedObjects};
+use crate::nixdb::{DbError, NixDb, PathLock, ValidPathInfo};
+use crate::tree::{remove_tree, TreeWriter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("{path}: {why}")]
+    Path { path: String, why: String },
+    #[error("{} of the paths to substitute failed, nothing was registered:\n  {}", .0.len(), .0.join("\n  "))]
+    Failed(Vec<String>),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+pub struct Options {
+    /// The Nix store root: `/` for the system store, or a chroot store's root.
+    pub root: PathBuf,
+    /// The logical store directory.
+    pub store_dir: String,
+    /// The local object cache (`None`: no cache, fetch every block).
+    pub cache_dir: Option<PathBuf>,
+    /// Keys one of which must have signed each path; `None` skips the check (`--no-check-sigs`).
+    pub trusted_keys: Option<Vec<PublicKey>>,
+    /// Worker threads for fetching and restoring (0: one per core).
+    pub jobs: usize,
+    pub progress: ProgressBar,
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Report {
+    /// Paths written and registered.
+    pub paths: u64,
+    /// Paths of the closure that were valid already (not walked further).
+    pub already_valid: u64,
+    pub nar_bytes: u64,
+    pub files: u64,
+    /// Bytes read from the normalized store: path records plus pack blocks.
+    pub fetched_bytes: u64,
+    pub record_bytes: u64,
+    pub fetched_blocks: u64,
+    pub fetched_block_bytes: u64,
+    /// Pack blocks found in the local cache instead.
+    pub reused_blocks: u64,
+    pub reused_bytes: u64,
+    pub seconds: f64,
+}
+
+/// The default object cache: `$XDG_CACHE_HOME/refstrip`, else `~/.cache/refstrip`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("refstrip"))
+}
+
+/// The hash part of a store path given as `/nix/store/<hash>-<name>`, `<hash>-<name>` or `<hash>`.
+pub fn hash_part_of(arg: &str) -> Option<String> {
+    let base = arg.rsplit('/').next()?;
+    let hash = base.get(..32)?;
+    (is_hash_part(hash.as_bytes()) && (base.len() == 32 || base.as_bytes()[32] == b'-')).then(|| hash.to_string())
+}
+
+struct Planned {
+    record: PathRecord,
+    /// Logical store path.
+    path: String,
+    basename: String,
+}
+
+/// Substitute the closures of `roots` (hash parts) from `store` into the Nix store `opts.root`.
+pub fn substitute(store: &dyn Backend, roots: &[String], opts: &Options) -> Result<Report, Error> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.jobs)
+        .build()
+        .map_err(|e| io_err("starting worker threads")(io::Error::other(e)))?;
+    pool.install(|| substitute_in_pool(store, roots, opts))
+}
+
+fn substitute_in_pool(store: &dyn Backend, roots: &[String], opts: &Options) -> Result<Report, Error> {
+    let start = Instant::now();
+    let mut report = Report::default();
+    let mut db = NixDb::open(&opts.root, &opts.store_dir)?;
+
+    // 1. Plan: the closure, minus what is valid already.
+    let mut plan: Vec<Planned> = Vec::new();
+    let mut seen: HashSet<String> = roots.iter().cloned().collect();
+    let mut frontier: Vec<String> = roots.to_vec();
+    while !frontier.is_empty() {
+        let fetched: Vec<Result<(String, Vec<u8>), Error>> = frontier
+            .par_iter()
+            .map(|hash| {
+                let key = record_key(hash);
+                let bytes = store
+                    .get(&key)
+                    .map_err(io_err(format!("reading {key} from {}", store.describe())))?
+                    .ok_or_else(|| Error::Path { path: hash.clone(), why: format!("not in {}", store.describe()) })?;
+                Ok((hash.clone(), bytes))
+            })
+            .collect();
+        let mut next = Vec::new();
+        for result in fetched {
+            let (hash, bytes) = result?;
+            report.record_bytes += bytes.len() as u64;
+            let record = PathRecord::decode(&bytes).map_err(|why| Error::Path { path: record_key(&hash), why })?;
+            let basename = String::from_utf8_lossy(record.manifest.basename()).into_owned();
+            // A record under another path's name would make us install the wrong path.
+            if !basename.starts_with(hash.as_str()) {
+                return Err(Error::Path { path: record_key(&hash), why: format!("describes {basename}") });
+            }
+            let manifest_dir = String::from_utf8_lossy(&record.manifest.store_dir).into_owned();
+            if manifest_dir != opts.store_dir {
+                return Err(Error::Path { path: basename, why: format!("is for store directory {manifest_dir}, not {}", opts.store_dir) });
+            }
+            let path = format!("{}/{basename}", opts.store_dir);
+            if db.is_valid(&path)? {
+                report.already_valid += 1;
+                continue;
+            }
+            for r in &record.manifest.references {
+                let r = String::from_utf8_lossy(r);
+                let h = hash_part_of(&r).ok_or_else(|| Error::Path { path: path.clone(), why: format!("bad reference {r}") })?;
+                if seen.insert(h.clone()) {
+                    next.push(h);
+                }
+            }
+            plan.push(Planned { record, path, basename });
+        }
+        frontier = next;
+    }
+
+    // 2. Trust: the original signatures over the original narinfo fields.
+    if let Some(keys) = &opts.trusted_keys {
+        for p in &plan {
+            let info = refstrip_store::pathinfo::narinfo(&p.record.manifest, String::new(), None, None, None)
+                .map_err(|e| Error::Path { path: p.path.clone(), why: e.to_string() })?;
+            signature::verify(&info, keys)
+                .map_err(|e| Error::Path { path: p.path.clone(), why: format!("refusing it: {e}") })?;
+        }
+    }
+
+    // 3. Lock every path (sorted, so concurrent substituters cannot deadlock), then re-check.
+    plan.sort_by(|a, b| a.path.cmp(&b.path));
+    let real_store = db.real_store().to_path_buf();
+    let mut locks = Vec::with_capacity(plan.len());
+    let mut unlocked = Vec::with_capacity(plan.len());
+    for p in plan {
+        let lock = PathLock::lock(&real_store.join(&p.basename)).map_err(io_err(format!("locking {}", p.path)))?;
+        if db.is_valid(&p.path)? {
+            report.already_valid += 1; // another process substituted it meanwhile
+            continue;
+        }
+        locks.push(lock);
+        unlocked.push(p);
+    }
+    let mut plan = unlocked;
+    let total_nar: u64 = plan.iter().map(|p| p.record.manifest.nar_size).sum();
+
+    // 4. Fetch the missing blocks.
+    let cache = BlockCache::new(opts.cache_dir.as_deref(), store).map_err(io_err("opening the object cache"))?;
+    let mut blocks: Vec<BlockKey> =
+        plan.iter().flat_map(|p| p.record.objects.values().map(|(pack, loc)| BlockKey::of(pack, loc))).collect();
+    blocks.sort();
+    blocks.dedup();
+    opts.progress.set_length(total_nar);
+    opts.progress.set_message("fetching");
+    cache.prefetch(&blocks).map_err(io_err(format!("fetching blocks from {}", store.describe())))?;
+
+    // 5. Restore, largest paths first so the parallel tail is short.
+    opts.progress.set_message("restoring");
+    plan.sort_by_key(|p| std::cmp::Reverse(p.record.manifest.nar_size));
+    let store_fd = File::open(&real_store).map_err(io_err(format!("opening {}", real_store.display())))?;
+    let failures = Mutex::new(Vec::new());
+    let files: u64 = plan
+        .par_iter()
+        .map(|p| match restore_path(p, &cache, &store_fd, &real_store) {
+            Ok(files) => {
+                opts.progress.inc(p.record.manifest.nar_size);
+                files
+            }
+            Err(e) => {
+                failures.lock().expect("poisoned").push(format!("{}: {e}", p.path));
+                0
+            }
+        })
+        .sum();
+    let failures = failures.into_inner().expect("poisoned");
+    let remove_all = |plan: &[Planned]| {
+        for p in plan {
+            let _ = remove_tree(&real_store.join(&p.basename));
+        }
+    };
+    if !failures.is_empty() {
+        remove_all(&plan);
+        return Err(Error::Failed(failures));
+    }
+
+    // 6. Durable, then registered, all at once.
+    // SAFETY: syncfs on a valid descriptor.
+    if unsafe { libc::syncfs(store_fd.as_raw_fd()) } != 0 {
+        return Err(io_err("syncfs")(io::Error::last_os_error()));
+    }
+    let infos: Vec<ValidPathInfo> = plan.iter().map(|p| valid_path_info(p, &opts.store_dir, &real_store)).collect();
+    if let Err(e) = db.register(&infos) {
+        remove_all(&plan);
+        return Err(e.into());
+    }
+    drop(locks);
+
+    report.paths = plan.len() as u64;
+    report.nar_bytes = total_nar;
+    report.files = files;
+    report.fetched_blocks = cache.fetched_blocks.load(Ordering::Relaxed);
+    report.fetched_block_bytes = cache.fetched_bytes.load(Ordering::Relaxed);
+    report.reused_blocks = cache.reused_blocks.load(Ordering::Relaxed);
+    report.reused_bytes = cache.reused_bytes.load(Ordering::Relaxed);
+    report.fetched_bytes = report.record_bytes + report.fetched_block_bytes;
+    report.seconds = start.elapsed().as_secs_f64();
+    opts.progress.finish_and_clear();
+    Ok(report)
+}
+
+/// Write one path under a temporary name, check its NarHash, and rename it into place.
+/// Returns the number of regular files written.
+fn restore_path(p: &Planned, cache: &BlockCache<'_>, store_fd: &File, real_store: &Path) -> Result<u64, Error> {
+    let dest = real_store.join(&p.basename);
+    let tmp_name = format!(".{}.refstrip-tmp", p.basename);
+    let tmp = real_store.join(&tmp_name);
+    // We hold the path's lock and it is not valid: anything under either name is a leftover.
+    remove_tree(&tmp).map_err(io_err(format!("removing stale {}", tmp.display())))?;
+    remove_tree(&dest).map_err(io_err(format!("removing invalid {}", dest.display())))?;
+    let mut writer = TreeWriter::new(store_fd, tmp_name.as_bytes()).map_err(io_err("temporary name"))?;
+    let mut objects = CachedObjects { record: &p.record, cache };
+    let restored = refstrip_strip::restore(&p.record.manifest, &mut FileSource::new(&mut objects), io::sink(), &mut writer)
+        .map_err(|e| Error::Path { path: p.path.clone(), why: e.to_string() })
+        .and_then(|_| writer.finish().map_err(io_err("writing")));
+    if let Err(e) = restored {
+        let _ = remove_tree(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &dest).map_err(io_err(format!("renaming into {}", dest.display())))?;
+    Ok(writer.files)
+}
+
+fn valid_path_info(p: &Planned, store_dir: &str, real_store: &Path) -> ValidPathInfo {
+    let m = &p.record.manifest;
+    let full = |base: &str| format!("{store_dir}/{base}");
+    let mut info = ValidPathInfo {
+        path: p.path.clone(),
+        nar_hash: m.nar_hash,
+        nar_size: m.nar_size,
+        deriver: None,
+        sigs: Vec::new(),
+        ca: None,
+        references: m.references.iter().map(|r| full(&String::from_utf8_lossy(r))).collect(),
+        derivation_outputs: Vec::new(),
+    };
+    for (key, value) in &m.info {
+        match key.as_str() {
+            "Deriver" if value != "unknown-deriver" => info.deriver = Some(full(value)),
+            "Sig" => info.sigs.push(value.clone()),
+            "CA" => info.ca = Some(value.clone()),
+            _ => {}
+        }
+    }
+    if p.basename.ends_with(".drv") {
+        if let Ok(text) = std::fs::read_to_string(real_store.join(&p.basename)) {
+            info.derivation_outputs = derivation_outputs(&text);
+        }
+    }
+    info
+}
+
+/// The `(name, path)` outputs of a derivation in ATerm form: `Derive([("out","/nix/store/…",…),…],…`.
+pub fn derivation_outputs(aterm: &str) -> Vec<(String, String)> {
+    let Some(rest) = aterm.strip_prefix("Derive([") else { return Vec::new() };
+    let mut out = BTreeMap::new();
+    let mut rest = rest;
+    while let Some(r) = rest.strip_prefix("(\"") {
+        let Some((name, r)) = r.split_once("\",\"") else { break };
+        let Some((path, r)) = r.split_once('"') else { break };
+        if !path.is_empty() {
+            out.insert(name.to_string(), path.to_string());
+        }
+        // Skip the hash algorithm and hash fields to the end of this tuple.
+        let Some((_, r)) = r.split_once(')') else { break };
+        rest = r.strip_prefix(',').unwrap_or(r);
+    }
+    out.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_parts() {
+        let h = "0f5bgkfh71dppnqaaxc3xq0vbm4dn1xp";
+        assert_eq!(hash_part_of(&format!("/nix/store/{h}-hello")).as_deref(), Some(h));
+        assert_eq!(hash_part_of(&format!("{h}-hello")).as_deref(), Some(h));
+        assert_eq!(hash_part_of(h).as_deref(), Some(h));
+        assert_eq!(hash_part_of(&format!("{h}x")), None);
+        assert_eq!(hash_part_of("eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"), None);
+    }
+
+    #[test]
+    fn drv_outputs() {
+        let drv = r#"Derive([("dev","/nix/store/aaa-x-dev","",""),("out","/nix/store/bbb-x","","")],[],[],"x86_64-linux","/bin/sh",[],[])"#;
+        assert_eq!(
+            derivation_outputs(drv),
+            vec![("dev".into(), "/nix/store/aaa-x-dev".into()), ("out".into(), "/nix/store/bbb-x".into())]
+        );
+        assert!(derivation_outputs("garbage").is_empty());
+    }
+}
