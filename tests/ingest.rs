@@ -257,3 +257,64 @@ fn gc_keeps_the_closure_of_what_it_is_told_and_frees_the_rest() {
     let o = Command::new(refstrip_bin()).arg("gc").arg(&store_dir).output().unwrap();
     assert!(!o.status.success());
 }
+
+/// A free loopback port (bind to 0, read it back, release it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn ingests_from_an_http_binary_cache() {
+    let port = free_port();
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory", &generation_dir("gen1")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "HTTP server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let root = fs::read_to_string(corpus_dir().join("small/gen1/roots")).unwrap();
+    let result = Command::new(refstrip_bin()).arg("ingest").arg(&url).arg(root.trim()).arg("--to").arg(&store_dir).output().unwrap();
+    // --all cannot list an HTTP cache: a clear error, not a guess.
+    let all = Command::new(refstrip_bin()).arg("ingest").arg(&url).arg("--all").arg("--to").arg(&store_dir).output().unwrap();
+    server.kill().ok();
+    server.wait().ok();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(!all.status.success());
+    assert!(String::from_utf8_lossy(&all.stderr).contains("cannot be listed"), "{}", String::from_utf8_lossy(&all.stderr));
+    let store = Store::open(store_dir.to_str().unwrap()).unwrap();
+    assert_eq!(check_generation(&store, "gen1"), 14, "the root's closure is the whole generation");
+}
+
+#[test]
+fn ingests_from_a_local_nix_store() {
+    refstrip_tests::require_nix!();
+    let dir = tempfile::tempdir().unwrap();
+    let chroot = dir.path().join("root");
+    let root = fs::read_to_string(corpus_dir().join("small/gen1/roots")).unwrap();
+    // A real Nix store (chroot store layout), filled by Nix itself from the corpus cache.
+    run(Command::new("nix").args(["copy", "--no-check-sigs", "--from"]).arg(format!("file://{}", generation_dir("gen1"))).arg("--to").arg(&chroot).arg(root.trim()));
+    assert!(chroot.join("nix/var/nix/db/db.sqlite").exists());
+    let store_dir = dir.path().join("store");
+    run(Command::new(refstrip_bin()).arg("ingest").arg(&chroot).arg("--all").arg("--to").arg(&store_dir));
+    let store = Store::open(store_dir.to_str().unwrap()).unwrap();
+    // Same NARs (dumped from the store's files), same references; the database holds no
+    // signatures for paths copied without them, so only the contents and metadata are compared.
+    let source = open_source(&generation_dir("gen1"), StoreDir::default()).unwrap();
+    for path in source.list().unwrap() {
+        let original = source.narinfo(&path).unwrap();
+        let record = store.read_record(path.hash_part()).unwrap();
+        assert_eq!(&record.manifest.nar_hash, original.nar_hash.as_bytes(), "{path}");
+        let mut nar = Vec::new();
+        restore_nar(&record.manifest, &mut FileSource::new(&mut store.objects(&record)), &mut nar).unwrap();
+        let info = refstrip_store::pathinfo::narinfo(&record.manifest, String::new(), None, None, None).unwrap();
+        assert_eq!(info.references, original.references, "{path}");
+    }
+}

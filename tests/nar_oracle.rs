@@ -8,7 +8,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use refstrip_tests::{refstrip_bin, require_nix, run};
+use refstrip_tests::{refstrip_bin, require_nix, run, run_with_stdin};
 use sha2::{Digest, Sha256};
 
 fn write_file(path: &Path, contents: &[u8], executable: bool) {
@@ -90,14 +90,7 @@ fn unpack_redumps_identically_and_hash_matches_nix() {
 
     // Unpacking from standard input works too.
     let dest2 = dir.path().join("from-stdin");
-    let mut child = Command::new(refstrip_bin())
-        .args(["nar", "unpack", "-"])
-        .arg(&dest2)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&nar).unwrap();
-    assert!(child.wait().unwrap().success());
+    run_with_stdin(Command::new(refstrip_bin()).args(["nar", "unpack", "-"]).arg(&dest2), &nar);
     assert!(nix_dump(&dest2) == nar);
 }
 
@@ -109,9 +102,7 @@ fn nix_restores_what_we_dump() {
     build_tree(&root);
     let ours = refstrip_dump(&root);
     let dest = dir.path().join("restored-by-nix");
-    let mut child = Command::new("nix-store").arg("--restore").arg(&dest).stdin(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(&ours).unwrap();
-    assert!(child.wait().unwrap().success());
+    run_with_stdin(Command::new("nix-store").arg("--restore").arg(&dest), &ours);
     assert!(refstrip_dump(&dest) == ours);
 }
 

@@ -49,6 +49,24 @@ pub fn refstrip_bin() -> PathBuf {
         .clone()
 }
 
+/// Run a command with `input` on its standard input, panicking if it fails; returns stdout.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    // Feed from a thread so a child that writes a lot before reading cannot deadlock us.
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("waiting for child");
+    feeder.join().expect("stdin feeder").expect("writing stdin");
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
 /// Run a command, panicking with its stderr if it fails; returns stdout.
 pub fn run(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));

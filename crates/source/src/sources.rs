@@ -4,7 +4,7 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use refstrip_nix::{Hash, NarInfo, StoreDir, StorePath};
+use refstrip_nix::{NarInfo, StoreDir, StorePath};
 
 use crate::compression::{decompress, Compression};
 
@@ -212,12 +212,12 @@ impl NarSource for LocalStore {
             .map_err(db_err)?;
         let refs: Vec<String> = q.query_map([id], |r| r.get(0)).map_err(db_err)?.collect::<Result<_, _>>().map_err(db_err)?;
         // Build the narinfo text Nix would serve for this path and parse it: one code path for all.
-        let mut text = format!("StorePath: {full}\nURL: local\nCompression: none\nNarHash: {hash}\nNarSize: {}\nReferences:", nar_size.unwrap_or(0));
-        for r in &refs {
-            text.push(' ');
-            text.push_str(r.rsplit('/').next().unwrap_or(r));
-        }
-        text.push('\n');
+        let basenames: Vec<&str> = refs.iter().map(|r| r.rsplit('/').next().unwrap_or(r)).collect();
+        let mut text = format!(
+            "StorePath: {full}\nURL: local\nCompression: none\nNarHash: {hash}\nNarSize: {}\nReferences: {}\n",
+            nar_size.unwrap_or(0),
+            basenames.join(" ")
+        );
         if let Some(d) = deriver.filter(|d| !d.is_empty()) {
             text.push_str(&format!("Deriver: {}\n", d.rsplit('/').next().unwrap_or(&d)));
         }
@@ -227,10 +227,8 @@ impl NarSource for LocalStore {
         if let Some(ca) = ca.filter(|c| !c.is_empty()) {
             text.push_str(&format!("CA: {ca}\n"));
         }
-        let mut info = NarInfo::parse(&self.store_dir, &text).map_err(|e| SourceError::Invalid { what: full.clone(), why: e.to_string() })?;
-        // The database stores the NarHash in base16; normalize so it prints as Nix's narinfo does.
-        info.nar_hash = Hash::from_bytes(*info.nar_hash.as_bytes());
-        Ok(info)
+        // The database stores the NarHash as sha256:<base16>, which the parser accepts.
+        NarInfo::parse(&self.store_dir, &text).map_err(|e| SourceError::Invalid { what: full, why: e.to_string() })
     }
 
     fn nar(&self, info: &NarInfo) -> Result<Box<dyn BufRead + Send>, SourceError> {
