@@ -131,16 +131,20 @@ impl Backend for LocalDir {
     }
 }
 
-/// Open a store location: a directory path or `file://` URL (the embedded default).
+/// Open a store location: a directory path or `file://` URL (the embedded default), or an
+/// `http(s)://` URL serving a store's directory (read-only).
 pub fn open(url: &str) -> io::Result<Box<dyn Backend>> {
     if let Some(rest) = url.strip_prefix("file://") {
         let path = rest.split('?').next().unwrap_or(rest);
         return Ok(Box::new(LocalDir::open(Path::new(path))?));
     }
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(Box::new(crate::http::Http::new(url)));
+    }
     if url.contains("://") {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("unsupported store URL {url:?} (supported: a directory or file:///dir)"),
+            format!("unsupported store URL {url:?} (supported: a directory, file:///dir, http(s):// read-only)"),
         ));
     }
     Ok(Box::new(LocalDir::open(Path::new(url))?))

@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod catalog;
+pub mod http;
 pub mod pathinfo;
 pub mod record;
 mod store;
