@@ -253,6 +253,12 @@ fn gc_keeps_the_closure_of_what_it_is_told_and_frees_the_rest() {
     // gen1's lua 5.4.4 (not in bump's closure) is gone.
     let lua_old = refstrip_tests::corpus_packages("gen1")[&("lua".to_string(), "out".to_string())].clone();
     assert!(!store.has_path(&lua_old.rsplit('/').next().unwrap()[..32]).unwrap());
+    // Refuses to run while an ingest writes to the store.
+    let writing = store.write_lock().unwrap();
+    assert!(matches!(store.gc(&Default::default()), Err(refstrip_store::StoreError::Busy)));
+    let o = Command::new(refstrip_bin()).arg("gc").arg(&store_dir).arg("--keep").arg(root.trim()).output().unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("an ingest is writing"));
+    drop(writing);
     // Refuses to remove everything by accident.
     let o = Command::new(refstrip_bin()).arg("gc").arg(&store_dir).output().unwrap();
     assert!(!o.status.success());

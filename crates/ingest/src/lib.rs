@@ -121,6 +121,7 @@ pub fn ingest(
     progress: &ProgressBar,
 ) -> Result<IngestReport, IngestError> {
     let started = Instant::now();
+    let _writing = store.write_lock()?;
     let total = paths.len() as u64;
     progress.set_length(paths.iter().map(|p| p.nar_size).sum());
     let queue = Mutex::new(VecDeque::from(paths));

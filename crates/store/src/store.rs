@@ -28,6 +28,8 @@ pub enum StoreError {
     BadRecord { key: String, why: String },
     #[error("{0} is not in the store")]
     NoSuchPath(String),
+    #[error("an ingest is writing to this store; run gc again when it has finished")]
+    Busy,
 }
 
 pub struct Store {
@@ -130,14 +132,29 @@ impl Store {
         Ok(())
     }
 
+    /// Hold this while writing to the store: any number of writers share it, gc needs it alone.
+    /// An ingest decides an object exists (and will not write it again) long before it writes the
+    /// record that points at it; gc must not delete the object's pack in between.
+    pub fn write_lock(&self) -> Result<File, StoreError> {
+        let file = self.lock_file()?;
+        file.lock_shared()?;
+        Ok(file)
+    }
+
+    fn lock_file(&self) -> Result<File, StoreError> {
+        let path = self.backend.catalog_path().with_extension("lock");
+        Ok(File::options().create(true).truncate(false).write(true).open(path)?)
+    }
+
     /// Remove every path not in `keep` (hash parts), then every pack no remaining path needs.
-    /// Returns (paths removed, packs removed, bytes freed).
-    ///
-    /// A concurrent ingest only adds packs after sealing them and records after their packs, and
-    /// gc only deletes packs that no record in the catalog needs; a path being ingested while gc
-    /// runs may find an object gone and must be ingested again (ingest skips nothing it did not
-    /// record), so the store never holds a record whose objects are missing.
+    /// Returns (paths removed, packs removed, bytes freed). Refuses with [`StoreError::Busy`]
+    /// while an ingest holds [`write_lock`](Self::write_lock).
     pub fn gc(&self, keep: &std::collections::HashSet<String>) -> Result<(u64, u64, u64), StoreError> {
+        let lock = self.lock_file()?;
+        lock.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => StoreError::Busy,
+            std::fs::TryLockError::Error(e) => StoreError::Io(e),
+        })?;
         let mut removed_paths = 0;
         // Collect first: a guard in the loop head would live through the loop and deadlock.
         let paths = self.catalog().paths()?;
