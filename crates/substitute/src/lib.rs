@@ -229,7 +229,11 @@ fn substitute_in_pool(store: &dyn Backend, roots: &[String], opts: &Options) -> 
                 files
             }
             Err(e) => {
-                failures.lock().expect("poisoned").push(format!("{}: {e}", p.path));
+                let msg = match e {
+                    Error::Path { .. } => e.to_string(),
+                    e => format!("{}: {e}", p.path),
+                };
+                failures.lock().expect("poisoned").push(msg);
                 0
             }
         })

@@ -1,0 +1,374 @@
+//! `refstrip substitute` against real Nix: the Nix store it writes must pass
+//! `nix-store --verify --check-contents` and report exactly the path infos of the source binary
+//! cache; tampered inputs must be refused with nothing registered; a run killed at any moment must
+//! never leave a registered path with wrong contents; a mass rebuild must fetch almost nothing.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use refstrip_store::PathRecord;
+use refstrip_tests::{corpus_dir, refstrip_bin, require_nix, run, GENERATIONS};
+
+fn gen_dir(generation: &str) -> PathBuf {
+    corpus_dir().join("small").join(generation)
+}
+
+fn root_path(generation: &str) -> String {
+    fs::read_to_string(gen_dir(generation).join("roots")).unwrap().trim().to_string()
+}
+
+fn corpus_key() -> String {
+    fs::read_to_string(corpus_dir().join("keys/refstrip-corpus-1.pub")).unwrap().trim().to_string()
+}
+
+/// A normalized store holding every generation (as a cache would after four ingests), built once.
+fn shared_store() -> &'static Path {
+    static STORE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    STORE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            for g in GENERATIONS {
+                run(Command::new(refstrip_bin()).arg("ingest").arg(gen_dir(g)).args(["--all", "--to"]).arg(dir.path()));
+            }
+            dir
+        })
+        .path()
+}
+
+fn copy_store(to: &Path) {
+    run(Command::new("cp").arg("-a").arg(shared_store()).arg(to));
+}
+
+fn substitute(store: &str, root: &Path, cache: Option<&Path>, extra: &[&str], paths: &[String]) -> Output {
+    let mut cmd = Command::new(refstrip_bin());
+    cmd.args(["substitute", "--json", "--from", store, "--store"]).arg(root);
+    match cache {
+        Some(c) => cmd.arg("--cache").arg(c),
+        None => cmd.arg("--no-cache"),
+    };
+    if !extra.contains(&"--no-check-sigs") && !extra.contains(&"--trusted-public-keys") {
+        cmd.args(["--trusted-public-keys", &corpus_key()]);
+    }
+    cmd.args(extra).args(paths).output().unwrap()
+}
+
+fn report(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "substitute failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// (narHash, narSize, sorted references) of every path in `root`'s closure, as Nix reports them.
+fn path_infos(store: &str, root: &str) -> BTreeMap<String, (String, u64, Vec<String>)> {
+    let out = run(Command::new("nix").args(["path-info", "--store", store, "--json", "-r", root]));
+    let infos: Vec<serde_json::Value> = serde_json::from_slice(&out).unwrap();
+    infos
+        .into_iter()
+        .map(|i| {
+            let mut refs: Vec<String> = i["references"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
+            refs.sort();
+            (i["path"].as_str().unwrap().to_string(), (i["narHash"].as_str().unwrap().to_string(), i["narSize"].as_u64().unwrap(), refs))
+        })
+        .collect()
+}
+
+fn nix_verify(root: &Path) -> Result<(), String> {
+    let out = Command::new("nix-store").arg("--store").arg(root).args(["--verify", "--check-contents"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() && !stderr.contains("modified") && !stderr.contains("disappeared") {
+        Ok(())
+    } else {
+        Err(stderr)
+    }
+}
+
+/// Every path Nix considers valid in `root`.
+fn valid_paths(root: &Path) -> Vec<String> {
+    let out = run(Command::new("nix").arg("path-info").arg("--store").arg(root).arg("--all"));
+    String::from_utf8(out).unwrap().lines().map(str::to_string).collect()
+}
+
+fn check_like_nix(root: &Path, generation: &str) {
+    nix_verify(root).unwrap_or_else(|e| panic!("{generation}: nix-store --verify --check-contents: {e}"));
+    let r = root_path(generation);
+    let source = format!("file://{}", gen_dir(generation).display());
+    assert_eq!(path_infos(root.to_str().unwrap(), &r), path_infos(&source, &r), "{generation}: path infos differ from the cache's");
+    let closure = run(Command::new("nix-store").arg("--store").arg(root).arg("-qR").arg(&r));
+    let expected = fs::read_to_string(gen_dir(generation).join("paths")).unwrap();
+    let mut got: Vec<&str> = std::str::from_utf8(&closure).unwrap().lines().collect();
+    got.sort();
+    let mut want: Vec<&str> = expected.lines().collect();
+    want.sort();
+    assert_eq!(got, want, "{generation}: nix-store -qR");
+}
+
+#[test]
+fn every_generation_substitutes_like_nix_copy() {
+    require_nix!();
+    let store = shared_store().to_str().unwrap().to_string();
+    for g in GENERATIONS {
+        let root = tempfile::tempdir().unwrap();
+        let r = report(&substitute(&store, root.path(), None, &[], &[root_path(g)]));
+        let n = fs::read_to_string(gen_dir(g).join("paths")).unwrap().lines().count() as u64;
+        assert_eq!(r["paths"].as_u64(), Some(n), "{g}");
+        check_like_nix(root.path(), g);
+        // Again: everything is valid, nothing is fetched or written.
+        let again = report(&substitute(&store, root.path(), None, &[], &[root_path(g)]));
+        assert_eq!((again["paths"].as_u64(), again["already_valid"].as_u64(), again["fetched_block_bytes"].as_u64()), (Some(0), Some(1), Some(0)));
+    }
+}
+
+/// NAR+xz bytes of a generation: the xz cache's FileSize sum if it exists, else xz -6 of its NARs.
+fn nar_xz_bytes(generation: &str) -> u64 {
+    let xz = Path::new("/var/cache/refstrip-corpus/xz/small").join(generation);
+    if xz.is_dir() {
+        let mut total = 0;
+        for e in fs::read_dir(&xz).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "narinfo") {
+                let text = fs::read_to_string(&p).unwrap();
+                total += text.lines().find_map(|l| l.strip_prefix("FileSize: ")).unwrap().parse::<u64>().unwrap();
+            }
+        }
+        return total;
+    }
+    let mut total = 0;
+    for e in fs::read_dir(gen_dir(generation).join("nar")).unwrap() {
+        let nar = zstd::decode_all(fs::File::open(e.unwrap().path()).unwrap()).unwrap();
+        let mut enc = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        enc.write_all(&nar).unwrap();
+        total += enc.finish().unwrap().len() as u64;
+    }
+    total
+}
+
+#[test]
+fn mass_rebuild_fetches_under_five_percent_of_nar_xz() {
+    require_nix!();
+    let store = shared_store().to_str().unwrap().to_string();
+    let root = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let first = report(&substitute(&store, root.path(), Some(cache.path()), &[], &[root_path("gen1")]));
+    assert!(first["fetched_block_bytes"].as_u64().unwrap() > 0);
+    let mass = report(&substitute(&store, root.path(), Some(cache.path()), &[], &[root_path("mass")]));
+    check_like_nix(root.path(), "mass");
+    check_like_nix(root.path(), "gen1");
+    let fetched = mass["fetched_bytes"].as_u64().unwrap();
+    let xz = nar_xz_bytes("mass");
+    eprintln!("mass rebuild after gen1: fetched {fetched} bytes = {:.2} % of NAR+xz {xz}; report {mass}", 100.0 * fetched as f64 / xz as f64);
+    assert!(fetched * 20 <= xz, "fetched {fetched} bytes, more than 5 % of {xz}");
+    assert!(mass["reused_bytes"].as_u64().unwrap() > 0, "the cache was not used: {mass}");
+}
+
+/// A static file server that honours `Range: bytes=a-b` (206) and counts ranged answers.
+fn serve(dir: PathBuf) -> (String, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let ranged = Arc::new(AtomicU64::new(0));
+    let counter = ranged.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let dir = dir.clone();
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let head = line.starts_with("HEAD");
+                    let mut range = None;
+                    loop {
+                        let mut h = String::new();
+                        reader.read_line(&mut h).unwrap();
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                            let (a, b) = v.trim().split_once('-').unwrap();
+                            range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
+                        }
+                    }
+                    let (status, body) = match fs::read(dir.join(path.trim_start_matches('/'))) {
+                        Ok(bytes) => match range {
+                            Some((a, b)) => {
+                                counter.fetch_add(1, Ordering::Relaxed);
+                                ("206 Partial Content", bytes[a..=b].to_vec())
+                            }
+                            None => ("200 OK", bytes),
+                        },
+                        Err(_) => ("404 Not Found", Vec::new()),
+                    };
+                    let header = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n", body.len());
+                    stream.write_all(header.as_bytes()).unwrap();
+                    if !head {
+                        stream.write_all(&body).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    (url, ranged)
+}
+
+#[test]
+fn http_store_with_ranged_block_reads() {
+    require_nix!();
+    let (url, ranged) = serve(shared_store().to_path_buf());
+    let root = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let r = report(&substitute(&url, root.path(), Some(cache.path()), &[], &[root_path("single")]));
+    check_like_nix(root.path(), "single");
+    assert_eq!(ranged.load(Ordering::Relaxed), r["fetched_blocks"].as_u64().unwrap(), "one ranged GET per block");
+    assert!(r["fetched_blocks"].as_u64().unwrap() > 0);
+}
+
+/// Nothing registered and nothing left in the store directory but Nix's own `.links`.
+fn assert_untouched(root: &Path, what: &str) {
+    assert_eq!(valid_paths(root), Vec::<String>::new(), "{what}: paths were registered");
+    let left: Vec<String> = fs::read_dir(root.join("nix/store"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".links")
+        .collect();
+    assert!(left.is_empty(), "{what}: left in the store: {left:?}");
+}
+
+fn refused(out: &Output, what: &str, why: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what}: substitute succeeded");
+    assert!(stderr.contains(why), "{what}: expected {why:?} in: {stderr}");
+}
+
+#[test]
+fn tampered_inputs_are_refused_and_nothing_is_registered() {
+    require_nix!();
+    let gen1 = root_path("gen1");
+    let hash_of = |p: &str| p.rsplit('/').next().unwrap()[..32].to_string();
+
+    // A flipped byte in a pack block.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    copy_store(&store);
+    let record = PathRecord::decode(&fs::read(store.join("paths").join(hash_of(&gen1))).unwrap()).unwrap();
+    let (pack, loc) = record.objects.values().next().unwrap().clone();
+    let pack_file = store.join("packs").join(format!("{pack}.pack"));
+    let mut bytes = fs::read(&pack_file).unwrap();
+    bytes[(loc.block_offset + loc.block_len / 2) as usize] ^= 0x40;
+    fs::write(&pack_file, bytes).unwrap();
+    let root = tmp.path().join("root");
+    refused(&substitute(store.to_str().unwrap(), &root, None, &[], std::slice::from_ref(&gen1)), "pack", "nothing was registered");
+    assert_untouched(&root, "tampered pack");
+
+    // A record whose NarHash was changed: the signature no longer covers it; without the signature
+    // check the restored NAR does not match it.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    copy_store(&store);
+    let key = store.join("paths").join(hash_of(&gen1));
+    let mut record = PathRecord::decode(&fs::read(&key).unwrap()).unwrap();
+    record.manifest.nar_hash[0] ^= 1;
+    record.manifest_bytes = record.manifest.encode();
+    fs::write(&key, record.encode()).unwrap();
+    let root = tmp.path().join("root");
+    refused(&substitute(store.to_str().unwrap(), &root, None, &[], std::slice::from_ref(&gen1)), "record", "refusing it");
+    assert_untouched(&root, "tampered record, signatures checked");
+    refused(&substitute(store.to_str().unwrap(), &root, None, &["--no-check-sigs"], std::slice::from_ref(&gen1)), "record", "restored NAR has SHA-256");
+    assert_untouched(&root, "tampered record, --no-check-sigs");
+
+    // A record served under another path's name.
+    let other = fs::read_to_string(gen_dir("gen1").join("paths")).unwrap().lines().find(|p| *p != gen1).unwrap().to_string();
+    fs::copy(store.join("paths").join(hash_of(&other)), &key).unwrap();
+    refused(&substitute(store.to_str().unwrap(), &root, None, &[], std::slice::from_ref(&gen1)), "renamed record", "describes");
+    assert_untouched(&root, "renamed record");
+
+    // Signatures by a key that is not trusted.
+    let root = tmp.path().join("root2");
+    let untrusted = "other-1:OJ6pGuMUWKKbsMtWccaErvuM11qEU1nIUX0eY1T+0+I=";
+    refused(
+        &substitute(shared_store().to_str().unwrap(), &root, None, &["--trusted-public-keys", untrusted], &[gen1]),
+        "untrusted",
+        "refusing it",
+    );
+    assert_untouched(&root, "untrusted key");
+}
+
+#[test]
+fn sigkill_at_random_moments_never_leaves_bad_registrations() {
+    require_nix!();
+    let store = shared_store().to_str().unwrap().to_string();
+    // How long a whole run takes here (warm cache, as in the trials), to spread the kills over it.
+    let cache = tempfile::tempdir().unwrap();
+    let probe = tempfile::tempdir().unwrap();
+    report(&substitute(&store, probe.path(), Some(cache.path()), &[], &[root_path("gen1")]));
+    let probe = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    report(&substitute(&store, probe.path(), Some(cache.path()), &[], &[root_path("gen1")]));
+    let full = t.elapsed().as_micros() as u64;
+
+    let root = tempfile::tempdir().unwrap();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut full = full;
+    let mut killed_before_end = 0;
+    let mut trials = 0;
+    while killed_before_end < 50 {
+        assert!(trials < 200, "only {killed_before_end} of {trials} runs were interrupted");
+        let trial = trials;
+        trials += 1;
+        let g = GENERATIONS[trial % 2];
+        // Start over when this generation is complete, so every run has work to be killed in.
+        if valid_paths(root.path()).contains(&root_path(g)) {
+            for e in fs::read_dir(root.path()).unwrap() {
+                let p = e.unwrap().path();
+                run(Command::new("chmod").arg("-R").arg("u+w").arg(&p));
+                fs::remove_dir_all(p).unwrap();
+            }
+        }
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delay = (seed >> 33) % (full + 1);
+        let mut cmd = Command::new(refstrip_bin());
+        cmd.args(["substitute", "--json", "--from", &store, "--store"]).arg(root.path()).arg("--cache").arg(cache.path());
+        cmd.args(["--trusted-public-keys", &corpus_key(), &root_path(g)]);
+        let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_micros(delay));
+        if child.try_wait().unwrap().is_none() {
+            killed_before_end += 1;
+        } else {
+            full = full * 3 / 4; // runs got faster (warm caches, less load): aim earlier
+        }
+        child.kill().ok();
+        child.wait().unwrap();
+        // Whatever is registered is complete and correct.
+        nix_verify(root.path()).unwrap_or_else(|e| panic!("trial {trial} ({g}, killed after {delay} µs): {e}"));
+    }
+    eprintln!("{killed_before_end} of {trials} runs were killed before they finished (full run {full} µs)");
+    // Rerunning completes every generation.
+    for g in GENERATIONS {
+        report(&substitute(&store, root.path(), Some(cache.path()), &[], &[root_path(g)]));
+        check_like_nix(root.path(), g);
+    }
+}
+
+#[test]
+fn untouched_helper_reads_nix_state() {
+    // Guards the helpers above: a fresh root is untouched, a substituted one is not.
+    require_nix!();
+    let root = tempfile::tempdir().unwrap();
+    fs::create_dir_all(root.path().join("nix/store")).unwrap();
+    let out = substitute(shared_store().to_str().unwrap(), root.path(), None, &[], &[root_path("bump")]);
+    report(&out);
+    assert!(!valid_paths(root.path()).is_empty());
+    let mut f = fs::File::open(root.path().join("nix/var/nix/db/schema")).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "10");
+}
