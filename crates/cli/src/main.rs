@@ -2,6 +2,7 @@
 
 mod nar;
 mod narinfo;
+mod serve;
 mod store_cmd;
 mod strip;
 mod substitute;
@@ -39,6 +40,8 @@ enum Command {
     Gc(store_cmd::GcArgs),
     /// Substitute store paths and their closure from a normalized store into a Nix store.
     Substitute(substitute::SubstituteArgs),
+    /// Serve a normalized store as a standard Nix binary cache over HTTP (NARs restored on the fly).
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Stats(args) => store_cmd::stats_cmd(args),
         Command::Gc(args) => store_cmd::gc_cmd(args),
         Command::Substitute(args) => substitute::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

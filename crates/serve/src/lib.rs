@@ -1,0 +1,671 @@
+//! Serve a normalized store as a standard Nix binary cache over HTTP, so an unmodified Nix
+//! (`substituters = http://host:port`) gets the exact original NARs and narinfos, with their
+//! original signatures, restored on the fly. This crate's one job is that HTTP façade; restoring
+//! is `refstrip-strip`'s and reading the store is `refstrip-store`'s.
+//!
+//! Routes:
+//! ```text
+//! GET      /nix-cache-info               StoreDir, WantMassQuery: 1, Priority
+//! GET|HEAD /<hash part>.narinfo          the original path fields and Sig lines, URL and
+//!                                        Compression as served, no FileHash/FileSize
+//! GET|HEAD /nar/<hash part>.nar[.zst]    the NAR restored on the fly (zstd-compressed on the fly)
+//! ```
+//! A NAR is streamed with bounded memory (a restore thread writes into a small bounded channel)
+//! and is never delivered complete unless its SHA-256 matched: see [`ChannelWriter`].
+
+use std::future::{Future, IntoFuture};
+use std::io::{self, Write};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use refstrip_cas::FileSource;
+use refstrip_store::{PathRecord, Store, StoreError};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// Size of one body chunk handed from the restore thread to the connection.
+pub const CHUNK: usize = 256 * 1024;
+/// Chunks in flight per NAR stream (besides the one being filled and the one held back).
+pub const CHANNEL_CHUNKS: usize = 8;
+
+/// How NARs are advertised in narinfos.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// `nar/<hash>.nar`, `Compression: none`, exact Content-Length.
+    None,
+    /// `nar/<hash>.nar.zst`, `Compression: zstd`, compressed while streaming.
+    Zstd,
+}
+
+impl Compression {
+    fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            Compression::None => ".nar",
+            Compression::Zstd => ".nar.zst",
+        }
+    }
+}
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `StoreDir` of nix-cache-info; `None`: from the store's records (`/nix/store` if empty).
+    pub store_dir: Option<String>,
+    /// `Priority` of nix-cache-info (lower is preferred by Nix; cache.nixos.org uses 40).
+    pub priority: u64,
+    /// What narinfos advertise.
+    pub compression: Compression,
+    /// zstd level for `.nar.zst`.
+    pub zstd_level: i32,
+    /// NARs restored at the same time; further NAR requests wait for a slot.
+    pub max_streams: usize,
+    /// Budget for decoded path records kept in memory (approximate bytes).
+    pub record_cache_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            store_dir: None,
+            priority: 40,
+            compression: Compression::None,
+            zstd_level: 3,
+            max_streams: 64,
+            record_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct Server {
+    store: Arc<Store>,
+    config: Config,
+    cache_info: String,
+    records: Mutex<RecordCache>,
+    streams: Arc<Semaphore>,
+}
+
+impl Server {
+    /// Wrap an opened store. Reads the store directory from the catalog unless configured.
+    pub fn new(store: Store, config: Config) -> Result<Arc<Server>, StoreError> {
+        let store_dir = match &config.store_dir {
+            Some(dir) => dir.clone(),
+            None => store_dir_of(&store)?,
+        };
+        let cache_info = format!("StoreDir: {store_dir}\nWantMassQuery: 1\nPriority: {}\n", config.priority);
+        let records = Mutex::new(RecordCache::new(config.record_cache_bytes));
+        let streams = Arc::new(Semaphore::new(config.max_streams.max(1)));
+        Ok(Arc::new(Server { store: Arc::new(store), config, cache_info, records, streams }))
+    }
+
+    /// The `nix-cache-info` this server answers with.
+    pub fn cache_info(&self) -> &str {
+        &self.cache_info
+    }
+
+    /// The HTTP routes, with the request log.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/nix-cache-info", get(cache_info))
+            .route("/{file}", get(narinfo))
+            .route("/nar/{file}", get(nar))
+            .fallback(|| async { not_found() })
+            .layer(axum::middleware::from_fn(log_request))
+            .with_state(self.clone())
+    }
+
+    /// The record of `hash_part`, from memory or the store; `None` when the store lacks it.
+    /// A missing path costs one failed lookup in the backend (no decoding).
+    async fn record(self: &Arc<Self>, hash_part: &str) -> Result<Option<Arc<PathRecord>>, Response> {
+        if let Some(record) = self.records.lock().expect("record cache lock").get(hash_part) {
+            return Ok(Some(record));
+        }
+        let server = self.clone();
+        let key = hash_part.to_string();
+        let read = tokio::task::spawn_blocking(move || server.store.read_record(&key)).await;
+        match read {
+            Ok(Ok(record)) => {
+                let record = Arc::new(record);
+                self.records.lock().expect("record cache lock").put(hash_part.to_string(), record.clone());
+                Ok(Some(record))
+            }
+            Ok(Err(StoreError::NoSuchPath(_))) => Ok(None),
+            Ok(Err(e)) => {
+                tracing::error!(hash_part, error = %e, "reading path record");
+                Err(server_error())
+            }
+            Err(e) => {
+                tracing::error!(hash_part, error = %e, "record reader task failed");
+                Err(server_error())
+            }
+        }
+    }
+}
+
+/// The store directory of the store's paths, from the catalog (`/nix/store` for an empty one).
+fn store_dir_of(store: &Store) -> Result<String, StoreError> {
+    let paths = store.catalog().paths()?;
+    let dir = paths.first().and_then(|(_, path)| path.rsplit_once('/').map(|(dir, _)| dir.to_string()));
+    Ok(dir.unwrap_or_else(|| {
+        tracing::warn!("the store's catalog lists no path; assuming StoreDir /nix/store (set --store-dir)");
+        "/nix/store".to_string()
+    }))
+}
+
+/// Serve until `shutdown` resolves, then stop accepting, let requests in flight finish for at
+/// most `grace`, and return.
+pub async fn serve(
+    server: Arc<Server>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> io::Result<()> {
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        let _ = stopping_tx.send(());
+    };
+    let running = axum::serve(listener, server.router()).with_graceful_shutdown(graceful).into_future();
+    tokio::select! {
+        result = running => result,
+        _ = async { if stopping_rx.await.is_ok() { tokio::time::sleep(grace).await } else { std::future::pending::<()>().await } } => {
+            tracing::warn!(grace_secs = grace.as_secs_f64(), "requests still in flight after the grace period; closing them");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+async fn cache_info(State(server): State<Arc<Server>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/x-nix-cache-info")], server.cache_info.clone()).into_response()
+}
+
+async fn narinfo(State(server): State<Arc<Server>>, Path(file): Path<String>) -> Response {
+    let Some(hash_part) = file.strip_suffix(".narinfo").filter(|h| is_hash_part(h)) else {
+        return not_found();
+    };
+    let record = match server.record(hash_part).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return not_found(),
+        Err(response) => return response,
+    };
+    let compression = server.config.compression;
+    let url = format!("nar/{hash_part}{}", compression.extension());
+    // No FileHash/FileSize: the file is made on the fly (Nix treats both as optional).
+    match refstrip_store::pathinfo::narinfo(&record.manifest, url, Some(compression.name().to_string()), None, None) {
+        Ok(info) => ([(header::CONTENT_TYPE, "text/x-nix-narinfo")], info.to_string()).into_response(),
+        Err(e) => {
+            tracing::error!(hash_part, error = %e, "making narinfo");
+            server_error()
+        }
+    }
+}
+
+async fn nar(State(server): State<Arc<Server>>, method: Method, Path(file): Path<String>) -> Response {
+    let (hash_part, compression) = if let Some(h) = file.strip_suffix(".nar.zst") {
+        (h, Compression::Zstd)
+    } else if let Some(h) = file.strip_suffix(".nar") {
+        (h, Compression::None)
+    } else {
+        return not_found();
+    };
+    if !is_hash_part(hash_part) {
+        return not_found();
+    }
+    let record = match server.record(hash_part).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return not_found(),
+        Err(response) => return response,
+    };
+    let nar_size = record.manifest.nar_size;
+    let content_type = match compression {
+        Compression::None => "application/x-nix-nar",
+        Compression::Zstd => "application/zstd",
+    };
+    if method == Method::HEAD {
+        let mut response = ([(header::CONTENT_TYPE, content_type)], Body::empty()).into_response();
+        if compression == Compression::None {
+            response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(nar_size));
+        }
+        return response;
+    }
+
+    let permit = match server.streams.clone().acquire_owned().await {
+        Ok(permit) => permit,
+        Err(_) => return server_error(),
+    };
+    let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let store = server.store.clone();
+    let level = server.config.zstd_level;
+    let name = hash_part.to_string();
+    tokio::task::spawn_blocking(move || restore_to_channel(&store, &record, compression, level, tx, permit, &name));
+
+    // Wait for the first chunk before sending headers: a NAR smaller than two chunks is then
+    // restored and checked completely before the status line, so its failure is a clean 500.
+    let first = match rx.recv().await {
+        Some(Ok(bytes)) => bytes,
+        Some(Err(_)) | None => return server_error(),
+    };
+    let exact = (compression == Compression::None).then_some(nar_size);
+    let body = NarBody { first: Some(first), rx, exact, sent: 0 };
+    ([(header::CONTENT_TYPE, content_type)], Body::new(body)).into_response()
+}
+
+/// Run `restore` on a blocking thread, writing the (possibly compressed) NAR into `tx`.
+fn restore_to_channel(
+    store: &Store,
+    record: &PathRecord,
+    compression: Compression,
+    level: i32,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    _permit: OwnedSemaphorePermit,
+    hash_part: &str,
+) {
+    let mut out = ChannelWriter::new(tx);
+    let result = (|| -> Result<(), String> {
+        let mut objects = store.objects(record);
+        let mut source = FileSource::new(&mut objects);
+        match compression {
+            Compression::None => {
+                refstrip_strip::restore(&record.manifest, &mut source, &mut out, &mut ()).map_err(|e| e.to_string())?;
+            }
+            Compression::Zstd => {
+                let mut encoder = zstd::stream::write::Encoder::new(&mut out, level).map_err(|e| e.to_string())?;
+                refstrip_strip::restore(&record.manifest, &mut source, &mut encoder, &mut ()).map_err(|e| e.to_string())?;
+                encoder.finish().map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => out.finish(),
+        Err(why) => {
+            if out.receiver_gone {
+                tracing::debug!(hash_part, "client went away during restore");
+            } else {
+                tracing::error!(hash_part, error = %why, "restore failed; aborting the response");
+            }
+            out.fail(io::Error::other(why));
+        }
+    }
+}
+
+fn is_hash_part(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b"0123456789abcdfghijklmnpqrsvwxyz".contains(&b))
+}
+
+fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], "not found\n").into_response()
+}
+
+fn server_error() -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], "internal error\n").into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming
+
+/// The blocking restore's output: fills [`CHUNK`]-sized buffers and sends them to the response
+/// body over a bounded channel, always holding the most recent full chunk back.
+///
+/// Why this never delivers wrong bytes as a complete download: `restore` checks the NAR's SHA-256
+/// and size only after writing the last byte, so everything written before it returns is
+/// provisional. Holding back the last chunk means the client has not received the whole body
+/// until `restore` returned `Ok` ([`finish`](Self::finish) sends the rest and ends the stream
+/// cleanly). On any error [`fail`](Self::fail) sends an error instead, which makes the server
+/// abort the connection without finishing the body: with a Content-Length (uncompressed NARs)
+/// the body is short, and with chunked encoding (zstd) the terminating chunk is missing and the
+/// zstd frame is unfinished. Either way HTTP clients, Nix's curl included, see a failed download
+/// ("transferred a partial file"), never a complete response with wrong bytes; Nix additionally
+/// checks NarHash itself. At least one byte is always held back, since a NAR is never empty.
+pub struct ChannelWriter {
+    tx: Option<mpsc::Sender<io::Result<Bytes>>>,
+    buf: Vec<u8>,
+    held: Option<Bytes>,
+    /// The response body was dropped (client disconnected): writing fails fast.
+    pub receiver_gone: bool,
+}
+
+impl ChannelWriter {
+    pub fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
+        ChannelWriter { tx: Some(tx), buf: Vec::with_capacity(CHUNK), held: None, receiver_gone: false }
+    }
+
+    fn send(&mut self, item: io::Result<Bytes>) -> io::Result<()> {
+        let tx = self.tx.as_ref().ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "stream closed"))?;
+        if tx.blocking_send(item).is_err() {
+            self.receiver_gone = true;
+            self.tx = None;
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "client went away"));
+        }
+        Ok(())
+    }
+
+    /// The output is complete and verified: send what was held back and end the body cleanly.
+    pub fn finish(mut self) {
+        let held = self.held.take();
+        let rest = std::mem::take(&mut self.buf);
+        if let Some(held) = held {
+            if self.send(Ok(held)).is_err() {
+                return;
+            }
+        }
+        if !rest.is_empty() {
+            let _ = self.send(Ok(Bytes::from(rest)));
+        }
+        // Dropping the sender ends the body.
+    }
+
+    /// The output is wrong or incomplete: discard what was held back and abort the body.
+    pub fn fail(mut self, error: io::Error) {
+        self.held = None;
+        self.buf = Vec::new();
+        if self.tx.is_some() {
+            let _ = self.send(Err(error));
+        }
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.tx.is_none() {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "client went away"));
+        }
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            let full = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+            if let Some(previous) = self.held.replace(full) {
+                self.send(Ok(previous))?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Nothing to do: chunks go out when full, and the last only on [`finish`](Self::finish).
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The response body of a NAR: chunks from the restore thread; an error item aborts the response.
+struct NarBody {
+    first: Option<Bytes>,
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    /// Exact length (uncompressed NARs), announced as Content-Length.
+    exact: Option<u64>,
+    sent: u64,
+}
+
+impl http_body::Body for NarBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if let Some(first) = self.first.take() {
+            self.sent += first.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(bytes))) => {
+                self.sent += bytes.len() as u64;
+                if self.exact.is_some_and(|n| self.sent > n) {
+                    return Poll::Ready(Some(Err(io::Error::other("restore produced more than NarSize"))));
+                }
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => {
+                if self.exact.is_some_and(|n| self.sent != n) {
+                    return Poll::Ready(Some(Err(io::Error::other("restore ended before NarSize"))));
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.exact {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request log
+
+/// Logs one line per request when its response body ends (or is abandoned): method, path,
+/// status, body bytes sent, duration, and whether the body completed.
+async fn log_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    let logged = LoggedBody { inner: body, method, path, status, start, bytes: 0, outcome: None };
+    Response::from_parts(parts, Body::new(logged))
+}
+
+struct LoggedBody {
+    inner: Body,
+    method: Method,
+    path: String,
+    status: u16,
+    start: Instant,
+    bytes: u64,
+    outcome: Option<&'static str>,
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.outcome = Some("aborted (error)"),
+            Poll::Ready(None) => self.outcome = self.outcome.or(Some("complete")),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        let outcome = match self.outcome {
+            Some(o) => o,
+            // Hyper stops polling once a body with an exact length has delivered all of it.
+            None if self.method == Method::HEAD
+                || http_body::Body::is_end_stream(&self.inner)
+                || http_body::Body::size_hint(&self.inner).exact() == Some(self.bytes) =>
+            {
+                "complete"
+            }
+            None => "aborted (client went away)",
+        };
+        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: "refstrip_serve::access",
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            bytes = self.bytes,
+            ms = format_args!("{ms:.1}"),
+            outcome,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Record cache
+
+/// Decoded path records, least recently used evicted first, bounded by approximate size.
+struct RecordCache {
+    lru: lru::LruCache<String, (Arc<PathRecord>, usize)>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl RecordCache {
+    fn new(budget: usize) -> Self {
+        RecordCache { lru: lru::LruCache::unbounded(), bytes: 0, budget }
+    }
+
+    fn get(&mut self, key: &str) -> Option<Arc<PathRecord>> {
+        self.lru.get(key).map(|(r, _)| r.clone())
+    }
+
+    fn put(&mut self, key: String, record: Arc<PathRecord>) {
+        // The decoded manifest and object map take roughly this much memory.
+        let weight = 256 + record.manifest_bytes.len() * 2 + record.objects.len() * 128;
+        if weight > self.budget {
+            return;
+        }
+        if let Some((_, old)) = self.lru.put(key, (record, weight)) {
+            self.bytes -= old;
+        }
+        self.bytes += weight;
+        while self.bytes > self.budget {
+            match self.lru.pop_lru() {
+                Some((_, (_, w))) => self.bytes -= w,
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Collects what a ChannelWriter sends, as the response body would.
+    fn drive(write: impl FnOnce(&mut ChannelWriter) -> bool + Send + 'static) -> (Vec<u8>, bool) {
+        let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let producer = std::thread::spawn(move || {
+            let mut w = ChannelWriter::new(tx);
+            if write(&mut w) {
+                w.finish();
+            } else {
+                w.fail(io::Error::other("bad"));
+            }
+        });
+        let mut got = Vec::new();
+        let mut errored = false;
+        while let Some(item) = rx.blocking_recv() {
+            match item {
+                Ok(b) => got.extend_from_slice(&b),
+                Err(_) => errored = true,
+            }
+        }
+        producer.join().unwrap();
+        (got, errored)
+    }
+
+    #[test]
+    fn success_delivers_everything() {
+        let data: Vec<u8> = (0..(3 * CHUNK + 17)).map(|i| i as u8).collect();
+        let expected = data.clone();
+        let (got, errored) = drive(move |w| {
+            w.write_all(&data).unwrap();
+            true
+        });
+        assert!(!errored);
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn success_with_exact_multiple_of_chunk() {
+        let data = vec![7u8; 2 * CHUNK];
+        let (got, errored) = drive(move |w| {
+            w.write_all(&data).unwrap();
+            true
+        });
+        assert!(!errored);
+        assert_eq!(got.len(), 2 * CHUNK);
+    }
+
+    #[test]
+    fn failure_after_all_bytes_withholds_the_last_chunk() {
+        for len in [1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 5 * CHUNK + 3] {
+            let data = vec![1u8; len];
+            let (got, errored) = drive(move |w| {
+                w.write_all(&data).unwrap();
+                false
+            });
+            assert!(errored, "len {len}");
+            assert!(got.len() < len, "len {len}: {} bytes delivered", got.len());
+            assert!(len - got.len() >= 1);
+        }
+    }
+
+    #[test]
+    fn writes_fail_once_the_body_is_gone() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let mut w = ChannelWriter::new(tx);
+        let data = vec![0u8; 4 * CHUNK];
+        assert!(w.write_all(&data).is_err());
+        assert!(w.receiver_gone);
+    }
+
+    #[test]
+    fn hash_parts() {
+        assert!(is_hash_part("1avrvw4574jhm9g7j8y0y9a6qzakr6nj"));
+        assert!(!is_hash_part("1avrvw4574jhm9g7j8y0y9a6qzakr6n"));
+        assert!(!is_hash_part("1avrvw4574jhm9g7j8y0y9a6qzakr6ne"));
+        assert!(!is_hash_part("../../../../../../../etc/passwd0"));
+    }
+}
