@@ -13,7 +13,20 @@ deb = os.environ["deb"]
 deps = os.environ.get("closure", "").split()
 libc = os.environ.get("libc") or out
 tmp = os.path.join(os.environ.get("NIX_BUILD_TOP", "/tmp"), "x")
-subprocess.run(["dpkg-deb", "-x", deb, tmp], check=True)
+# dpkg-deb -x would also try to restore setuid/setgid modes, which this machine refuses (and a store
+# path cannot keep anyway): extract the data tarball ourselves, without the special mode bits
+import tarfile
+fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb], stdout=subprocess.PIPE)
+with tarfile.open(fileobj=fsys.stdout, mode="r|*") as tf:
+    for m in tf:
+        m.mode &= 0o777
+        m.uid = m.gid = 0
+        tf.extract(m, tmp, set_attrs=not m.isdir())
+if fsys.wait() != 0:
+    sys.exit("dpkg-deb --fsys-tarfile failed")
+for root, dirs, files in os.walk(tmp):  # directories must be writable and searchable for the moves
+    for d in dirs:
+        os.chmod(os.path.join(root, d), 0o755)
 
 def logical(rel):  # usr-merge: usr/lib/foo -> lib/foo
     return rel[4:] if rel.startswith("usr/") else ("" if rel == "usr" else rel)
