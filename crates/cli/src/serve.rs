@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// Memory for decoded path records, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     record_cache_mib: usize,
+    /// Memory for verified file objects shared by all downloads, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    object_cache_mib: usize,
     /// After SIGINT/SIGTERM, how long requests in flight may take to finish, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     grace: u64,
@@ -61,6 +64,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         zstd_level: args.zstd_level,
         max_streams: args.max_streams,
         record_cache_bytes: args.record_cache_mib << 20,
+        object_cache_bytes: args.object_cache_mib << 20,
     };
     let server = Server::new(store, config).context("reading the store")?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();

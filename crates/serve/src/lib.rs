@@ -29,7 +29,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use refstrip_cas::FileSource;
+use refstrip_cas::{CasError, FileSource, ObjectId, ObjectRead};
 use refstrip_store::{PathRecord, Store, StoreError};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -78,6 +78,9 @@ pub struct Config {
     pub max_streams: usize,
     /// Budget for decoded path records kept in memory (approximate bytes).
     pub record_cache_bytes: usize,
+    /// Budget for verified objects kept in memory and shared by all requests, so that popular
+    /// files are not decompressed from their pack block for every download.
+    pub object_cache_bytes: usize,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             zstd_level: 3,
             max_streams: 64,
             record_cache_bytes: 64 << 20,
+            object_cache_bytes: 256 << 20,
         }
     }
 }
@@ -99,6 +103,7 @@ pub struct Server {
     config: Config,
     cache_info: String,
     records: Mutex<RecordCache>,
+    objects: Arc<ObjectCache>,
     streams: Arc<Semaphore>,
 }
 
@@ -111,8 +116,9 @@ impl Server {
         };
         let cache_info = format!("StoreDir: {store_dir}\nWantMassQuery: 1\nPriority: {}\n", config.priority);
         let records = Mutex::new(RecordCache::new(config.record_cache_bytes));
+        let objects = Arc::new(ObjectCache::new(config.object_cache_bytes));
         let streams = Arc::new(Semaphore::new(config.max_streams.max(1)));
-        Ok(Arc::new(Server { store: Arc::new(store), config, cache_info, records, streams }))
+        Ok(Arc::new(Server { store: Arc::new(store), config, cache_info, records, objects, streams }))
     }
 
     /// The `nix-cache-info` this server answers with.
@@ -272,9 +278,12 @@ async fn nar(State(server): State<Arc<Server>>, method: Method, Path(file): Path
     };
     let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
     let store = server.store.clone();
+    let cache = server.objects.clone();
     let level = server.config.zstd_level;
     let name = hash_part.to_string();
-    tokio::task::spawn_blocking(move || restore_to_channel(&store, &record, compression, level, tx, permit, &name));
+    tokio::task::spawn_blocking(move || {
+        restore_to_channel(&store, &cache, &record, compression, level, tx, permit, &name)
+    });
 
     // Wait for the first chunk before sending headers: a NAR smaller than two chunks is then
     // restored and checked completely before the status line, so its failure is a clean 500.
@@ -288,8 +297,10 @@ async fn nar(State(server): State<Arc<Server>>, method: Method, Path(file): Path
 }
 
 /// Run `restore` on a blocking thread, writing the (possibly compressed) NAR into `tx`.
+#[allow(clippy::too_many_arguments)]
 fn restore_to_channel(
     store: &Store,
+    cache: &ObjectCache,
     record: &PathRecord,
     compression: Compression,
     level: i32,
@@ -299,7 +310,7 @@ fn restore_to_channel(
 ) {
     let mut out = ChannelWriter::new(tx);
     let result = (|| -> Result<(), String> {
-        let mut objects = store.objects(record);
+        let mut objects = CachedObjects { inner: store.objects(record), cache };
         let mut source = FileSource::new(&mut objects);
         match compression {
             Compression::None => {
@@ -550,7 +561,63 @@ impl Drop for LoggedBody {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Record cache
+// Caches
+
+type ObjectLru = lru::LruCache<ObjectId, Arc<[u8]>>;
+
+/// Verified objects shared by all restores, least recently used evicted first, bounded by size.
+struct ObjectCache {
+    /// The objects and their total size.
+    inner: Mutex<(ObjectLru, usize)>,
+    budget: usize,
+}
+
+impl ObjectCache {
+    fn new(budget: usize) -> Self {
+        ObjectCache { inner: Mutex::new((lru::LruCache::unbounded(), 0)), budget }
+    }
+
+    fn get(&self, id: &ObjectId) -> Option<Arc<[u8]>> {
+        self.inner.lock().expect("object cache lock").0.get(id).cloned()
+    }
+
+    fn put(&self, id: ObjectId, bytes: &[u8]) {
+        // Large objects would evict many small ones for little gain.
+        if bytes.len() > self.budget / 16 {
+            return;
+        }
+        let mut guard = self.inner.lock().expect("object cache lock");
+        let (lru, used) = &mut *guard;
+        if let Some(old) = lru.put(id, Arc::from(bytes)) {
+            *used -= old.len();
+        }
+        *used += bytes.len();
+        while *used > self.budget {
+            match lru.pop_lru() {
+                Some((_, old)) => *used -= old.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+/// A path record's objects, from the shared cache or (verified) from the store.
+struct CachedObjects<'a, R: ObjectRead> {
+    inner: R,
+    cache: &'a ObjectCache,
+}
+
+impl<R: ObjectRead> ObjectRead for CachedObjects<'_, R> {
+    fn get(&mut self, id: &ObjectId) -> Result<Vec<u8>, CasError> {
+        if let Some(bytes) = self.cache.get(id) {
+            return Ok(bytes.to_vec());
+        }
+        // The store's reader verifies the object against its BLAKE3 name before returning it.
+        let bytes = self.inner.get(id)?;
+        self.cache.put(*id, &bytes);
+        Ok(bytes)
+    }
+}
 
 /// Decoded path records, least recently used evicted first, bounded by approximate size.
 struct RecordCache {
@@ -659,6 +726,20 @@ mod tests {
         let data = vec![0u8; 4 * CHUNK];
         assert!(w.write_all(&data).is_err());
         assert!(w.receiver_gone);
+    }
+
+    #[test]
+    fn object_cache_stays_within_its_budget() {
+        let cache = ObjectCache::new(16 * 100);
+        let ids: Vec<ObjectId> = (0..40u8).map(|i| ObjectId::blob(&[i])).collect();
+        for id in &ids {
+            cache.put(*id, &[1u8; 100]);
+        }
+        assert!(cache.inner.lock().unwrap().1 <= 1600);
+        assert!(cache.get(&ids[0]).is_none(), "oldest evicted");
+        assert_eq!(cache.get(&ids[39]).as_deref(), Some(&[1u8; 100][..]));
+        cache.put(ObjectId::blob(b"big"), &[0u8; 101]);
+        assert!(cache.get(&ObjectId::blob(b"big")).is_none(), "objects over budget/16 are not kept");
     }
 
     #[test]
