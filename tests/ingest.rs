@@ -324,3 +324,25 @@ fn ingests_from_a_local_nix_store() {
         assert_eq!(info.references, original.references, "{path}");
     }
 }
+
+#[test]
+fn sharded_ingests_partition_the_paths_and_end_in_the_same_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let single = dir.path().join("single");
+    run(&mut ingest_cli(&generation_dir("gen1"), &single, &[]));
+    let sharded = dir.path().join("sharded");
+    let mut counts = Vec::new();
+    for i in 0..3 {
+        let out = run(&mut ingest_cli(&generation_dir("gen1"), &sharded, &["--shard", &format!("{i}/3"), "--json"]));
+        let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        counts.push(report["paths"].as_u64().unwrap());
+    }
+    // Disjoint shards that cover everything, and not all in one shard.
+    assert_eq!(counts.iter().sum::<u64>(), 14, "{counts:?}");
+    assert!(counts.iter().all(|&c| c < 14), "{counts:?}");
+    assert_eq!(manifests(&sharded), manifests(&single));
+    let store = Store::open(sharded.to_str().unwrap()).unwrap();
+    assert_eq!(check_generation(&store, "gen1"), 14);
+    let bad = Command::new(refstrip_bin()).arg("ingest").arg(generation_dir("gen1")).arg("--all").arg("--shard").arg("3/3").arg("--to").arg(&sharded).output().unwrap();
+    assert!(!bad.status.success());
+}
