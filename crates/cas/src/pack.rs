@@ -41,6 +41,30 @@ pub struct Location {
     pub size: u64,
 }
 
+impl Location {
+    /// Cut this object out of its decompressed block (see [`decode_block`]) and check that its
+    /// bytes hash to `id`: the one way readers of any pack source hand out an object.
+    pub fn object(&self, id: &ObjectId, block: &[u8]) -> Result<Vec<u8>, CasError> {
+        let bytes = self
+            .offset_in_block
+            .checked_add(self.size)
+            .and_then(|end| block.get(self.offset_in_block as usize..end as usize))
+            .ok_or_else(|| CasError::Corrupt { id: *id, why: "object lies outside its block".into() })?
+            .to_vec();
+        verify(id, &bytes)?;
+        Ok(bytes)
+    }
+}
+
+/// Decompress one block as read from a pack and check it has the length its index entry declares.
+pub fn decode_block(compressed: &[u8], raw_len: u64) -> io::Result<Vec<u8>> {
+    let raw = decompress_bounded(compressed)?;
+    if raw.len() as u64 != raw_len {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "block has the wrong length"));
+    }
+    Ok(raw)
+}
+
 /// Writes a pack: objects are buffered into the current block, compressed block by block.
 pub struct PackWriter<W: Write> {
     w: W,
@@ -251,16 +275,10 @@ impl<R: Read + Seek> ObjectRead for PackReader<R> {
             self.r.seek(SeekFrom::Start(loc.block_offset))?;
             let mut compressed = vec![0u8; loc.block_len as usize];
             self.r.read_exact(&mut compressed)?;
-            let raw = decompress_bounded(&compressed).map_err(|e| CasError::Corrupt { id: *id, why: e.to_string() })?;
-            if raw.len() as u64 != loc.block_raw_len {
-                return Err(CasError::Corrupt { id: *id, why: "block has the wrong length".into() });
-            }
+            let raw = decode_block(&compressed, loc.block_raw_len).map_err(|e| CasError::Corrupt { id: *id, why: e.to_string() })?;
             self.cached = Some((loc.block_offset, raw));
         }
-        let block = &self.cached.as_ref().expect("just cached").1;
-        let bytes = block[loc.offset_in_block as usize..(loc.offset_in_block + loc.size) as usize].to_vec();
-        verify(id, &bytes)?;
-        Ok(bytes)
+        loc.object(id, &self.cached.as_ref().expect("just cached").1)
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use refstrip_cas::pack::{decompress_bounded, decode_index, verify, Location, PackWriter};
+use refstrip_cas::pack::{decode_block, decode_index, decompress_bounded, Location, PackWriter};
 use refstrip_cas::{CasError, ObjectId, ObjectRead, ObjectWrite};
 
 use crate::backend::{self, Backend};
@@ -296,15 +296,9 @@ impl ObjectRead for RecordObjects<'_> {
         let block_key = (pack.clone(), loc.block_offset);
         if self.cached.as_ref().map(|(k, _)| k) != Some(&block_key) {
             let compressed = self.backend.get_range(&pack_key(pack), loc.block_offset, loc.block_len)?;
-            let raw = decompress_bounded(&compressed).map_err(|e| CasError::Corrupt { id: *id, why: e.to_string() })?;
-            if raw.len() as u64 != loc.block_raw_len {
-                return Err(CasError::Corrupt { id: *id, why: "block has the wrong length".into() });
-            }
+            let raw = decode_block(&compressed, loc.block_raw_len).map_err(|e| CasError::Corrupt { id: *id, why: e.to_string() })?;
             self.cached = Some((block_key, raw));
         }
-        let block = &self.cached.as_ref().expect("cached above").1;
-        let bytes = block[loc.offset_in_block as usize..(loc.offset_in_block + loc.size) as usize].to_vec();
-        verify(id, &bytes)?;
-        Ok(bytes)
+        loc.object(id, &self.cached.as_ref().expect("cached above").1)
     }
 }

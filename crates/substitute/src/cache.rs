@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
-use refstrip_cas::pack::{decompress_bounded, verify, Location};
+use refstrip_cas::pack::{decode_block, Location};
 use refstrip_cas::{CasError, ObjectId, ObjectRead};
 use refstrip_store::{pack_key, Backend, PathRecord};
 
@@ -119,9 +119,7 @@ impl<'b> BlockCache<'b> {
                 return Ok(block);
             }
         }
-        let decode = |compressed: &[u8]| -> Option<Vec<u8>> {
-            decompress_bounded(compressed).ok().filter(|raw| raw.len() as u64 == key.raw_len)
-        };
+        let decode = |compressed: &[u8]| decode_block(compressed, key.raw_len).ok();
         let cached = self.file(key).and_then(|p| fs::read(p).ok()).and_then(|c| decode(&c));
         let raw = match cached {
             Some(raw) => raw,
@@ -153,12 +151,6 @@ impl ObjectRead for CachedObjects<'_, '_> {
     fn get(&mut self, id: &ObjectId) -> Result<Vec<u8>, CasError> {
         let (pack, loc) = self.record.objects.get(id).ok_or(CasError::NotFound(*id))?;
         let block = self.cache.block(&BlockKey::of(pack, loc))?;
-        let end = loc.offset_in_block + loc.size;
-        let bytes = block
-            .get(loc.offset_in_block as usize..end as usize)
-            .ok_or_else(|| CasError::Corrupt { id: *id, why: "object lies outside its block".into() })?
-            .to_vec();
-        verify(id, &bytes)?;
-        Ok(bytes)
+        loc.object(id, &block)
     }
 }
