@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 
 use refstrip_nar::{Event, NarWriter};
-use sha2::{Digest, Sha256};
+use refstrip_nix::{Hash, HashingWriter};
 
 use crate::error::{Result, StripError};
 use crate::manifest::{ContentDigest, Entry, Manifest, Node};
@@ -55,7 +55,7 @@ pub fn restore<W: Write>(
     nar_out: W,
     visitor: &mut dyn RestoreVisitor,
 ) -> Result<NarDigest> {
-    let mut w = NarWriter::new(HashingWriter { inner: nar_out, hasher: Sha256::new() });
+    let mut w = NarWriter::new(HashingWriter::new(nar_out));
     let mut buf = vec![0u8; 256 * 1024];
     let mut emit = |w: &mut NarWriter<_>, visitor: &mut dyn RestoreVisitor, name: Option<Vec<u8>>, node: &Node| -> Result<()> {
         let event = match node {
@@ -112,13 +112,13 @@ pub fn restore<W: Write>(
     }
 
     let size = w.offset();
-    let HashingWriter { mut inner, hasher } = w.finish()?;
+    let (sha256, _, mut inner) = w.finish()?.finish();
     inner.flush()?;
-    let digest = NarDigest { sha256: hasher.finalize().into(), size };
+    let digest = NarDigest { sha256: *sha256.as_bytes(), size };
     if digest.sha256 != manifest.nar_hash || digest.size != manifest.nar_size {
         return Err(StripError::NarHashMismatch {
-            expected: hex(&manifest.nar_hash),
-            actual: hex(&digest.sha256),
+            expected: Hash::from_bytes(manifest.nar_hash).to_hex(),
+            actual: sha256.to_hex(),
             expected_size: manifest.nar_size,
             actual_size: digest.size,
         });
@@ -135,27 +135,6 @@ fn real_order<'m>(entries: &'m [Entry], manifest: &Manifest) -> Vec<(Vec<u8>, &'
         entries.iter().map(|e| (apply_all(&e.name, &e.name_patches, &manifest.refs), e)).collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
-}
-
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Objects kept in memory: a [`ContentSink`] and [`ContentSource`] for tests, tools and small jobs.

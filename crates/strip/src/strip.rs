@@ -3,7 +3,7 @@
 use std::io::{self, BufRead};
 
 use refstrip_nar::{Event, NarReader};
-use sha2::{Digest, Sha256};
+use refstrip_nix::HashingReader;
 
 use crate::elf::{build_id_range, HEAD_LEN};
 use crate::error::Result;
@@ -82,7 +82,8 @@ pub fn strip<R: BufRead>(
     sink: &mut dyn ContentSink,
 ) -> Result<Stripped> {
     let scanner = Scanner::new(refs);
-    let mut reader = NarReader::new(HashingBufRead { inner: nar, hasher: Sha256::new() });
+    // The reader hashes exactly the bytes the NAR parser consumes: the NarHash, checked in this pass.
+    let mut reader = NarReader::new(HashingReader::new(nar));
     let mut stats = StripStats::default();
     let mut open: Vec<OpenDir> = Vec::new();
     let mut root = None;
@@ -129,8 +130,8 @@ pub fn strip<R: BufRead>(
         attach(&mut open, &mut root, named, node);
     }
     let nar_size = reader.offset();
-    let HashingBufRead { hasher, .. } = reader.into_inner();
-    Ok(Stripped { root: root.expect("a complete NAR has a root"), nar_hash: hasher.finalize().into(), nar_size, stats })
+    let (nar_hash, _, _) = reader.into_inner().finish();
+    Ok(Stripped { root: root.expect("a complete NAR has a root"), nar_hash: *nar_hash.as_bytes(), nar_size, stats })
 }
 
 /// An open directory: its normalized name and name patches (none for the root), and its entries so far.
@@ -212,32 +213,4 @@ fn normalize_head(head: &mut [u8], ref_patches: &[Patch]) -> Option<Patch> {
     let original = head[range.clone()].to_vec();
     head[range].fill(0);
     Some(Patch { offset: start, kind: PatchKind::Literal(original) })
-}
-
-/// Hashes bytes as the NAR reader consumes them, so the NarHash is checked in the same pass.
-struct HashingBufRead<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: BufRead> io::Read for HashingBufRead<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-impl<R: BufRead> BufRead for HashingBufRead<R> {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        self.inner.fill_buf()
-    }
-
-    fn consume(&mut self, amount: usize) {
-        // The buffer is still filled, so this returns it without I/O.
-        if let Ok(buf) = self.inner.fill_buf() {
-            self.hasher.update(&buf[..amount.min(buf.len())]);
-        }
-        self.inner.consume(amount);
-    }
 }
