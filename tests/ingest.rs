@@ -346,3 +346,22 @@ fn sharded_ingests_partition_the_paths_and_end_in_the_same_store() {
     let bad = Command::new(refstrip_bin()).arg("ingest").arg(generation_dir("gen1")).arg("--all").arg("--shard").arg("3/3").arg("--to").arg(&sharded).output().unwrap();
     assert!(!bad.status.success());
 }
+
+/// An ingest killed after writing a record but before cataloguing its path: the rerun must not
+/// just skip the path (its record exists) but catalog it, or stats and gc would never see it.
+#[test]
+fn a_record_missing_from_the_catalog_is_catalogued_on_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    run(&mut ingest_cli(&generation_dir("gen1"), &store_dir, &[]));
+    let expected = manifests(&store_dir);
+    let store = Store::open(store_dir.to_str().unwrap()).unwrap();
+    let totals = store.totals().unwrap();
+    let (hash, _) = expected[0].clone();
+    store.catalog().remove_path(&hash).unwrap();
+    assert_eq!(store.totals().unwrap().paths, 13);
+    drop(store);
+    run(&mut ingest_cli(&generation_dir("gen1"), &store_dir, &[]));
+    assert_eq!(manifests(&store_dir), expected);
+    assert_eq!(Store::open(store_dir.to_str().unwrap()).unwrap().totals().unwrap(), totals);
+}

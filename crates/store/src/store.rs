@@ -54,7 +54,16 @@ impl Store {
     }
 
     pub fn has_path(&self, hash_part: &str) -> Result<bool, StoreError> {
-        Ok(self.catalog().has_path(hash_part)? || self.backend.size(&record_key(hash_part))?.is_some())
+        if self.catalog().has_path(hash_part)? {
+            return Ok(true);
+        }
+        // A record without a catalog entry was written by an ingest killed before it catalogued the
+        // path; catalog it now, or stats and gc (which work from the catalog) would never see it.
+        let key = record_key(hash_part);
+        let Some(bytes) = self.backend.get(&key)? else { return Ok(false) };
+        let record = PathRecord::decode(&bytes).map_err(|why| StoreError::BadRecord { key, why })?;
+        self.catalog_record(&record, bytes.len() as u64)?;
+        Ok(true)
     }
 
     pub fn read_record(&self, hash_part: &str) -> Result<PathRecord, StoreError> {
@@ -82,20 +91,16 @@ impl Store {
         let hash_part = String::from_utf8_lossy(&record.manifest.basename()[..32]).into_owned();
         let bytes = record.encode();
         self.backend.put(&record_key(&hash_part), &bytes)?;
-        let store_path = format!(
-            "{}/{}",
-            String::from_utf8_lossy(&record.manifest.store_dir),
-            String::from_utf8_lossy(record.manifest.basename())
-        );
-        self.catalog().add_path(
-            &hash_part,
-            &store_path,
-            &record.manifest.nar_hash,
-            record.manifest.nar_size,
-            bytes.len() as u64,
-            record.objects.keys(),
-        )?;
+        self.catalog_record(record, bytes.len() as u64)?;
         Ok(bytes.len() as u64)
+    }
+
+    fn catalog_record(&self, record: &PathRecord, record_size: u64) -> Result<(), StoreError> {
+        let manifest = &record.manifest;
+        let hash_part = String::from_utf8_lossy(&manifest.basename()[..32]).into_owned();
+        let store_path = format!("{}/{}", String::from_utf8_lossy(&manifest.store_dir), String::from_utf8_lossy(manifest.basename()));
+        self.catalog().add_path(&hash_part, &store_path, &manifest.nar_hash, manifest.nar_size, record_size, record.objects.keys())?;
+        Ok(())
     }
 
     /// Where a sealed object lives, per the catalog.
@@ -127,7 +132,7 @@ impl Store {
         for key in self.backend.list("paths/")? {
             let bytes = self.backend.get(&key)?.unwrap_or_default();
             let record = PathRecord::decode(&bytes).map_err(|why| StoreError::BadRecord { key: key.clone(), why })?;
-            self.add_record(&record)?;
+            self.catalog_record(&record, bytes.len() as u64)?;
         }
         Ok(())
     }
