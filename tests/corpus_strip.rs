@@ -12,20 +12,39 @@ use refstrip_tests::{corpus_dir, corpus_packages, GENERATIONS};
 use sha2::{Digest, Sha256};
 
 fn source(generation: &str) -> Box<dyn NarSource> {
-    open_source(corpus_dir().join("small").join(generation).to_str().unwrap(), StoreDir::default()).unwrap()
+    open_source(
+        corpus_dir()
+            .join("small")
+            .join(generation)
+            .to_str()
+            .unwrap(),
+        StoreDir::default(),
+    )
+    .unwrap()
 }
 
 /// Strip one corpus path, restore it, and return (package key, tree digest, per-file digests).
-fn round_trip(src: &dyn NarSource, path: &StorePath, options: &StripOptions) -> (Manifest, Vec<u8>) {
+fn round_trip(
+    src: &dyn NarSource,
+    path: &StorePath,
+    options: &StripOptions,
+) -> (Manifest, Vec<u8>) {
     let info = src.narinfo(path).unwrap();
     let mut original = Vec::new();
     src.nar(&info).unwrap().read_to_end(&mut original).unwrap();
-    assert_eq!(Sha256::digest(&original).as_slice(), info.nar_hash.as_bytes(), "{path}: corpus NAR vs narinfo");
+    assert_eq!(
+        Sha256::digest(&original).as_slice(),
+        info.nar_hash.as_bytes(),
+        "{path}: corpus NAR vs narinfo"
+    );
 
     let pi = refstrip_store::pathinfo::path_info(&info).unwrap();
     let mut store = MemoryStore::default();
     let s = strip(&original[..], &pi.refs, options, &mut store).unwrap();
-    assert_eq!((s.nar_hash, s.nar_size), (*info.nar_hash.as_bytes(), info.nar_size));
+    assert_eq!(
+        (s.nar_hash, s.nar_size),
+        (*info.nar_hash.as_bytes(), info.nar_size)
+    );
     let manifest = Manifest {
         store_dir: pi.store_dir,
         refs: pi.refs,
@@ -59,7 +78,10 @@ fn every_corpus_nar_round_trips() {
 }
 
 /// Tree digests of every package output of a generation, keyed by (name, output).
-fn tree_digests(generation: &str, options: &StripOptions) -> BTreeMap<(String, String), (String, Node)> {
+fn tree_digests(
+    generation: &str,
+    options: &StripOptions,
+) -> BTreeMap<(String, String), (String, Node)> {
     let src = source(generation);
     corpus_packages(generation)
         .into_iter()
@@ -80,7 +102,10 @@ fn files(node: &Node, out: &mut Vec<(refstrip_strip::ContentDigest, u64)>) {
 }
 
 /// Count (identical, total) regular files between the trees of each package in two generations.
-fn compare(old: &BTreeMap<(String, String), (String, Node)>, new: &BTreeMap<(String, String), (String, Node)>) -> (Vec<String>, usize, usize) {
+fn compare(
+    old: &BTreeMap<(String, String), (String, Node)>,
+    new: &BTreeMap<(String, String), (String, Node)>,
+) -> (Vec<String>, usize, usize) {
     let mut differing_packages = Vec::new();
     let (mut same, mut total) = (0, 0);
     for (key, (digest, root)) in new {
@@ -106,14 +131,30 @@ fn mass_rebuild_normalizes_identically() {
     // Every hash changed and no source did: every package and every file must normalize alike.
     assert!(differing.is_empty(), "{differing:?}");
     assert_eq!(same, total);
-    assert!(total >= 60, "the small corpus has 68 regular files; got {total}");
+    assert!(
+        total >= 60,
+        "the small corpus has 68 regular files; got {total}"
+    );
 
     // Without build-id normalization, the ELF files are what still differs.
-    let gen1_raw = tree_digests("gen1", &StripOptions { normalize_build_id: false });
-    let mass_raw = tree_digests("mass", &StripOptions { normalize_build_id: false });
+    let gen1_raw = tree_digests(
+        "gen1",
+        &StripOptions {
+            normalize_build_id: false,
+        },
+    );
+    let mass_raw = tree_digests(
+        "mass",
+        &StripOptions {
+            normalize_build_id: false,
+        },
+    );
     let (differing_raw, same_raw, _) = compare(&gen1_raw, &mass_raw);
     eprintln!("without build-id normalization: {same_raw} of {total} files identical; {differing_raw:?} differ");
-    assert!(same_raw < same, "build-id normalization must matter on this corpus");
+    assert!(
+        same_raw < same,
+        "build-id normalization must matter on this corpus"
+    );
 }
 
 #[test]
@@ -124,6 +165,9 @@ fn single_package_rebuild_changes_only_that_package() {
     eprintln!("single-package rebuild: {same} of {total} files identical; packages differing: {differing:?}");
     // zlib was built with other CFLAGS, so its library differs; its reverse dependencies were only
     // rebuilt (their hashes changed) and must normalize exactly as before.
-    assert!(differing.iter().all(|p| p.starts_with("zlib-")), "{differing:?}");
+    assert!(
+        differing.iter().all(|p| p.starts_with("zlib-")),
+        "{differing:?}"
+    );
     assert!(differing.contains(&"zlib-out".to_string()), "{differing:?}");
 }

@@ -20,7 +20,12 @@ use refstrip_tests::{corpus_dir, refstrip_bin, run, GENERATIONS};
 use sha2::{Digest, Sha256};
 
 fn generation_dir(generation: &str) -> String {
-    corpus_dir().join("small").join(generation).to_str().unwrap().to_string()
+    corpus_dir()
+        .join("small")
+        .join(generation)
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 fn ingest_dir(dir: &str, store: &Store) -> IngestReport {
@@ -31,7 +36,11 @@ fn ingest_dir(dir: &str, store: &Store) -> IngestReport {
 }
 
 fn corpus_key() -> PublicKey {
-    fs::read_to_string(corpus_dir().join("keys/refstrip-corpus-1.pub")).unwrap().trim().parse().unwrap()
+    fs::read_to_string(corpus_dir().join("keys/refstrip-corpus-1.pub"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Every path of `generation` can be restored from `store` byte for byte, and its narinfo comes
@@ -45,16 +54,45 @@ fn check_generation(store: &Store, generation: &str) -> usize {
         let record = store.read_record(path.hash_part()).unwrap();
         let mut objects = store.objects(&record);
         let mut nar = Vec::new();
-        restore_nar(&record.manifest, &mut FileSource::new(&mut objects), &mut nar).unwrap();
-        assert_eq!(Sha256::digest(&nar).as_slice(), original.nar_hash.as_bytes(), "{path}");
+        restore_nar(
+            &record.manifest,
+            &mut FileSource::new(&mut objects),
+            &mut nar,
+        )
+        .unwrap();
+        assert_eq!(
+            Sha256::digest(&nar).as_slice(),
+            original.nar_hash.as_bytes(),
+            "{path}"
+        );
         let mut expected = Vec::new();
-        source.nar(&original).unwrap().read_to_end(&mut expected).unwrap();
+        source
+            .nar(&original)
+            .unwrap()
+            .read_to_end(&mut expected)
+            .unwrap();
         assert!(nar == expected, "{path}");
 
-        let info = refstrip_store::pathinfo::narinfo(&record.manifest, "nar/x.nar".into(), Some("none".into()), None, None).unwrap();
+        let info = refstrip_store::pathinfo::narinfo(
+            &record.manifest,
+            "nar/x.nar".into(),
+            Some("none".into()),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(info.sigs, original.sigs, "{path}: Sig lines");
-        assert_eq!((&info.store_path, &info.references, &info.deriver, &info.ca), (&original.store_path, &original.references, &original.deriver, &original.ca));
-        signature::verify(&info, std::slice::from_ref(&key)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(
+            (&info.store_path, &info.references, &info.deriver, &info.ca),
+            (
+                &original.store_path,
+                &original.references,
+                &original.deriver,
+                &original.ca
+            )
+        );
+        signature::verify(&info, std::slice::from_ref(&key))
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
         n += 1;
     }
     n
@@ -69,7 +107,11 @@ fn xz_bytes(generation: &str) -> u64 {
         .iter()
         .map(|p| {
             let mut nar = Vec::new();
-            source.nar(&source.narinfo(p).unwrap()).unwrap().read_to_end(&mut nar).unwrap();
+            source
+                .nar(&source.narinfo(p).unwrap())
+                .unwrap()
+                .read_to_end(&mut nar)
+                .unwrap();
             let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
             e.write_all(&nar).unwrap();
             e.finish().unwrap().len() as u64
@@ -99,13 +141,25 @@ fn every_generation_reads_back_exactly_and_a_mass_rebuild_costs_almost_nothing()
     // NAR+xz, i.e. ~2.2 %. The bound leaves room for record-format changes, not for new objects.
     let mass = &reports[1];
     let xz = xz_bytes("mass");
-    eprintln!("mass rebuild stored {} bytes = {:.2} % of its {} NAR+xz bytes", mass.stored_bytes, 100.0 * mass.stored_bytes as f64 / xz as f64, xz);
+    eprintln!(
+        "mass rebuild stored {} bytes = {:.2} % of its {} NAR+xz bytes",
+        mass.stored_bytes,
+        100.0 * mass.stored_bytes as f64 / xz as f64,
+        xz
+    );
     assert_eq!(mass.new_objects, 0);
-    assert!(mass.stored_bytes * 100 <= 3 * xz, "mass rebuild stored {} bytes vs {xz} NAR+xz bytes", mass.stored_bytes);
+    assert!(
+        mass.stored_bytes * 100 <= 3 * xz,
+        "mass rebuild stored {} bytes vs {xz} NAR+xz bytes",
+        mass.stored_bytes
+    );
 
     // Ingesting the same generation again is a no-op.
     let again = ingest_dir(&generation_dir("gen1"), &store);
-    assert_eq!((again.ingested, again.skipped, again.stored_bytes), (0, 14, 0));
+    assert_eq!(
+        (again.ingested, again.skipped, again.stored_bytes),
+        (0, 14, 0)
+    );
 
     // The catalog can be rebuilt from the files alone.
     let before = store.totals().unwrap();
@@ -131,7 +185,12 @@ fn corrupt_nars_are_skipped_and_leave_nothing_half_written() {
     let cache = dir.path().join("cache");
     copy_dir(Path::new(&generation_dir("gen1")), &cache);
     let source = open_source(cache.to_str().unwrap(), StoreDir::default()).unwrap();
-    let mut infos = source.list().unwrap().into_iter().map(|p| source.narinfo(&p).unwrap()).collect::<Vec<_>>();
+    let mut infos = source
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|p| source.narinfo(&p).unwrap())
+        .collect::<Vec<_>>();
     infos.sort_by_key(|i| std::cmp::Reverse(i.nar_size));
     let nar_file = |i: usize| cache.join(&infos[i].url);
     // 1: truncated file; 2: a flipped byte (zstd or NarHash notices); 3: narinfo lies about NarHash;
@@ -145,27 +204,55 @@ fn corrupt_nars_are_skipped_and_leave_nothing_half_written() {
     let narinfo2 = cache.join(format!("{}.narinfo", infos[2].store_path.hash_part()));
     let text = fs::read_to_string(&narinfo2).unwrap();
     let other_hash = infos[3].nar_hash.to_string();
-    fs::write(&narinfo2, text.replace(&infos[2].nar_hash.to_string(), &other_hash)).unwrap();
+    fs::write(
+        &narinfo2,
+        text.replace(&infos[2].nar_hash.to_string(), &other_hash),
+    )
+    .unwrap();
     fs::copy(nar_file(4), nar_file(3)).unwrap();
     let raw = zstd::decode_all(&fs::read(nar_file(5)).unwrap()[..]).unwrap();
     fs::write(nar_file(5), raw).unwrap();
-    let broken: BTreeSet<String> = [0, 1, 2, 3, 5].iter().map(|&i| infos[i].store_path.hash_part().to_string()).collect();
+    let broken: BTreeSet<String> = [0, 1, 2, 3, 5]
+        .iter()
+        .map(|&i| infos[i].store_path.hash_part().to_string())
+        .collect();
 
     let store_dir = dir.path().join("store");
     let store = Store::open(store_dir.to_str().unwrap()).unwrap();
     let report = ingest_dir(cache.to_str().unwrap(), &store);
-    let failed: BTreeSet<String> = report.failed.iter().map(|(p, _)| p.rsplit('/').next().unwrap()[..32].to_string()).collect();
+    let failed: BTreeSet<String> = report
+        .failed
+        .iter()
+        .map(|(p, _)| p.rsplit('/').next().unwrap()[..32].to_string())
+        .collect();
     eprintln!("{:#?}", report.failed);
     assert_eq!(failed, broken, "{:?}", report.failed);
     assert_eq!(report.ingested, 14 - 5);
     for hash in &broken {
         assert!(!store.has_path(hash).unwrap(), "{hash} was recorded");
     }
-    assert!(fs::read_dir(store_dir.join("tmp")).unwrap().next().is_none(), "scratch files left behind");
+    assert!(
+        fs::read_dir(store_dir.join("tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "scratch files left behind"
+    );
     // The CLI reports the failures and exits non-zero.
-    let out = Command::new(refstrip_bin()).arg("ingest").arg(&cache).arg("--all").arg("--to").arg(&store_dir).output().unwrap();
+    let out = Command::new(refstrip_bin())
+        .arg("ingest")
+        .arg(&cache)
+        .arg("--all")
+        .arg("--to")
+        .arg(&store_dir)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("5 paths failed"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("5 paths failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Manifests of every path in a store: what "the same store" means (pack layout may differ).
@@ -187,7 +274,12 @@ fn manifests(store_dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 fn ingest_cli(cache: &str, store: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(refstrip_bin());
-    c.arg("ingest").arg(cache).arg("--all").arg("--to").arg(store).args(extra);
+    c.arg("ingest")
+        .arg(cache)
+        .arg("--all")
+        .arg("--to")
+        .arg(store)
+        .args(extra);
     c
 }
 
@@ -196,9 +288,17 @@ fn killed_ingests_rerun_to_the_same_store_and_concurrent_ingests_agree() {
     let dir = tempfile::tempdir().unwrap();
     let reference = dir.path().join("reference");
     let started = Instant::now();
-    run(&mut ingest_cli(&generation_dir("gen1"), &reference, &["-j1"]));
+    run(&mut ingest_cli(
+        &generation_dir("gen1"),
+        &reference,
+        &["-j1"],
+    ));
     let full = started.elapsed();
-    run(&mut ingest_cli(&generation_dir("mass"), &reference, &["-j1"]));
+    run(&mut ingest_cli(
+        &generation_dir("mass"),
+        &reference,
+        &["-j1"],
+    ));
     let expected = manifests(&reference);
     assert_eq!(expected.len(), 28);
 
@@ -206,11 +306,17 @@ fn killed_ingests_rerun_to_the_same_store_and_concurrent_ingests_agree() {
     for trial in 0..10u32 {
         let store = dir.path().join(format!("killed-{trial}"));
         for generation in ["gen1", "mass"] {
-            let mut child = ingest_cli(&generation_dir(generation), &store, &["-j2"]).spawn().unwrap();
+            let mut child = ingest_cli(&generation_dir(generation), &store, &["-j2"])
+                .spawn()
+                .unwrap();
             std::thread::sleep(full.mul_f64(f64::from(trial) / 10.0) + Duration::from_millis(5));
             child.kill().ok();
             child.wait().unwrap();
-            run(&mut ingest_cli(&generation_dir(generation), &store, &["-j2"]));
+            run(&mut ingest_cli(
+                &generation_dir(generation),
+                &store,
+                &["-j2"],
+            ));
         }
         assert_eq!(manifests(&store), expected, "trial {trial}");
         let s = Store::open(store.to_str().unwrap()).unwrap();
@@ -219,22 +325,35 @@ fn killed_ingests_rerun_to_the_same_store_and_concurrent_ingests_agree() {
 
     // Two ingests of overlapping generations into one store at the same time.
     let shared = dir.path().join("shared");
-    let a = ingest_cli(&generation_dir("gen1"), &shared, &["-j2"]).spawn().unwrap();
-    let b = ingest_cli(&generation_dir("mass"), &shared, &["-j2"]).spawn().unwrap();
-    let c = ingest_cli(&generation_dir("gen1"), &shared, &["-j1"]).spawn().unwrap();
+    let a = ingest_cli(&generation_dir("gen1"), &shared, &["-j2"])
+        .spawn()
+        .unwrap();
+    let b = ingest_cli(&generation_dir("mass"), &shared, &["-j2"])
+        .spawn()
+        .unwrap();
+    let c = ingest_cli(&generation_dir("gen1"), &shared, &["-j1"])
+        .spawn()
+        .unwrap();
     for mut child in [a, b, c] {
         assert!(child.wait().unwrap().success());
     }
     assert_eq!(manifests(&shared), expected);
     let s = Store::open(shared.to_str().unwrap()).unwrap();
-    assert_eq!(check_generation(&s, "gen1") + check_generation(&s, "mass"), 28);
+    assert_eq!(
+        check_generation(&s, "gen1") + check_generation(&s, "mass"),
+        28
+    );
 
     // Concurrent ingests may have stored an object twice, in different packs; gc keeping every
     // path must not drop a pack that some record points into.
-    let keep_all: std::collections::HashSet<String> = expected.iter().map(|(h, _)| h.clone()).collect();
+    let keep_all: std::collections::HashSet<String> =
+        expected.iter().map(|(h, _)| h.clone()).collect();
     let (paths, _, _) = s.gc(&keep_all).unwrap();
     assert_eq!(paths, 0);
-    assert_eq!(check_generation(&s, "gen1") + check_generation(&s, "mass"), 28);
+    assert_eq!(
+        check_generation(&s, "gen1") + check_generation(&s, "mass"),
+        28
+    );
 }
 
 #[test]
@@ -242,38 +361,80 @@ fn gc_keeps_the_closure_of_what_it_is_told_and_frees_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     for generation in ["gen1", "bump"] {
-        run(&mut ingest_cli(&generation_dir(generation), &store_dir, &[]));
+        run(&mut ingest_cli(
+            &generation_dir(generation),
+            &store_dir,
+            &[],
+        ));
     }
     let root = fs::read_to_string(corpus_dir().join("small/bump/roots")).unwrap();
-    let out = run(Command::new(refstrip_bin()).arg("gc").arg(&store_dir).arg("--keep").arg(root.trim()));
+    let out = run(Command::new(refstrip_bin())
+        .arg("gc")
+        .arg(&store_dir)
+        .arg("--keep")
+        .arg(root.trim()));
     eprintln!("{}", String::from_utf8_lossy(&out));
     let store = Store::open(store_dir.to_str().unwrap()).unwrap();
-    assert_eq!(store.totals().unwrap().paths, 14, "bump's closure, nothing else");
+    assert_eq!(
+        store.totals().unwrap().paths,
+        14,
+        "bump's closure, nothing else"
+    );
     assert_eq!(check_generation(&store, "bump"), 14);
     // gen1's lua 5.4.4 (not in bump's closure) is gone.
-    let lua_old = refstrip_tests::corpus_packages("gen1")[&("lua".to_string(), "out".to_string())].clone();
-    assert!(!store.has_path(&lua_old.rsplit('/').next().unwrap()[..32]).unwrap());
+    let lua_old =
+        refstrip_tests::corpus_packages("gen1")[&("lua".to_string(), "out".to_string())].clone();
+    assert!(!store
+        .has_path(&lua_old.rsplit('/').next().unwrap()[..32])
+        .unwrap());
     // Refuses to run while an ingest writes to the store.
     let writing = store.write_lock().unwrap();
-    assert!(matches!(store.gc(&Default::default()), Err(refstrip_store::StoreError::Busy)));
-    let o = Command::new(refstrip_bin()).arg("gc").arg(&store_dir).arg("--keep").arg(root.trim()).output().unwrap();
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("an ingest is writing"));
+    assert!(matches!(
+        store.gc(&Default::default()),
+        Err(refstrip_store::StoreError::Busy)
+    ));
+    let o = Command::new(refstrip_bin())
+        .arg("gc")
+        .arg(&store_dir)
+        .arg("--keep")
+        .arg(root.trim())
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("an ingest is writing")
+    );
     drop(writing);
     // Refuses to remove everything by accident.
-    let o = Command::new(refstrip_bin()).arg("gc").arg(&store_dir).output().unwrap();
+    let o = Command::new(refstrip_bin())
+        .arg("gc")
+        .arg(&store_dir)
+        .output()
+        .unwrap();
     assert!(!o.status.success());
 }
 
 /// A free loopback port (bind to 0, read it back, release it).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
 fn ingests_from_an_http_binary_cache() {
     let port = free_port();
     let mut server = Command::new("python3")
-        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory", &generation_dir("gen1")])
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            &generation_dir("gen1"),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -287,16 +448,42 @@ fn ingests_from_an_http_binary_cache() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     let root = fs::read_to_string(corpus_dir().join("small/gen1/roots")).unwrap();
-    let result = Command::new(refstrip_bin()).arg("ingest").arg(&url).arg(root.trim()).arg("--to").arg(&store_dir).output().unwrap();
+    let result = Command::new(refstrip_bin())
+        .arg("ingest")
+        .arg(&url)
+        .arg(root.trim())
+        .arg("--to")
+        .arg(&store_dir)
+        .output()
+        .unwrap();
     // --all cannot list an HTTP cache: a clear error, not a guess.
-    let all = Command::new(refstrip_bin()).arg("ingest").arg(&url).arg("--all").arg("--to").arg(&store_dir).output().unwrap();
+    let all = Command::new(refstrip_bin())
+        .arg("ingest")
+        .arg(&url)
+        .arg("--all")
+        .arg("--to")
+        .arg(&store_dir)
+        .output()
+        .unwrap();
     server.kill().ok();
     server.wait().ok();
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     assert!(!all.status.success());
-    assert!(String::from_utf8_lossy(&all.stderr).contains("cannot be listed"), "{}", String::from_utf8_lossy(&all.stderr));
+    assert!(
+        String::from_utf8_lossy(&all.stderr).contains("cannot be listed"),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
     let store = Store::open(store_dir.to_str().unwrap()).unwrap();
-    assert_eq!(check_generation(&store, "gen1"), 14, "the root's closure is the whole generation");
+    assert_eq!(
+        check_generation(&store, "gen1"),
+        14,
+        "the root's closure is the whole generation"
+    );
 }
 
 #[test]
@@ -306,10 +493,20 @@ fn ingests_from_a_local_nix_store() {
     let chroot = dir.path().join("root");
     let root = fs::read_to_string(corpus_dir().join("small/gen1/roots")).unwrap();
     // A real Nix store (chroot store layout), filled by Nix itself from the corpus cache.
-    run(Command::new("nix").args(["copy", "--no-check-sigs", "--from"]).arg(format!("file://{}", generation_dir("gen1"))).arg("--to").arg(&chroot).arg(root.trim()));
+    run(Command::new("nix")
+        .args(["copy", "--no-check-sigs", "--from"])
+        .arg(format!("file://{}", generation_dir("gen1")))
+        .arg("--to")
+        .arg(&chroot)
+        .arg(root.trim()));
     assert!(chroot.join("nix/var/nix/db/db.sqlite").exists());
     let store_dir = dir.path().join("store");
-    run(Command::new(refstrip_bin()).arg("ingest").arg(&chroot).arg("--all").arg("--to").arg(&store_dir));
+    run(Command::new(refstrip_bin())
+        .arg("ingest")
+        .arg(&chroot)
+        .arg("--all")
+        .arg("--to")
+        .arg(&store_dir));
     let store = Store::open(store_dir.to_str().unwrap()).unwrap();
     // Same NARs (dumped from the store's files), same references; the database holds no
     // signatures for paths copied without them, so only the contents and metadata are compared.
@@ -317,10 +514,21 @@ fn ingests_from_a_local_nix_store() {
     for path in source.list().unwrap() {
         let original = source.narinfo(&path).unwrap();
         let record = store.read_record(path.hash_part()).unwrap();
-        assert_eq!(&record.manifest.nar_hash, original.nar_hash.as_bytes(), "{path}");
+        assert_eq!(
+            &record.manifest.nar_hash,
+            original.nar_hash.as_bytes(),
+            "{path}"
+        );
         let mut nar = Vec::new();
-        restore_nar(&record.manifest, &mut FileSource::new(&mut store.objects(&record)), &mut nar).unwrap();
-        let info = refstrip_store::pathinfo::narinfo(&record.manifest, String::new(), None, None, None).unwrap();
+        restore_nar(
+            &record.manifest,
+            &mut FileSource::new(&mut store.objects(&record)),
+            &mut nar,
+        )
+        .unwrap();
+        let info =
+            refstrip_store::pathinfo::narinfo(&record.manifest, String::new(), None, None, None)
+                .unwrap();
         assert_eq!(info.references, original.references, "{path}");
     }
 }
@@ -333,7 +541,11 @@ fn sharded_ingests_partition_the_paths_and_end_in_the_same_store() {
     let sharded = dir.path().join("sharded");
     let mut counts = Vec::new();
     for i in 0..3 {
-        let out = run(&mut ingest_cli(&generation_dir("gen1"), &sharded, &["--shard", &format!("{i}/3"), "--json"]));
+        let out = run(&mut ingest_cli(
+            &generation_dir("gen1"),
+            &sharded,
+            &["--shard", &format!("{i}/3"), "--json"],
+        ));
         let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
         counts.push(report["paths"].as_u64().unwrap());
     }
@@ -343,7 +555,16 @@ fn sharded_ingests_partition_the_paths_and_end_in_the_same_store() {
     assert_eq!(manifests(&sharded), manifests(&single));
     let store = Store::open(sharded.to_str().unwrap()).unwrap();
     assert_eq!(check_generation(&store, "gen1"), 14);
-    let bad = Command::new(refstrip_bin()).arg("ingest").arg(generation_dir("gen1")).arg("--all").arg("--shard").arg("3/3").arg("--to").arg(&sharded).output().unwrap();
+    let bad = Command::new(refstrip_bin())
+        .arg("ingest")
+        .arg(generation_dir("gen1"))
+        .arg("--all")
+        .arg("--shard")
+        .arg("3/3")
+        .arg("--to")
+        .arg(&sharded)
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
 }
 
@@ -363,5 +584,11 @@ fn a_record_missing_from_the_catalog_is_catalogued_on_rerun() {
     drop(store);
     run(&mut ingest_cli(&generation_dir("gen1"), &store_dir, &[]));
     assert_eq!(manifests(&store_dir), expected);
-    assert_eq!(Store::open(store_dir.to_str().unwrap()).unwrap().totals().unwrap(), totals);
+    assert_eq!(
+        Store::open(store_dir.to_str().unwrap())
+            .unwrap()
+            .totals()
+            .unwrap(),
+        totals
+    );
 }

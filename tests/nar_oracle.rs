@@ -35,13 +35,21 @@ fn build_tree(root: &Path) {
     let mut deep = root.join("deep");
     for level in 0..40 {
         fs::create_dir(&deep).unwrap();
-        write_file(&deep.join(format!("f{level}")), format!("{level}").as_bytes(), level % 3 == 0);
+        write_file(
+            &deep.join(format!("f{level}")),
+            format!("{level}").as_bytes(),
+            level % 3 == 0,
+        );
         deep = deep.join("d");
     }
     let many = root.join("many");
     fs::create_dir(&many).unwrap();
     for i in 0..3000 {
-        write_file(&many.join(format!("entry-{i}")), &vec![b'a' + (i % 26) as u8; i % 37], i % 5 == 0);
+        write_file(
+            &many.join(format!("entry-{i}")),
+            &vec![b'a' + (i % 26) as u8; i % 37],
+            i % 5 == 0,
+        );
     }
 }
 
@@ -62,11 +70,17 @@ fn dump_equals_nix_store_dump() {
     let ours = refstrip_dump(&root);
     let nix = nix_dump(&root);
     assert_eq!(ours.len(), nix.len());
-    assert!(ours == nix, "refstrip nar dump differs from nix-store --dump");
+    assert!(
+        ours == nix,
+        "refstrip nar dump differs from nix-store --dump"
+    );
 
     // Single-node archives: a lone file, a lone executable and a lone symlink at the root.
     for name in ["odd", "run.sh", "rel-link", "empty", "empty-dir"] {
-        assert!(refstrip_dump(&root.join(name)) == nix_dump(&root.join(name)), "root node {name}");
+        assert!(
+            refstrip_dump(&root.join(name)) == nix_dump(&root.join(name)),
+            "root node {name}"
+        );
     }
 }
 
@@ -80,17 +94,30 @@ fn unpack_redumps_identically_and_hash_matches_nix() {
     fs::write(&nar_path, nix_dump(&root)).unwrap();
 
     let dest = dir.path().join("unpacked");
-    run(Command::new(refstrip_bin()).args(["nar", "unpack"]).arg(&nar_path).arg(&dest));
+    run(Command::new(refstrip_bin())
+        .args(["nar", "unpack"])
+        .arg(&nar_path)
+        .arg(&dest));
     let nar = fs::read(&nar_path).unwrap();
-    assert!(nix_dump(&dest) == nar, "nix-store --dump of our unpack differs from the original NAR");
+    assert!(
+        nix_dump(&dest) == nar,
+        "nix-store --dump of our unpack differs from the original NAR"
+    );
 
-    let nix_hash = run(Command::new("nix").args(["hash", "path", "--base16"]).arg(&dest));
+    let nix_hash = run(Command::new("nix")
+        .args(["hash", "path", "--base16"])
+        .arg(&dest));
     let ours = hex(&Sha256::digest(&nar));
     assert_eq!(String::from_utf8(nix_hash).unwrap().trim(), ours);
 
     // Unpacking from standard input works too.
     let dest2 = dir.path().join("from-stdin");
-    run_with_stdin(Command::new(refstrip_bin()).args(["nar", "unpack", "-"]).arg(&dest2), &nar);
+    run_with_stdin(
+        Command::new(refstrip_bin())
+            .args(["nar", "unpack", "-"])
+            .arg(&dest2),
+        &nar,
+    );
     assert!(nix_dump(&dest2) == nar);
 }
 
@@ -114,17 +141,26 @@ fn ls_lists_every_entry() {
     build_tree(&root);
     let nar_path = dir.path().join("tree.nar");
     fs::write(&nar_path, nix_dump(&root)).unwrap();
-    let listing = String::from_utf8(run(Command::new(refstrip_bin()).args(["nar", "ls"]).arg(&nar_path))).unwrap();
+    let listing = String::from_utf8(run(Command::new(refstrip_bin())
+        .args(["nar", "ls"])
+        .arg(&nar_path)))
+    .unwrap();
     let entries = walkdir_count(&root);
     assert_eq!(listing.lines().count(), entries);
-    assert!(listing.contains("-r-xr-xr-x           18 ./run.sh"), "{listing:.400}");
+    assert!(
+        listing.contains("-r-xr-xr-x           18 ./run.sh"),
+        "{listing:.400}"
+    );
     assert!(listing.contains("lrwxrwxrwx            0 ./rel-link -> run.sh"));
 }
 
 fn walkdir_count(path: &Path) -> usize {
     let meta = fs::symlink_metadata(path).unwrap();
     if meta.is_dir() {
-        1 + fs::read_dir(path).unwrap().map(|e| walkdir_count(&e.unwrap().path())).sum::<usize>()
+        1 + fs::read_dir(path)
+            .unwrap()
+            .map(|e| walkdir_count(&e.unwrap().path()))
+            .sum::<usize>()
     } else {
         1
     }
@@ -165,7 +201,11 @@ fn large_sparse_file_matches_nix() {
         assert!(child.wait().unwrap().success());
         (total, hex(&hasher.finalize()))
     };
-    let ours = hash_of(Command::new(refstrip_bin()).args(["nar", "dump"]).arg(&root));
+    let ours = hash_of(
+        Command::new(refstrip_bin())
+            .args(["nar", "dump"])
+            .arg(&root),
+    );
     let nix = hash_of(Command::new("nix-store").arg("--dump").arg(&root));
     assert!(ours.0 > size);
     assert_eq!(ours, nix);

@@ -27,11 +27,17 @@ fn corpus_store(dir: &Path) -> PathBuf {
 }
 
 fn corpus_key() -> String {
-    std::fs::read_to_string(corpus_dir().join("keys/refstrip-corpus-1.pub")).unwrap().trim().to_string()
+    std::fs::read_to_string(corpus_dir().join("keys/refstrip-corpus-1.pub"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 fn root_of(generation: &str) -> String {
-    std::fs::read_to_string(corpus_dir().join("small").join(generation).join("roots")).unwrap().trim().to_string()
+    std::fs::read_to_string(corpus_dir().join("small").join(generation).join("roots"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 /// A running `refstrip serve`, stopped (SIGTERM, then checked to exit cleanly) on drop.
@@ -43,7 +49,11 @@ struct Serving {
 
 impl Serving {
     fn start(store: &Path, extra: &[&str]) -> Serving {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let log = store.with_file_name(format!("serve-{port}.log"));
         let child = Command::new(refstrip_bin())
             .args(["serve", "--from"])
@@ -56,8 +66,14 @@ impl Serving {
         let mut serving = Serving { child, port, log };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(serving.child.try_wait().unwrap().is_none(), "refstrip serve exited early");
-            assert!(Instant::now() < deadline, "refstrip serve did not start listening");
+            assert!(
+                serving.child.try_wait().unwrap().is_none(),
+                "refstrip serve exited early"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "refstrip serve did not start listening"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         serving
@@ -70,7 +86,10 @@ impl Serving {
     /// SIGTERM and wait: graceful shutdown must exit 0.
     fn stop(mut self) {
         let status = self.terminate();
-        assert!(status.success(), "refstrip serve exited with {status} after SIGTERM");
+        assert!(
+            status.success(),
+            "refstrip serve exited with {status} after SIGTERM"
+        );
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
@@ -89,7 +108,10 @@ impl Serving {
 impl Drop for Serving {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- refstrip serve log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            eprintln!(
+                "--- refstrip serve log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
         }
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
@@ -110,7 +132,11 @@ struct Got {
 fn http_get(port: u16, path: &str) -> Got {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = Vec::new();
     // A connection aborted by the server may end in a reset: keep what arrived.
     let mut buf = [0u8; 65536];
@@ -120,18 +146,27 @@ fn http_get(port: u16, path: &str) -> Got {
             Ok(n) => raw.extend_from_slice(&buf[..n]),
         }
     }
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response headers") + 4;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response headers")
+        + 4;
     let head = String::from_utf8_lossy(&raw[..end]).to_lowercase();
     let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     let header = |name: &str| {
-        head.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).map(|v| v.trim().to_string()))
+        head.lines().find_map(|l| {
+            l.strip_prefix(&format!("{name}: "))
+                .map(|v| v.trim().to_string())
+        })
     };
     let content_length = header("content-length").map(|v| v.parse().unwrap());
     let rest = &raw[end..];
     if header("transfer-encoding").as_deref() == Some("chunked") {
         let (mut body, mut at, mut complete) = (Vec::new(), 0, false);
         while let Some(eol) = rest[at..].windows(2).position(|w| w == b"\r\n") {
-            let size = usize::from_str_radix(std::str::from_utf8(&rest[at..at + eol]).unwrap().trim(), 16).unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[at..at + eol]).unwrap().trim(), 16)
+                    .unwrap();
             at += eol + 2;
             if size == 0 {
                 complete = true;
@@ -144,16 +179,27 @@ fn http_get(port: u16, path: &str) -> Got {
             body.extend_from_slice(&rest[at..at + size]);
             at += size + 2;
         }
-        Got { status, body, complete, content_length }
+        Got {
+            status,
+            body,
+            complete,
+            content_length,
+        }
     } else {
         let complete = content_length.is_some_and(|n| rest.len() as u64 == n);
-        Got { status, body: rest.to_vec(), complete, content_length }
+        Got {
+            status,
+            body: rest.to_vec(),
+            complete,
+            content_length,
+        }
     }
 }
 
 fn nix(args: &[&str]) -> Command {
     let mut cmd = Command::new("nix");
-    cmd.args(["--extra-experimental-features", "nix-command"]).args(args);
+    cmd.args(["--extra-experimental-features", "nix-command"])
+        .args(args);
     cmd
 }
 
@@ -167,8 +213,15 @@ fn substituter_options(cmd: &mut Command, url: &str) {
 }
 
 fn closure_in(root: &Path, path: &str) -> BTreeSet<String> {
-    let out = run(Command::new("nix-store").arg("--store").arg(root).args(["-qR", path]));
-    String::from_utf8(out).unwrap().lines().map(str::to_string).collect()
+    let out = run(Command::new("nix-store")
+        .arg("--store")
+        .arg(root)
+        .args(["-qR", path]));
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 fn corpus_paths(generation: &str) -> BTreeSet<String> {
@@ -180,10 +233,21 @@ fn corpus_paths(generation: &str) -> BTreeSet<String> {
 }
 
 fn verify_contents(root: &Path) {
-    let out = Command::new("nix-store").arg("--store").arg(root).args(["--verify", "--check-contents"]).output().unwrap();
+    let out = Command::new("nix-store")
+        .arg("--store")
+        .arg(root)
+        .args(["--verify", "--check-contents"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "nix-store --verify --check-contents failed: {stderr}");
-    assert!(!stderr.contains("error") && !stderr.contains("modified"), "verify complained: {stderr}");
+    assert!(
+        out.status.success(),
+        "nix-store --verify --check-contents failed: {stderr}"
+    );
+    assert!(
+        !stderr.contains("error") && !stderr.contains("modified"),
+        "verify complained: {stderr}"
+    );
 }
 
 #[test]
@@ -195,16 +259,24 @@ fn nix_copies_every_generation_with_signatures_checked() {
         let server = Serving::start(&store, &["--compression", compression]);
         let info = http_get(server.port, "/nix-cache-info");
         assert_eq!(info.status, 200);
-        assert_eq!(String::from_utf8(info.body).unwrap(), "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n");
+        assert_eq!(
+            String::from_utf8(info.body).unwrap(),
+            "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+        );
         for generation in GENERATIONS {
             let root = tmp.path().join(format!("root-{compression}-{generation}"));
             let target = root_of(generation);
             let mut cmd = nix(&["copy", "--from", &server.url(), "--to"]);
             cmd.arg(&root);
-            cmd.args(["--option", "trusted-public-keys", &corpus_key()]).arg(&target);
+            cmd.args(["--option", "trusted-public-keys", &corpus_key()])
+                .arg(&target);
             run(&mut cmd);
             verify_contents(&root);
-            assert_eq!(closure_in(&root, &target), corpus_paths(generation), "{generation} ({compression})");
+            assert_eq!(
+                closure_in(&root, &target),
+                corpus_paths(generation),
+                "{generation} ({compression})"
+            );
         }
         server.stop();
     }
@@ -219,10 +291,17 @@ fn nix_refuses_paths_without_a_trusted_signature() {
     let root = tmp.path().join("root");
     let mut cmd = nix(&["copy", "--from", &server.url(), "--to"]);
     cmd.arg(&root)
-        .args(["--option", "trusted-public-keys", "other-key:OJ6pGuMUWKKbsMtWccaErvuM11qEU1nIUX0eY1T+0+I="])
+        .args([
+            "--option",
+            "trusted-public-keys",
+            "other-key:OJ6pGuMUWKKbsMtWccaErvuM11qEU1nIUX0eY1T+0+I=",
+        ])
         .arg(root_of("gen1"));
     let out = cmd.output().unwrap();
-    assert!(!out.status.success(), "nix copy accepted paths signed by an untrusted key");
+    assert!(
+        !out.status.success(),
+        "nix copy accepted paths signed by an untrusted key"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("lacks a valid signature"));
     server.stop();
 }
@@ -260,11 +339,18 @@ fn narinfos_and_nars_are_the_originals() {
         let dir = corpus_dir().join("small").join(generation);
         for entry in std::fs::read_dir(&dir).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-            let Some(hash_part) = name.strip_suffix(".narinfo") else { continue };
-            let original = NarInfo::parse(&store_dir, &std::fs::read_to_string(dir.join(&name)).unwrap()).unwrap();
+            let Some(hash_part) = name.strip_suffix(".narinfo") else {
+                continue;
+            };
+            let original = NarInfo::parse(
+                &store_dir,
+                &std::fs::read_to_string(dir.join(&name)).unwrap(),
+            )
+            .unwrap();
             let got = http_get(server.port, &format!("/{name}"));
             assert_eq!(got.status, 200, "{name}");
-            let served = NarInfo::parse(&store_dir, std::str::from_utf8(&got.body).unwrap()).unwrap();
+            let served =
+                NarInfo::parse(&store_dir, std::str::from_utf8(&got.body).unwrap()).unwrap();
             assert_eq!(served.url, format!("nar/{hash_part}.nar"));
             assert_eq!(served.compression.as_deref(), Some("none"));
             assert_eq!((served.file_hash, served.file_size), (None, None));
@@ -301,13 +387,18 @@ fn largest_and_smallest(store: &Path) -> (String, String) {
         .unwrap()
         .filter_map(|e| {
             let name = e.unwrap().file_name().to_string_lossy().into_owned();
-            let record = PathRecord::decode(&std::fs::read(store.join("paths").join(&name)).unwrap()).unwrap();
+            let record =
+                PathRecord::decode(&std::fs::read(store.join("paths").join(&name)).unwrap())
+                    .unwrap();
             (!record.objects.is_empty()).then_some((record.manifest.nar_size, name))
         })
         .collect();
     sizes.sort();
     let (big, small) = (sizes.last().unwrap().clone(), sizes[0].clone());
-    assert!(big.0 > 2 * refstrip_serve_chunk(), "corpus has no NAR larger than two chunks");
+    assert!(
+        big.0 > 2 * refstrip_serve_chunk(),
+        "corpus has no NAR larger than two chunks"
+    );
     (big.1, small.1)
 }
 
@@ -319,8 +410,13 @@ fn refstrip_serve_chunk() -> u64 {
 /// Flip bytes all over the pack block holding the largest object of `hash_part` (one flipped
 /// byte may land in a part of the block that another object uses).
 fn tamper_pack(store: &Path, hash_part: &str) {
-    let record = PathRecord::decode(&std::fs::read(store.join("paths").join(hash_part)).unwrap()).unwrap();
-    let (pack, loc) = record.objects.values().max_by_key(|(_, loc)| loc.size).expect("a path with files");
+    let record =
+        PathRecord::decode(&std::fs::read(store.join("paths").join(hash_part)).unwrap()).unwrap();
+    let (pack, loc) = record
+        .objects
+        .values()
+        .max_by_key(|(_, loc)| loc.size)
+        .expect("a path with files");
     let path = store.join("packs").join(format!("{pack}.pack"));
     let mut bytes = std::fs::read(&path).unwrap();
     for at in (loc.block_offset + 16..loc.block_offset + loc.block_len - 8).step_by(97) {
@@ -348,12 +444,22 @@ fn a_corrupt_pack_fails_the_download() {
     tamper_pack(&store, &small);
     for compression in ["none", "zstd"] {
         let server = Serving::start(&store, &["--compression", compression]);
-        let ext = if compression == "zstd" { ".nar.zst" } else { ".nar" };
+        let ext = if compression == "zstd" {
+            ".nar.zst"
+        } else {
+            ".nar"
+        };
         for hash_part in [&big, &small] {
             let got = http_get(server.port, &format!("/nar/{hash_part}{ext}"));
-            assert!(!(got.status == 200 && got.complete), "{hash_part}{ext}: a corrupt NAR was served as complete");
+            assert!(
+                !(got.status == 200 && got.complete),
+                "{hash_part}{ext}: a corrupt NAR was served as complete"
+            );
             // And the narinfo is still served: only the NAR is unavailable.
-            assert_eq!(http_get(server.port, &format!("/{hash_part}.narinfo")).status, 200);
+            assert_eq!(
+                http_get(server.port, &format!("/{hash_part}.narinfo")).status,
+                200
+            );
         }
         server.stop();
     }
@@ -366,12 +472,20 @@ fn a_nar_hash_mismatch_at_the_end_is_never_a_complete_response() {
     let (big, small) = largest_and_smallest(&store);
     tamper_nar_hash(&store, &big);
     tamper_nar_hash(&store, &small);
-    let record = PathRecord::decode(&std::fs::read(store.join("paths").join(&big)).unwrap()).unwrap();
+    let record =
+        PathRecord::decode(&std::fs::read(store.join("paths").join(&big)).unwrap()).unwrap();
     for compression in ["none", "zstd"] {
         let server = Serving::start(&store, &["--compression", compression]);
-        let ext = if compression == "zstd" { ".nar.zst" } else { ".nar" };
+        let ext = if compression == "zstd" {
+            ".nar.zst"
+        } else {
+            ".nar"
+        };
         let got = http_get(server.port, &format!("/nar/{big}{ext}"));
-        assert!(!(got.status == 200 && got.complete), "{big}{ext}: complete body despite the hash mismatch");
+        assert!(
+            !(got.status == 200 && got.complete),
+            "{big}{ext}: complete body despite the hash mismatch"
+        );
         if compression == "none" {
             // More than two chunks: the body started before the restore ended, and stops short.
             assert_eq!(got.status, 200);
@@ -397,18 +511,40 @@ fn nix_copy_fails_on_a_tampered_store() {
     let target = std::fs::read_to_string(corpus_dir().join("small/gen1/paths"))
         .unwrap()
         .lines()
-        .chain(std::fs::read_to_string(corpus_dir().join("small/mass/paths")).unwrap().lines())
-        .chain(std::fs::read_to_string(corpus_dir().join("small/single/paths")).unwrap().lines())
-        .chain(std::fs::read_to_string(corpus_dir().join("small/bump/paths")).unwrap().lines())
+        .chain(
+            std::fs::read_to_string(corpus_dir().join("small/mass/paths"))
+                .unwrap()
+                .lines(),
+        )
+        .chain(
+            std::fs::read_to_string(corpus_dir().join("small/single/paths"))
+                .unwrap()
+                .lines(),
+        )
+        .chain(
+            std::fs::read_to_string(corpus_dir().join("small/bump/paths"))
+                .unwrap()
+                .lines(),
+        )
         .find(|p| p.contains(&big))
         .unwrap()
         .to_string();
     let root = tmp.path().join("root");
     let mut cmd = nix(&["copy", "--from", &server.url(), "--to"]);
-    cmd.arg(&root).args(["--option", "trusted-public-keys", &corpus_key()]).arg(&target);
+    cmd.arg(&root)
+        .args(["--option", "trusted-public-keys", &corpus_key()])
+        .arg(&target);
     let out = cmd.output().unwrap();
-    assert!(!out.status.success(), "nix copy succeeded from a tampered store");
-    let valid = Command::new("nix-store").arg("--store").arg(&root).args(["--check-validity", &target]).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "nix copy succeeded from a tampered store"
+    );
+    let valid = Command::new("nix-store")
+        .arg("--store")
+        .arg(&root)
+        .args(["--check-validity", &target])
+        .output()
+        .unwrap();
     assert!(!valid.status.success(), "{target} became valid");
     server.stop();
 }
@@ -431,7 +567,11 @@ fn short_load_test() {
     }
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "serve_load failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "serve_load failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(result["errors"], 0);
     assert_eq!(result["closure_paths"], 40);

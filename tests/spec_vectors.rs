@@ -50,13 +50,29 @@ fn entries(node: &Node, path: &str, out: &mut Vec<Value>) {
 /// The vector of one corpus path: inputs (NAR digest, store path, references) and every output a
 /// second implementation must reproduce.
 fn vector(generation: &str, package: (&str, &str)) -> Value {
-    let source = open_source(corpus_dir().join("small").join(generation).to_str().unwrap(), StoreDir::default()).unwrap();
+    let source = open_source(
+        corpus_dir()
+            .join("small")
+            .join(generation)
+            .to_str()
+            .unwrap(),
+        StoreDir::default(),
+    )
+    .unwrap();
     let path = &corpus_packages(generation)[&(package.0.to_string(), package.1.to_string())];
-    let info = source.narinfo(&StoreDir::default().parse_path(path).unwrap()).unwrap();
+    let info = source
+        .narinfo(&StoreDir::default().parse_path(path).unwrap())
+        .unwrap();
     let mut nar = Vec::new();
     source.nar(&info).unwrap().read_to_end(&mut nar).unwrap();
     let pi = refstrip_store::pathinfo::path_info(&info).unwrap();
-    let s = strip(&nar[..], &pi.refs, &StripOptions::default(), &mut MemoryStore::default()).unwrap();
+    let s = strip(
+        &nar[..],
+        &pi.refs,
+        &StripOptions::default(),
+        &mut MemoryStore::default(),
+    )
+    .unwrap();
     let manifest = Manifest {
         store_dir: pi.store_dir,
         refs: pi.refs.clone(),
@@ -84,17 +100,32 @@ fn vector(generation: &str, package: (&str, &str)) -> Value {
 
 #[test]
 fn spec_vectors_match() {
-    let cases = [("gen1", ("lua", "out")), ("gen1", ("zlib", "dev")), ("gen1", ("profile", "out")), ("mass", ("lua", "out"))];
+    let cases = [
+        ("gen1", ("lua", "out")),
+        ("gen1", ("zlib", "dev")),
+        ("gen1", ("profile", "out")),
+        ("mass", ("lua", "out")),
+    ];
     let bless = std::env::var_os("REFSTRIP_BLESS").is_some();
     for (generation, package) in cases {
         let file = format!("{VECTORS}/{generation}-{}-{}.json", package.0, package.1);
         let computed = vector(generation, package);
         if bless {
-            fs::write(&file, serde_json::to_string_pretty(&computed).unwrap() + "\n").unwrap();
+            fs::write(
+                &file,
+                serde_json::to_string_pretty(&computed).unwrap() + "\n",
+            )
+            .unwrap();
             continue;
         }
-        let committed: Value = serde_json::from_str(&fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"))).unwrap();
-        assert_eq!(computed, committed, "{file} no longer matches what strip produces");
+        let committed: Value = serde_json::from_str(
+            &fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}")),
+        )
+        .unwrap();
+        assert_eq!(
+            computed, committed,
+            "{file} no longer matches what strip produces"
+        );
     }
 }
 

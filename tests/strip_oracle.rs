@@ -12,12 +12,25 @@ use refstrip_tests::{refstrip_bin, require_nix, run};
 const EXPR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/strip_oracle.nix");
 
 fn build(rev: &str) -> String {
-    let out = run(Command::new("nix-build").args([EXPR, "--no-out-link", "-A", "app", "--argstr", "rev", rev]));
+    let out = run(Command::new("nix-build").args([
+        EXPR,
+        "--no-out-link",
+        "-A",
+        "app",
+        "--argstr",
+        "rev",
+        rev,
+    ]));
     String::from_utf8(out).unwrap().trim().to_string()
 }
 
 fn copy_to_cache(path: &str, dir: &Path, compression: &str) {
-    run(Command::new("nix").args(["copy", "--to", &format!("file://{}?compression={compression}", dir.display()), path]));
+    run(Command::new("nix").args([
+        "copy",
+        "--to",
+        &format!("file://{}?compression={compression}", dir.display()),
+        path,
+    ]));
 }
 
 /// (narinfo, NAR file) for every path in a cache directory, keyed by the package name.
@@ -27,7 +40,12 @@ fn cache_entries(dir: &Path) -> BTreeMap<String, (PathBuf, PathBuf)> {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "narinfo") {
             let text = fs::read_to_string(&p).unwrap();
-            let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).unwrap().to_string();
+            let field = |k: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .unwrap()
+                    .to_string()
+            };
             let name = field("StorePath: ").rsplit_once('/').unwrap().1[33..].to_string();
             out.insert(name, (p.clone(), dir.join(field("URL: "))));
         }
@@ -68,20 +86,36 @@ fn real_caches_round_trip_and_mass_rebuild_normalizes_alike() {
                 if name.starts_with("app") {
                     // RUNPATH, printf'd path, wrapper shebang, symlinks, farm names: hashes everywhere.
                     assert!(summary["placeholders"].as_u64().unwrap() >= 7, "{summary}");
-                    assert!(summary["literal_patches"].as_u64().unwrap() >= 1, "build-id: {summary}");
+                    assert!(
+                        summary["literal_patches"].as_u64().unwrap() >= 1,
+                        "build-id: {summary}"
+                    );
                 }
                 let restored = dir.path().join(format!("{label}-{compression}-{name}.nar"));
-                run(Command::new(refstrip_bin()).arg("restore").arg(&bundle).arg("-o").arg(&restored));
+                run(Command::new(refstrip_bin())
+                    .arg("restore")
+                    .arg(&bundle)
+                    .arg("-o")
+                    .arg(&restored));
                 let original = run(Command::new("nix-store").arg("--dump").arg(&store_path));
-                assert!(fs::read(&restored).unwrap() == original, "{store_path}: restored NAR differs");
-                normalized.entry(name).or_default().push(summary["normalized_digest"].as_str().unwrap().to_string());
+                assert!(
+                    fs::read(&restored).unwrap() == original,
+                    "{store_path}: restored NAR differs"
+                );
+                normalized
+                    .entry(name)
+                    .or_default()
+                    .push(summary["normalized_digest"].as_str().unwrap().to_string());
             }
         }
     }
     // Both compressions agree, and gen2 (every hash changed) normalizes exactly like gen1.
     for (name, digests) in normalized {
         assert_eq!(digests.len(), 4);
-        assert!(digests.iter().all(|d| d == &digests[0]), "{name}: {digests:?}");
+        assert!(
+            digests.iter().all(|d| d == &digests[0]),
+            "{name}: {digests:?}"
+        );
     }
 }
 
@@ -92,23 +126,51 @@ fn wrong_nar_or_narinfo_is_refused_and_leaves_no_output() {
     let cache = dir.path().join("cache");
     copy_to_cache(&build("1"), &cache, "zstd");
     let entries = cache_entries(&cache);
-    let (app_info, app_nar) = entries.iter().find(|(n, _)| n.starts_with("app")).unwrap().1;
-    let (_, lib_nar) = entries.iter().find(|(n, _)| n.starts_with("libfoo")).unwrap().1;
+    let (app_info, app_nar) = entries
+        .iter()
+        .find(|(n, _)| n.starts_with("app"))
+        .unwrap()
+        .1;
+    let (_, lib_nar) = entries
+        .iter()
+        .find(|(n, _)| n.starts_with("libfoo"))
+        .unwrap()
+        .1;
     let out = dir.path().join("out.rsb");
     let strip = |info: &Path, nar: &Path, extra: &[&str]| {
-        Command::new(refstrip_bin()).arg("strip").args(extra).arg("--narinfo").arg(info).arg("--nar").arg(nar).arg("-o").arg(&out).output().unwrap()
+        Command::new(refstrip_bin())
+            .arg("strip")
+            .args(extra)
+            .arg("--narinfo")
+            .arg(info)
+            .arg("--nar")
+            .arg(nar)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap()
     };
 
     let o = strip(app_info, lib_nar, &[]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("does not match the narinfo"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not match the narinfo"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let truncated = dir.path().join("truncated.nar.zst");
     let bytes = fs::read(app_nar).unwrap();
     fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     assert!(!strip(app_info, &truncated, &[]).status.success());
-    assert!(!strip(app_info, app_nar, &["--compression", "xz"]).status.success());
+    assert!(!strip(app_info, app_nar, &["--compression", "xz"])
+        .status
+        .success());
     assert!(!out.exists());
-    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary files left behind");
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "no temporary files left behind"
+    );
 
     // A damaged bundle restores to nothing.
     assert!(strip(app_info, app_nar, &[]).status.success());
@@ -117,7 +179,13 @@ fn wrong_nar_or_narinfo_is_refused_and_leaves_no_output() {
     bundle[middle] ^= 0x10;
     fs::write(&out, &bundle).unwrap();
     let restored = dir.path().join("restored.nar");
-    let o = Command::new(refstrip_bin()).arg("restore").arg(&out).arg("-o").arg(&restored).output().unwrap();
+    let o = Command::new(refstrip_bin())
+        .arg("restore")
+        .arg(&out)
+        .arg("-o")
+        .arg(&restored)
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert!(!restored.exists());
 }

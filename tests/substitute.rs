@@ -21,11 +21,17 @@ fn gen_dir(generation: &str) -> PathBuf {
 }
 
 fn root_path(generation: &str) -> String {
-    fs::read_to_string(gen_dir(generation).join("roots")).unwrap().trim().to_string()
+    fs::read_to_string(gen_dir(generation).join("roots"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 fn corpus_key() -> String {
-    fs::read_to_string(corpus_dir().join("keys/refstrip-corpus-1.pub")).unwrap().trim().to_string()
+    fs::read_to_string(corpus_dir().join("keys/refstrip-corpus-1.pub"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 /// A normalized store holding every generation (as a cache would after four ingests), built once.
@@ -35,7 +41,11 @@ fn shared_store() -> &'static Path {
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
             for g in GENERATIONS {
-                run(Command::new(refstrip_bin()).arg("ingest").arg(gen_dir(g)).args(["--all", "--to"]).arg(dir.path()));
+                run(Command::new(refstrip_bin())
+                    .arg("ingest")
+                    .arg(gen_dir(g))
+                    .args(["--all", "--to"])
+                    .arg(dir.path()));
             }
             dir
         })
@@ -46,9 +56,16 @@ fn copy_store(to: &Path) {
     run(Command::new("cp").arg("-a").arg(shared_store()).arg(to));
 }
 
-fn substitute(store: &str, root: &Path, cache: Option<&Path>, extra: &[&str], paths: &[String]) -> Output {
+fn substitute(
+    store: &str,
+    root: &Path,
+    cache: Option<&Path>,
+    extra: &[&str],
+    paths: &[String],
+) -> Output {
     let mut cmd = Command::new(refstrip_bin());
-    cmd.args(["substitute", "--json", "--from", store, "--store"]).arg(root);
+    cmd.args(["substitute", "--json", "--from", store, "--store"])
+        .arg(root);
     match cache {
         Some(c) => cmd.arg("--cache").arg(c),
         None => cmd.arg("--no-cache"),
@@ -60,7 +77,11 @@ fn substitute(store: &str, root: &Path, cache: Option<&Path>, extra: &[&str], pa
 }
 
 fn report(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "substitute failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "substitute failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -71,15 +92,32 @@ fn path_infos(store: &str, root: &str) -> BTreeMap<String, (String, u64, Vec<Str
     infos
         .into_iter()
         .map(|i| {
-            let mut refs: Vec<String> = i["references"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect();
+            let mut refs: Vec<String> = i["references"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap().to_string())
+                .collect();
             refs.sort();
-            (i["path"].as_str().unwrap().to_string(), (i["narHash"].as_str().unwrap().to_string(), i["narSize"].as_u64().unwrap(), refs))
+            (
+                i["path"].as_str().unwrap().to_string(),
+                (
+                    i["narHash"].as_str().unwrap().to_string(),
+                    i["narSize"].as_u64().unwrap(),
+                    refs,
+                ),
+            )
         })
         .collect()
 }
 
 fn nix_verify(root: &Path) -> Result<(), String> {
-    let out = Command::new("nix-store").arg("--store").arg(root).args(["--verify", "--check-contents"]).output().unwrap();
+    let out = Command::new("nix-store")
+        .arg("--store")
+        .arg(root)
+        .args(["--verify", "--check-contents"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if out.status.success() && !stderr.contains("modified") && !stderr.contains("disappeared") {
         Ok(())
@@ -90,16 +128,33 @@ fn nix_verify(root: &Path) -> Result<(), String> {
 
 /// Every path Nix considers valid in `root`.
 fn valid_paths(root: &Path) -> Vec<String> {
-    let out = run(Command::new("nix").arg("path-info").arg("--store").arg(root).arg("--all"));
-    String::from_utf8(out).unwrap().lines().map(str::to_string).collect()
+    let out = run(Command::new("nix")
+        .arg("path-info")
+        .arg("--store")
+        .arg(root)
+        .arg("--all"));
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 fn check_like_nix(root: &Path, generation: &str) {
-    nix_verify(root).unwrap_or_else(|e| panic!("{generation}: nix-store --verify --check-contents: {e}"));
+    nix_verify(root)
+        .unwrap_or_else(|e| panic!("{generation}: nix-store --verify --check-contents: {e}"));
     let r = root_path(generation);
     let source = format!("file://{}", gen_dir(generation).display());
-    assert_eq!(path_infos(root.to_str().unwrap(), &r), path_infos(&source, &r), "{generation}: path infos differ from the cache's");
-    let closure = run(Command::new("nix-store").arg("--store").arg(root).arg("-qR").arg(&r));
+    assert_eq!(
+        path_infos(root.to_str().unwrap(), &r),
+        path_infos(&source, &r),
+        "{generation}: path infos differ from the cache's"
+    );
+    let closure = run(Command::new("nix-store")
+        .arg("--store")
+        .arg(root)
+        .arg("-qR")
+        .arg(&r));
     let expected = fs::read_to_string(gen_dir(generation).join("paths")).unwrap();
     let mut got: Vec<&str> = std::str::from_utf8(&closure).unwrap().lines().collect();
     got.sort();
@@ -115,12 +170,22 @@ fn every_generation_substitutes_like_nix_copy() {
     for g in GENERATIONS {
         let root = tempfile::tempdir().unwrap();
         let r = report(&substitute(&store, root.path(), None, &[], &[root_path(g)]));
-        let n = fs::read_to_string(gen_dir(g).join("paths")).unwrap().lines().count() as u64;
+        let n = fs::read_to_string(gen_dir(g).join("paths"))
+            .unwrap()
+            .lines()
+            .count() as u64;
         assert_eq!(r["paths"].as_u64(), Some(n), "{g}");
         check_like_nix(root.path(), g);
         // Again: everything is valid, nothing is fetched or written.
         let again = report(&substitute(&store, root.path(), None, &[], &[root_path(g)]));
-        assert_eq!((again["paths"].as_u64(), again["already_valid"].as_u64(), again["fetched_block_bytes"].as_u64()), (Some(0), Some(1), Some(0)));
+        assert_eq!(
+            (
+                again["paths"].as_u64(),
+                again["already_valid"].as_u64(),
+                again["fetched_block_bytes"].as_u64()
+            ),
+            (Some(0), Some(1), Some(0))
+        );
     }
 }
 
@@ -133,7 +198,12 @@ fn nar_xz_bytes(generation: &str) -> u64 {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "narinfo") {
                 let text = fs::read_to_string(&p).unwrap();
-                total += text.lines().find_map(|l| l.strip_prefix("FileSize: ")).unwrap().parse::<u64>().unwrap();
+                total += text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("FileSize: "))
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap();
             }
         }
         return total;
@@ -154,16 +224,37 @@ fn mass_rebuild_fetches_under_five_percent_of_nar_xz() {
     let store = shared_store().to_str().unwrap().to_string();
     let root = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let first = report(&substitute(&store, root.path(), Some(cache.path()), &[], &[root_path("gen1")]));
+    let first = report(&substitute(
+        &store,
+        root.path(),
+        Some(cache.path()),
+        &[],
+        &[root_path("gen1")],
+    ));
     assert!(first["fetched_block_bytes"].as_u64().unwrap() > 0);
-    let mass = report(&substitute(&store, root.path(), Some(cache.path()), &[], &[root_path("mass")]));
+    let mass = report(&substitute(
+        &store,
+        root.path(),
+        Some(cache.path()),
+        &[],
+        &[root_path("mass")],
+    ));
     check_like_nix(root.path(), "mass");
     check_like_nix(root.path(), "gen1");
     let fetched = mass["fetched_bytes"].as_u64().unwrap();
     let xz = nar_xz_bytes("mass");
-    eprintln!("mass rebuild after gen1: fetched {fetched} bytes = {:.2} % of NAR+xz {xz}; report {mass}", 100.0 * fetched as f64 / xz as f64);
-    assert!(fetched * 20 <= xz, "fetched {fetched} bytes, more than 5 % of {xz}");
-    assert!(mass["reused_bytes"].as_u64().unwrap() > 0, "the cache was not used: {mass}");
+    eprintln!(
+        "mass rebuild after gen1: fetched {fetched} bytes = {:.2} % of NAR+xz {xz}; report {mass}",
+        100.0 * fetched as f64 / xz as f64
+    );
+    assert!(
+        fetched * 20 <= xz,
+        "fetched {fetched} bytes, more than 5 % of {xz}"
+    );
+    assert!(
+        mass["reused_bytes"].as_u64().unwrap() > 0,
+        "the cache was not used: {mass}"
+    );
 }
 
 /// A static file server that honours `Range: bytes=a-b` (206) and counts ranged answers.
@@ -195,7 +286,8 @@ fn serve(dir: PathBuf) -> (String, Arc<AtomicU64>) {
                         }
                         if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
                             let (a, b) = v.trim().split_once('-').unwrap();
-                            range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
+                            range =
+                                Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
                         }
                     }
                     let (status, body) = match fs::read(dir.join(path.trim_start_matches('/'))) {
@@ -208,7 +300,10 @@ fn serve(dir: PathBuf) -> (String, Arc<AtomicU64>) {
                         },
                         Err(_) => ("404 Not Found", Vec::new()),
                     };
-                    let header = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n", body.len());
+                    let header = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
                     stream.write_all(header.as_bytes()).unwrap();
                     if !head {
                         stream.write_all(&body).unwrap();
@@ -226,15 +321,29 @@ fn http_store_with_ranged_block_reads() {
     let (url, ranged) = serve(shared_store().to_path_buf());
     let root = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let r = report(&substitute(&url, root.path(), Some(cache.path()), &[], &[root_path("single")]));
+    let r = report(&substitute(
+        &url,
+        root.path(),
+        Some(cache.path()),
+        &[],
+        &[root_path("single")],
+    ));
     check_like_nix(root.path(), "single");
-    assert_eq!(ranged.load(Ordering::Relaxed), r["fetched_blocks"].as_u64().unwrap(), "one ranged GET per block");
+    assert_eq!(
+        ranged.load(Ordering::Relaxed),
+        r["fetched_blocks"].as_u64().unwrap(),
+        "one ranged GET per block"
+    );
     assert!(r["fetched_blocks"].as_u64().unwrap() > 0);
 }
 
 /// Nothing registered and nothing left in the store directory but Nix's own `.links`.
 fn assert_untouched(root: &Path, what: &str) {
-    assert_eq!(valid_paths(root), Vec::<String>::new(), "{what}: paths were registered");
+    assert_eq!(
+        valid_paths(root),
+        Vec::<String>::new(),
+        "{what}: paths were registered"
+    );
     let left: Vec<String> = fs::read_dir(root.join("nix/store"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -246,7 +355,10 @@ fn assert_untouched(root: &Path, what: &str) {
 fn refused(out: &Output, what: &str, why: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{what}: substitute succeeded");
-    assert!(stderr.contains(why), "{what}: expected {why:?} in: {stderr}");
+    assert!(
+        stderr.contains(why),
+        "{what}: expected {why:?} in: {stderr}"
+    );
 }
 
 #[test]
@@ -259,14 +371,25 @@ fn tampered_inputs_are_refused_and_nothing_is_registered() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     copy_store(&store);
-    let record = PathRecord::decode(&fs::read(store.join("paths").join(hash_of(&gen1))).unwrap()).unwrap();
+    let record =
+        PathRecord::decode(&fs::read(store.join("paths").join(hash_of(&gen1))).unwrap()).unwrap();
     let (pack, loc) = record.objects.values().next().unwrap().clone();
     let pack_file = store.join("packs").join(format!("{pack}.pack"));
     let mut bytes = fs::read(&pack_file).unwrap();
     bytes[(loc.block_offset + loc.block_len / 2) as usize] ^= 0x40;
     fs::write(&pack_file, bytes).unwrap();
     let root = tmp.path().join("root");
-    refused(&substitute(store.to_str().unwrap(), &root, None, &[], std::slice::from_ref(&gen1)), "pack", "nothing was registered");
+    refused(
+        &substitute(
+            store.to_str().unwrap(),
+            &root,
+            None,
+            &[],
+            std::slice::from_ref(&gen1),
+        ),
+        "pack",
+        "nothing was registered",
+    );
     assert_untouched(&root, "tampered pack");
 
     // A record whose NarHash was changed: the signature no longer covers it; without the signature
@@ -280,22 +403,63 @@ fn tampered_inputs_are_refused_and_nothing_is_registered() {
     record.manifest_bytes = record.manifest.encode();
     fs::write(&key, record.encode()).unwrap();
     let root = tmp.path().join("root");
-    refused(&substitute(store.to_str().unwrap(), &root, None, &[], std::slice::from_ref(&gen1)), "record", "refusing it");
+    refused(
+        &substitute(
+            store.to_str().unwrap(),
+            &root,
+            None,
+            &[],
+            std::slice::from_ref(&gen1),
+        ),
+        "record",
+        "refusing it",
+    );
     assert_untouched(&root, "tampered record, signatures checked");
-    refused(&substitute(store.to_str().unwrap(), &root, None, &["--no-check-sigs"], std::slice::from_ref(&gen1)), "record", "restored NAR has SHA-256");
+    refused(
+        &substitute(
+            store.to_str().unwrap(),
+            &root,
+            None,
+            &["--no-check-sigs"],
+            std::slice::from_ref(&gen1),
+        ),
+        "record",
+        "restored NAR has SHA-256",
+    );
     assert_untouched(&root, "tampered record, --no-check-sigs");
 
     // A record served under another path's name.
-    let other = fs::read_to_string(gen_dir("gen1").join("paths")).unwrap().lines().find(|p| *p != gen1).unwrap().to_string();
+    let other = fs::read_to_string(gen_dir("gen1").join("paths"))
+        .unwrap()
+        .lines()
+        .find(|p| *p != gen1)
+        .unwrap()
+        .to_string();
     fs::copy(store.join("paths").join(hash_of(&other)), &key).unwrap();
-    refused(&substitute(store.to_str().unwrap(), &root, None, &[], std::slice::from_ref(&gen1)), "renamed record", "describes");
+    refused(
+        &substitute(
+            store.to_str().unwrap(),
+            &root,
+            None,
+            &[],
+            std::slice::from_ref(&gen1),
+        ),
+        "renamed record",
+        "describes",
+    );
     assert_untouched(&root, "renamed record");
 
     // Signatures by a key that is not trusted.
     let root = tmp.path().join("root2");
     let untrusted = "other-1:OJ6pGuMUWKKbsMtWccaErvuM11qEU1nIUX0eY1T+0+I=";
     refused(
-        &substitute(shared_store().to_str().unwrap(), &root, None, &["--trusted-public-keys", untrusted], &[gen1]),
+        &substitute(
+            shared_store().to_str().unwrap(),
+            &root,
+            None,
+            &["--trusted-public-keys", untrusted],
+            &[gen1],
+        ),
         "untrusted",
         "refusing it",
     );
@@ -309,10 +473,22 @@ fn sigkill_at_random_moments_never_leaves_bad_registrations() {
     // How long a whole run takes here (warm cache, as in the trials), to spread the kills over it.
     let cache = tempfile::tempdir().unwrap();
     let probe = tempfile::tempdir().unwrap();
-    report(&substitute(&store, probe.path(), Some(cache.path()), &[], &[root_path("gen1")]));
+    report(&substitute(
+        &store,
+        probe.path(),
+        Some(cache.path()),
+        &[],
+        &[root_path("gen1")],
+    ));
     let probe = tempfile::tempdir().unwrap();
     let t = Instant::now();
-    report(&substitute(&store, probe.path(), Some(cache.path()), &[], &[root_path("gen1")]));
+    report(&substitute(
+        &store,
+        probe.path(),
+        Some(cache.path()),
+        &[],
+        &[root_path("gen1")],
+    ));
     let full = t.elapsed().as_micros() as u64;
 
     let root = tempfile::tempdir().unwrap();
@@ -321,7 +497,10 @@ fn sigkill_at_random_moments_never_leaves_bad_registrations() {
     let mut killed_before_end = 0;
     let mut trials = 0;
     while killed_before_end < 50 {
-        assert!(trials < 200, "only {killed_before_end} of {trials} runs were interrupted");
+        assert!(
+            trials < 200,
+            "only {killed_before_end} of {trials} runs were interrupted"
+        );
         let trial = trials;
         trials += 1;
         let g = GENERATIONS[trial % 2];
@@ -333,12 +512,21 @@ fn sigkill_at_random_moments_never_leaves_bad_registrations() {
                 fs::remove_dir_all(p).unwrap();
             }
         }
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let delay = (seed >> 33) % (full + 1);
         let mut cmd = Command::new(refstrip_bin());
-        cmd.args(["substitute", "--json", "--from", &store, "--store"]).arg(root.path()).arg("--cache").arg(cache.path());
+        cmd.args(["substitute", "--json", "--from", &store, "--store"])
+            .arg(root.path())
+            .arg("--cache")
+            .arg(cache.path());
         cmd.args(["--trusted-public-keys", &corpus_key(), &root_path(g)]);
-        let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_micros(delay));
         if child.try_wait().unwrap().is_none() {
             killed_before_end += 1;
@@ -348,12 +536,19 @@ fn sigkill_at_random_moments_never_leaves_bad_registrations() {
         child.kill().ok();
         child.wait().unwrap();
         // Whatever is registered is complete and correct.
-        nix_verify(root.path()).unwrap_or_else(|e| panic!("trial {trial} ({g}, killed after {delay} µs): {e}"));
+        nix_verify(root.path())
+            .unwrap_or_else(|e| panic!("trial {trial} ({g}, killed after {delay} µs): {e}"));
     }
     eprintln!("{killed_before_end} of {trials} runs were killed before they finished (full run {full} µs)");
     // Rerunning completes every generation.
     for g in GENERATIONS {
-        report(&substitute(&store, root.path(), Some(cache.path()), &[], &[root_path(g)]));
+        report(&substitute(
+            &store,
+            root.path(),
+            Some(cache.path()),
+            &[],
+            &[root_path(g)],
+        ));
         check_like_nix(root.path(), g);
     }
 }
@@ -364,7 +559,13 @@ fn untouched_helper_reads_nix_state() {
     require_nix!();
     let root = tempfile::tempdir().unwrap();
     fs::create_dir_all(root.path().join("nix/store")).unwrap();
-    let out = substitute(shared_store().to_str().unwrap(), root.path(), None, &[], &[root_path("bump")]);
+    let out = substitute(
+        shared_store().to_str().unwrap(),
+        root.path(),
+        None,
+        &[],
+        &[root_path("bump")],
+    );
     report(&out);
     assert!(!valid_paths(root.path()).is_empty());
     let mut f = fs::File::open(root.path().join("nix/var/nix/db/schema")).unwrap();

@@ -7,10 +7,16 @@ use std::process::Command;
 /// a loud notice and skip, except under CI (`CI` set), where a missing oracle is a failure:
 /// `.ci/run` installs Nix, so its absence there means the set-up is broken.
 pub fn nix_available() -> bool {
-    let found = Command::new("nix-store").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    let found = Command::new("nix-store")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !found {
         if std::env::var_os("CI").is_some() {
-            panic!("nix-store not found but CI is set: tools/setup.sh should have installed nix-bin");
+            panic!(
+                "nix-store not found but CI is set: tools/setup.sh should have installed nix-bin"
+            );
         }
         eprintln!("\n*** SKIPPED: real Nix (nix-store) is not installed; run tools/setup.sh to test against it ***\n");
     }
@@ -42,7 +48,11 @@ pub fn refstrip_bin() -> PathBuf {
                 .expect("running cargo build");
             assert!(status.success(), "cargo build -p refstrip failed");
             let exe = std::env::current_exe().expect("test executable path");
-            let bin = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps").join("refstrip");
+            let bin = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("target/<profile>/deps")
+                .join("refstrip");
             assert!(bin.exists(), "{} missing after cargo build", bin.display());
             bin
         })
@@ -63,14 +73,24 @@ pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Vec<u8> {
     let feeder = std::thread::spawn(move || stdin.write_all(&input));
     let out = child.wait_with_output().expect("waiting for child");
     feeder.join().expect("stdin feeder").expect("writing stdin");
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
 /// Run a command, panicking with its stderr if it fails; returns stdout.
 pub fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -84,7 +104,9 @@ pub const GENERATIONS: [&str; 4] = ["gen1", "mass", "single", "bump"];
 
 /// `(name, output) -> store path` of one corpus generation, from its `packages` index.
 pub fn corpus_packages(generation: &str) -> std::collections::BTreeMap<(String, String), String> {
-    let text = std::fs::read_to_string(corpus_dir().join("small").join(generation).join("packages")).unwrap();
+    let text =
+        std::fs::read_to_string(corpus_dir().join("small").join(generation).join("packages"))
+            .unwrap();
     text.lines()
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();

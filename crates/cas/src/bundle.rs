@@ -40,7 +40,10 @@ pub fn write_bundle<R: BufRead, W: Write>(
         root: stripped.root.clone(),
     };
     let encoded = manifest.encode();
-    pack.add(ObjectId::new(Kind::Manifest, refstrip_strip::ContentDigest::of(&encoded)), &encoded)?;
+    pack.add(
+        ObjectId::new(Kind::Manifest, refstrip_strip::ContentDigest::of(&encoded)),
+        &encoded,
+    )?;
     let (out, _) = pack.finish()?;
     Ok((manifest, stripped, out))
 }
@@ -54,12 +57,21 @@ pub struct Bundle<R> {
 impl<R: Read + Seek> Bundle<R> {
     pub fn open(r: R) -> Result<Self, CasError> {
         let mut pack = PackReader::open(r)?;
-        let mut manifests = pack.index().keys().filter(|id| id.kind == Kind::Manifest).copied();
+        let mut manifests = pack
+            .index()
+            .keys()
+            .filter(|id| id.kind == Kind::Manifest)
+            .copied();
         let (Some(id), None) = (manifests.next(), manifests.next()) else {
-            return Err(CasError::BadPack("a bundle holds exactly one manifest".into()));
+            return Err(CasError::BadPack(
+                "a bundle holds exactly one manifest".into(),
+            ));
         };
         let bytes = pack.get(&id)?;
-        let manifest = Manifest::decode(&bytes).map_err(|e| CasError::Corrupt { id, why: e.to_string() })?;
+        let manifest = Manifest::decode(&bytes).map_err(|e| CasError::Corrupt {
+            id,
+            why: e.to_string(),
+        })?;
         Ok(Bundle { manifest, pack })
     }
 

@@ -19,7 +19,11 @@ pub struct Chunker {
 
 impl Chunker {
     /// Add bytes; `emit` receives every chunk that became final.
-    pub fn feed<E>(&mut self, data: &[u8], emit: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    pub fn feed<E>(
+        &mut self,
+        data: &[u8],
+        emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
         self.buf.extend_from_slice(data);
         let mut start = 0;
         while self.buf.len() - start >= CHUNK_MAX {

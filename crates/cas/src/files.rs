@@ -35,7 +35,15 @@ pub struct FileSink<'w, W: ObjectWrite + ?Sized> {
 
 impl<'w, W: ObjectWrite + ?Sized> FileSink<'w, W> {
     pub fn new(store: &'w mut W) -> Self {
-        FileSink { store, small: Vec::new(), chunker: None, chunks: Vec::new(), needed: Vec::new(), new_objects: 0, new_bytes: 0 }
+        FileSink {
+            store,
+            small: Vec::new(),
+            chunker: None,
+            chunks: Vec::new(),
+            needed: Vec::new(),
+            new_objects: 0,
+            new_bytes: 0,
+        }
     }
 
     fn put_new(&mut self, id: ObjectId, bytes: &[u8]) -> io::Result<()> {
@@ -135,13 +143,28 @@ impl<R: ObjectRead + ?Sized> ContentSource for FileSource<'_, R> {
         }
         let id = ObjectId::new(Kind::ChunkList, *digest);
         let list = self.store.get(&id)?;
-        let chunks = decode_chunk_list(&list)
-            .ok_or_else(|| io::Error::from(CasError::Corrupt { id, why: "malformed chunk list".into() }))?;
+        let chunks = decode_chunk_list(&list).ok_or_else(|| {
+            io::Error::from(CasError::Corrupt {
+                id,
+                why: "malformed chunk list".into(),
+            })
+        })?;
         let total: u64 = chunks.iter().map(|c| c.1).sum();
         if total != size {
-            return Err(CasError::Corrupt { id, why: format!("chunks add up to {total} bytes, not {size}") }.into());
+            return Err(CasError::Corrupt {
+                id,
+                why: format!("chunks add up to {total} bytes, not {size}"),
+            }
+            .into());
         }
-        Ok(Box::new(ChunkReader { store: &mut *self.store, id, chunks, next: 0, current: io::Cursor::new(Vec::new()), hasher: blake3::Hasher::new() }))
+        Ok(Box::new(ChunkReader {
+            store: &mut *self.store,
+            id,
+            chunks,
+            next: 0,
+            current: io::Cursor::new(Vec::new()),
+            hasher: blake3::Hasher::new(),
+        }))
     }
 }
 
@@ -167,11 +190,21 @@ impl<R: ObjectRead + ?Sized> Read for ChunkReader<'_, R> {
             self.next += 1;
             let chunk = self.store.get(&ObjectId::new(Kind::Blob, digest))?;
             if chunk.len() as u64 != size {
-                return Err(CasError::Corrupt { id: self.id, why: "a chunk has the wrong size".into() }.into());
+                return Err(CasError::Corrupt {
+                    id: self.id,
+                    why: "a chunk has the wrong size".into(),
+                }
+                .into());
             }
             self.hasher.update(&chunk);
-            if self.next == self.chunks.len() && ContentDigest(*self.hasher.finalize().as_bytes()) != self.id.digest {
-                return Err(CasError::Corrupt { id: self.id, why: "chunks do not hash to the file's name".into() }.into());
+            if self.next == self.chunks.len()
+                && ContentDigest(*self.hasher.finalize().as_bytes()) != self.id.digest
+            {
+                return Err(CasError::Corrupt {
+                    id: self.id,
+                    why: "chunks do not hash to the file's name".into(),
+                }
+                .into());
             }
             self.current = io::Cursor::new(chunk);
         }

@@ -52,7 +52,10 @@ impl ObjectId {
     }
 
     pub fn blob(bytes: &[u8]) -> Self {
-        ObjectId { kind: Kind::Blob, digest: ContentDigest::of(bytes) }
+        ObjectId {
+            kind: Kind::Blob,
+            digest: ContentDigest::of(bytes),
+        }
     }
 }
 

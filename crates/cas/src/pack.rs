@@ -49,7 +49,10 @@ impl Location {
             .offset_in_block
             .checked_add(self.size)
             .and_then(|end| block.get(self.offset_in_block as usize..end as usize))
-            .ok_or_else(|| CasError::Corrupt { id: *id, why: "object lies outside its block".into() })?
+            .ok_or_else(|| CasError::Corrupt {
+                id: *id,
+                why: "object lies outside its block".into(),
+            })?
             .to_vec();
         verify(id, &bytes)?;
         Ok(bytes)
@@ -60,7 +63,10 @@ impl Location {
 pub fn decode_block(compressed: &[u8], raw_len: u64) -> io::Result<Vec<u8>> {
     let raw = decompress_bounded(compressed)?;
     if raw.len() as u64 != raw_len {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "block has the wrong length"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "block has the wrong length",
+        ));
     }
     Ok(raw)
 }
@@ -119,7 +125,8 @@ impl<W: Write> PackWriter<W> {
         if self.contains(&id) {
             return Ok(false);
         }
-        self.pending.push((id, self.block.len() as u64, bytes.len() as u64));
+        self.pending
+            .push((id, self.block.len() as u64, bytes.len() as u64));
         self.block.extend_from_slice(bytes);
         self.raw_bytes += bytes.len() as u64;
         if self.block.len() >= BLOCK_TARGET {
@@ -181,7 +188,14 @@ fn encode_index(index: &HashMap<ObjectId, Location>) -> Vec<u8> {
     put_varint(&mut out, entries.len() as u64);
     for (id, loc) in entries {
         out.extend_from_slice(&id.digest.0);
-        for v in [id.kind.code(), loc.block_offset, loc.block_len, loc.block_raw_len, loc.offset_in_block, loc.size] {
+        for v in [
+            id.kind.code(),
+            loc.block_offset,
+            loc.block_len,
+            loc.block_raw_len,
+            loc.offset_in_block,
+            loc.size,
+        ] {
             put_varint(&mut out, v);
         }
     }
@@ -205,7 +219,13 @@ pub fn decode_index(bytes: &[u8], pack_len: u64) -> Result<HashMap<ObjectId, Loc
             *slot = cur.varint().ok_or_else(|| bad("truncated index"))?;
         }
         let kind = Kind::from_code(v[0]).ok_or_else(|| bad("unknown object kind"))?;
-        let loc = Location { block_offset: v[1], block_len: v[2], block_raw_len: v[3], offset_in_block: v[4], size: v[5] };
+        let loc = Location {
+            block_offset: v[1],
+            block_len: v[2],
+            block_raw_len: v[3],
+            offset_in_block: v[4],
+            size: v[5],
+        };
         let block_end = loc.block_offset.checked_add(loc.block_len);
         let object_end = loc.offset_in_block.checked_add(loc.size);
         if block_end.is_none_or(|e| e > pack_len)
@@ -242,7 +262,9 @@ impl<R: Read + Seek> PackReader<R> {
         let mut header = [0u8; 8];
         r.read_exact(&mut header)?;
         if &header != HEADER {
-            return Err(bad("bad header (not a refstrip pack, or an unsupported version)"));
+            return Err(bad(
+                "bad header (not a refstrip pack, or an unsupported version)",
+            ));
         }
         r.seek(SeekFrom::Start(len - FOOTER_LEN))?;
         let mut footer = [0u8; FOOTER_LEN as usize];
@@ -260,7 +282,11 @@ impl<R: Read + Seek> PackReader<R> {
         r.read_exact(&mut compressed)?;
         let raw = decompress_bounded(&compressed).map_err(|e| bad(&format!("index: {e}")))?;
         let index = decode_index(&raw, index_offset)?;
-        Ok(PackReader { r, index, cached: None })
+        Ok(PackReader {
+            r,
+            index,
+            cached: None,
+        })
     }
 
     pub fn index(&self) -> &HashMap<ObjectId, Location> {
@@ -275,7 +301,11 @@ impl<R: Read + Seek> ObjectRead for PackReader<R> {
             self.r.seek(SeekFrom::Start(loc.block_offset))?;
             let mut compressed = vec![0u8; loc.block_len as usize];
             self.r.read_exact(&mut compressed)?;
-            let raw = decode_block(&compressed, loc.block_raw_len).map_err(|e| CasError::Corrupt { id: *id, why: e.to_string() })?;
+            let raw =
+                decode_block(&compressed, loc.block_raw_len).map_err(|e| CasError::Corrupt {
+                    id: *id,
+                    why: e.to_string(),
+                })?;
             self.cached = Some((loc.block_offset, raw));
         }
         loc.object(id, &self.cached.as_ref().expect("just cached").1)
@@ -286,7 +316,10 @@ impl<R: Read + Seek> ObjectRead for PackReader<R> {
 pub fn verify(id: &ObjectId, bytes: &[u8]) -> Result<(), CasError> {
     // Chunk lists are named after the file they describe, which `FileSource` checks as it reads.
     if id.kind != Kind::ChunkList && ContentDigest::of(bytes) != id.digest {
-        return Err(CasError::Corrupt { id: *id, why: "BLAKE3 of its bytes does not match its name".into() });
+        return Err(CasError::Corrupt {
+            id: *id,
+            why: "BLAKE3 of its bytes does not match its name".into(),
+        });
     }
     Ok(())
 }
@@ -294,9 +327,14 @@ pub fn verify(id: &ObjectId, bytes: &[u8]) -> Result<(), CasError> {
 /// Decompress one zstd frame, refusing output beyond a fixed bound.
 pub fn decompress_bounded(compressed: &[u8]) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    zstd::stream::read::Decoder::new(compressed)?.take(MAX_DECOMPRESSED + 1).read_to_end(&mut out)?;
+    zstd::stream::read::Decoder::new(compressed)?
+        .take(MAX_DECOMPRESSED + 1)
+        .read_to_end(&mut out)?;
     if out.len() as u64 > MAX_DECOMPRESSED {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "decompresses to more than 1 GiB"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "decompresses to more than 1 GiB",
+        ));
     }
     Ok(out)
 }

@@ -25,22 +25,31 @@ fn pack_of(objects: &[Vec<u8>]) -> Vec<u8> {
     for o in objects {
         w.add(ObjectId::blob(o), o).unwrap();
     }
-    assert!(!w.add(ObjectId::blob(&objects[0]), &objects[0]).unwrap(), "duplicates are skipped");
+    assert!(
+        !w.add(ObjectId::blob(&objects[0]), &objects[0]).unwrap(),
+        "duplicates are skipped"
+    );
     w.finish().unwrap().0
 }
 
 #[test]
 fn objects_round_trip_across_blocks() {
-    let objects: Vec<Vec<u8>> = (0..120).map(|i| noise(50_000 + i * 1000, i as u32)).collect();
+    let objects: Vec<Vec<u8>> = (0..120)
+        .map(|i| noise(50_000 + i * 1000, i as u32))
+        .collect();
     let pack = pack_of(&objects);
     let mut r = PackReader::open(Cursor::new(pack)).unwrap();
     assert_eq!(r.index().len(), objects.len());
-    let blocks: std::collections::HashSet<u64> = r.index().values().map(|l| l.block_offset).collect();
+    let blocks: std::collections::HashSet<u64> =
+        r.index().values().map(|l| l.block_offset).collect();
     assert!(blocks.len() > 1, "objects span several blocks");
     for o in objects.iter().rev() {
         assert_eq!(&r.get(&ObjectId::blob(o)).unwrap(), o);
     }
-    assert!(matches!(r.get(&ObjectId::blob(b"absent")), Err(CasError::NotFound(_))));
+    assert!(matches!(
+        r.get(&ObjectId::blob(b"absent")),
+        Err(CasError::NotFound(_))
+    ));
 }
 
 #[test]
@@ -48,7 +57,10 @@ fn damaged_packs_are_refused() {
     let objects: Vec<Vec<u8>> = (0..3).map(|i| noise(1000, i)).collect();
     let pack = pack_of(&objects);
     for len in 0..pack.len() {
-        assert!(PackReader::open(Cursor::new(pack[..len].to_vec())).is_err(), "truncated to {len}");
+        assert!(
+            PackReader::open(Cursor::new(pack[..len].to_vec())).is_err(),
+            "truncated to {len}"
+        );
     }
     // Any flipped byte: zstd, the index checks or BLAKE3 notice, or the flip was harmless (a
     // frame-header detail); wrong bytes are never returned.
@@ -67,10 +79,17 @@ fn damaged_packs_are_refused() {
             }
         }
     }
-    assert!(refused > pack.len() / 2, "only {refused} refusals for {} flips", pack.len());
+    assert!(
+        refused > pack.len() / 2,
+        "only {refused} refusals for {} flips",
+        pack.len()
+    );
     let mut bad = pack.clone();
     bad[0] = b'X';
-    assert!(matches!(PackReader::open(Cursor::new(bad)), Err(CasError::BadPack(_))));
+    assert!(matches!(
+        PackReader::open(Cursor::new(bad)),
+        Err(CasError::BadPack(_))
+    ));
 }
 
 #[test]
@@ -91,11 +110,28 @@ fn bundle_round_trips_a_large_chunked_file() {
     w.end_directory().unwrap();
     w.finish().unwrap();
 
-    let info = PathInfo { store_dir: b"/nix/store".to_vec(), refs, references: vec![dep], info: vec![] };
-    let (_, stripped, out) = write_bundle(BufReader::new(&nar[..]), info, &StripOptions::default(), 3, Vec::new()).unwrap();
+    let info = PathInfo {
+        store_dir: b"/nix/store".to_vec(),
+        refs,
+        references: vec![dep],
+        info: vec![],
+    };
+    let (_, stripped, out) = write_bundle(
+        BufReader::new(&nar[..]),
+        info,
+        &StripOptions::default(),
+        3,
+        Vec::new(),
+    )
+    .unwrap();
     assert_eq!(stripped.stats.ref_patches, 2);
     let mut bundle = Bundle::open(Cursor::new(out.clone())).unwrap();
-    let chunk_lists = bundle.pack.index().keys().filter(|id| id.kind == Kind::ChunkList).count();
+    let chunk_lists = bundle
+        .pack
+        .index()
+        .keys()
+        .filter(|id| id.kind == Kind::ChunkList)
+        .count();
     assert_eq!(chunk_lists, 1);
     let manifest = bundle.manifest.clone();
     let mut restored = Vec::new();

@@ -73,13 +73,24 @@ fn list(reader: &mut NarReader<impl io::BufRead>, out: &mut impl Write) -> anyho
                     path.clear();
                 }
             }
-            Event::File { executable, size, .. } => {
-                let mode = if *executable { "-r-xr-xr-x" } else { "-r--r--r--" };
+            Event::File {
+                executable, size, ..
+            } => {
+                let mode = if *executable {
+                    "-r-xr-xr-x"
+                } else {
+                    "-r--r--r--"
+                };
                 writeln!(out, "{mode} {size:>12} {}", show(&path, &name))?;
             }
             Event::Symlink { target, .. } => {
                 let target = String::from_utf8_lossy(target);
-                writeln!(out, "lrwxrwxrwx {:>12} {} -> {target}", 0, show(&path, &name))?;
+                writeln!(
+                    out,
+                    "lrwxrwxrwx {:>12} {} -> {target}",
+                    0,
+                    show(&path, &name)
+                )?;
             }
             Event::EndDirectory => {
                 path.pop();

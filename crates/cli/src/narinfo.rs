@@ -46,14 +46,18 @@ pub enum NarinfoCommand {
 
 pub fn run(cmd: NarinfoCommand) -> anyhow::Result<()> {
     match cmd {
-        NarinfoCommand::Verify { files, trusted_public_keys, store_dir } => {
+        NarinfoCommand::Verify {
+            files,
+            trusted_public_keys,
+            store_dir,
+        } => {
             let store_dir = parse_store_dir(&store_dir)?;
             let (keys, source) = match trusted_public_keys {
                 Some(keys) => (keys, "--trusted-public-keys".to_owned()),
                 None => keys_from_nix_conf()?,
             };
-            let trusted =
-                PublicKey::parse_list(&keys).with_context(|| format!("parsing trusted keys from {source}"))?;
+            let trusted = PublicKey::parse_list(&keys)
+                .with_context(|| format!("parsing trusted keys from {source}"))?;
             if trusted.is_empty() {
                 bail!("no trusted public keys (from {source}): nothing can verify");
             }
@@ -93,12 +97,18 @@ fn verify_file(store_dir: &StoreDir, file: &Path, trusted: &[PublicKey]) -> anyh
     let info = read_narinfo(store_dir, file)?;
     // A cache serves a path's narinfo at <hash part>.narinfo; a validly signed narinfo of another
     // path under that name would make a client substitute the wrong path.
-    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
     if file.extension().is_some_and(|e| e == "narinfo")
         && is_hash_part(stem.as_bytes())
         && stem != info.store_path.hash_part()
     {
-        bail!("file is named for hash part {stem} but describes {}", info.path());
+        bail!(
+            "file is named for hash part {stem} but describes {}",
+            info.path()
+        );
     }
     Ok(signature::verify(&info, trusted)?.name().to_owned())
 }
@@ -107,7 +117,8 @@ fn verify_file(store_dir: &StoreDir, file: &Path, trusted: &[PublicKey]) -> anyh
 /// plus every `extra-trusted-public-keys`, or Nix's default when unset. Returns the keys and
 /// where they came from, for messages.
 pub(crate) fn keys_from_nix_conf() -> anyhow::Result<(String, String)> {
-    let conf_dir = std::env::var_os("NIX_CONF_DIR").map_or_else(|| PathBuf::from("/etc/nix"), PathBuf::from);
+    let conf_dir =
+        std::env::var_os("NIX_CONF_DIR").map_or_else(|| PathBuf::from("/etc/nix"), PathBuf::from);
     let conf = conf_dir.join("nix.conf");
     let text = match fs::read_to_string(&conf) {
         Ok(text) => text,
@@ -118,7 +129,9 @@ pub(crate) fn keys_from_nix_conf() -> anyhow::Result<(String, String)> {
     let mut extra = Vec::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or_default();
-        let Some((name, value)) = line.split_once('=') else { continue };
+        let Some((name, value)) = line.split_once('=') else {
+            continue;
+        };
         match name.trim() {
             "trusted-public-keys" => keys = Some(value.trim().to_owned()),
             "extra-trusted-public-keys" => extra.push(value.trim().to_owned()),
@@ -128,7 +141,10 @@ pub(crate) fn keys_from_nix_conf() -> anyhow::Result<(String, String)> {
     let source = if keys.is_some() || !extra.is_empty() {
         conf.display().to_string()
     } else {
-        format!("Nix's default ({} sets no trusted-public-keys)", conf.display())
+        format!(
+            "Nix's default ({} sets no trusted-public-keys)",
+            conf.display()
+        )
     };
     let mut all = keys.unwrap_or_else(|| NIX_DEFAULT_KEYS.to_owned());
     for e in extra {
@@ -143,9 +159,23 @@ fn show(info: &NarInfo) {
     println!("store path:   {}", info.path());
     println!("hash part:    {}", info.store_path.hash_part());
     println!("url:          {}", info.url);
-    println!("compression:  {}{}", info.compression(), if info.compression.is_none() { " (default)" } else { "" });
-    println!("file hash:    {}", opt(info.file_hash.map(|h| h.to_string())));
-    println!("file size:    {}", opt(info.file_size.map(|n| n.to_string())));
+    println!(
+        "compression:  {}{}",
+        info.compression(),
+        if info.compression.is_none() {
+            " (default)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "file hash:    {}",
+        opt(info.file_hash.map(|h| h.to_string()))
+    );
+    println!(
+        "file size:    {}",
+        opt(info.file_size.map(|n| n.to_string()))
+    );
     println!("nar hash:     {}", info.nar_hash);
     println!("nar size:     {}", info.nar_size);
     println!("references:   {}", info.references.len());

@@ -52,8 +52,13 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // RUST_LOG-style filtering is not needed: info is the request log, warn/error the problems.
     use std::io::IsTerminal;
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).with_target(false).init();
-    let store = refstrip_store::Store::open(&args.from).with_context(|| format!("opening {}", args.from))?;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    let store = refstrip_store::Store::open(&args.from)
+        .with_context(|| format!("opening {}", args.from))?;
     let config = Config {
         store_dir: args.store_dir,
         priority: args.priority,
@@ -71,15 +76,24 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.threads {
         builder.worker_threads(n.max(1));
     }
-    let runtime = builder.enable_all().build().context("starting the tokio runtime")?;
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
     let result = runtime.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
         let addr = listener.local_addr()?;
         tracing::info!(from = %args.from, "serving http://{addr}");
-        refstrip_serve::serve(server, listener, refstrip_serve::shutdown_signal(), Duration::from_secs(args.grace))
-            .await
-            .context("serving")
+        refstrip_serve::serve(
+            server,
+            listener,
+            refstrip_serve::shutdown_signal(),
+            Duration::from_secs(args.grace),
+        )
+        .await
+        .context("serving")
     });
     // Restore threads of aborted responses stop at their next write; do not wait long for them.
     runtime.shutdown_timeout(Duration::from_secs(1));

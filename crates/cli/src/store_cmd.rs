@@ -73,7 +73,10 @@ pub struct GcArgs {
 
 fn parse_shard(s: &str) -> Result<(u64, u64), String> {
     let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 0/4")?;
-    let (i, n): (u64, u64) = (i.parse().map_err(|_| "bad I")?, n.parse().map_err(|_| "bad N")?);
+    let (i, n): (u64, u64) = (
+        i.parse().map_err(|_| "bad I")?,
+        n.parse().map_err(|_| "bad N")?,
+    );
     if n == 0 || i >= n {
         return Err(format!("shard {i}/{n}: need 0 <= I < N"));
     }
@@ -81,7 +84,11 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
 }
 
 fn parse_path(store_dir: &StoreDir, s: &str) -> anyhow::Result<StorePath> {
-    let parsed = if s.starts_with('/') { store_dir.parse_path(s) } else { StorePath::from_base_name(s) };
+    let parsed = if s.starts_with('/') {
+        store_dir.parse_path(s)
+    } else {
+        StorePath::from_base_name(s)
+    };
     parsed.with_context(|| format!("{s:?} is not a store path"))
 }
 
@@ -92,12 +99,18 @@ pub fn ingest_cmd(args: IngestArgs) -> anyhow::Result<()> {
     let store_dir = StoreDir::new(args.store_dir.clone()).context("--store-dir")?;
     let source = open_source(&args.source, store_dir.clone())?;
     let store = Store::open(&args.to).with_context(|| format!("opening store {}", args.to))?;
-    let roots = args.paths.iter().map(|p| parse_path(&store_dir, p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let roots = args
+        .paths
+        .iter()
+        .map(|p| parse_path(&store_dir, p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let options = IngestOptions {
         jobs: args.jobs.unwrap_or(IngestOptions::default().jobs),
         level: args.level,
         shard: args.shard,
-        strip: StripOptions { normalize_build_id: !args.no_build_id },
+        strip: StripOptions {
+            normalize_build_id: !args.no_build_id,
+        },
         closure: !args.no_closure,
     };
     let paths = select(&*source, roots, &options).context("listing paths")?;
@@ -135,13 +148,17 @@ pub fn ingest_cmd(args: IngestArgs) -> anyhow::Result<()> {
         );
     }
     if !report.failed.is_empty() {
-        bail!("{} paths failed (see above); they were not added", report.failed.len());
+        bail!(
+            "{} paths failed (see above); they were not added",
+            report.failed.len()
+        );
     }
     Ok(())
 }
 
 pub fn stats_cmd(args: StatsArgs) -> anyhow::Result<()> {
-    let store = Store::open(&args.store).with_context(|| format!("opening store {}", args.store))?;
+    let store =
+        Store::open(&args.store).with_context(|| format!("opening store {}", args.store))?;
     if args.rebuild_catalog {
         store.rebuild_catalog().context("rebuilding the catalog")?;
     }
@@ -156,21 +173,47 @@ pub fn stats_cmd(args: StatsArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         println!("store {}", store.describe());
-        println!("  paths           {:>10}   NAR bytes {}", t.paths, bytes(t.nar_bytes));
-        println!("  stored          {:>10}   ({} packs + {} path records)", bytes(t.pack_bytes + t.record_bytes), bytes(t.pack_bytes), bytes(t.record_bytes));
-        println!("  objects         {:>10}   {} uncompressed", t.objects, bytes(t.object_bytes));
-        println!("  NAR / stored    {:>10.2}x", t.nar_bytes as f64 / (t.pack_bytes + t.record_bytes).max(1) as f64);
-        println!("  unreferenced    {:>10}   (objects no path needs)", bytes(unreferenced));
+        println!(
+            "  paths           {:>10}   NAR bytes {}",
+            t.paths,
+            bytes(t.nar_bytes)
+        );
+        println!(
+            "  stored          {:>10}   ({} packs + {} path records)",
+            bytes(t.pack_bytes + t.record_bytes),
+            bytes(t.pack_bytes),
+            bytes(t.record_bytes)
+        );
+        println!(
+            "  objects         {:>10}   {} uncompressed",
+            t.objects,
+            bytes(t.object_bytes)
+        );
+        println!(
+            "  NAR / stored    {:>10.2}x",
+            t.nar_bytes as f64 / (t.pack_bytes + t.record_bytes).max(1) as f64
+        );
+        println!(
+            "  unreferenced    {:>10}   (objects no path needs)",
+            bytes(unreferenced)
+        );
     }
     Ok(())
 }
 
 pub fn gc_cmd(args: GcArgs) -> anyhow::Result<()> {
-    let store = Store::open(&args.store).with_context(|| format!("opening store {}", args.store))?;
+    let store =
+        Store::open(&args.store).with_context(|| format!("opening store {}", args.store))?;
     let mut roots: Vec<String> = args.keep.clone();
     if let Some(file) = &args.keep_file {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        roots.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        roots.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
     }
     if roots.is_empty() {
         bail!("refusing to remove everything: give --keep PATHS or --keep-file FILE");
@@ -179,20 +222,39 @@ pub fn gc_cmd(args: GcArgs) -> anyhow::Result<()> {
     let mut keep = HashSet::new();
     let mut queue: Vec<String> = roots
         .iter()
-        .map(|r| r.rsplit('/').next().unwrap_or(r).get(..32).map(String::from).with_context(|| format!("{r:?} is not a store path")))
+        .map(|r| {
+            r.rsplit('/')
+                .next()
+                .unwrap_or(r)
+                .get(..32)
+                .map(String::from)
+                .with_context(|| format!("{r:?} is not a store path"))
+        })
         .collect::<anyhow::Result<_>>()?;
     while let Some(hash) = queue.pop() {
         if !keep.insert(hash.clone()) {
             continue;
         }
         match store.read_record(&hash) {
-            Ok(record) => queue.extend(record.manifest.references.iter().map(|r| String::from_utf8_lossy(&r[..32]).into_owned())),
-            Err(refstrip_store::StoreError::NoSuchPath(_)) => eprintln!("refstrip: note: {hash} is not in the store"),
+            Ok(record) => queue.extend(
+                record
+                    .manifest
+                    .references
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(&r[..32]).into_owned()),
+            ),
+            Err(refstrip_store::StoreError::NoSuchPath(_)) => {
+                eprintln!("refstrip: note: {hash} is not in the store")
+            }
             Err(e) => return Err(e.into()),
         }
     }
     let (paths, packs, freed) = store.gc(&keep)?;
-    println!("removed {paths} paths and {packs} packs, freed {}; kept {} paths", bytes(freed), keep.len());
+    println!(
+        "removed {paths} paths and {packs} packs, freed {}; kept {} paths",
+        bytes(freed),
+        keep.len()
+    );
     Ok(())
 }
 

@@ -93,8 +93,10 @@ impl From<&StripStats> for StatsJson {
 
 pub fn strip(args: StripArgs) -> anyhow::Result<()> {
     let store_dir = StoreDir::new(args.store_dir.clone()).context("--store-dir")?;
-    let text = fs::read(&args.narinfo).with_context(|| format!("reading {}", args.narinfo.display()))?;
-    let narinfo = NarInfo::parse_bytes(&store_dir, &text).with_context(|| format!("parsing {}", args.narinfo.display()))?;
+    let text =
+        fs::read(&args.narinfo).with_context(|| format!("reading {}", args.narinfo.display()))?;
+    let narinfo = NarInfo::parse_bytes(&store_dir, &text)
+        .with_context(|| format!("parsing {}", args.narinfo.display()))?;
     let compression = match &args.compression {
         Some(c) => Compression::from_narinfo(Some(c))?,
         None => Compression::from_narinfo(narinfo.compression.as_deref())?,
@@ -102,12 +104,20 @@ pub fn strip(args: StripArgs) -> anyhow::Result<()> {
     let file = File::open(&args.nar).with_context(|| format!("opening {}", args.nar.display()))?;
     let mut hashing = HashingReader::new(file);
     let path_info = refstrip_store::pathinfo::path_info(&narinfo)?;
-    let options = StripOptions { normalize_build_id: !args.no_build_id };
+    let options = StripOptions {
+        normalize_build_id: !args.no_build_id,
+    };
 
     let (manifest, stripped) = write_atomically(&args.output, |out| {
         let nar = decompress(&mut hashing, compression)?;
         let (manifest, stripped, out) = write_bundle(nar, path_info, &options, args.level, out)
-            .with_context(|| format!("stripping {} ({} compression)", args.nar.display(), compression.name()))?;
+            .with_context(|| {
+                format!(
+                    "stripping {} ({} compression)",
+                    args.nar.display(),
+                    compression.name()
+                )
+            })?;
         check_same(&narinfo, &stripped.nar_hash, stripped.nar_size)?;
         Ok(((manifest, stripped), out))
     })?;
@@ -115,7 +125,10 @@ pub fn strip(args: StripArgs) -> anyhow::Result<()> {
     if let (Some(expected), Some(expected_size)) = (narinfo.file_hash, narinfo.file_size) {
         if expected != file_hash || expected_size != file_size {
             fs::remove_file(&args.output).ok();
-            bail!("{}: FileHash/FileSize differ from the narinfo (wrong or damaged file)", args.nar.display());
+            bail!(
+                "{}: FileHash/FileSize differ from the narinfo (wrong or damaged file)",
+                args.nar.display()
+            );
         }
     }
 
@@ -140,8 +153,10 @@ pub fn strip(args: StripArgs) -> anyhow::Result<()> {
 }
 
 pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let file = File::open(&args.bundle).with_context(|| format!("opening {}", args.bundle.display()))?;
-    let mut bundle = Bundle::open(BufReader::new(file)).with_context(|| format!("reading bundle {}", args.bundle.display()))?;
+    let file =
+        File::open(&args.bundle).with_context(|| format!("opening {}", args.bundle.display()))?;
+    let mut bundle = Bundle::open(BufReader::new(file))
+        .with_context(|| format!("reading bundle {}", args.bundle.display()))?;
     let manifest = bundle.manifest.clone();
     let digest = write_atomically(&args.output, |mut out| {
         let digest = restore_nar(&manifest, &mut bundle.source(), &mut out).context("restoring")?;
@@ -157,7 +172,10 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         let json = serde_json::json!({ "store_path": path, "nar_size": digest.size, "nar_hash": nar_hash.to_string() });
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        println!("restored {path}: {} bytes, NarHash {nar_hash} verified", digest.size);
+        println!(
+            "restored {path}: {} bytes, NarHash {nar_hash} verified",
+            digest.size
+        );
     }
     Ok(())
 }
@@ -199,4 +217,3 @@ fn write_atomically<T>(
         }
     }
 }
-

@@ -52,15 +52,21 @@ pub struct SubstituteArgs {
 }
 
 pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
-    let backend = refstrip_store::backend::open(&args.from).with_context(|| format!("opening {}", args.from))?;
+    let backend = refstrip_store::backend::open(&args.from)
+        .with_context(|| format!("opening {}", args.from))?;
     let mut roots = Vec::new();
     if args.all {
-        for key in backend.list("paths/").context("listing paths/ of the store")? {
+        for key in backend
+            .list("paths/")
+            .context("listing paths/ of the store")?
+        {
             roots.extend(key.strip_prefix("paths/").and_then(hash_part_of));
         }
     }
     for p in &args.paths {
-        roots.push(hash_part_of(p).with_context(|| format!("{p:?} is not a store path or hash part"))?);
+        roots.push(
+            hash_part_of(p).with_context(|| format!("{p:?} is not a store path or hash part"))?,
+        );
     }
     let trusted_keys = if args.no_check_sigs {
         None
@@ -69,7 +75,8 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
             Some(keys) => (keys, "--trusted-public-keys".to_owned()),
             None => crate::narinfo::keys_from_nix_conf()?,
         };
-        let keys = PublicKey::parse_list(&keys).with_context(|| format!("parsing trusted keys from {source}"))?;
+        let keys = PublicKey::parse_list(&keys)
+            .with_context(|| format!("parsing trusted keys from {source}"))?;
         if keys.is_empty() {
             bail!("no trusted public keys (from {source}): nothing can verify; use --no-check-sigs to skip the check");
         }
@@ -78,15 +85,32 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
     let cache_dir = if args.no_cache {
         None
     } else {
-        Some(args.cache.or_else(default_cache_dir).context("no cache directory: set --cache, XDG_CACHE_HOME or HOME")?)
+        Some(
+            args.cache
+                .or_else(default_cache_dir)
+                .context("no cache directory: set --cache, XDG_CACHE_HOME or HOME")?,
+        )
     };
-    let progress = if args.json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    let progress = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
     progress.set_style(
-        ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} NAR {bytes_per_sec} {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>10} [{bar:30}] {bytes}/{total_bytes} NAR {bytes_per_sec} {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
-    let opts = Options { root: args.root, store_dir: args.store_dir, cache_dir, trusted_keys, jobs: args.jobs, progress };
+    let opts = Options {
+        root: args.root,
+        store_dir: args.store_dir,
+        cache_dir,
+        trusted_keys,
+        jobs: args.jobs,
+        progress,
+    };
     let report = substitute(&*backend, &roots, &opts)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -82,9 +82,17 @@ pub fn shard_of(path: &StorePath, n: u64) -> u64 {
 
 /// Resolve the paths to ingest: the given ones (or all, if none are given), their closure, then the
 /// shard. Returns their narinfos, largest NAR first.
-pub fn select(source: &dyn NarSource, roots: Vec<StorePath>, options: &IngestOptions) -> Result<Vec<NarInfo>, IngestError> {
+pub fn select(
+    source: &dyn NarSource,
+    roots: Vec<StorePath>,
+    options: &IngestOptions,
+) -> Result<Vec<NarInfo>, IngestError> {
     let all = roots.is_empty();
-    let mut queue: VecDeque<StorePath> = if all { source.list()?.into() } else { roots.into() };
+    let mut queue: VecDeque<StorePath> = if all {
+        source.list()?.into()
+    } else {
+        roots.into()
+    };
     let mut seen = HashSet::new();
     let mut infos = Vec::new();
     while let Some(path) = queue.pop_front() {
@@ -93,14 +101,23 @@ pub fn select(source: &dyn NarSource, roots: Vec<StorePath>, options: &IngestOpt
         }
         let info = source.narinfo(&path)?;
         if options.closure && !all {
-            queue.extend(info.references.iter().filter(|r| !seen.contains(*r)).cloned());
+            queue.extend(
+                info.references
+                    .iter()
+                    .filter(|r| !seen.contains(*r))
+                    .cloned(),
+            );
         }
         infos.push(info);
     }
     if let Some((i, n)) = options.shard {
         infos.retain(|info| shard_of(&info.store_path, n) == i);
     }
-    infos.sort_by(|a, b| b.nar_size.cmp(&a.nar_size).then_with(|| a.store_path.cmp(&b.store_path)));
+    infos.sort_by(|a, b| {
+        b.nar_size
+            .cmp(&a.nar_size)
+            .then_with(|| a.store_path.cmp(&b.store_path))
+    });
     Ok(infos)
 }
 
@@ -125,12 +142,17 @@ pub fn ingest(
     let total = paths.len() as u64;
     progress.set_length(paths.iter().map(|p| p.nar_size).sum());
     let queue = Mutex::new(VecDeque::from(paths));
-    let report = Mutex::new(IngestReport { paths: total, ..IngestReport::default() });
+    let report = Mutex::new(IngestReport {
+        paths: total,
+        ..IngestReport::default()
+    });
     let stored = AtomicU64::new(0);
 
     std::thread::scope(|scope| -> Result<(), IngestError> {
         let workers: Vec<_> = (0..options.jobs.max(1))
-            .map(|_| scope.spawn(|| worker(source, store, &queue, options, progress, &report, &stored)))
+            .map(|_| {
+                scope.spawn(|| worker(source, store, &queue, options, progress, &report, &stored))
+            })
             .collect();
         for w in workers {
             w.join().expect("ingest worker panicked")?;
@@ -178,7 +200,11 @@ fn worker(
             }
             Err(why) => {
                 progress.println(format!("refstrip: skipping {}: {why}", info.store_path));
-                report.lock().expect("report lock").failed.push((info.store_path.to_string(), why));
+                report
+                    .lock()
+                    .expect("report lock")
+                    .failed
+                    .push((info.store_path.to_string(), why));
             }
         }
         progress.inc(info.nar_size);
@@ -199,7 +225,8 @@ fn strip_path(
     let path_info = refstrip_store::pathinfo::path_info(info).map_err(|e| e.to_string())?;
     let nar = source.nar(info).map_err(|e| e.to_string())?;
     let mut sink = FileSink::new(pack);
-    let stripped = strip(nar, &path_info.refs, &options.strip, &mut sink).map_err(|e| format!("reading NAR: {e}"))?;
+    let stripped = strip(nar, &path_info.refs, &options.strip, &mut sink)
+        .map_err(|e| format!("reading NAR: {e}"))?;
     if stripped.nar_hash != *info.nar_hash.as_bytes() || stripped.nar_size != info.nar_size {
         return Err(format!(
             "NAR has SHA-256 {} and {} bytes, but the narinfo says {} and {} bytes",
@@ -220,7 +247,15 @@ fn strip_path(
     };
     let manifest_bytes = manifest.encode();
     let (new_objects, new_bytes, needed) = (sink.new_objects, sink.new_bytes, sink.needed);
-    Ok((Pending { manifest, manifest_bytes, needed }, new_objects, new_bytes))
+    Ok((
+        Pending {
+            manifest,
+            manifest_bytes,
+            needed,
+        },
+        new_objects,
+        new_bytes,
+    ))
 }
 
 /// Seal the staging pack, then write the records of the paths waiting on it.
@@ -241,13 +276,18 @@ fn publish(
         for id in p.needed {
             let location = match index.get(&id) {
                 Some(loc) => (pack_id.clone(), *loc),
-                None => store.locate(&id)?.ok_or_else(|| {
-                    StoreError::BadRecord { key: String::from_utf8_lossy(p.manifest.basename()).into_owned(), why: format!("object {id} vanished before its record was written") }
+                None => store.locate(&id)?.ok_or_else(|| StoreError::BadRecord {
+                    key: String::from_utf8_lossy(p.manifest.basename()).into_owned(),
+                    why: format!("object {id} vanished before its record was written"),
                 })?,
             };
             objects.insert(id, location);
         }
-        let record = PathRecord { manifest: p.manifest, manifest_bytes: p.manifest_bytes, objects };
+        let record = PathRecord {
+            manifest: p.manifest,
+            manifest_bytes: p.manifest_bytes,
+            objects,
+        };
         stored.fetch_add(store.add_record(&record)?, Ordering::Relaxed);
     }
     Ok(())

@@ -48,7 +48,10 @@ fn dump_node<W: Write>(
         }
         if copied != size {
             // The file changed while it was read: a NAR of it would be a lie.
-            return Err(NarError::SizeMismatch { declared: size, written: copied });
+            return Err(NarError::SizeMismatch {
+                declared: size,
+                written: copied,
+            });
         }
         Ok(())
     } else if file_type.is_dir() {
@@ -64,6 +67,8 @@ fn dump_node<W: Write>(
         }
         w.end_directory()
     } else {
-        Err(NarError::UnsupportedFileType { path: path.to_path_buf() })
+        Err(NarError::UnsupportedFileType {
+            path: path.to_path_buf(),
+        })
     }
 }

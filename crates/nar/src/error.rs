@@ -17,20 +17,34 @@ pub enum NarError {
     #[error("non-zero padding at byte {offset}")]
     NonZeroPadding { offset: u64 },
     #[error("expected {expected} at byte {offset}, found {found}")]
-    UnexpectedToken { offset: u64, expected: &'static str, found: String },
+    UnexpectedToken {
+        offset: u64,
+        expected: &'static str,
+        found: String,
+    },
     #[error("string of {len} bytes at byte {offset} exceeds the limit of {limit} bytes")]
     TooLong { offset: u64, len: u64, limit: u64 },
     #[error("invalid entry name {name} at byte {offset}: {reason}")]
-    BadName { offset: u64, name: String, reason: &'static str },
+    BadName {
+        offset: u64,
+        name: String,
+        reason: &'static str,
+    },
     #[error("entry {name} at byte {offset} does not sort after {previous}: NAR directories must be strictly sorted")]
-    Unsorted { offset: u64, name: String, previous: String },
+    Unsorted {
+        offset: u64,
+        name: String,
+        previous: String,
+    },
     #[error("directories nested deeper than {limit} levels at byte {offset}")]
     TooDeep { offset: u64, limit: usize },
     #[error("file contents: {written} bytes written but {declared} declared")]
     SizeMismatch { declared: u64, written: u64 },
     #[error("NAR writer misuse: {0}")]
     Misuse(&'static str),
-    #[error("{path}: unsupported file type (only regular files, symlinks and directories fit in a NAR)")]
+    #[error(
+        "{path}: unsupported file type (only regular files, symlinks and directories fit in a NAR)"
+    )]
     UnsupportedFileType { path: PathBuf },
     #[error("{path} already exists; refusing to unpack over it")]
     DestinationExists { path: PathBuf },
@@ -38,7 +52,10 @@ pub enum NarError {
 
 impl NarError {
     pub(crate) fn at(path: &std::path::Path) -> impl FnOnce(io::Error) -> NarError + '_ {
-        move |source| NarError::PathIo { path: path.to_path_buf(), source }
+        move |source| NarError::PathIo {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 

@@ -9,10 +9,19 @@ use crate::wire::{check_entry, padding, MAGIC, MAX_DEPTH, MAX_NAME_LEN, MAX_TARG
 /// Every [`Event::Directory`] is matched by an [`Event::EndDirectory`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Directory { name: Option<Vec<u8>> },
+    Directory {
+        name: Option<Vec<u8>>,
+    },
     /// A regular file; its `size` bytes of contents follow (see [`NarReader::contents`]).
-    File { name: Option<Vec<u8>>, executable: bool, size: u64 },
-    Symlink { name: Option<Vec<u8>>, target: Vec<u8> },
+    File {
+        name: Option<Vec<u8>>,
+        executable: bool,
+        size: u64,
+    },
+    Symlink {
+        name: Option<Vec<u8>>,
+        target: Vec<u8>,
+    },
     EndDirectory,
 }
 
@@ -31,7 +40,10 @@ impl Event {
 enum State {
     Start,
     /// Inside a regular file's contents.
-    File { remaining: u64, size: u64 },
+    File {
+        remaining: u64,
+        size: u64,
+    },
     /// Between entries of the innermost open directory.
     Directory,
     Done,
@@ -54,7 +66,13 @@ pub struct NarReader<R> {
 
 impl<R: BufRead> NarReader<R> {
     pub fn new(r: R) -> Self {
-        NarReader { r, offset: 0, state: State::Start, open_dirs: Vec::new(), pending_consume: 0 }
+        NarReader {
+            r,
+            offset: 0,
+            state: State::Start,
+            open_dirs: Vec::new(),
+            pending_consume: 0,
+        }
     }
 
     /// Bytes of the archive consumed so far. Right after an [`Event::File`] this is the offset of the
@@ -149,8 +167,13 @@ impl<R: BufRead> NarReader<R> {
         if available.is_empty() {
             return Err(NarError::Truncated { offset });
         }
-        let n = available.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
-        self.state = State::File { remaining: remaining - n as u64, size };
+        let n = available
+            .len()
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        self.state = State::File {
+            remaining: remaining - n as u64,
+            size,
+        };
         self.offset += n as u64;
         // The slice borrows the reader's buffer, so the matching `consume` waits for the next call.
         self.pending_consume = n;
@@ -174,7 +197,9 @@ impl<R: BufRead> NarReader<R> {
             b"regular" => {
                 let field_offset = self.offset;
                 let mut buf = [0u8; 16];
-                let field = self.read_token(&mut buf, "\"executable\" or \"contents\"")?.to_vec();
+                let field = self
+                    .read_token(&mut buf, "\"executable\" or \"contents\"")?
+                    .to_vec();
                 let executable = match &field[..] {
                     b"executable" => {
                         self.expect(b"")?;
@@ -182,11 +207,24 @@ impl<R: BufRead> NarReader<R> {
                         true
                     }
                     b"contents" => false,
-                    other => return Err(unexpected(field_offset, "\"executable\" or \"contents\"", other)),
+                    other => {
+                        return Err(unexpected(
+                            field_offset,
+                            "\"executable\" or \"contents\"",
+                            other,
+                        ))
+                    }
                 };
                 let size = self.read_u64()?;
-                self.state = State::File { remaining: size, size };
-                Ok(Event::File { name, executable, size })
+                self.state = State::File {
+                    remaining: size,
+                    size,
+                };
+                Ok(Event::File {
+                    name,
+                    executable,
+                    size,
+                })
             }
             b"symlink" => {
                 self.expect(b"target")?;
@@ -197,13 +235,20 @@ impl<R: BufRead> NarReader<R> {
             }
             b"directory" => {
                 if self.open_dirs.len() >= MAX_DEPTH {
-                    return Err(NarError::TooDeep { offset: type_offset, limit: MAX_DEPTH });
+                    return Err(NarError::TooDeep {
+                        offset: type_offset,
+                        limit: MAX_DEPTH,
+                    });
                 }
                 self.open_dirs.push(None);
                 self.state = State::Directory;
                 Ok(Event::Directory { name })
             }
-            other => Err(unexpected(type_offset, "\"regular\", \"symlink\" or \"directory\"", other)),
+            other => Err(unexpected(
+                type_offset,
+                "\"regular\", \"symlink\" or \"directory\"",
+                other,
+            )),
         }
     }
 
@@ -220,7 +265,9 @@ impl<R: BufRead> NarReader<R> {
 
     fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), NarError> {
         let offset = self.offset;
-        self.r.read_exact(buf).map_err(|e| eof_as_truncated(e, offset))?;
+        self.r
+            .read_exact(buf)
+            .map_err(|e| eof_as_truncated(e, offset))?;
         self.offset += buf.len() as u64;
         Ok(())
     }
@@ -245,7 +292,11 @@ impl<R: BufRead> NarReader<R> {
     }
 
     /// Read a short keyword into `buf`; anything longer than `buf` cannot be a keyword.
-    fn read_token<'b>(&mut self, buf: &'b mut [u8; 16], expected: &'static str) -> Result<&'b [u8], NarError> {
+    fn read_token<'b>(
+        &mut self,
+        buf: &'b mut [u8; 16],
+        expected: &'static str,
+    ) -> Result<&'b [u8], NarError> {
         let offset = self.offset;
         let len = self.read_u64()?;
         if len > buf.len() as u64 {
@@ -327,9 +378,14 @@ impl<R: BufRead> BufRead for Contents<'_, R> {
         let offset = self.nar.offset;
         let available = self.nar.r.fill_buf()?;
         if available.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, NarError::Truncated { offset }));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                NarError::Truncated { offset },
+            ));
         }
-        let n = available.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let n = available
+            .len()
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
         Ok(&available[..n])
     }
 
@@ -338,7 +394,10 @@ impl<R: BufRead> BufRead for Contents<'_, R> {
             let amount = (amount as u64).min(remaining);
             self.nar.r.consume(amount as usize);
             self.nar.offset += amount;
-            self.nar.state = State::File { remaining: remaining - amount, size };
+            self.nar.state = State::File {
+                remaining: remaining - amount,
+                size,
+            };
         }
     }
 }
@@ -352,7 +411,11 @@ fn eof_as_truncated(e: io::Error, offset: u64) -> NarError {
 }
 
 fn unexpected(offset: u64, expected: &'static str, found: &[u8]) -> NarError {
-    NarError::UnexpectedToken { offset, expected, found: show(found) }
+    NarError::UnexpectedToken {
+        offset,
+        expected,
+        found: show(found),
+    }
 }
 
 fn keyword_name(keyword: &'static [u8]) -> &'static str {

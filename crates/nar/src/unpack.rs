@@ -17,7 +17,9 @@ use crate::read::{Event, NarReader};
 /// or through a symlink. Returns the number of filesystem objects created.
 pub fn unpack<R: BufRead>(nar: &mut NarReader<R>, dest: &Path) -> Result<u64, NarError> {
     if fs::symlink_metadata(dest).is_ok() {
-        return Err(NarError::DestinationExists { path: dest.to_path_buf() });
+        return Err(NarError::DestinationExists {
+            path: dest.to_path_buf(),
+        });
     }
     let parent = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -78,7 +80,8 @@ fn unpack_into<R: BufRead>(nar: &mut NarReader<R>, root: &Path) -> Result<u64, N
                 }
             }
             Event::Symlink { ref target, .. } => {
-                std::os::unix::fs::symlink(OsStr::from_bytes(target), &path).map_err(NarError::at(&path))?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(target), &path)
+                    .map_err(NarError::at(&path))?;
             }
             Event::EndDirectory => {}
         }

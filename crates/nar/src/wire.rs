@@ -38,10 +38,18 @@ pub(crate) fn check_entry(
     name: &[u8],
     previous: Option<&[u8]>,
 ) -> Result<(), NarError> {
-    validate_name(name).map_err(|reason| NarError::BadName { offset, name: show(name), reason })?;
+    validate_name(name).map_err(|reason| NarError::BadName {
+        offset,
+        name: show(name),
+        reason,
+    })?;
     if let Some(previous) = previous {
         if name <= previous {
-            return Err(NarError::Unsorted { offset, name: show(name), previous: show(previous) });
+            return Err(NarError::Unsorted {
+                offset,
+                name: show(name),
+                previous: show(previous),
+            });
         }
     }
     Ok(())

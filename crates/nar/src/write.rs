@@ -28,7 +28,12 @@ pub struct NarWriter<W> {
 
 impl<W: Write> NarWriter<W> {
     pub fn new(w: W) -> Self {
-        NarWriter { w, offset: 0, state: State::Start, open_dirs: Vec::new() }
+        NarWriter {
+            w,
+            offset: 0,
+            state: State::Start,
+            open_dirs: Vec::new(),
+        }
     }
 
     /// Bytes written so far; right after [`file`](Self::file) this is the offset of its contents.
@@ -43,7 +48,12 @@ impl<W: Write> NarWriter<W> {
         Ok(())
     }
 
-    pub fn file(&mut self, name: Option<&[u8]>, executable: bool, size: u64) -> Result<(), NarError> {
+    pub fn file(
+        &mut self,
+        name: Option<&[u8]>,
+        executable: bool,
+        size: u64,
+    ) -> Result<(), NarError> {
         self.begin_node(name, b"regular")?;
         if executable {
             self.put_str(b"executable")?;
@@ -51,7 +61,10 @@ impl<W: Write> NarWriter<W> {
         }
         self.put_str(b"contents")?;
         self.put(&size.to_le_bytes())?;
-        self.state = State::File { remaining: size, size };
+        self.state = State::File {
+            remaining: size,
+            size,
+        };
         if size == 0 {
             self.end_file(0)?;
         }
@@ -67,7 +80,10 @@ impl<W: Write> NarWriter<W> {
             return Err(NarError::Misuse("file contents written outside a file"));
         };
         if data.len() as u64 > remaining {
-            return Err(NarError::SizeMismatch { declared: size, written: size - remaining + data.len() as u64 });
+            return Err(NarError::SizeMismatch {
+                declared: size,
+                written: size - remaining + data.len() as u64,
+            });
         }
         self.put(data)?;
         let remaining = remaining - data.len() as u64;
@@ -99,7 +115,11 @@ impl<W: Write> NarWriter<W> {
     pub fn event(&mut self, event: &Event) -> Result<(), NarError> {
         match event {
             Event::Directory { name } => self.directory(name.as_deref()),
-            Event::File { name, executable, size } => self.file(name.as_deref(), *executable, *size),
+            Event::File {
+                name,
+                executable,
+                size,
+            } => self.file(name.as_deref(), *executable, *size),
             Event::Symlink { name, target } => self.symlink(name.as_deref(), target),
             Event::EndDirectory => self.end_directory(),
         }
@@ -112,10 +132,13 @@ impl<W: Write> NarWriter<W> {
                 self.w.flush()?;
                 Ok(self.w)
             }
-            State::File { remaining, size } => {
-                Err(NarError::SizeMismatch { declared: size, written: size - remaining })
-            }
-            _ => Err(NarError::Misuse("archive finished before its root node was complete")),
+            State::File { remaining, size } => Err(NarError::SizeMismatch {
+                declared: size,
+                written: size - remaining,
+            }),
+            _ => Err(NarError::Misuse(
+                "archive finished before its root node was complete",
+            )),
         }
     }
 
@@ -133,9 +156,17 @@ impl<W: Write> NarWriter<W> {
                 self.put_str(name)?;
                 self.put_str(b"node")?;
             }
-            (State::Directory, None) => return Err(NarError::Misuse("a directory entry needs a name")),
-            (State::File { .. }, _) => return Err(NarError::Misuse("new node before the file's contents were complete")),
-            (State::Done, _) => return Err(NarError::Misuse("node after the root node was complete")),
+            (State::Directory, None) => {
+                return Err(NarError::Misuse("a directory entry needs a name"))
+            }
+            (State::File { .. }, _) => {
+                return Err(NarError::Misuse(
+                    "new node before the file's contents were complete",
+                ))
+            }
+            (State::Done, _) => {
+                return Err(NarError::Misuse("node after the root node was complete"))
+            }
         }
         self.put_str(b"(")?;
         self.put_str(b"type")?;

@@ -20,7 +20,17 @@ fn tokens(parts: &[&[u8]]) -> Vec<u8> {
 fn dir_nar(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
     let mut v = tokens(&[b"nix-archive-1", b"(", b"type", b"directory"]);
     for (name, contents) in entries {
-        v.extend(tokens(&[b"entry", b"(", b"name", name, b"node", b"(", b"type", b"regular", b"contents"]));
+        v.extend(tokens(&[
+            b"entry",
+            b"(",
+            b"name",
+            name,
+            b"node",
+            b"(",
+            b"type",
+            b"regular",
+            b"contents",
+        ]));
         v.extend(s(contents));
         v.extend(tokens(&[b")", b")"]));
     }
@@ -63,7 +73,10 @@ fn bad_magic() {
     let mut nar = sample();
     nar[8] = b'N';
     assert!(matches!(read_all(&nar), Err(NarError::BadMagic)));
-    assert!(matches!(read_all(&tokens(&[b"nix-archive-2"])), Err(NarError::BadMagic)));
+    assert!(matches!(
+        read_all(&tokens(&[b"nix-archive-2"])),
+        Err(NarError::BadMagic)
+    ));
     assert!(matches!(read_all(&s(&[0u8; 100])), Err(NarError::BadMagic)));
 }
 
@@ -84,11 +97,17 @@ fn non_zero_padding() {
     let mut nar = sample();
     let at = nar.windows(3).position(|w| w == b"abc").unwrap() + 3;
     nar[at + 2] = 1;
-    assert!(matches!(read_all(&nar), Err(NarError::NonZeroPadding { .. })));
+    assert!(matches!(
+        read_all(&nar),
+        Err(NarError::NonZeroPadding { .. })
+    ));
     // Padding of a keyword.
     let mut nar = sample();
     nar[8 + 13] = 7;
-    assert!(matches!(read_all(&nar), Err(NarError::NonZeroPadding { .. })));
+    assert!(matches!(
+        read_all(&nar),
+        Err(NarError::NonZeroPadding { .. })
+    ));
 }
 
 #[test]
@@ -112,7 +131,15 @@ fn duplicate_and_unsorted_entries() {
 #[test]
 fn absurd_lengths_do_not_allocate() {
     // A name claiming u64::MAX bytes.
-    let mut v = tokens(&[b"nix-archive-1", b"(", b"type", b"directory", b"entry", b"(", b"name"]);
+    let mut v = tokens(&[
+        b"nix-archive-1",
+        b"(",
+        b"type",
+        b"directory",
+        b"entry",
+        b"(",
+        b"name",
+    ]);
     v.extend(u64::MAX.to_le_bytes());
     assert!(matches!(read_all(&v), Err(NarError::TooLong { .. })));
     // A symlink target claiming 2^40 bytes.
@@ -122,7 +149,10 @@ fn absurd_lengths_do_not_allocate() {
     // A keyword position holding a long string.
     let mut v = tokens(&[b"nix-archive-1", b"("]);
     v.extend((1u64 << 62).to_le_bytes());
-    assert!(matches!(read_all(&v), Err(NarError::UnexpectedToken { .. })));
+    assert!(matches!(
+        read_all(&v),
+        Err(NarError::UnexpectedToken { .. })
+    ));
     // A file claiming 2^62 bytes of contents is merely truncated (contents are streamed).
     let mut v = tokens(&[b"nix-archive-1", b"(", b"type", b"regular", b"contents"]);
     v.extend((1u64 << 62).to_le_bytes());
@@ -133,18 +163,52 @@ fn absurd_lengths_do_not_allocate() {
 #[test]
 fn wrong_tokens() {
     let v = tokens(&[b"nix-archive-1", b"(", b"type", b"fifo", b")"]);
-    assert!(matches!(read_all(&v), Err(NarError::UnexpectedToken { .. })));
-    let v = tokens(&[b"nix-archive-1", b"(", b"type", b"regular", b"executable", b"x", b"contents"]);
-    assert!(matches!(read_all(&v), Err(NarError::UnexpectedToken { .. })));
-    let v = tokens(&[b"nix-archive-1", b"(", b"type", b"directory", b"entry", b"(", b"nam"]);
-    assert!(matches!(read_all(&v), Err(NarError::UnexpectedToken { .. })));
+    assert!(matches!(
+        read_all(&v),
+        Err(NarError::UnexpectedToken { .. })
+    ));
+    let v = tokens(&[
+        b"nix-archive-1",
+        b"(",
+        b"type",
+        b"regular",
+        b"executable",
+        b"x",
+        b"contents",
+    ]);
+    assert!(matches!(
+        read_all(&v),
+        Err(NarError::UnexpectedToken { .. })
+    ));
+    let v = tokens(&[
+        b"nix-archive-1",
+        b"(",
+        b"type",
+        b"directory",
+        b"entry",
+        b"(",
+        b"nam",
+    ]);
+    assert!(matches!(
+        read_all(&v),
+        Err(NarError::UnexpectedToken { .. })
+    ));
 }
 
 #[test]
 fn excessive_nesting_is_bounded() {
     let mut v = tokens(&[b"nix-archive-1", b"(", b"type", b"directory"]);
     for _ in 0..refstrip_nar::MAX_DEPTH + 1 {
-        v.extend(tokens(&[b"entry", b"(", b"name", b"d", b"node", b"(", b"type", b"directory"]));
+        v.extend(tokens(&[
+            b"entry",
+            b"(",
+            b"name",
+            b"d",
+            b"node",
+            b"(",
+            b"type",
+            b"directory",
+        ]));
     }
     assert!(matches!(read_all(&v), Err(NarError::TooDeep { .. })));
 }
@@ -154,17 +218,32 @@ fn writer_refuses_invalid_archives() {
     let mut w = NarWriter::new(Vec::new());
     w.directory(None).unwrap();
     w.file(Some(b"b"), false, 0).unwrap();
-    assert!(matches!(w.file(Some(b"a"), false, 0), Err(NarError::Unsorted { .. })));
-    assert!(matches!(w.file(Some(b".."), false, 0), Err(NarError::BadName { .. })));
+    assert!(matches!(
+        w.file(Some(b"a"), false, 0),
+        Err(NarError::Unsorted { .. })
+    ));
+    assert!(matches!(
+        w.file(Some(b".."), false, 0),
+        Err(NarError::BadName { .. })
+    ));
     assert!(matches!(w.file(None, false, 0), Err(NarError::Misuse(_))));
     w.file(Some(b"c"), false, 2).unwrap();
-    assert!(matches!(w.write_contents(b"xyz"), Err(NarError::SizeMismatch { .. })));
+    assert!(matches!(
+        w.write_contents(b"xyz"),
+        Err(NarError::SizeMismatch { .. })
+    ));
     assert!(matches!(w.end_directory(), Err(NarError::Misuse(_))));
 
     let mut w = NarWriter::new(Vec::new());
     w.file(None, false, 4).unwrap();
     w.write_contents(b"ab").unwrap();
-    assert!(matches!(w.finish(), Err(NarError::SizeMismatch { declared: 4, written: 2 })));
+    assert!(matches!(
+        w.finish(),
+        Err(NarError::SizeMismatch {
+            declared: 4,
+            written: 2
+        })
+    ));
 }
 
 /// A symlink named `a` pointing outside, followed by a second `a` trying to write through it: the
@@ -174,11 +253,32 @@ fn symlink_write_through_is_impossible() {
     let outside = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let mut v = tokens(&[b"nix-archive-1", b"(", b"type", b"directory"]);
-    v.extend(tokens(&[b"entry", b"(", b"name", b"a", b"node", b"(", b"type", b"symlink", b"target"]));
+    v.extend(tokens(&[
+        b"entry", b"(", b"name", b"a", b"node", b"(", b"type", b"symlink", b"target",
+    ]));
     v.extend(s(outside.path().to_str().unwrap().as_bytes()));
     v.extend(tokens(&[b")", b")"]));
-    v.extend(tokens(&[b"entry", b"(", b"name", b"a", b"node", b"(", b"type", b"directory"]));
-    v.extend(tokens(&[b"entry", b"(", b"name", b"evil", b"node", b"(", b"type", b"regular", b"contents"]));
+    v.extend(tokens(&[
+        b"entry",
+        b"(",
+        b"name",
+        b"a",
+        b"node",
+        b"(",
+        b"type",
+        b"directory",
+    ]));
+    v.extend(tokens(&[
+        b"entry",
+        b"(",
+        b"name",
+        b"evil",
+        b"node",
+        b"(",
+        b"type",
+        b"regular",
+        b"contents",
+    ]));
     v.extend(s(b"pwned"));
     v.extend(tokens(&[b")", b")", b")", b")", b")"]));
 
@@ -187,7 +287,11 @@ fn symlink_write_through_is_impossible() {
     assert!(matches!(err, NarError::Unsorted { .. }), "{err:?}");
     assert!(!outside.path().join("evil").exists());
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
-    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0, "unpack left debris behind");
+    assert_eq!(
+        std::fs::read_dir(work.path()).unwrap().count(),
+        0,
+        "unpack left debris behind"
+    );
 }
 
 #[test]
@@ -202,8 +306,15 @@ fn unpack_refuses_existing_destination_and_cleans_up_on_error() {
     let nar = sample();
     for len in [40, nar.len() / 2, nar.len() - 1] {
         assert!(unpack(&mut NarReader::new(&nar[..len]), &dest).is_err());
-        assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0, "debris after a {len}-byte prefix");
+        assert_eq!(
+            std::fs::read_dir(work.path()).unwrap().count(),
+            0,
+            "debris after a {len}-byte prefix"
+        );
     }
     unpack(&mut NarReader::new(&nar[..]), &dest).unwrap();
-    assert_eq!(std::fs::read_link(dest.join("d/l")).unwrap().to_str(), Some("../a"));
+    assert_eq!(
+        std::fs::read_link(dest.join("d/l")).unwrap().to_str(),
+        Some("../a")
+    );
 }

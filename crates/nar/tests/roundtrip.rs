@@ -12,14 +12,23 @@ enum Node {
 }
 
 fn name() -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec(any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0), 1..12)
-        .prop_filter("not . or ..", |n| n != b"." && n != b"..")
+    proptest::collection::vec(
+        any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0),
+        1..12,
+    )
+    .prop_filter("not . or ..", |n| n != b"." && n != b"..")
 }
 
 fn node() -> impl Strategy<Value = Node> {
     let leaf = prop_oneof![
-        (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300))
-            .prop_map(|(executable, contents)| Node::File { executable, contents }),
+        (
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..300)
+        )
+            .prop_map(|(executable, contents)| Node::File {
+                executable,
+                contents
+            }),
         proptest::collection::vec(1u8..=255, 1..40).prop_map(Node::Symlink),
     ];
     leaf.prop_recursive(4, 40, 6, |inner| {
@@ -27,20 +36,35 @@ fn node() -> impl Strategy<Value = Node> {
     })
 }
 
-fn write(node: &Node, name: Option<&[u8]>, w: &mut NarWriter<&mut Vec<u8>>, events: &mut Vec<Event>) {
+fn write(
+    node: &Node,
+    name: Option<&[u8]>,
+    w: &mut NarWriter<&mut Vec<u8>>,
+    events: &mut Vec<Event>,
+) {
     let owned = name.map(<[u8]>::to_vec);
     match node {
-        Node::File { executable, contents } => {
+        Node::File {
+            executable,
+            contents,
+        } => {
             w.file(name, *executable, contents.len() as u64).unwrap();
             // Split writes to exercise partial contents.
             for chunk in contents.chunks(7) {
                 w.write_contents(chunk).unwrap();
             }
-            events.push(Event::File { name: owned, executable: *executable, size: contents.len() as u64 });
+            events.push(Event::File {
+                name: owned,
+                executable: *executable,
+                size: contents.len() as u64,
+            });
         }
         Node::Symlink(target) => {
             w.symlink(name, target).unwrap();
-            events.push(Event::Symlink { name: owned, target: target.clone() });
+            events.push(Event::Symlink {
+                name: owned,
+                target: target.clone(),
+            });
         }
         Node::Dir(entries) => {
             w.directory(name).unwrap();

@@ -95,13 +95,19 @@ pub fn decode_into(text: impl AsRef<[u8]>, out: &mut [u8]) -> Result<(), Base32E
     let text = text.as_ref();
     let expected = encoded_len(out.len());
     if text.len() != expected {
-        return Err(Base32Error::WrongLength { expected, got: text.len() });
+        return Err(Base32Error::WrongLength {
+            expected,
+            got: text.len(),
+        });
     }
     out.fill(0);
     for (n, &byte) in text.iter().rev().enumerate() {
         let digit = DIGITS[usize::from(byte)];
         if digit == INVALID {
-            return Err(Base32Error::InvalidChar { byte, pos: text.len() - 1 - n });
+            return Err(Base32Error::InvalidChar {
+                byte,
+                pos: text.len() - 1 - n,
+            });
         }
         let bit = n * 5;
         let (i, j) = (bit / 8, bit % 8);
@@ -122,7 +128,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     /// (hex digest, nix32) pairs printed by real Nix 2.8 (`nix-hash --type T --to-base32 HEX`).
@@ -172,13 +181,32 @@ mod tests {
         let good = "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
         for bad in ['e', 'o', 'u', 't', 'A', '-', ' '] {
             let s = format!("{}{bad}{}", &good[..5], &good[6..]);
-            assert_eq!(decode(&s), Err(Base32Error::InvalidChar { byte: bad as u8, pos: 5 }), "{s}");
+            assert_eq!(
+                decode(&s),
+                Err(Base32Error::InvalidChar {
+                    byte: bad as u8,
+                    pos: 5
+                }),
+                "{s}"
+            );
         }
-        assert_eq!(decode(&good[1..]), Err(Base32Error::InvalidLength { len: 51 }));
+        assert_eq!(
+            decode(&good[1..]),
+            Err(Base32Error::InvalidLength { len: 51 })
+        );
         let mut out = [0u8; 20];
-        assert_eq!(decode_into(good, &mut out), Err(Base32Error::WrongLength { expected: 32, got: 52 }));
+        assert_eq!(
+            decode_into(good, &mut out),
+            Err(Base32Error::WrongLength {
+                expected: 32,
+                got: 52
+            })
+        );
         // The first of 52 characters carries one bit of a SHA-256: anything above '1' overflows.
-        assert_eq!(decode(format!("2{}", &good[1..])), Err(Base32Error::Overflow));
+        assert_eq!(
+            decode(format!("2{}", &good[1..])),
+            Err(Base32Error::Overflow)
+        );
         assert!(decode(format!("1{}", &good[1..])).is_ok());
         // 1 byte = 2 chars, 10 bits: the top char may only hold 3 bits.
         assert_eq!(decode("7z").unwrap(), vec![0xff]);

@@ -49,15 +49,21 @@ impl CacheInfo {
     pub fn parse(text: &str) -> Result<CacheInfo, CacheInfoError> {
         let mut info = CacheInfo::default();
         for (index, line) in text.lines().enumerate() {
-            let at = |kind| CacheInfoError { line: index + 1, kind };
+            let at = |kind| CacheInfoError {
+                line: index + 1,
+                kind,
+            };
             if line.trim().is_empty() {
                 continue;
             }
-            let (name, value) = line.split_once(':').ok_or_else(|| at(CacheInfoErrorKind::MissingSeparator))?;
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| at(CacheInfoErrorKind::MissingSeparator))?;
             let value = value.trim();
             match name {
                 "StoreDir" => {
-                    let dir = StoreDir::new(value).map_err(|e| at(CacheInfoErrorKind::BadStoreDir(e)))?;
+                    let dir =
+                        StoreDir::new(value).map_err(|e| at(CacheInfoErrorKind::BadStoreDir(e)))?;
                     once(&mut info.store_dir, "StoreDir", dir).map_err(at)?;
                 }
                 "WantMassQuery" => {
@@ -123,7 +129,10 @@ mod tests {
         assert_eq!(info.to_string(), written);
         let full = "StoreDir: /gnu/store\nWantMassQuery: 1\nPriority: 40\nX-Extra: yes\n";
         let info = CacheInfo::parse(full).unwrap();
-        assert_eq!((info.want_mass_query, info.priority), (Some(true), Some(40)));
+        assert_eq!(
+            (info.want_mass_query, info.priority),
+            (Some(true), Some(40))
+        );
         assert_eq!(info.to_string(), full);
     }
 
@@ -131,9 +140,21 @@ mod tests {
     fn errors() {
         let err = |t: &str| CacheInfo::parse(t).unwrap_err();
         assert_eq!(err("StoreDir: /nix/store\nnope\n").line, 2);
-        assert!(matches!(err("StoreDir: nix\n").kind, CacheInfoErrorKind::BadStoreDir(_)));
-        assert!(matches!(err("WantMassQuery: yes\n").kind, CacheInfoErrorKind::BadBool(_)));
-        assert!(matches!(err("Priority: -4\n").kind, CacheInfoErrorKind::BadNumber(_)));
-        assert!(matches!(err("Priority: 1\nPriority: 2\n").kind, CacheInfoErrorKind::DuplicateField("Priority")));
+        assert!(matches!(
+            err("StoreDir: nix\n").kind,
+            CacheInfoErrorKind::BadStoreDir(_)
+        ));
+        assert!(matches!(
+            err("WantMassQuery: yes\n").kind,
+            CacheInfoErrorKind::BadBool(_)
+        ));
+        assert!(matches!(
+            err("Priority: -4\n").kind,
+            CacheInfoErrorKind::BadNumber(_)
+        ));
+        assert!(matches!(
+            err("Priority: 1\nPriority: 2\n").kind,
+            CacheInfoErrorKind::DuplicateField("Priority")
+        ));
     }
 }

@@ -150,7 +150,11 @@ pub struct HashingReader<R> {
 
 impl<R> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Sha256::new(), count: 0 }
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
 
     /// Bytes read (consumed) so far.
@@ -205,7 +209,11 @@ pub struct HashingWriter<W> {
 
 impl<W> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), count: 0 }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
 
     /// Bytes written so far.
@@ -239,7 +247,8 @@ mod tests {
 
     // sha256("") in the three forms real Nix prints (`nix hash to-base32` / `to-sri`).
     const EMPTY_NIX32: &str = "sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73";
-    const EMPTY_HEX: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const EMPTY_HEX: &str =
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     const EMPTY_SRI: &str = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
 
     #[test]
@@ -247,7 +256,12 @@ mod tests {
         let empty = Hash::digest(b"");
         assert_eq!(empty.to_string(), EMPTY_NIX32);
         assert_eq!(empty.to_sri(), EMPTY_SRI);
-        for text in [EMPTY_NIX32, EMPTY_HEX, &EMPTY_HEX.to_uppercase().replace("SHA256", "sha256"), EMPTY_SRI] {
+        for text in [
+            EMPTY_NIX32,
+            EMPTY_HEX,
+            &EMPTY_HEX.to_uppercase().replace("SHA256", "sha256"),
+            EMPTY_SRI,
+        ] {
             assert_eq!(text.parse::<Hash>().unwrap(), empty, "{text}");
         }
         let b64 = format!("sha256:{}", &EMPTY_SRI[7..]);
@@ -257,13 +271,34 @@ mod tests {
     #[test]
     fn rejects_bad_hashes() {
         let body = &EMPTY_NIX32[7..];
-        assert!(matches!(body.parse::<Hash>(), Err(HashError::MissingAlgorithm(_))));
-        assert!(matches!(format!("sha512:{body}").parse::<Hash>(), Err(HashError::UnsupportedAlgorithm(_))));
-        assert!(matches!(format!(":{body}").parse::<Hash>(), Err(HashError::MissingAlgorithm(_))));
-        assert_eq!(format!("sha256:{}", &body[1..]).parse::<Hash>(), Err(HashError::WrongLength(51)));
-        assert!(matches!(format!("sha256:e{}", &body[1..]).parse::<Hash>(), Err(HashError::Base32(_))));
-        assert_eq!(format!("sha256:g{}", &EMPTY_HEX[8..]).parse::<Hash>(), Err(HashError::Hex));
-        assert_eq!("sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuF=".parse::<Hash>(), Err(HashError::Base64));
+        assert!(matches!(
+            body.parse::<Hash>(),
+            Err(HashError::MissingAlgorithm(_))
+        ));
+        assert!(matches!(
+            format!("sha512:{body}").parse::<Hash>(),
+            Err(HashError::UnsupportedAlgorithm(_))
+        ));
+        assert!(matches!(
+            format!(":{body}").parse::<Hash>(),
+            Err(HashError::MissingAlgorithm(_))
+        ));
+        assert_eq!(
+            format!("sha256:{}", &body[1..]).parse::<Hash>(),
+            Err(HashError::WrongLength(51))
+        );
+        assert!(matches!(
+            format!("sha256:e{}", &body[1..]).parse::<Hash>(),
+            Err(HashError::Base32(_))
+        ));
+        assert_eq!(
+            format!("sha256:g{}", &EMPTY_HEX[8..]).parse::<Hash>(),
+            Err(HashError::Hex)
+        );
+        assert_eq!(
+            "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuF=".parse::<Hash>(),
+            Err(HashError::Base64)
+        );
         assert_eq!("sha256-AAAA".parse::<Hash>(), Err(HashError::Base64));
     }
 

@@ -85,9 +85,15 @@ pub enum NarInfoErrorKind {
     #[error("NarSize is zero")]
     ZeroNarSize,
     #[error("bad {field}: {error}")]
-    BadHash { field: &'static str, error: HashError },
+    BadHash {
+        field: &'static str,
+        error: HashError,
+    },
     #[error("bad {field}: {error}")]
-    BadPath { field: &'static str, error: StorePathError },
+    BadPath {
+        field: &'static str,
+        error: StorePathError,
+    },
 }
 
 impl fmt::Display for NarInfoError {
@@ -102,7 +108,11 @@ impl fmt::Display for NarInfoError {
 /// The kind's message already includes any underlying error, so there is no separate source.
 impl std::error::Error for NarInfoError {}
 
-fn set_once<T>(slot: &mut Option<T>, field: &'static str, value: T) -> Result<(), NarInfoErrorKind> {
+fn set_once<T>(
+    slot: &mut Option<T>,
+    field: &'static str,
+    value: T,
+) -> Result<(), NarInfoErrorKind> {
     if slot.is_some() {
         return Err(NarInfoErrorKind::DuplicateField(field));
     }
@@ -111,7 +121,10 @@ fn set_once<T>(slot: &mut Option<T>, field: &'static str, value: T) -> Result<()
 }
 
 fn number(field: &'static str, value: &str) -> Result<u64, NarInfoErrorKind> {
-    let bad = || NarInfoErrorKind::BadNumber { field, value: value.to_owned() };
+    let bad = || NarInfoErrorKind::BadNumber {
+        field,
+        value: value.to_owned(),
+    };
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
@@ -119,7 +132,9 @@ fn number(field: &'static str, value: &str) -> Result<u64, NarInfoErrorKind> {
 }
 
 fn hash(field: &'static str, value: &str) -> Result<Hash, NarInfoErrorKind> {
-    value.parse().map_err(|error| NarInfoErrorKind::BadHash { field, error })
+    value
+        .parse()
+        .map_err(|error| NarInfoErrorKind::BadHash { field, error })
 }
 
 fn base_name(field: &'static str, value: &str) -> Result<StorePath, NarInfoErrorKind> {
@@ -144,12 +159,21 @@ struct Partial {
 }
 
 impl Partial {
-    fn field(&mut self, store_dir: &StoreDir, name: &str, value: &str) -> Result<(), NarInfoErrorKind> {
+    fn field(
+        &mut self,
+        store_dir: &StoreDir,
+        name: &str,
+        value: &str,
+    ) -> Result<(), NarInfoErrorKind> {
         match name {
             "StorePath" => {
-                let path = store_dir
-                    .parse_path(value)
-                    .map_err(|error| NarInfoErrorKind::BadPath { field: "StorePath", error })?;
+                let path =
+                    store_dir
+                        .parse_path(value)
+                        .map_err(|error| NarInfoErrorKind::BadPath {
+                            field: "StorePath",
+                            error,
+                        })?;
                 set_once(&mut self.store_path, "StorePath", path)
             }
             "URL" => set_once(&mut self.url, "URL", value.to_owned()),
@@ -160,8 +184,15 @@ impl Partial {
             "NarSize" => set_once(&mut self.nar_size, "NarSize", number("NarSize", value)?),
             "References" => {
                 // Nix splits on spaces and drops empty tokens.
-                let refs = value.split(' ').filter(|r| !r.is_empty()).map(|r| base_name("References", r));
-                set_once(&mut self.references, "References", refs.collect::<Result<_, _>>()?)
+                let refs = value
+                    .split(' ')
+                    .filter(|r| !r.is_empty())
+                    .map(|r| base_name("References", r));
+                set_once(
+                    &mut self.references,
+                    "References",
+                    refs.collect::<Result<_, _>>()?,
+                )
             }
             "Deriver" => {
                 let deriver = match value {
@@ -188,8 +219,13 @@ impl NarInfo {
     pub fn parse(store_dir: &StoreDir, text: &str) -> Result<NarInfo, NarInfoError> {
         let mut partial = Partial::default();
         for (index, line) in text.split_inclusive('\n').enumerate() {
-            let at = |kind| NarInfoError { line: Some(index + 1), kind };
-            let line = line.strip_suffix('\n').ok_or_else(|| at(NarInfoErrorKind::MissingNewline))?;
+            let at = |kind| NarInfoError {
+                line: Some(index + 1),
+                kind,
+            };
+            let line = line
+                .strip_suffix('\n')
+                .ok_or_else(|| at(NarInfoErrorKind::MissingNewline))?;
             let (name, value) = line
                 .split_once(':')
                 .and_then(|(name, rest)| Some((name, rest.strip_prefix(' ')?)))
@@ -199,15 +235,24 @@ impl NarInfo {
             }
             partial.field(store_dir, name, value).map_err(at)?;
         }
-        let missing = |field| NarInfoError { line: None, kind: NarInfoErrorKind::MissingField(field) };
+        let missing = |field| NarInfoError {
+            line: None,
+            kind: NarInfoErrorKind::MissingField(field),
+        };
         let nar_size = partial.nar_size.ok_or_else(|| missing("NarSize"))?;
         if nar_size == 0 {
-            return Err(NarInfoError { line: None, kind: NarInfoErrorKind::ZeroNarSize });
+            return Err(NarInfoError {
+                line: None,
+                kind: NarInfoErrorKind::ZeroNarSize,
+            });
         }
         Ok(NarInfo {
             store_dir: store_dir.clone(),
             store_path: partial.store_path.ok_or_else(|| missing("StorePath"))?,
-            url: partial.url.filter(|url| !url.is_empty()).ok_or_else(|| missing("URL"))?,
+            url: partial
+                .url
+                .filter(|url| !url.is_empty())
+                .ok_or_else(|| missing("URL"))?,
             compression: partial.compression,
             file_hash: partial.file_hash,
             file_size: partial.file_size,
@@ -224,8 +269,15 @@ impl NarInfo {
     /// [`NarInfo::parse`] for raw bytes (as fetched over HTTP): non-UTF-8 input is an error.
     pub fn parse_bytes(store_dir: &StoreDir, bytes: &[u8]) -> Result<NarInfo, NarInfoError> {
         let text = std::str::from_utf8(bytes).map_err(|e| {
-            let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
-            NarInfoError { line: Some(line), kind: NarInfoErrorKind::NotUtf8 }
+            let line = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
+            NarInfoError {
+                line: Some(line),
+                kind: NarInfoErrorKind::NotUtf8,
+            }
         })?;
         NarInfo::parse(store_dir, text)
     }
@@ -242,7 +294,13 @@ impl NarInfo {
 
     /// The string signatures cover; see [`signature::fingerprint`].
     pub fn fingerprint(&self) -> String {
-        signature::fingerprint(&self.store_dir, &self.store_path, &self.nar_hash, self.nar_size, &self.references)
+        signature::fingerprint(
+            &self.store_dir,
+            &self.store_path,
+            &self.nar_hash,
+            self.nar_size,
+            &self.references,
+        )
     }
 
     /// Add a `Sig` value the way Nix does: the set stays sorted and free of duplicates.
@@ -357,10 +415,18 @@ Sig: test1:UP59+56Q3oWXN3zlKVjjJfnDsULYOx65cqgbZXAbEz0U9bgSTTazYWBQv3D0BvG1VBNQ5
             "NarHash: sha256-7vl5UNMN/kJVvQGAmi5WVPGS7nkJOUe4gHkpQLuO9zI=",
         ) + "System: x86_64-linux\nX-Note: a: b\n";
         let info = parse(&text).unwrap();
-        assert_eq!(info.extra, vec![("System".into(), "x86_64-linux".into()), ("X-Note".into(), "a: b".into())]);
+        assert_eq!(
+            info.extra,
+            vec![
+                ("System".into(), "x86_64-linux".into()),
+                ("X-Note".into(), "a: b".into())
+            ]
+        );
         let again = parse(&info.to_string()).unwrap();
         assert_eq!(again, info);
-        assert!(info.to_string().ends_with("System: x86_64-linux\nX-Note: a: b\n"));
+        assert!(info
+            .to_string()
+            .ends_with("System: x86_64-linux\nX-Note: a: b\n"));
     }
 
     #[test]
@@ -369,39 +435,112 @@ Sig: test1:UP59+56Q3oWXN3zlKVjjJfnDsULYOx65cqgbZXAbEz0U9bgSTTazYWBQv3D0BvG1VBNQ5
             (
                 NIX_WRITTEN.replace("NarSize: 280", "NarSize: 2x0"),
                 Some(7),
-                NarInfoErrorKind::BadNumber { field: "NarSize", value: "2x0".into() },
+                NarInfoErrorKind::BadNumber {
+                    field: "NarSize",
+                    value: "2x0".into(),
+                },
             ),
             (
                 NIX_WRITTEN.replace("NarSize: 280", "NarSize: -1"),
                 Some(7),
-                NarInfoErrorKind::BadNumber { field: "NarSize", value: "-1".into() },
+                NarInfoErrorKind::BadNumber {
+                    field: "NarSize",
+                    value: "-1".into(),
+                },
             ),
-            (NIX_WRITTEN.replace("NarSize: 280", "NarSize: 0"), None, NarInfoErrorKind::ZeroNarSize),
-            (NIX_WRITTEN.replace("NarSize: 280\n", ""), None, NarInfoErrorKind::MissingField("NarSize")),
-            (NIX_WRITTEN.replace("URL: ", "X: "), None, NarInfoErrorKind::MissingField("URL")),
-            (NIX_WRITTEN.replace("StorePath", "Path"), None, NarInfoErrorKind::MissingField("StorePath")),
-            (NIX_WRITTEN.replace("NarHash", "NarHush"), None, NarInfoErrorKind::MissingField("NarHash")),
-            (NIX_WRITTEN.replace("Compression: ", "Compression:"), Some(3), NarInfoErrorKind::MissingSeparator),
-            (format!("{NIX_WRITTEN}no colon\n"), Some(11), NarInfoErrorKind::MissingSeparator),
-            (format!("{NIX_WRITTEN}: x\n"), Some(11), NarInfoErrorKind::EmptyFieldName),
-            (format!("{NIX_WRITTEN}NarSize: 280\n"), Some(11), NarInfoErrorKind::DuplicateField("NarSize")),
-            (NIX_WRITTEN.trim_end().to_owned(), Some(10), NarInfoErrorKind::MissingNewline),
+            (
+                NIX_WRITTEN.replace("NarSize: 280", "NarSize: 0"),
+                None,
+                NarInfoErrorKind::ZeroNarSize,
+            ),
+            (
+                NIX_WRITTEN.replace("NarSize: 280\n", ""),
+                None,
+                NarInfoErrorKind::MissingField("NarSize"),
+            ),
+            (
+                NIX_WRITTEN.replace("URL: ", "X: "),
+                None,
+                NarInfoErrorKind::MissingField("URL"),
+            ),
+            (
+                NIX_WRITTEN.replace("StorePath", "Path"),
+                None,
+                NarInfoErrorKind::MissingField("StorePath"),
+            ),
+            (
+                NIX_WRITTEN.replace("NarHash", "NarHush"),
+                None,
+                NarInfoErrorKind::MissingField("NarHash"),
+            ),
+            (
+                NIX_WRITTEN.replace("Compression: ", "Compression:"),
+                Some(3),
+                NarInfoErrorKind::MissingSeparator,
+            ),
+            (
+                format!("{NIX_WRITTEN}no colon\n"),
+                Some(11),
+                NarInfoErrorKind::MissingSeparator,
+            ),
+            (
+                format!("{NIX_WRITTEN}: x\n"),
+                Some(11),
+                NarInfoErrorKind::EmptyFieldName,
+            ),
+            (
+                format!("{NIX_WRITTEN}NarSize: 280\n"),
+                Some(11),
+                NarInfoErrorKind::DuplicateField("NarSize"),
+            ),
+            (
+                NIX_WRITTEN.trim_end().to_owned(),
+                Some(10),
+                NarInfoErrorKind::MissingNewline,
+            ),
         ];
         for (text, line, kind) in cases {
             let err = parse(&text).unwrap_err();
             assert_eq!((err.line, &err.kind), (line, &kind), "{text}");
         }
-        let bad_hash = parse(&NIX_WRITTEN.replace("NarHash: sha256:0", "NarHash: sha256:e")).unwrap_err();
+        let bad_hash =
+            parse(&NIX_WRITTEN.replace("NarHash: sha256:0", "NarHash: sha256:e")).unwrap_err();
         assert!(
-            matches!(bad_hash.kind, NarInfoErrorKind::BadHash { field: "NarHash", .. }) && bad_hash.line == Some(6)
+            matches!(
+                bad_hash.kind,
+                NarInfoErrorKind::BadHash {
+                    field: "NarHash",
+                    ..
+                }
+            ) && bad_hash.line == Some(6)
         );
         let bad_ref = parse(&NIX_WRITTEN.replace("-refstrip-b ", "-refstrip/b ")).unwrap_err();
-        assert!(matches!(bad_ref.kind, NarInfoErrorKind::BadPath { field: "References", .. }));
-        let other_store = NarInfo::parse(&StoreDir::new("/gnu/store").unwrap(), NIX_WRITTEN).unwrap_err();
-        assert!(matches!(other_store.kind, NarInfoErrorKind::BadPath { field: "StorePath", .. }));
-        let not_utf8 = NarInfo::parse_bytes(&StoreDir::default(), b"StorePath: x\nURL: \xff\n").unwrap_err();
-        assert_eq!((not_utf8.line, not_utf8.kind), (Some(2), NarInfoErrorKind::NotUtf8));
-        assert_eq!(bad_hash.to_string().split(':').next(), Some("narinfo line 6"));
+        assert!(matches!(
+            bad_ref.kind,
+            NarInfoErrorKind::BadPath {
+                field: "References",
+                ..
+            }
+        ));
+        let other_store =
+            NarInfo::parse(&StoreDir::new("/gnu/store").unwrap(), NIX_WRITTEN).unwrap_err();
+        assert!(matches!(
+            other_store.kind,
+            NarInfoErrorKind::BadPath {
+                field: "StorePath",
+                ..
+            }
+        ));
+        let not_utf8 =
+            NarInfo::parse_bytes(&StoreDir::default(), b"StorePath: x\nURL: \xff\n").unwrap_err();
+        assert_eq!(
+            (not_utf8.line, not_utf8.kind),
+            (Some(2), NarInfoErrorKind::NotUtf8)
+        );
+        assert_eq!(
+            bad_hash.to_string().split(':').next(),
+            Some("narinfo line 6")
+        );
     }
 
     #[test]
@@ -426,16 +565,30 @@ Sig: test1:UP59+56Q3oWXN3zlKVjjJfnDsULYOx65cqgbZXAbEz0U9bgSTTazYWBQv3D0BvG1VBNQ5
     }
 
     fn arb_path() -> impl Strategy<Value = StorePath> {
-        (any::<[u8; 20]>(), "[0-9A-Za-z+._?=-]{1,20}").prop_map(|(d, n)| StorePath::from_parts(&d, &n).unwrap())
+        (any::<[u8; 20]>(), "[0-9A-Za-z+._?=-]{1,20}")
+            .prop_map(|(d, n)| StorePath::from_parts(&d, &n).unwrap())
     }
 
     fn arb_narinfo() -> impl Strategy<Value = NarInfo> {
         (
-            (arb_path(), "[!-~]{1,30}", proptest::option::of("[a-z0-9]{1,6}")),
-            (proptest::option::of(any::<[u8; 32]>()), proptest::option::of(any::<u64>())),
+            (
+                arb_path(),
+                "[!-~]{1,30}",
+                proptest::option::of("[a-z0-9]{1,6}"),
+            ),
+            (
+                proptest::option::of(any::<[u8; 32]>()),
+                proptest::option::of(any::<u64>()),
+            ),
             (any::<[u8; 32]>(), 1..u64::MAX),
-            (proptest::collection::vec(arb_path(), 0..4), proptest::option::of(arb_path())),
-            (proptest::collection::vec("[!-~]{1,20}", 0..3), proptest::option::of("[ -~]{0,30}")),
+            (
+                proptest::collection::vec(arb_path(), 0..4),
+                proptest::option::of(arb_path()),
+            ),
+            (
+                proptest::collection::vec("[!-~]{1,20}", 0..3),
+                proptest::option::of("[ -~]{0,30}"),
+            ),
             proptest::collection::vec(("[A-Z][a-z]{0,8}", "[ -~]{0,20}"), 0..3),
         )
             .prop_map(
@@ -461,7 +614,10 @@ Sig: test1:UP59+56Q3oWXN3zlKVjjJfnDsULYOx65cqgbZXAbEz0U9bgSTTazYWBQv3D0BvG1VBNQ5
                         sigs,
                         ca,
                         // Names this crate interprets would be parsed into their fields instead.
-                        extra: extra.into_iter().filter(|(n, _)| !KNOWN.contains(&n.as_str())).collect(),
+                        extra: extra
+                            .into_iter()
+                            .filter(|(n, _)| !KNOWN.contains(&n.as_str()))
+                            .collect(),
                     }
                 },
             )

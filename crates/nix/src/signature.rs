@@ -33,7 +33,12 @@ pub enum KeyError {
     #[error("key {name:?}: bad base64")]
     Base64 { name: String },
     #[error("key {name:?}: {got} bytes, expected {expected} ({what})")]
-    WrongLength { name: String, got: usize, expected: usize, what: &'static str },
+    WrongLength {
+        name: String,
+        got: usize,
+        expected: usize,
+        what: &'static str,
+    },
     #[error("secret key {name:?}: its public half does not match its seed (corrupt key file)")]
     Inconsistent { name: String },
     #[error("public key {name:?} is not a valid Ed25519 point")]
@@ -48,15 +53,22 @@ pub enum VerifyError {
     #[error("no signature is by a trusted key; signed by {}", .signers.join(", "))]
     Untrusted { signers: Vec<String> },
     #[error("signature by trusted key {} does not match this narinfo (fingerprint {fingerprint})", .key_names.join(", "))]
-    Invalid { key_names: Vec<String>, fingerprint: String },
+    Invalid {
+        key_names: Vec<String>,
+        fingerprint: String,
+    },
 }
 
 fn split_key(text: &str) -> Result<(&str, Vec<u8>), KeyError> {
-    let (name, b64) = text.split_once(':').ok_or_else(|| KeyError::MissingColon(text.to_owned()))?;
+    let (name, b64) = text
+        .split_once(':')
+        .ok_or_else(|| KeyError::MissingColon(text.to_owned()))?;
     if name.is_empty() {
         return Err(KeyError::EmptyName);
     }
-    let bytes = STANDARD.decode(b64).map_err(|_| KeyError::Base64 { name: name.to_owned() })?;
+    let bytes = STANDARD.decode(b64).map_err(|_| KeyError::Base64 {
+        name: name.to_owned(),
+    })?;
     Ok((name, bytes))
 }
 
@@ -81,14 +93,22 @@ impl PublicKey {
     /// Uses strict verification (rejects small-order points and non-canonical encodings), as
     /// libsodium does.
     pub fn verify(&self, fingerprint: &str, sig: &str) -> bool {
-        let Some((name, b64)) = sig.split_once(':') else { return false };
+        let Some((name, b64)) = sig.split_once(':') else {
+            return false;
+        };
         if name != self.name {
             return false;
         }
-        let Ok(bytes) = STANDARD.decode(b64) else { return false };
-        let Ok(bytes) = <[u8; 64]>::try_from(bytes) else { return false };
+        let Ok(bytes) = STANDARD.decode(b64) else {
+            return false;
+        };
+        let Ok(bytes) = <[u8; 64]>::try_from(bytes) else {
+            return false;
+        };
         let signature = ed25519_dalek::Signature::from_bytes(&bytes);
-        self.key.verify_strict(fingerprint.as_bytes(), &signature).is_ok()
+        self.key
+            .verify_strict(fingerprint.as_bytes(), &signature)
+            .is_ok()
     }
 }
 
@@ -106,8 +126,13 @@ impl FromStr for PublicKey {
             expected: 32,
             what: "an Ed25519 public key",
         })?;
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::BadPoint { name: name.to_owned() })?;
-        Ok(PublicKey { name: name.to_owned(), key })
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::BadPoint {
+            name: name.to_owned(),
+        })?;
+        Ok(PublicKey {
+            name: name.to_owned(),
+            key,
+        })
     }
 }
 
@@ -132,12 +157,19 @@ impl SecretKey {
 
     /// The matching public key, under the same name.
     pub fn public_key(&self) -> PublicKey {
-        PublicKey { name: self.name.clone(), key: self.key.verifying_key() }
+        PublicKey {
+            name: self.name.clone(),
+            key: self.key.verifying_key(),
+        }
     }
 
     /// Sign arbitrary data: `<name>:<base64 signature>`, Nix's `signDetached`.
     pub fn sign_detached(&self, data: &[u8]) -> String {
-        format!("{}:{}", self.name, STANDARD.encode(self.key.sign(data).to_bytes()))
+        format!(
+            "{}:{}",
+            self.name,
+            STANDARD.encode(self.key.sign(data).to_bytes())
+        )
     }
 }
 
@@ -154,22 +186,33 @@ impl FromStr for SecretKey {
             expected: 64,
             what: "a libsodium Ed25519 secret key (seed + public key)",
         })?;
-        let key =
-            SigningKey::from_keypair_bytes(&bytes).map_err(|_| KeyError::Inconsistent { name: name.to_owned() })?;
-        Ok(SecretKey { name: name.to_owned(), key })
+        let key = SigningKey::from_keypair_bytes(&bytes).map_err(|_| KeyError::Inconsistent {
+            name: name.to_owned(),
+        })?;
+        Ok(SecretKey {
+            name: name.to_owned(),
+            key,
+        })
     }
 }
 
 /// `<name>:<base64>`, the secret key file format. Deliberately the only way to print the key.
 impl fmt::Display for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.name, STANDARD.encode(self.key.to_keypair_bytes()))
+        write!(
+            f,
+            "{}:{}",
+            self.name,
+            STANDARD.encode(self.key.to_keypair_bytes())
+        )
     }
 }
 
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SecretKey").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("SecretKey")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -187,8 +230,15 @@ pub fn fingerprint<'a>(
     let mut refs: Vec<&StorePath> = references.into_iter().collect();
     refs.sort();
     refs.dedup();
-    let refs: Vec<String> = refs.into_iter().map(|r| store_dir.display_path(r)).collect();
-    format!("1;{};{nar_hash};{nar_size};{}", store_dir.display_path(path), refs.join(","))
+    let refs: Vec<String> = refs
+        .into_iter()
+        .map(|r| store_dir.display_path(r))
+        .collect();
+    format!(
+        "1;{};{nar_hash};{nar_size};{}",
+        store_dir.display_path(path),
+        refs.join(",")
+    )
 }
 
 /// The `Sig` value `key` gives `narinfo` (add it with [`NarInfo::add_sig`]).
@@ -198,7 +248,10 @@ pub fn sign(narinfo: &NarInfo, key: &SecretKey) -> String {
 
 /// Check that at least one `Sig` of `narinfo` is by a key in `trusted` (matched by name) and
 /// verifies; returns the first trusted key that does.
-pub fn verify<'k>(narinfo: &NarInfo, trusted: &'k [PublicKey]) -> Result<&'k PublicKey, VerifyError> {
+pub fn verify<'k>(
+    narinfo: &NarInfo,
+    trusted: &'k [PublicKey],
+) -> Result<&'k PublicKey, VerifyError> {
     if narinfo.sigs.is_empty() {
         return Err(VerifyError::Unsigned);
     }
@@ -216,10 +269,18 @@ pub fn verify<'k>(narinfo: &NarInfo, trusted: &'k [PublicKey]) -> Result<&'k Pub
         failed.push(name.to_owned());
     }
     if failed.is_empty() {
-        let signers = narinfo.sigs.iter().map(|s| s.split_once(':').map_or(s.as_str(), |(n, _)| n).to_owned());
-        return Err(VerifyError::Untrusted { signers: signers.collect() });
+        let signers = narinfo
+            .sigs
+            .iter()
+            .map(|s| s.split_once(':').map_or(s.as_str(), |(n, _)| n).to_owned());
+        return Err(VerifyError::Untrusted {
+            signers: signers.collect(),
+        });
     }
-    Err(VerifyError::Invalid { key_names: failed, fingerprint })
+    Err(VerifyError::Invalid {
+        key_names: failed,
+        fingerprint,
+    })
 }
 
 #[cfg(test)]
@@ -288,7 +349,10 @@ Sig: test1:s6U2gyWcy0pqaWiVqUlDTC5xQguJr+HEIS8a0Jdh4YLOi9kE2dRy03ussTmhjbTIe8nQ2
         let public: PublicKey = PUBLIC.parse().unwrap();
         let info = info();
         assert_eq!(sign(&info, &secret), info.sigs[0]);
-        assert_eq!(verify(&info, std::slice::from_ref(&public)).unwrap().name(), "test1");
+        assert_eq!(
+            verify(&info, std::slice::from_ref(&public)).unwrap().name(),
+            "test1"
+        );
     }
 
     #[test]
@@ -296,16 +360,30 @@ Sig: test1:s6U2gyWcy0pqaWiVqUlDTC5xQguJr+HEIS8a0Jdh4YLOi9kE2dRy03ussTmhjbTIe8nQ2
         let public: Vec<PublicKey> = vec![PUBLIC.parse().unwrap()];
         let mut i = info();
         i.nar_size += 1;
-        assert!(matches!(verify(&i, &public), Err(VerifyError::Invalid { .. })));
+        assert!(matches!(
+            verify(&i, &public),
+            Err(VerifyError::Invalid { .. })
+        ));
         let mut i = info();
         i.references.clear();
-        assert!(matches!(verify(&i, &public), Err(VerifyError::Invalid { .. })));
+        assert!(matches!(
+            verify(&i, &public),
+            Err(VerifyError::Invalid { .. })
+        ));
         let mut i = info();
         i.sigs[0] = i.sigs[0].replace("s6U2", "s6U3");
-        assert!(matches!(verify(&i, &public), Err(VerifyError::Invalid { .. })));
+        assert!(matches!(
+            verify(&i, &public),
+            Err(VerifyError::Invalid { .. })
+        ));
         let mut i = info();
         i.sigs[0] = i.sigs[0].replace("test1:", "test2:");
-        assert_eq!(verify(&i, &public), Err(VerifyError::Untrusted { signers: vec!["test2".into()] }));
+        assert_eq!(
+            verify(&i, &public),
+            Err(VerifyError::Untrusted {
+                signers: vec!["test2".into()]
+            })
+        );
         let mut i = info();
         i.sigs.clear();
         assert_eq!(verify(&i, &public), Err(VerifyError::Unsigned));
@@ -323,15 +401,30 @@ Sig: test1:s6U2gyWcy0pqaWiVqUlDTC5xQguJr+HEIS8a0Jdh4YLOi9kE2dRy03ussTmhjbTIe8nQ2
 
     #[test]
     fn key_errors() {
-        assert!(matches!("nocolon".parse::<PublicKey>(), Err(KeyError::MissingColon(_))));
+        assert!(matches!(
+            "nocolon".parse::<PublicKey>(),
+            Err(KeyError::MissingColon(_))
+        ));
         assert_eq!(":abc=".parse::<PublicKey>(), Err(KeyError::EmptyName));
-        assert!(matches!("k:!!".parse::<PublicKey>(), Err(KeyError::Base64 { .. })));
-        assert!(matches!(SECRET.parse::<PublicKey>(), Err(KeyError::WrongLength { got: 64, .. })));
-        assert!(matches!(PUBLIC.parse::<SecretKey>(), Err(KeyError::WrongLength { got: 32, .. })));
+        assert!(matches!(
+            "k:!!".parse::<PublicKey>(),
+            Err(KeyError::Base64 { .. })
+        ));
+        assert!(matches!(
+            SECRET.parse::<PublicKey>(),
+            Err(KeyError::WrongLength { got: 64, .. })
+        ));
+        assert!(matches!(
+            PUBLIC.parse::<SecretKey>(),
+            Err(KeyError::WrongLength { got: 32, .. })
+        ));
         // Flip a bit in the public half of the secret key: seed and public key disagree.
         let mut bytes = STANDARD.decode(&SECRET[6..]).unwrap();
         bytes[40] ^= 1;
         let corrupt = format!("test1:{}", STANDARD.encode(bytes));
-        assert!(matches!(corrupt.parse::<SecretKey>(), Err(KeyError::Inconsistent { .. })));
+        assert!(matches!(
+            corrupt.parse::<SecretKey>(),
+            Err(KeyError::Inconsistent { .. })
+        ));
     }
 }

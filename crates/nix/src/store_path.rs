@@ -63,10 +63,19 @@ fn validate_name_in(name: &str, path: &str) -> Result<(), StorePathError> {
         return Err(StorePathError::EmptyName(path.to_owned()));
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(StorePathError::NameTooLong { path: path.to_owned(), len: name.len() });
+        return Err(StorePathError::NameTooLong {
+            path: path.to_owned(),
+            len: name.len(),
+        });
     }
-    if let Some(ch) = name.chars().find(|&c| !c.is_ascii() || !is_name_char(c as u8)) {
-        return Err(StorePathError::BadNameChar { path: path.to_owned(), ch });
+    if let Some(ch) = name
+        .chars()
+        .find(|&c| !c.is_ascii() || !is_name_char(c as u8))
+    {
+        return Err(StorePathError::BadNameChar {
+            path: path.to_owned(),
+            ch,
+        });
     }
     Ok(())
 }
@@ -81,17 +90,28 @@ pub struct StoreDir(String);
 impl StoreDir {
     pub fn new(dir: impl Into<String>) -> Result<Self, StorePathError> {
         let dir = dir.into();
-        let bad = |reason| Err(StorePathError::BadStoreDir { dir: dir.clone(), reason });
+        let bad = |reason| {
+            Err(StorePathError::BadStoreDir {
+                dir: dir.clone(),
+                reason,
+            })
+        };
         if !dir.starts_with('/') {
             return bad("not absolute");
         }
         if dir.len() == 1 {
             return bad("the root directory cannot be a store");
         }
-        if dir[1..].split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        if dir[1..]
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
             return bad("not canonical (trailing '/', '//', '.' or '..')");
         }
-        if dir.bytes().any(|b| b == 0 || b == b'\n' || b == b';' || b == b',') {
+        if dir
+            .bytes()
+            .any(|b| b == 0 || b == b'\n' || b == b';' || b == b',')
+        {
             return bad("contains NUL, newline, ';' or ','");
         }
         Ok(StoreDir(dir))
@@ -107,7 +127,10 @@ impl StoreDir {
             .strip_prefix(self.0.as_str())
             .and_then(|rest| rest.strip_prefix('/'))
             .filter(|base| !base.contains('/'))
-            .ok_or_else(|| StorePathError::NotInStore { path: path.to_owned(), store_dir: self.0.clone() })?;
+            .ok_or_else(|| StorePathError::NotInStore {
+                path: path.to_owned(),
+                store_dir: self.0.clone(),
+            })?;
         StorePath::from_base_name(base)
     }
 
@@ -149,8 +172,14 @@ impl StorePath {
         if bytes.len() < HASH_PART_LEN + 1 {
             return Err(StorePathError::TooShort(base.to_owned()));
         }
-        if let Some(&byte) = bytes[..HASH_PART_LEN].iter().find(|&&b| !base32::is_base32_char(b)) {
-            return Err(StorePathError::BadHashChar { path: base.to_owned(), byte });
+        if let Some(&byte) = bytes[..HASH_PART_LEN]
+            .iter()
+            .find(|&&b| !base32::is_base32_char(b))
+        {
+            return Err(StorePathError::BadHashChar {
+                path: base.to_owned(),
+                byte,
+            });
         }
         if bytes[HASH_PART_LEN] != b'-' {
             return Err(StorePathError::MissingDash(base.to_owned()));
@@ -182,7 +211,8 @@ impl StorePath {
     /// The 20-byte digest the hash part encodes.
     pub fn digest(&self) -> [u8; DIGEST_LEN] {
         let mut digest = [0; DIGEST_LEN];
-        base32::decode_into(self.hash_part(), &mut digest).expect("hash part validated on construction");
+        base32::decode_into(self.hash_part(), &mut digest)
+            .expect("hash part validated on construction");
         digest
     }
 }
@@ -211,18 +241,34 @@ mod tests {
     #[test]
     fn parses_full_and_base() {
         let dir = StoreDir::default();
-        let p = dir.parse_path(&format!("/nix/store/{HASH}-refstrip-a")).unwrap();
+        let p = dir
+            .parse_path(&format!("/nix/store/{HASH}-refstrip-a"))
+            .unwrap();
         assert_eq!(p.hash_part(), HASH);
         assert_eq!(p.name(), "refstrip-a");
         assert_eq!(p.to_string(), format!("{HASH}-refstrip-a"));
-        assert_eq!(dir.display_path(&p), format!("/nix/store/{HASH}-refstrip-a"));
+        assert_eq!(
+            dir.display_path(&p),
+            format!("/nix/store/{HASH}-refstrip-a")
+        );
         assert_eq!(StorePath::from_parts(&p.digest(), "refstrip-a").unwrap(), p);
-        assert_eq!(format!("{HASH}-refstrip-a").parse::<StorePath>().unwrap(), p);
+        assert_eq!(
+            format!("{HASH}-refstrip-a").parse::<StorePath>().unwrap(),
+            p
+        );
 
         let gnu = StoreDir::new("/gnu/store").unwrap();
-        let g = gnu.parse_path(&format!("/gnu/store/{HASH}-guile-3.0.9")).unwrap();
-        assert_eq!(gnu.display_path(&g), format!("/gnu/store/{HASH}-guile-3.0.9"));
-        assert!(matches!(dir.parse_path(&gnu.display_path(&g)), Err(StorePathError::NotInStore { .. })));
+        let g = gnu
+            .parse_path(&format!("/gnu/store/{HASH}-guile-3.0.9"))
+            .unwrap();
+        assert_eq!(
+            gnu.display_path(&g),
+            format!("/gnu/store/{HASH}-guile-3.0.9")
+        );
+        assert!(matches!(
+            dir.parse_path(&gnu.display_path(&g)),
+            Err(StorePathError::NotInStore { .. })
+        ));
     }
 
     #[test]
@@ -230,16 +276,40 @@ mod tests {
         let dir = StoreDir::default();
         let err = |s: &str| StorePath::from_base_name(s).unwrap_err();
         assert!(matches!(err(HASH), StorePathError::TooShort(_)));
-        assert!(matches!(err(&format!("{HASH}-")), StorePathError::EmptyName(_)));
-        assert!(matches!(err(&format!("{}e-x", &HASH[..31])), StorePathError::BadHashChar { byte: b'e', .. }));
-        assert!(matches!(err(&format!("{}A-x", &HASH[..31])), StorePathError::BadHashChar { byte: b'A', .. }));
-        assert!(matches!(err(&format!("{HASH}-a b")), StorePathError::BadNameChar { ch: ' ', .. }));
-        assert!(matches!(err(&format!("{HASH}-a/b")), StorePathError::BadNameChar { ch: '/', .. }));
-        assert!(matches!(err(&format!("{HASH}-é")), StorePathError::BadNameChar { ch: 'é', .. }));
-        assert!(matches!(err(&format!("{HASH}xfoo")), StorePathError::MissingDash(_)));
+        assert!(matches!(
+            err(&format!("{HASH}-")),
+            StorePathError::EmptyName(_)
+        ));
+        assert!(matches!(
+            err(&format!("{}e-x", &HASH[..31])),
+            StorePathError::BadHashChar { byte: b'e', .. }
+        ));
+        assert!(matches!(
+            err(&format!("{}A-x", &HASH[..31])),
+            StorePathError::BadHashChar { byte: b'A', .. }
+        ));
+        assert!(matches!(
+            err(&format!("{HASH}-a b")),
+            StorePathError::BadNameChar { ch: ' ', .. }
+        ));
+        assert!(matches!(
+            err(&format!("{HASH}-a/b")),
+            StorePathError::BadNameChar { ch: '/', .. }
+        ));
+        assert!(matches!(
+            err(&format!("{HASH}-é")),
+            StorePathError::BadNameChar { ch: 'é', .. }
+        ));
+        assert!(matches!(
+            err(&format!("{HASH}xfoo")),
+            StorePathError::MissingDash(_)
+        ));
         let long = "x".repeat(MAX_NAME_LEN);
         assert!(StorePath::from_base_name(&format!("{HASH}-{long}")).is_ok());
-        assert!(matches!(err(&format!("{HASH}-{long}y")), StorePathError::NameTooLong { len: 212, .. }));
+        assert!(matches!(
+            err(&format!("{HASH}-{long}y")),
+            StorePathError::NameTooLong { len: 212, .. }
+        ));
         // Every character Nix allows, including a leading dot (allowed in 2.8).
         assert!(StorePath::from_base_name(&format!("{HASH}-.aZ09+-._?=")).is_ok());
         for bad in [
@@ -259,7 +329,16 @@ mod tests {
         for good in ["/nix/store", "/gnu/store", "/a"] {
             assert_eq!(StoreDir::new(good).unwrap().as_str(), good);
         }
-        for bad in ["", "/", "nix/store", "/nix/store/", "/nix//store", "/nix/./store", "/nix/../store", "/a;b"] {
+        for bad in [
+            "",
+            "/",
+            "nix/store",
+            "/nix/store/",
+            "/nix//store",
+            "/nix/./store",
+            "/nix/../store",
+            "/a;b",
+        ] {
             assert!(StoreDir::new(bad).is_err(), "{bad}");
         }
     }

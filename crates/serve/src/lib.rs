@@ -114,11 +114,21 @@ impl Server {
             Some(dir) => dir.clone(),
             None => store_dir_of(&store)?,
         };
-        let cache_info = format!("StoreDir: {store_dir}\nWantMassQuery: 1\nPriority: {}\n", config.priority);
+        let cache_info = format!(
+            "StoreDir: {store_dir}\nWantMassQuery: 1\nPriority: {}\n",
+            config.priority
+        );
         let records = Mutex::new(RecordCache::new(config.record_cache_bytes));
         let objects = Arc::new(ObjectCache::new(config.object_cache_bytes));
         let streams = Arc::new(Semaphore::new(config.max_streams.max(1)));
-        Ok(Arc::new(Server { store: Arc::new(store), config, cache_info, records, objects, streams }))
+        Ok(Arc::new(Server {
+            store: Arc::new(store),
+            config,
+            cache_info,
+            records,
+            objects,
+            streams,
+        }))
     }
 
     /// The `nix-cache-info` this server answers with.
@@ -139,8 +149,16 @@ impl Server {
 
     /// The record of `hash_part`, from memory or the store; `None` when the store lacks it.
     /// A missing path costs one failed lookup in the backend (no decoding).
-    async fn record(self: &Arc<Self>, hash_part: &str) -> Result<Option<Arc<PathRecord>>, Response> {
-        if let Some(record) = self.records.lock().expect("record cache lock").get(hash_part) {
+    async fn record(
+        self: &Arc<Self>,
+        hash_part: &str,
+    ) -> Result<Option<Arc<PathRecord>>, Response> {
+        if let Some(record) = self
+            .records
+            .lock()
+            .expect("record cache lock")
+            .get(hash_part)
+        {
             return Ok(Some(record));
         }
         let server = self.clone();
@@ -149,7 +167,10 @@ impl Server {
         match read {
             Ok(Ok(record)) => {
                 let record = Arc::new(record);
-                self.records.lock().expect("record cache lock").put(hash_part.to_string(), record.clone());
+                self.records
+                    .lock()
+                    .expect("record cache lock")
+                    .put(hash_part.to_string(), record.clone());
                 Ok(Some(record))
             }
             Ok(Err(StoreError::NoSuchPath(_))) => Ok(None),
@@ -168,9 +189,13 @@ impl Server {
 /// The store directory of the store's paths, from the catalog (`/nix/store` for an empty one).
 fn store_dir_of(store: &Store) -> Result<String, StoreError> {
     let paths = store.catalog().paths()?;
-    let dir = paths.first().and_then(|(_, path)| path.rsplit_once('/').map(|(dir, _)| dir.to_string()));
+    let dir = paths
+        .first()
+        .and_then(|(_, path)| path.rsplit_once('/').map(|(dir, _)| dir.to_string()));
     Ok(dir.unwrap_or_else(|| {
-        tracing::warn!("the store's catalog lists no path; assuming StoreDir /nix/store (set --store-dir)");
+        tracing::warn!(
+            "the store's catalog lists no path; assuming StoreDir /nix/store (set --store-dir)"
+        );
         "/nix/store".to_string()
     }))
 }
@@ -189,7 +214,9 @@ pub async fn serve(
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         let _ = stopping_tx.send(());
     };
-    let running = axum::serve(listener, server.router()).with_graceful_shutdown(graceful).into_future();
+    let running = axum::serve(listener, server.router())
+        .with_graceful_shutdown(graceful)
+        .into_future();
     tokio::select! {
         result = running => result,
         _ = async { if stopping_rx.await.is_ok() { tokio::time::sleep(grace).await } else { std::future::pending::<()>().await } } => {
@@ -219,7 +246,11 @@ pub async fn shutdown_signal() {
 // Handlers
 
 async fn cache_info(State(server): State<Arc<Server>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/x-nix-cache-info")], server.cache_info.clone()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/x-nix-cache-info")],
+        server.cache_info.clone(),
+    )
+        .into_response()
 }
 
 async fn narinfo(State(server): State<Arc<Server>>, Path(file): Path<String>) -> Response {
@@ -234,8 +265,18 @@ async fn narinfo(State(server): State<Arc<Server>>, Path(file): Path<String>) ->
     let compression = server.config.compression;
     let url = format!("nar/{hash_part}{}", compression.extension());
     // No FileHash/FileSize: the file is made on the fly (Nix treats both as optional).
-    match refstrip_store::pathinfo::narinfo(&record.manifest, url, Some(compression.name().to_string()), None, None) {
-        Ok(info) => ([(header::CONTENT_TYPE, "text/x-nix-narinfo")], info.to_string()).into_response(),
+    match refstrip_store::pathinfo::narinfo(
+        &record.manifest,
+        url,
+        Some(compression.name().to_string()),
+        None,
+        None,
+    ) {
+        Ok(info) => (
+            [(header::CONTENT_TYPE, "text/x-nix-narinfo")],
+            info.to_string(),
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!(hash_part, error = %e, "making narinfo");
             server_error()
@@ -243,7 +284,11 @@ async fn narinfo(State(server): State<Arc<Server>>, Path(file): Path<String>) ->
     }
 }
 
-async fn nar(State(server): State<Arc<Server>>, method: Method, Path(file): Path<String>) -> Response {
+async fn nar(
+    State(server): State<Arc<Server>>,
+    method: Method,
+    Path(file): Path<String>,
+) -> Response {
     let (hash_part, compression) = if let Some(h) = file.strip_suffix(".nar.zst") {
         (h, Compression::Zstd)
     } else if let Some(h) = file.strip_suffix(".nar") {
@@ -267,7 +312,9 @@ async fn nar(State(server): State<Arc<Server>>, method: Method, Path(file): Path
     if method == Method::HEAD {
         let mut response = ([(header::CONTENT_TYPE, content_type)], Body::empty()).into_response();
         if compression == Compression::None {
-            response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(nar_size));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(nar_size));
         }
         return response;
     }
@@ -282,7 +329,16 @@ async fn nar(State(server): State<Arc<Server>>, method: Method, Path(file): Path
     let level = server.config.zstd_level;
     let name = hash_part.to_string();
     tokio::task::spawn_blocking(move || {
-        restore_to_channel(&store, &cache, &record, compression, level, tx, permit, &name)
+        restore_to_channel(
+            &store,
+            &cache,
+            &record,
+            compression,
+            level,
+            tx,
+            permit,
+            &name,
+        )
     });
 
     // Wait for the first chunk before sending headers: a NAR smaller than two chunks is then
@@ -292,7 +348,12 @@ async fn nar(State(server): State<Arc<Server>>, method: Method, Path(file): Path
         Some(Err(_)) | None => return server_error(),
     };
     let exact = (compression == Compression::None).then_some(nar_size);
-    let body = NarBody { first: Some(first), rx, exact, sent: 0 };
+    let body = NarBody {
+        first: Some(first),
+        rx,
+        exact,
+        sent: 0,
+    };
     ([(header::CONTENT_TYPE, content_type)], Body::new(body)).into_response()
 }
 
@@ -310,15 +371,21 @@ fn restore_to_channel(
 ) {
     let mut out = ChannelWriter::new(tx);
     let result = (|| -> Result<(), String> {
-        let mut objects = CachedObjects { inner: store.objects(record), cache };
+        let mut objects = CachedObjects {
+            inner: store.objects(record),
+            cache,
+        };
         let mut source = FileSource::new(&mut objects);
         match compression {
             Compression::None => {
-                refstrip_strip::restore(&record.manifest, &mut source, &mut out, &mut ()).map_err(|e| e.to_string())?;
+                refstrip_strip::restore(&record.manifest, &mut source, &mut out, &mut ())
+                    .map_err(|e| e.to_string())?;
             }
             Compression::Zstd => {
-                let mut encoder = zstd::stream::write::Encoder::new(&mut out, level).map_err(|e| e.to_string())?;
-                refstrip_strip::restore(&record.manifest, &mut source, &mut encoder, &mut ()).map_err(|e| e.to_string())?;
+                let mut encoder = zstd::stream::write::Encoder::new(&mut out, level)
+                    .map_err(|e| e.to_string())?;
+                refstrip_strip::restore(&record.manifest, &mut source, &mut encoder, &mut ())
+                    .map_err(|e| e.to_string())?;
                 encoder.finish().map_err(|e| e.to_string())?;
             }
         }
@@ -338,15 +405,27 @@ fn restore_to_channel(
 }
 
 fn is_hash_part(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b"0123456789abcdfghijklmnpqrsvwxyz".contains(&b))
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b"0123456789abcdfghijklmnpqrsvwxyz".contains(&b))
 }
 
 fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], "not found\n").into_response()
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain")],
+        "not found\n",
+    )
+        .into_response()
 }
 
 fn server_error() -> Response {
-    (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], "internal error\n").into_response()
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        [(header::CONTENT_TYPE, "text/plain")],
+        "internal error\n",
+    )
+        .into_response()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -375,15 +454,26 @@ pub struct ChannelWriter {
 
 impl ChannelWriter {
     pub fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
-        ChannelWriter { tx: Some(tx), buf: Vec::with_capacity(CHUNK), held: None, receiver_gone: false }
+        ChannelWriter {
+            tx: Some(tx),
+            buf: Vec::with_capacity(CHUNK),
+            held: None,
+            receiver_gone: false,
+        }
     }
 
     fn send(&mut self, item: io::Result<Bytes>) -> io::Result<()> {
-        let tx = self.tx.as_ref().ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "stream closed"))?;
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "stream closed"))?;
         if tx.blocking_send(item).is_err() {
             self.receiver_gone = true;
             self.tx = None;
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "client went away"));
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "client went away",
+            ));
         }
         Ok(())
     }
@@ -416,7 +506,10 @@ impl ChannelWriter {
 impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if self.tx.is_none() {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "client went away"));
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "client went away",
+            ));
         }
         let n = data.len().min(CHUNK - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
@@ -448,7 +541,10 @@ impl http_body::Body for NarBody {
     type Data = Bytes;
     type Error = io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         if let Some(first) = self.first.take() {
             self.sent += first.len() as u64;
             return Poll::Ready(Some(Ok(Frame::data(first))));
@@ -457,14 +553,18 @@ impl http_body::Body for NarBody {
             Poll::Ready(Some(Ok(bytes))) => {
                 self.sent += bytes.len() as u64;
                 if self.exact.is_some_and(|n| self.sent > n) {
-                    return Poll::Ready(Some(Err(io::Error::other("restore produced more than NarSize"))));
+                    return Poll::Ready(Some(Err(io::Error::other(
+                        "restore produced more than NarSize",
+                    ))));
                 }
                 Poll::Ready(Some(Ok(Frame::data(bytes))))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => {
                 if self.exact.is_some_and(|n| self.sent != n) {
-                    return Poll::Ready(Some(Err(io::Error::other("restore ended before NarSize"))));
+                    return Poll::Ready(Some(Err(io::Error::other(
+                        "restore ended before NarSize",
+                    ))));
                 }
                 Poll::Ready(None)
             }
@@ -492,7 +592,15 @@ async fn log_request(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status().as_u16();
     let (parts, body) = response.into_parts();
-    let logged = LoggedBody { inner: body, method, path, status, start, bytes: 0, outcome: None };
+    let logged = LoggedBody {
+        inner: body,
+        method,
+        path,
+        status,
+        start,
+        bytes: 0,
+        outcome: None,
+    };
     Response::from_parts(parts, Body::new(logged))
 }
 
@@ -510,7 +618,10 @@ impl http_body::Body for LoggedBody {
     type Data = Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -574,11 +685,19 @@ struct ObjectCache {
 
 impl ObjectCache {
     fn new(budget: usize) -> Self {
-        ObjectCache { inner: Mutex::new((lru::LruCache::unbounded(), 0)), budget }
+        ObjectCache {
+            inner: Mutex::new((lru::LruCache::unbounded(), 0)),
+            budget,
+        }
     }
 
     fn get(&self, id: &ObjectId) -> Option<Arc<[u8]>> {
-        self.inner.lock().expect("object cache lock").0.get(id).cloned()
+        self.inner
+            .lock()
+            .expect("object cache lock")
+            .0
+            .get(id)
+            .cloned()
     }
 
     fn put(&self, id: ObjectId, bytes: &[u8]) {
@@ -628,7 +747,11 @@ struct RecordCache {
 
 impl RecordCache {
     fn new(budget: usize) -> Self {
-        RecordCache { lru: lru::LruCache::unbounded(), bytes: 0, budget }
+        RecordCache {
+            lru: lru::LruCache::unbounded(),
+            bytes: 0,
+            budget,
+        }
     }
 
     fn get(&mut self, key: &str) -> Option<Arc<PathRecord>> {
@@ -739,7 +862,10 @@ mod tests {
         assert!(cache.get(&ids[0]).is_none(), "oldest evicted");
         assert_eq!(cache.get(&ids[39]).as_deref(), Some(&[1u8; 100][..]));
         cache.put(ObjectId::blob(b"big"), &[0u8; 101]);
-        assert!(cache.get(&ObjectId::blob(b"big")).is_none(), "objects over budget/16 are not kept");
+        assert!(
+            cache.get(&ObjectId::blob(b"big")).is_none(),
+            "objects over budget/16 are not kept"
+        );
     }
 
     #[test]

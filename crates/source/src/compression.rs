@@ -20,7 +20,9 @@ impl Compression {
             other => {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
-                    format!("unsupported NAR compression {other:?} (supported: none, xz, zstd, bzip2)"),
+                    format!(
+                        "unsupported NAR compression {other:?} (supported: none, xz, zstd, bzip2)"
+                    ),
                 ))
             }
         })
@@ -49,13 +51,25 @@ impl Compression {
 
 /// Wrap `r` so that reading yields the decompressed NAR, buffered for the NAR reader. Corrupt or
 /// truncated input surfaces as an I/O error from the reads.
-pub fn decompress<'a, R: Read + Send + 'a>(r: R, compression: Compression) -> io::Result<Box<dyn BufRead + Send + 'a>> {
+pub fn decompress<'a, R: Read + Send + 'a>(
+    r: R,
+    compression: Compression,
+) -> io::Result<Box<dyn BufRead + Send + 'a>> {
     const BUF: usize = 1 << 20;
     Ok(match compression {
         Compression::None => Box::new(BufReader::with_capacity(BUF, r)),
-        Compression::Xz => Box::new(BufReader::with_capacity(BUF, liblzma::read::XzDecoder::new_multi_decoder(r))),
-        Compression::Zstd => Box::new(BufReader::with_capacity(BUF, zstd::stream::read::Decoder::new(r)?)),
-        Compression::Bzip2 => Box::new(BufReader::with_capacity(BUF, bzip2::read::MultiBzDecoder::new(r))),
+        Compression::Xz => Box::new(BufReader::with_capacity(
+            BUF,
+            liblzma::read::XzDecoder::new_multi_decoder(r),
+        )),
+        Compression::Zstd => Box::new(BufReader::with_capacity(
+            BUF,
+            zstd::stream::read::Decoder::new(r)?,
+        )),
+        Compression::Bzip2 => Box::new(BufReader::with_capacity(
+            BUF,
+            bzip2::read::MultiBzDecoder::new(r),
+        )),
     })
 }
 
@@ -66,7 +80,9 @@ mod tests {
 
     #[test]
     fn every_compression_round_trips_and_truncation_fails() {
-        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let xz = {
             let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
             e.write_all(&data).unwrap();
@@ -78,18 +94,30 @@ mod tests {
             e.write_all(&data).unwrap();
             e.finish().unwrap()
         };
-        for (c, bytes) in [(Compression::Xz, xz), (Compression::Zstd, zst), (Compression::Bzip2, bz), (Compression::None, data.clone())] {
+        for (c, bytes) in [
+            (Compression::Xz, xz),
+            (Compression::Zstd, zst),
+            (Compression::Bzip2, bz),
+            (Compression::None, data.clone()),
+        ] {
             let mut out = Vec::new();
-            decompress(&bytes[..], c).unwrap().read_to_end(&mut out).unwrap();
+            decompress(&bytes[..], c)
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
             assert!(out == data, "{c:?}");
             if c != Compression::None {
                 let mut out = Vec::new();
-                let r = decompress(&bytes[..bytes.len() / 2], c).and_then(|mut d| d.read_to_end(&mut out));
+                let r = decompress(&bytes[..bytes.len() / 2], c)
+                    .and_then(|mut d| d.read_to_end(&mut out));
                 assert!(r.is_err(), "{c:?} truncated input must fail");
             }
         }
         assert_eq!(Compression::from_narinfo(None).unwrap(), Compression::Bzip2);
         assert!(Compression::from_narinfo(Some("lz4")).is_err());
-        assert_eq!(Compression::from_file_name("abc.nar.zst"), Some(Compression::Zstd));
+        assert_eq!(
+            Compression::from_file_name("abc.nar.zst"),
+            Some(Compression::Zstd)
+        );
     }
 }

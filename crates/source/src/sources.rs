@@ -39,14 +39,27 @@ pub trait NarSource: Send + Sync {
 /// or a plain directory holding `nix-cache-info` (a binary cache).
 pub fn open_source(spec: &str, store_dir: StoreDir) -> Result<Box<dyn NarSource>, SourceError> {
     if spec.starts_with("http://") || spec.starts_with("https://") {
-        return Ok(Box::new(BinaryCache::Http { base: spec.trim_end_matches('/').to_string(), store_dir }));
+        return Ok(Box::new(BinaryCache::Http {
+            base: spec.trim_end_matches('/').to_string(),
+            store_dir,
+        }));
     }
-    let dir = PathBuf::from(spec.strip_prefix("file://").map(|r| r.split('?').next().unwrap_or(r)).unwrap_or(spec));
+    let dir = PathBuf::from(
+        spec.strip_prefix("file://")
+            .map(|r| r.split('?').next().unwrap_or(r))
+            .unwrap_or(spec),
+    );
     if spec.contains("://") && !spec.starts_with("file://") {
-        return Err(SourceError::Invalid { what: spec.into(), why: "unsupported URL scheme (file, http, https)".into() });
+        return Err(SourceError::Invalid {
+            what: spec.into(),
+            why: "unsupported URL scheme (file, http, https)".into(),
+        });
     }
     if dir.join("nix/var/nix/db/db.sqlite").exists() {
-        return Ok(Box::new(LocalStore { root: dir, store_dir }));
+        return Ok(Box::new(LocalStore {
+            root: dir,
+            store_dir,
+        }));
     }
     if spec.starts_with("file://") || dir.join("nix-cache-info").exists() {
         return Ok(Box::new(BinaryCache::Dir { dir, store_dir }));
@@ -70,7 +83,9 @@ impl BinaryCache {
                 let path = dir.join(rel);
                 match File::open(&path) {
                     Ok(f) => Ok(Box::new(f)),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SourceError::NotFound(path.display().to_string())),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        Err(SourceError::NotFound(path.display().to_string()))
+                    }
                     Err(e) => Err(io_err(path.display().to_string())(e)),
                 }
             }
@@ -79,7 +94,10 @@ impl BinaryCache {
                 match ureq::get(&url).call() {
                     Ok(resp) => Ok(Box::new(resp.into_body().into_reader())),
                     Err(ureq::Error::StatusCode(404)) => Err(SourceError::NotFound(url)),
-                    Err(e) => Err(SourceError::Io { what: url, source: io::Error::other(e) }),
+                    Err(e) => Err(SourceError::Io {
+                        what: url,
+                        source: io::Error::other(e),
+                    }),
                 }
             }
         }
@@ -109,7 +127,11 @@ impl NarSource for BinaryCache {
         };
         let mut out = Vec::new();
         for e in fs::read_dir(dir).map_err(io_err(dir.display().to_string()))? {
-            let name = e.map_err(io_err(dir.display().to_string()))?.file_name().to_string_lossy().into_owned();
+            let name = e
+                .map_err(io_err(dir.display().to_string()))?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
             if let Some(hash) = name.strip_suffix(".narinfo") {
                 let info = self.narinfo_by_hash(hash)?;
                 out.push(info.store_path);
@@ -121,13 +143,17 @@ impl NarSource for BinaryCache {
     fn narinfo(&self, path: &StorePath) -> Result<NarInfo, SourceError> {
         let info = self.narinfo_by_hash(path.hash_part())?;
         if info.store_path != *path {
-            return Err(SourceError::Invalid { what: path.to_string(), why: format!("narinfo is for {}", info.store_path) });
+            return Err(SourceError::Invalid {
+                what: path.to_string(),
+                why: format!("narinfo is for {}", info.store_path),
+            });
         }
         Ok(info)
     }
 
     fn nar(&self, info: &NarInfo) -> Result<Box<dyn BufRead + Send>, SourceError> {
-        let compression = Compression::from_narinfo(info.compression.as_deref()).map_err(io_err(info.url.clone()))?;
+        let compression = Compression::from_narinfo(info.compression.as_deref())
+            .map_err(io_err(info.url.clone()))?;
         decompress(self.fetch(&info.url)?, compression).map_err(io_err(info.url.clone()))
     }
 }
@@ -136,8 +162,13 @@ impl BinaryCache {
     fn narinfo_by_hash(&self, hash: &str) -> Result<NarInfo, SourceError> {
         let rel = format!("{hash}.narinfo");
         let mut text = Vec::new();
-        self.fetch(&rel)?.read_to_end(&mut text).map_err(io_err(rel.clone()))?;
-        NarInfo::parse_bytes(self.store_dir(), &text).map_err(|e| SourceError::Invalid { what: rel, why: e.to_string() })
+        self.fetch(&rel)?
+            .read_to_end(&mut text)
+            .map_err(io_err(rel.clone()))?;
+        NarInfo::parse_bytes(self.store_dir(), &text).map_err(|e| SourceError::Invalid {
+            what: rel,
+            why: e.to_string(),
+        })
     }
 }
 
@@ -152,17 +183,27 @@ impl LocalStore {
     fn db(&self) -> Result<rusqlite::Connection, SourceError> {
         let path = self.root.join("nix/var/nix/db/db.sqlite");
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| SourceError::Io { what: path.display().to_string(), source: io::Error::other(e) })
+            .map_err(|e| SourceError::Io {
+                what: path.display().to_string(),
+                source: io::Error::other(e),
+            })
     }
 
     fn real_path(&self, path: &StorePath) -> PathBuf {
         let full = self.store_dir.display_path(path);
-        self.root.join(Path::new(&full).strip_prefix("/").unwrap_or(Path::new(&full)))
+        self.root.join(
+            Path::new(&full)
+                .strip_prefix("/")
+                .unwrap_or(Path::new(&full)),
+        )
     }
 }
 
 fn db_err(e: rusqlite::Error) -> SourceError {
-    SourceError::Io { what: "Nix database".into(), source: io::Error::other(e) }
+    SourceError::Io {
+        what: "Nix database".into(),
+        source: io::Error::other(e),
+    }
 }
 
 impl NarSource for LocalStore {
@@ -177,10 +218,21 @@ impl NarSource for LocalStore {
     fn list(&self) -> Result<Vec<StorePath>, SourceError> {
         let db = self.db()?;
         let mut q = db.prepare("SELECT path FROM ValidPaths").map_err(db_err)?;
-        let paths: Vec<String> = q.query_map([], |r| r.get(0)).map_err(db_err)?.collect::<Result<_, _>>().map_err(db_err)?;
+        let paths: Vec<String> = q
+            .query_map([], |r| r.get(0))
+            .map_err(db_err)?
+            .collect::<Result<_, _>>()
+            .map_err(db_err)?;
         paths
             .iter()
-            .map(|p| self.store_dir.parse_path(p).map_err(|e| SourceError::Invalid { what: p.clone(), why: e.to_string() }))
+            .map(|p| {
+                self.store_dir
+                    .parse_path(p)
+                    .map_err(|e| SourceError::Invalid {
+                        what: p.clone(),
+                        why: e.to_string(),
+                    })
+            })
             .collect()
     }
 
@@ -210,16 +262,26 @@ impl NarSource for LocalStore {
         let mut q = db
             .prepare("SELECT p.path FROM Refs r JOIN ValidPaths p ON r.reference = p.id WHERE r.referrer = ?1 ORDER BY p.path")
             .map_err(db_err)?;
-        let refs: Vec<String> = q.query_map([id], |r| r.get(0)).map_err(db_err)?.collect::<Result<_, _>>().map_err(db_err)?;
+        let refs: Vec<String> = q
+            .query_map([id], |r| r.get(0))
+            .map_err(db_err)?
+            .collect::<Result<_, _>>()
+            .map_err(db_err)?;
         // Build the narinfo text Nix would serve for this path and parse it: one code path for all.
-        let basenames: Vec<&str> = refs.iter().map(|r| r.rsplit('/').next().unwrap_or(r)).collect();
+        let basenames: Vec<&str> = refs
+            .iter()
+            .map(|r| r.rsplit('/').next().unwrap_or(r))
+            .collect();
         let mut text = format!(
             "StorePath: {full}\nURL: local\nCompression: none\nNarHash: {hash}\nNarSize: {}\nReferences: {}\n",
             nar_size.unwrap_or(0),
             basenames.join(" ")
         );
         if let Some(d) = deriver.filter(|d| !d.is_empty()) {
-            text.push_str(&format!("Deriver: {}\n", d.rsplit('/').next().unwrap_or(&d)));
+            text.push_str(&format!(
+                "Deriver: {}\n",
+                d.rsplit('/').next().unwrap_or(&d)
+            ));
         }
         for sig in sigs.unwrap_or_default().split_whitespace() {
             text.push_str(&format!("Sig: {sig}\n"));
@@ -228,7 +290,10 @@ impl NarSource for LocalStore {
             text.push_str(&format!("CA: {ca}\n"));
         }
         // The database stores the NarHash as sha256:<base16>, which the parser accepts.
-        NarInfo::parse(&self.store_dir, &text).map_err(|e| SourceError::Invalid { what: full, why: e.to_string() })
+        NarInfo::parse(&self.store_dir, &text).map_err(|e| SourceError::Invalid {
+            what: full,
+            why: e.to_string(),
+        })
     }
 
     fn nar(&self, info: &NarInfo) -> Result<Box<dyn BufRead + Send>, SourceError> {
@@ -237,7 +302,8 @@ impl NarSource for LocalStore {
         // Dumping runs beside the reader; if it fails the pipe closes early and the reader sees a
         // truncated NAR (and a NarHash mismatch), so no error is lost silently.
         std::thread::spawn(move || {
-            if let Err(e) = refstrip_nar::dump(&path, io::BufWriter::with_capacity(1 << 20, writer)) {
+            if let Err(e) = refstrip_nar::dump(&path, io::BufWriter::with_capacity(1 << 20, writer))
+            {
                 eprintln!("refstrip: dumping {}: {e}", path.display());
             }
         });

@@ -40,7 +40,9 @@ impl LocalDir {
         for sub in ["packs", "paths", "tmp"] {
             fs::create_dir_all(root.join(sub))?;
         }
-        Ok(LocalDir { root: root.to_path_buf() })
+        Ok(LocalDir {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -49,8 +51,14 @@ impl LocalDir {
 
     fn path(&self, key: &str) -> io::Result<PathBuf> {
         // Keys are produced by this crate; refuse anything that could leave the root anyway.
-        if key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad key {key:?}")));
+        if key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad key {key:?}"),
+            ));
         }
         Ok(self.root.join(key))
     }
@@ -85,7 +93,8 @@ impl Backend for LocalDir {
     fn get_range(&self, key: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
         let mut f = File::open(self.path(key)?)?;
         f.seek(SeekFrom::Start(offset))?;
-        let mut buf = vec![0u8; usize::try_from(len).map_err(|_| io::Error::other("range too large"))?];
+        let mut buf =
+            vec![0u8; usize::try_from(len).map_err(|_| io::Error::other("range too large"))?];
         f.read_exact(&mut buf)?;
         Ok(buf)
     }
@@ -109,7 +118,11 @@ impl Backend for LocalDir {
         for e in entries {
             let name = e?.file_name().to_string_lossy().into_owned();
             if name.starts_with(name_prefix) && !name.starts_with('.') {
-                out.push(if dir.is_empty() { name } else { format!("{dir}/{name}") });
+                out.push(if dir.is_empty() {
+                    name
+                } else {
+                    format!("{dir}/{name}")
+                });
             }
         }
         Ok(out)

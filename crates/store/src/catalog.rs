@@ -57,7 +57,14 @@ impl Catalog {
     }
 
     pub fn has_path(&self, hash_part: &str) -> rusqlite::Result<bool> {
-        self.db.query_row("SELECT 1 FROM paths WHERE hash_part = ?1", [hash_part], |_| Ok(())).optional().map(|r| r.is_some())
+        self.db
+            .query_row(
+                "SELECT 1 FROM paths WHERE hash_part = ?1",
+                [hash_part],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
     }
 
     pub fn locate(&self, id: &ObjectId) -> rusqlite::Result<Option<(String, Location)>> {
@@ -132,7 +139,9 @@ impl Catalog {
         )?;
         tx.execute("DELETE FROM path_objects WHERE hash_part = ?1", [hash_part])?;
         {
-            let mut insert = tx.prepare("INSERT OR IGNORE INTO path_objects (hash_part, kind, digest) VALUES (?1, ?2, ?3)")?;
+            let mut insert = tx.prepare(
+                "INSERT OR IGNORE INTO path_objects (hash_part, kind, digest) VALUES (?1, ?2, ?3)",
+            )?;
             for id in objects {
                 insert.execute(params![hash_part, id.kind.code(), &id.digest.0[..]])?;
             }
@@ -155,7 +164,9 @@ impl Catalog {
     }
 
     pub fn paths(&self) -> rusqlite::Result<Vec<(String, String)>> {
-        let mut q = self.db.prepare("SELECT hash_part, store_path FROM paths ORDER BY store_path")?;
+        let mut q = self
+            .db
+            .prepare("SELECT hash_part, store_path FROM paths ORDER BY store_path")?;
         let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect()
     }
@@ -194,18 +205,31 @@ impl Catalog {
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        let (packs, pack_bytes) =
-            self.db.query_row("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM packs", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (packs, pack_bytes) = self.db.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM packs",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let (objects, object_bytes) = self.db.query_row(
             "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM (SELECT DISTINCT kind, digest, size FROM objects)",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        Ok(Totals { paths, nar_bytes, packs, pack_bytes, objects, object_bytes, record_bytes })
+        Ok(Totals {
+            paths,
+            nar_bytes,
+            packs,
+            pack_bytes,
+            objects,
+            object_bytes,
+            record_bytes,
+        })
     }
 
     /// Forget everything (before a rebuild).
     pub fn clear(&mut self) -> rusqlite::Result<()> {
-        self.db.execute_batch("DELETE FROM path_objects; DELETE FROM paths; DELETE FROM objects; DELETE FROM packs;")
+        self.db.execute_batch(
+            "DELETE FROM path_objects; DELETE FROM paths; DELETE FROM objects; DELETE FROM packs;",
+        )
     }
 }

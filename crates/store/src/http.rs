@@ -19,24 +19,38 @@ pub struct Http {
 impl Http {
     /// `base` is the store's URL, e.g. `https://cache.example/refstrip`.
     pub fn new(base: &str) -> Http {
-        Http { base: base.trim_end_matches('/').to_string(), agent: ureq::Agent::new_with_defaults() }
+        Http {
+            base: base.trim_end_matches('/').to_string(),
+            agent: ureq::Agent::new_with_defaults(),
+        }
     }
 
     fn url(&self, key: &str) -> io::Result<String> {
-        if key.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad key {key:?}")));
+        if key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad key {key:?}"),
+            ));
         }
         Ok(format!("{}/{key}", self.base))
     }
 
     fn read_only(&self) -> io::Error {
-        io::Error::new(io::ErrorKind::Unsupported, format!("{} is read-only (HTTP)", self.base))
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{} is read-only (HTTP)", self.base),
+        )
     }
 }
 
 fn http_err(url: &str, e: ureq::Error) -> io::Error {
     match e {
-        ureq::Error::StatusCode(404) => io::Error::new(io::ErrorKind::NotFound, format!("{url}: 404 Not Found")),
+        ureq::Error::StatusCode(404) => {
+            io::Error::new(io::ErrorKind::NotFound, format!("{url}: 404 Not Found"))
+        }
         e => io::Error::other(format!("{url}: {e}")),
     }
 }
@@ -59,7 +73,10 @@ impl Backend for Http {
         match self.agent.get(&url).call() {
             Ok(resp) => {
                 let mut out = Vec::new();
-                resp.into_body().into_reader().take(MAX_RESPONSE).read_to_end(&mut out)?;
+                resp.into_body()
+                    .into_reader()
+                    .take(MAX_RESPONSE)
+                    .read_to_end(&mut out)?;
                 Ok(Some(out))
             }
             Err(ureq::Error::StatusCode(404)) => Ok(None),
@@ -73,10 +90,18 @@ impl Backend for Http {
             return Ok(Vec::new());
         }
         if len > MAX_RESPONSE {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{url}: range of {len} bytes is too large")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{url}: range of {len} bytes is too large"),
+            ));
         }
         let range = format!("bytes={}-{}", offset, offset + len - 1);
-        let resp = self.agent.get(&url).header("Range", &range).call().map_err(|e| http_err(&url, e))?;
+        let resp = self
+            .agent
+            .get(&url)
+            .header("Range", &range)
+            .call()
+            .map_err(|e| http_err(&url, e))?;
         let partial = resp.status().as_u16() == 206;
         let mut reader = resp.into_body().into_reader();
         if !partial {
@@ -86,7 +111,10 @@ impl Backend for Http {
         let mut out = Vec::with_capacity(len as usize);
         reader.take(len).read_to_end(&mut out)?;
         if out.len() as u64 != len {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{url}: {range} returned {} bytes", out.len())));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{url}: {range} returned {} bytes", out.len()),
+            ));
         }
         Ok(out)
     }
@@ -105,7 +133,13 @@ impl Backend for Http {
     }
 
     fn list(&self, _: &str) -> io::Result<Vec<String>> {
-        Err(io::Error::new(io::ErrorKind::Unsupported, format!("{}: an HTTP store cannot be listed; name the paths", self.base)))
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{}: an HTTP store cannot be listed; name the paths",
+                self.base
+            ),
+        ))
     }
 
     fn delete(&self, _: &str) -> io::Result<()> {
@@ -118,6 +152,9 @@ impl Backend for Http {
 
     fn catalog_path(&self) -> PathBuf {
         // A read-only remote store has no local catalog worth keeping; keep one per process.
-        std::env::temp_dir().join(format!("refstrip-http-catalog-{}.sqlite", std::process::id()))
+        std::env::temp_dir().join(format!(
+            "refstrip-http-catalog-{}.sqlite",
+            std::process::id()
+        ))
     }
 }

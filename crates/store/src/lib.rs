@@ -8,6 +8,7 @@
 //! packs/<BLAKE3 of the pack>.pack    objects (spec/normalized-format.md §6)
 //! paths/<hash part>                  one path record per store path
 //! catalog.sqlite                     local cache of the above (directory stores only)
+//! catalog.lock, catalog.setup-lock   flock files: writers vs gc, one catalog set-up at a time
 //! tmp/                               scratch for packs being written
 //! ```
 
@@ -21,4 +22,7 @@ mod store;
 pub use backend::{Backend, LocalDir};
 pub use catalog::{Catalog, Totals};
 pub use record::PathRecord;
-pub use store::{pack_key, read_pack_index, record_key, RecordObjects, StagingPack, Store, StoreError, PACK_TARGET};
+pub use store::{
+    pack_key, read_pack_index, record_key, RecordObjects, StagingPack, Store, StoreError,
+    PACK_TARGET,
+};

@@ -8,7 +8,11 @@ use refstrip_strip::{Manifest, RefTable};
 /// that describe the path rather than the cache's copy of it (Deriver, Sig, CA and unknown fields).
 /// URL, Compression, FileHash and FileSize belong to one cache's compressed file and are dropped.
 pub fn path_info(narinfo: &NarInfo) -> Result<PathInfo, refstrip_strip::StripError> {
-    let references: Vec<Vec<u8>> = narinfo.references.iter().map(|r| r.base_name().as_bytes().to_vec()).collect();
+    let references: Vec<Vec<u8>> = narinfo
+        .references
+        .iter()
+        .map(|r| r.base_name().as_bytes().to_vec())
+        .collect();
     let refs = RefTable::new(narinfo.store_path.base_name().as_bytes(), &references)?;
     let mut info = Vec::new();
     match &narinfo.deriver {
@@ -21,7 +25,12 @@ pub fn path_info(narinfo: &NarInfo) -> Result<PathInfo, refstrip_strip::StripErr
         info.push(("CA".to_string(), ca.clone()));
     }
     info.extend(narinfo.extra.iter().cloned());
-    Ok(PathInfo { store_dir: narinfo.store_dir.as_str().as_bytes().to_vec(), refs, references, info })
+    Ok(PathInfo {
+        store_dir: narinfo.store_dir.as_str().as_bytes().to_vec(),
+        refs,
+        references,
+        info,
+    })
 }
 
 /// Why a manifest cannot be turned back into a narinfo.
@@ -42,8 +51,12 @@ pub fn narinfo(
     file_size: Option<u64>,
 ) -> Result<NarInfo, ManifestInfoError> {
     let basename = String::from_utf8_lossy(manifest.basename()).into_owned();
-    let err = |why: String| ManifestInfoError { path: basename.clone(), why };
-    let store_dir = StoreDir::new(String::from_utf8_lossy(&manifest.store_dir).into_owned()).map_err(|e| err(e.to_string()))?;
+    let err = |why: String| ManifestInfoError {
+        path: basename.clone(),
+        why,
+    };
+    let store_dir = StoreDir::new(String::from_utf8_lossy(&manifest.store_dir).into_owned())
+        .map_err(|e| err(e.to_string()))?;
     let parse = |b: &str| StorePath::from_base_name(b).map_err(|e| err(e.to_string()));
     let store_path = parse(&basename)?;
     let references = manifest

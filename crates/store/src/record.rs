@@ -45,7 +45,15 @@ impl PathRecord {
         for (id, (pack, loc)) in objects {
             out.extend_from_slice(&id.digest.0);
             let pack_index = packs.binary_search(&pack.as_str()).expect("listed above") as u64;
-            for v in [id.kind.code(), pack_index, loc.block_offset, loc.block_len, loc.block_raw_len, loc.offset_in_block, loc.size] {
+            for v in [
+                id.kind.code(),
+                pack_index,
+                loc.block_offset,
+                loc.block_len,
+                loc.block_raw_len,
+                loc.offset_in_block,
+                loc.size,
+            ] {
                 put(&mut out, v);
             }
         }
@@ -53,7 +61,9 @@ impl PathRecord {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<PathRecord, String> {
-        let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or("not a refstrip path record (bad magic)")?;
+        let rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or("not a refstrip path record (bad magic)")?;
         let mut cur = Cursor { bytes: rest };
         let truncated = || "truncated path record".to_string();
         let manifest_bytes = cur.bytes().ok_or_else(truncated)?.to_vec();
@@ -61,7 +71,8 @@ impl PathRecord {
         let n = cur.count().ok_or_else(truncated)?;
         let mut packs = Vec::with_capacity(n);
         for _ in 0..n {
-            let id = std::str::from_utf8(cur.bytes().ok_or_else(truncated)?).map_err(|_| "pack id is not UTF-8")?;
+            let id = std::str::from_utf8(cur.bytes().ok_or_else(truncated)?)
+                .map_err(|_| "pack id is not UTF-8")?;
             if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!("bad pack id {id:?}"));
             }
@@ -70,15 +81,33 @@ impl PathRecord {
         let n = cur.count().ok_or_else(truncated)?;
         let mut objects = HashMap::with_capacity(n);
         for _ in 0..n {
-            let digest = ContentDigest(cur.take(32).ok_or_else(truncated)?.try_into().expect("32 bytes"));
+            let digest = ContentDigest(
+                cur.take(32)
+                    .ok_or_else(truncated)?
+                    .try_into()
+                    .expect("32 bytes"),
+            );
             let mut v = [0u64; 7];
             for slot in &mut v {
                 *slot = cur.varint().ok_or_else(truncated)?;
             }
             let kind = Kind::from_code(v[0]).ok_or("unknown object kind")?;
-            let pack = packs.get(v[1] as usize).ok_or("object names a pack the record does not list")?.clone();
-            let loc = Location { block_offset: v[2], block_len: v[3], block_raw_len: v[4], offset_in_block: v[5], size: v[6] };
-            if loc.offset_in_block.checked_add(loc.size).is_none_or(|e| e > loc.block_raw_len) {
+            let pack = packs
+                .get(v[1] as usize)
+                .ok_or("object names a pack the record does not list")?
+                .clone();
+            let loc = Location {
+                block_offset: v[2],
+                block_len: v[3],
+                block_raw_len: v[4],
+                offset_in_block: v[5],
+                size: v[6],
+            };
+            if loc
+                .offset_in_block
+                .checked_add(loc.size)
+                .is_none_or(|e| e > loc.block_raw_len)
+            {
                 return Err("object lies outside its block".into());
             }
             objects.insert(ObjectId::new(kind, digest), (pack, loc));
@@ -86,6 +115,10 @@ impl PathRecord {
         if !cur.bytes.is_empty() {
             return Err("trailing bytes in path record".into());
         }
-        Ok(PathRecord { manifest, manifest_bytes, objects })
+        Ok(PathRecord {
+            manifest,
+            manifest_bytes,
+            objects,
+        })
     }
 }

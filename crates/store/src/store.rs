@@ -41,8 +41,21 @@ impl Store {
     /// Open (creating if needed) the store at `url`: a directory or `file:///dir`.
     pub fn open(url: &str) -> Result<Store, StoreError> {
         let backend = backend::open(url)?;
-        let catalog = Catalog::open(&backend.catalog_path())?;
-        Ok(Store { backend, catalog: Mutex::new(catalog) })
+        let catalog_path = backend.catalog_path();
+        // Two processes creating the catalog at once can get SQLITE_BUSY without the busy handler
+        // being called (switching to WAL, WAL recovery); set it up one process at a time.
+        let setup = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(catalog_path.with_extension("setup-lock"))?;
+        setup.lock()?;
+        let catalog = Catalog::open(&catalog_path)?;
+        drop(setup);
+        Ok(Store {
+            backend,
+            catalog: Mutex::new(catalog),
+        })
     }
 
     pub fn describe(&self) -> String {
@@ -60,28 +73,44 @@ impl Store {
         // A record without a catalog entry was written by an ingest killed before it catalogued the
         // path; catalog it now, or stats and gc (which work from the catalog) would never see it.
         let key = record_key(hash_part);
-        let Some(bytes) = self.backend.get(&key)? else { return Ok(false) };
-        let record = PathRecord::decode(&bytes).map_err(|why| StoreError::BadRecord { key, why })?;
+        let Some(bytes) = self.backend.get(&key)? else {
+            return Ok(false);
+        };
+        let record =
+            PathRecord::decode(&bytes).map_err(|why| StoreError::BadRecord { key, why })?;
         self.catalog_record(&record, bytes.len() as u64)?;
         Ok(true)
     }
 
     pub fn read_record(&self, hash_part: &str) -> Result<PathRecord, StoreError> {
         let key = record_key(hash_part);
-        let bytes = self.backend.get(&key)?.ok_or_else(|| StoreError::NoSuchPath(hash_part.to_string()))?;
+        let bytes = self
+            .backend
+            .get(&key)?
+            .ok_or_else(|| StoreError::NoSuchPath(hash_part.to_string()))?;
         PathRecord::decode(&bytes).map_err(|why| StoreError::BadRecord { key, why })
     }
 
     /// Start a pack for new objects, in the backend's scratch space.
     pub fn new_pack(&self, level: i32) -> Result<StagingPack<'_>, StoreError> {
         let (writer, path) = self.pack_file(level)?;
-        Ok(StagingPack { store: self, writer: Some(writer), path, level })
+        Ok(StagingPack {
+            store: self,
+            writer: Some(writer),
+            path,
+            level,
+        })
     }
 
     fn pack_file(&self, level: i32) -> Result<(PackWriter<HashingFile>, PathBuf), StoreError> {
-        let tmp = tempfile::Builder::new().prefix("pack-").tempfile_in(self.backend.scratch_dir())?;
+        let tmp = tempfile::Builder::new()
+            .prefix("pack-")
+            .tempfile_in(self.backend.scratch_dir())?;
         let (file, path) = tmp.keep().map_err(|e| e.error)?;
-        let hashing = HashingFile { inner: BufWriter::with_capacity(1 << 20, file), hasher: blake3::Hasher::new() };
+        let hashing = HashingFile {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            hasher: blake3::Hasher::new(),
+        };
         Ok((PackWriter::new(hashing, level)?, path))
     }
 
@@ -98,8 +127,19 @@ impl Store {
     fn catalog_record(&self, record: &PathRecord, record_size: u64) -> Result<(), StoreError> {
         let manifest = &record.manifest;
         let hash_part = String::from_utf8_lossy(&manifest.basename()[..32]).into_owned();
-        let store_path = format!("{}/{}", String::from_utf8_lossy(&manifest.store_dir), String::from_utf8_lossy(manifest.basename()));
-        self.catalog().add_path(&hash_part, &store_path, &manifest.nar_hash, manifest.nar_size, record_size, record.objects.keys())?;
+        let store_path = format!(
+            "{}/{}",
+            String::from_utf8_lossy(&manifest.store_dir),
+            String::from_utf8_lossy(manifest.basename())
+        );
+        self.catalog().add_path(
+            &hash_part,
+            &store_path,
+            &manifest.nar_hash,
+            manifest.nar_size,
+            record_size,
+            record.objects.keys(),
+        )?;
         Ok(())
     }
 
@@ -110,7 +150,11 @@ impl Store {
 
     /// A reader for the objects of one path record.
     pub fn objects<'s>(&'s self, record: &'s PathRecord) -> RecordObjects<'s> {
-        RecordObjects { backend: &*self.backend, record, cached: None }
+        RecordObjects {
+            backend: &*self.backend,
+            record,
+            cached: None,
+        }
     }
 
     pub fn totals(&self) -> Result<Totals, StoreError> {
@@ -122,7 +166,12 @@ impl Store {
         let mut catalog = self.catalog();
         catalog.clear()?;
         for key in self.backend.list("packs/")? {
-            let Some(id) = key.strip_prefix("packs/").and_then(|k| k.strip_suffix(".pack")) else { continue };
+            let Some(id) = key
+                .strip_prefix("packs/")
+                .and_then(|k| k.strip_suffix(".pack"))
+            else {
+                continue;
+            };
             let size = self.backend.size(&key)?.unwrap_or(0);
             let index = read_pack_index(&*self.backend, &key, size)?;
             let raw: u64 = index.values().map(|l| l.size).sum();
@@ -131,7 +180,10 @@ impl Store {
         drop(catalog);
         for key in self.backend.list("paths/")? {
             let bytes = self.backend.get(&key)?.unwrap_or_default();
-            let record = PathRecord::decode(&bytes).map_err(|why| StoreError::BadRecord { key: key.clone(), why })?;
+            let record = PathRecord::decode(&bytes).map_err(|why| StoreError::BadRecord {
+                key: key.clone(),
+                why,
+            })?;
             self.catalog_record(&record, bytes.len() as u64)?;
         }
         Ok(())
@@ -148,13 +200,20 @@ impl Store {
 
     fn lock_file(&self) -> Result<File, StoreError> {
         let path = self.backend.catalog_path().with_extension("lock");
-        Ok(File::options().create(true).truncate(false).write(true).open(path)?)
+        Ok(File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?)
     }
 
     /// Remove every path not in `keep` (hash parts), then every pack no remaining path needs.
     /// Returns (paths removed, packs removed, bytes freed). Refuses with [`StoreError::Busy`]
     /// while an ingest holds [`write_lock`](Self::write_lock).
-    pub fn gc(&self, keep: &std::collections::HashSet<String>) -> Result<(u64, u64, u64), StoreError> {
+    pub fn gc(
+        &self,
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<(u64, u64, u64), StoreError> {
         let lock = self.lock_file()?;
         lock.try_lock().map_err(|e| match e {
             std::fs::TryLockError::WouldBlock => StoreError::Busy,
@@ -193,7 +252,11 @@ pub fn pack_key(id: &str) -> String {
 }
 
 /// Read a pack's index with two ranged reads (footer, then index).
-pub fn read_pack_index(backend: &dyn Backend, key: &str, size: u64) -> Result<HashMap<ObjectId, Location>, StoreError> {
+pub fn read_pack_index(
+    backend: &dyn Backend,
+    key: &str,
+    size: u64,
+) -> Result<HashMap<ObjectId, Location>, StoreError> {
     if size < 32 {
         return Err(CasError::BadPack(format!("{key} is too short")).into());
     }
@@ -228,7 +291,10 @@ impl StagingPack<'_> {
     /// size (empty and 0 when nothing was added, in which case nothing is published). The staging
     /// pack is ready for new objects afterwards.
     pub fn seal(&mut self) -> Result<(String, HashMap<ObjectId, Location>, u64), StoreError> {
-        let writer = self.writer.take().expect("a staging pack always has a writer between calls");
+        let writer = self
+            .writer
+            .take()
+            .expect("a staging pack always has a writer between calls");
         if writer.is_empty() {
             self.writer = Some(writer);
             return Ok((String::new(), HashMap::new(), 0));
@@ -240,7 +306,9 @@ impl StagingPack<'_> {
         inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         let id = hasher.finalize().to_hex().to_string();
         self.store.backend.put_file(&pack_key(&id), &self.path)?;
-        self.store.catalog().add_pack(&id, size, raw, index.iter())?;
+        self.store
+            .catalog()
+            .add_pack(&id, size, raw, index.iter())?;
         let (writer, path) = self.store.pack_file(self.level)?;
         self.writer = Some(writer);
         self.path = path;
@@ -262,11 +330,18 @@ impl ObjectWrite for StagingPack<'_> {
         if self.writer.as_ref().is_some_and(|w| w.contains(id)) {
             return Ok(true);
         }
-        self.store.locate(id).map(|l| l.is_some()).map_err(io::Error::other)
+        self.store
+            .locate(id)
+            .map(|l| l.is_some())
+            .map_err(io::Error::other)
     }
 
     fn put(&mut self, id: ObjectId, bytes: &[u8]) -> io::Result<()> {
-        self.writer.as_mut().expect("writer present").add(id, bytes).map(drop)
+        self.writer
+            .as_mut()
+            .expect("writer present")
+            .add(id, bytes)
+            .map(drop)
     }
 }
 
@@ -300,8 +375,14 @@ impl ObjectRead for RecordObjects<'_> {
         let (pack, loc) = self.record.objects.get(id).ok_or(CasError::NotFound(*id))?;
         let block_key = (pack.clone(), loc.block_offset);
         if self.cached.as_ref().map(|(k, _)| k) != Some(&block_key) {
-            let compressed = self.backend.get_range(&pack_key(pack), loc.block_offset, loc.block_len)?;
-            let raw = decode_block(&compressed, loc.block_raw_len).map_err(|e| CasError::Corrupt { id: *id, why: e.to_string() })?;
+            let compressed =
+                self.backend
+                    .get_range(&pack_key(pack), loc.block_offset, loc.block_len)?;
+            let raw =
+                decode_block(&compressed, loc.block_raw_len).map_err(|e| CasError::Corrupt {
+                    id: *id,
+                    why: e.to_string(),
+                })?;
             self.cached = Some((block_key, raw));
         }
         loc.object(id, &self.cached.as_ref().expect("cached above").1)

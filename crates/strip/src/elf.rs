@@ -41,7 +41,8 @@ pub fn build_id_range(head: &[u8]) -> Option<std::ops::Range<usize>> {
             let start = usize::try_from(ph.p_offset).ok()?;
             let end = start.checked_add(usize::try_from(ph.p_filesz).ok()?)?;
             let align = if ph.p_align == 8 { 8 } else { 4 };
-            find_build_id(head.get(start..end)?, align, endian).map(|r| r.start + start..r.end + start)
+            find_build_id(head.get(start..end)?, align, endian)
+                .map(|r| r.start + start..r.end + start)
         })
 }
 
@@ -49,7 +50,11 @@ pub fn build_id_range(head: &[u8]) -> Option<std::ops::Range<usize>> {
 fn find_build_id(notes: &[u8], align: usize, endian: Endian) -> Option<std::ops::Range<usize>> {
     let word = |at: usize| -> Option<u32> {
         let b: [u8; 4] = notes.get(at..at + 4)?.try_into().ok()?;
-        Some(if endian.is_little() { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) })
+        Some(if endian.is_little() {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
     };
     let pad = |n: usize| n.checked_add(align - 1).map(|n| n & !(align - 1));
     let mut at = 0;
@@ -63,7 +68,10 @@ fn find_build_id(notes: &[u8], align: usize, endian: Endian) -> Option<std::ops:
         if desc_end > notes.len() {
             return None;
         }
-        if kind == NT_GNU_BUILD_ID && &notes[name_start..name_start + namesz.min(4)] == b"GNU\0" && descsz > 0 {
+        if kind == NT_GNU_BUILD_ID
+            && &notes[name_start..name_start + namesz.min(4)] == b"GNU\0"
+            && descsz > 0
+        {
             return Some(desc_start..desc_end);
         }
         at = desc_start.checked_add(pad(descsz)?)?;

@@ -15,13 +15,27 @@ pub enum StripError {
     #[error("unsupported manifest version {found} (this build reads version {supported})")]
     UnsupportedVersion { found: u64, supported: u64 },
     #[error("patch at offset {offset} (+{len}) lies outside a {size}-byte {what}")]
-    PatchOutOfRange { offset: u64, len: u64, size: u64, what: &'static str },
+    PatchOutOfRange {
+        offset: u64,
+        len: u64,
+        size: u64,
+        what: &'static str,
+    },
     #[error("patch names reference #{index} but the reference table has {count} entries")]
     UnknownReference { index: u64, count: usize },
     #[error("content object {digest}: expected {expected} bytes, got {actual}")]
-    ObjectSize { digest: String, expected: u64, actual: u64 },
+    ObjectSize {
+        digest: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("restored NAR has SHA-256 {actual} and {actual_size} bytes; expected {expected} and {expected_size} bytes")]
-    NarHashMismatch { expected: String, actual: String, expected_size: u64, actual_size: u64 },
+    NarHashMismatch {
+        expected: String,
+        actual: String,
+        expected_size: u64,
+        actual_size: u64,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StripError>;

@@ -55,9 +55,17 @@ impl fmt::Display for ContentDigest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     /// A regular file: `size` normalized bytes with BLAKE3 `digest`, and the patches that restore it.
-    File { executable: bool, size: u64, digest: ContentDigest, patches: Vec<Patch> },
+    File {
+        executable: bool,
+        size: u64,
+        digest: ContentDigest,
+        patches: Vec<Patch>,
+    },
     /// A symlink with its normalized target.
-    Symlink { target: Vec<u8>, patches: Vec<Patch> },
+    Symlink {
+        target: Vec<u8>,
+        patches: Vec<Patch>,
+    },
     /// Entries sorted by normalized name (ties keep archive order).
     Directory(Vec<Entry>),
 }
@@ -148,11 +156,16 @@ impl Manifest {
     /// against the reference table, so a manifest that decodes can be restored without panics.
     pub fn decode(bytes: &[u8]) -> Result<Manifest> {
         let bad = |what: &str| StripError::BadManifest(what.to_string());
-        let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(|| bad("not a refstrip manifest (bad magic)"))?;
+        let rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or_else(|| bad("not a refstrip manifest (bad magic)"))?;
         let mut cur = Cursor { bytes: rest };
         let version = cur.varint().ok_or_else(|| bad("truncated header"))?;
         if version != MANIFEST_VERSION {
-            return Err(StripError::UnsupportedVersion { found: version, supported: MANIFEST_VERSION });
+            return Err(StripError::UnsupportedVersion {
+                found: version,
+                supported: MANIFEST_VERSION,
+            });
         }
         let mut body = Vec::new();
         zstd::stream::read::Decoder::new(cur.bytes)
@@ -171,31 +184,49 @@ impl Manifest {
         for _ in 0..n {
             table.push(cur.bytes().ok_or_else(truncated)?.to_vec());
         }
-        let (self_basename, others) = table.split_first().ok_or_else(|| bad("empty reference table"))?;
+        let (self_basename, others) = table
+            .split_first()
+            .ok_or_else(|| bad("empty reference table"))?;
         let refs = RefTable::new(self_basename, others)?;
         if refs.basenames() != table.as_slice() {
-            return Err(bad("reference table has duplicates or is not in canonical order"));
+            return Err(bad(
+                "reference table has duplicates or is not in canonical order",
+            ));
         }
         let n = cur.count().ok_or_else(truncated)?;
         let mut references = Vec::with_capacity(n);
         for _ in 0..n {
             references.push(cur.bytes().ok_or_else(truncated)?.to_vec());
         }
-        let nar_hash: [u8; 32] = cur.take(32).ok_or_else(truncated)?.try_into().expect("32 bytes");
+        let nar_hash: [u8; 32] = cur
+            .take(32)
+            .ok_or_else(truncated)?
+            .try_into()
+            .expect("32 bytes");
         let nar_size = cur.varint().ok_or_else(truncated)?;
         let n = cur.count().ok_or_else(truncated)?;
         let mut info = Vec::with_capacity(n);
         for _ in 0..n {
             let k = cur.bytes().ok_or_else(truncated)?;
             let v = cur.bytes().ok_or_else(truncated)?;
-            let utf8 = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| bad("info field is not UTF-8"));
+            let utf8 = |b: &[u8]| {
+                String::from_utf8(b.to_vec()).map_err(|_| bad("info field is not UTF-8"))
+            };
             info.push((utf8(k)?, utf8(v)?));
         }
         let root = decode_node(&mut cur, &refs, 0)?;
         if !cur.bytes.is_empty() {
             return Err(bad("trailing bytes after the tree"));
         }
-        Ok(Manifest { store_dir, refs, references, nar_hash, nar_size, info, root })
+        Ok(Manifest {
+            store_dir,
+            refs,
+            references,
+            nar_hash,
+            nar_size,
+            info,
+            root,
+        })
     }
 }
 
@@ -221,8 +252,20 @@ const TAG_DIRECTORY: u64 = 3;
 
 fn encode_node(out: &mut Vec<u8>, node: &Node, literals: Literals) {
     match node {
-        Node::File { executable, size, digest, patches } => {
-            put(out, if *executable { TAG_EXECUTABLE } else { TAG_FILE });
+        Node::File {
+            executable,
+            size,
+            digest,
+            patches,
+        } => {
+            put(
+                out,
+                if *executable {
+                    TAG_EXECUTABLE
+                } else {
+                    TAG_FILE
+                },
+            );
             put(out, *size);
             out.extend_from_slice(&digest.0);
             encode_patches(out, patches, literals);
@@ -274,13 +317,23 @@ fn decode_patches(cur: &mut Cursor<'_>) -> Result<Vec<Patch>> {
     let mut end = 0u64;
     for _ in 0..n {
         let gap = cur.varint().ok_or_else(truncated)?;
-        let offset = end.checked_add(gap).ok_or_else(|| StripError::BadManifest("patch offset overflows".into()))?;
-        let kind = match cur.varint().ok_or_else(truncated)? {
-            0 => PatchKind::Literal(cur.bytes().ok_or_else(truncated)?.to_vec()),
-            k => PatchKind::Ref(u32::try_from(k - 1).map_err(|_| StripError::UnknownReference { index: k - 1, count: 0 })?),
-        };
+        let offset = end
+            .checked_add(gap)
+            .ok_or_else(|| StripError::BadManifest("patch offset overflows".into()))?;
+        let kind =
+            match cur.varint().ok_or_else(truncated)? {
+                0 => PatchKind::Literal(cur.bytes().ok_or_else(truncated)?.to_vec()),
+                k => PatchKind::Ref(u32::try_from(k - 1).map_err(|_| {
+                    StripError::UnknownReference {
+                        index: k - 1,
+                        count: 0,
+                    }
+                })?),
+            };
         let patch = Patch { offset, kind };
-        end = offset.checked_add(patch.len()).ok_or_else(|| StripError::BadManifest("patch end overflows".into()))?;
+        end = offset
+            .checked_add(patch.len())
+            .ok_or_else(|| StripError::BadManifest("patch end overflows".into()))?;
         patches.push(patch);
     }
     Ok(patches)
@@ -295,10 +348,20 @@ fn decode_node(cur: &mut Cursor<'_>, refs: &RefTable, depth: usize) -> Result<No
     Ok(match cur.varint().ok_or_else(truncated)? {
         tag @ (TAG_FILE | TAG_EXECUTABLE) => {
             let size = cur.varint().ok_or_else(truncated)?;
-            let digest = ContentDigest(cur.take(32).ok_or_else(truncated)?.try_into().expect("32 bytes"));
+            let digest = ContentDigest(
+                cur.take(32)
+                    .ok_or_else(truncated)?
+                    .try_into()
+                    .expect("32 bytes"),
+            );
             let patches = decode_patches(cur)?;
             validate(&patches, size, refs, "file")?;
-            Node::File { executable: tag == TAG_EXECUTABLE, size, digest, patches }
+            Node::File {
+                executable: tag == TAG_EXECUTABLE,
+                size,
+                digest,
+                patches,
+            }
         }
         TAG_SYMLINK => {
             let target = cur.bytes().ok_or_else(truncated)?.to_vec();
@@ -314,7 +377,11 @@ fn decode_node(cur: &mut Cursor<'_>, refs: &RefTable, depth: usize) -> Result<No
                 let name_patches = decode_patches(cur)?;
                 validate(&name_patches, name.len() as u64, refs, "entry name")?;
                 let node = decode_node(cur, refs, depth + 1)?;
-                entries.push(Entry { name, name_patches, node });
+                entries.push(Entry {
+                    name,
+                    name_patches,
+                    node,
+                });
             }
             Node::Directory(entries)
         }

@@ -46,11 +46,19 @@ pub fn validate(patches: &[Patch], size: u64, refs: &RefTable, what: &'static st
     for p in patches {
         let len = p.len();
         if p.offset < end || len == 0 || p.offset.checked_add(len).is_none_or(|e| e > size) {
-            return Err(StripError::PatchOutOfRange { offset: p.offset, len, size, what });
+            return Err(StripError::PatchOutOfRange {
+                offset: p.offset,
+                len,
+                size,
+                what,
+            });
         }
         if let PatchKind::Ref(index) = p.kind {
             if index as usize >= refs.len() {
-                return Err(StripError::UnknownReference { index: index.into(), count: refs.len() });
+                return Err(StripError::UnknownReference {
+                    index: index.into(),
+                    count: refs.len(),
+                });
             }
         }
         end = p.end();
@@ -69,7 +77,12 @@ pub struct Patcher<'a> {
 
 impl<'a> Patcher<'a> {
     pub fn new(patches: &'a [Patch], refs: &'a RefTable) -> Self {
-        Patcher { patches, refs, pos: 0, next: 0 }
+        Patcher {
+            patches,
+            refs,
+            pos: 0,
+            next: 0,
+        }
     }
 
     /// Overwrite, in `chunk` (the stream's next bytes), every patched region it overlaps.

@@ -25,11 +25,17 @@ impl RefTable {
     /// References are ordered by name, then hash: narinfos list them by hash, which a rebuild
     /// reshuffles, while names usually survive it, so patch lists stay identical across rebuilds.
     pub fn new(self_basename: &[u8], references: &[Vec<u8>]) -> Result<Self> {
-        let mut others: Vec<Vec<u8>> = references.iter().filter(|r| *r != self_basename).cloned().collect();
+        let mut others: Vec<Vec<u8>> = references
+            .iter()
+            .filter(|r| *r != self_basename)
+            .cloned()
+            .collect();
         for b in std::iter::once(self_basename).chain(others.iter().map(Vec::as_slice)) {
             check_basename(b)?;
         }
-        others.sort_by(|a, b| (&a[HASH_LEN..], &a[..HASH_LEN]).cmp(&(&b[HASH_LEN..], &b[..HASH_LEN])));
+        others.sort_by(|a, b| {
+            (&a[HASH_LEN..], &a[..HASH_LEN]).cmp(&(&b[HASH_LEN..], &b[..HASH_LEN]))
+        });
         others.dedup();
         let mut basenames = vec![self_basename.to_vec()];
         basenames.extend(others);
@@ -68,7 +74,9 @@ fn check_basename(b: &[u8]) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(StripError::BadBasename(String::from_utf8_lossy(b).into_owned()))
+        Err(StripError::BadBasename(
+            String::from_utf8_lossy(b).into_owned(),
+        ))
     }
 }
 

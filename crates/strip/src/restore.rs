@@ -42,7 +42,11 @@ pub struct NarDigest {
 }
 
 /// Restore `manifest` as a NAR into `out`, checking its SHA-256 and size against the manifest.
-pub fn restore_nar<W: Write>(manifest: &Manifest, source: &mut dyn ContentSource, out: W) -> Result<NarDigest> {
+pub fn restore_nar<W: Write>(
+    manifest: &Manifest,
+    source: &mut dyn ContentSource,
+    out: W,
+) -> Result<NarDigest> {
     restore(manifest, source, out, &mut ())
 }
 
@@ -57,17 +61,34 @@ pub fn restore<W: Write>(
 ) -> Result<NarDigest> {
     let mut w = NarWriter::new(HashingWriter::new(nar_out));
     let mut buf = vec![0u8; 256 * 1024];
-    let mut emit = |w: &mut NarWriter<_>, visitor: &mut dyn RestoreVisitor, name: Option<Vec<u8>>, node: &Node| -> Result<()> {
+    let mut emit = |w: &mut NarWriter<_>,
+                    visitor: &mut dyn RestoreVisitor,
+                    name: Option<Vec<u8>>,
+                    node: &Node|
+     -> Result<()> {
         let event = match node {
-            Node::File { executable, size, .. } => Event::File { name, executable: *executable, size: *size },
-            Node::Symlink { target, patches } => {
-                Event::Symlink { name, target: apply_all(target, patches, &manifest.refs) }
-            }
+            Node::File {
+                executable, size, ..
+            } => Event::File {
+                name,
+                executable: *executable,
+                size: *size,
+            },
+            Node::Symlink { target, patches } => Event::Symlink {
+                name,
+                target: apply_all(target, patches, &manifest.refs),
+            },
             Node::Directory(_) => Event::Directory { name },
         };
         w.event(&event)?;
         visitor.event(&event)?;
-        if let Node::File { size, digest, patches, .. } = node {
+        if let Node::File {
+            size,
+            digest,
+            patches,
+            ..
+        } = node
+        {
             let mut reader = source.open(digest, *size)?;
             let mut patcher = Patcher::new(patches, &manifest.refs);
             let mut done = 0u64;
@@ -77,7 +98,11 @@ pub fn restore<W: Write>(
                     break;
                 }
                 if done + n as u64 > *size {
-                    return Err(StripError::ObjectSize { digest: digest.to_hex(), expected: *size, actual: done + n as u64 });
+                    return Err(StripError::ObjectSize {
+                        digest: digest.to_hex(),
+                        expected: *size,
+                        actual: done + n as u64,
+                    });
                 }
                 patcher.apply(&mut buf[..n]);
                 w.write_contents(&buf[..n])?;
@@ -85,7 +110,11 @@ pub fn restore<W: Write>(
                 done += n as u64;
             }
             if done != *size {
-                return Err(StripError::ObjectSize { digest: digest.to_hex(), expected: *size, actual: done });
+                return Err(StripError::ObjectSize {
+                    digest: digest.to_hex(),
+                    expected: *size,
+                    actual: done,
+                });
             }
         }
         Ok(())
@@ -114,7 +143,10 @@ pub fn restore<W: Write>(
     let size = w.offset();
     let (sha256, _, mut inner) = w.finish()?.finish();
     inner.flush()?;
-    let digest = NarDigest { sha256: *sha256.as_bytes(), size };
+    let digest = NarDigest {
+        sha256: *sha256.as_bytes(),
+        size,
+    };
     if digest.sha256 != manifest.nar_hash || digest.size != manifest.nar_size {
         return Err(StripError::NarHashMismatch {
             expected: Hash::from_bytes(manifest.nar_hash).to_hex(),
@@ -131,8 +163,10 @@ type OpenDir<'m> = (Vec<(Vec<u8>, &'m Entry)>, usize);
 
 /// A directory's entries with their real names, sorted as the NAR has them.
 fn real_order<'m>(entries: &'m [Entry], manifest: &Manifest) -> Vec<(Vec<u8>, &'m Entry)> {
-    let mut out: Vec<_> =
-        entries.iter().map(|e| (apply_all(&e.name, &e.name_patches, &manifest.refs), e)).collect();
+    let mut out: Vec<_> = entries
+        .iter()
+        .map(|e| (apply_all(&e.name, &e.name_patches, &manifest.refs), e))
+        .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
@@ -154,7 +188,9 @@ impl ContentSink for MemoryStore {
         Ok(())
     }
     fn end(&mut self, digest: &ContentDigest) -> io::Result<()> {
-        self.objects.entry(*digest).or_insert_with(|| std::mem::take(&mut self.current));
+        self.objects
+            .entry(*digest)
+            .or_insert_with(|| std::mem::take(&mut self.current));
         Ok(())
     }
 }
@@ -163,7 +199,10 @@ impl ContentSource for MemoryStore {
     fn open(&mut self, digest: &ContentDigest, _: u64) -> io::Result<Box<dyn Read + '_>> {
         match self.objects.get(digest) {
             Some(bytes) => Ok(Box::new(&bytes[..])),
-            None => Err(io::Error::new(io::ErrorKind::NotFound, format!("object {digest} missing"))),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("object {digest} missing"),
+            )),
         }
     }
 }

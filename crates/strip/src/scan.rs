@@ -55,7 +55,9 @@ impl Scanner {
     pub fn new(refs: &RefTable) -> Self {
         let mut table = HashMap::default();
         for (i, h) in refs.hash_parts().enumerate() {
-            table.entry(h.try_into().expect("32-byte hash part")).or_insert(i as u32);
+            table
+                .entry(h.try_into().expect("32-byte hash part"))
+                .or_insert(i as u32);
         }
         Scanner { table }
     }
@@ -94,14 +96,23 @@ impl Scanner {
         let mut patches = Vec::new();
         self.find(bytes, |at, index| {
             out[at..at + HASH_LEN].copy_from_slice(&PLACEHOLDER);
-            patches.push(Patch { offset: at as u64, kind: PatchKind::Ref(index) });
+            patches.push(Patch {
+                offset: at as u64,
+                kind: PatchKind::Ref(index),
+            });
         });
         (out, patches)
     }
 
     /// Start scanning one stream (one file's contents).
     pub fn stream(&self) -> ScanStream<'_> {
-        ScanStream { scanner: self, window: Vec::new(), window_offset: 0, returned: 0, patches: Vec::new() }
+        ScanStream {
+            scanner: self,
+            window: Vec::new(),
+            window_offset: 0,
+            returned: 0,
+            patches: Vec::new(),
+        }
     }
 }
 
@@ -128,7 +139,10 @@ impl ScanStream<'_> {
         let mut last_end = 0;
         let (patches, window_offset) = (&mut self.patches, self.window_offset);
         self.scanner.find(&self.window, |at, index| {
-            patches.push(Patch { offset: window_offset + at as u64, kind: PatchKind::Ref(index) });
+            patches.push(Patch {
+                offset: window_offset + at as u64,
+                kind: PatchKind::Ref(index),
+            });
             last_end = at + HASH_LEN;
         });
         for p in &self.patches[first_new..] {

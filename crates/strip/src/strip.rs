@@ -42,7 +42,9 @@ pub struct StripOptions {
 
 impl Default for StripOptions {
     fn default() -> Self {
-        StripOptions { normalize_build_id: true }
+        StripOptions {
+            normalize_build_id: true,
+        }
     }
 }
 
@@ -113,7 +115,9 @@ pub fn strip<R: BufRead>(
                 stats.ref_patches += patches.len() as u64;
                 Node::Symlink { target, patches }
             }
-            Event::File { executable, size, .. } => {
+            Event::File {
+                executable, size, ..
+            } => {
                 stats.files += 1;
                 stats.content_bytes += size;
                 let (digest, patches) = strip_file(&mut reader, &scanner, options, size, sink)?;
@@ -124,23 +128,42 @@ pub fn strip<R: BufRead>(
                     }
                 }
                 stats.patched_files += !patches.is_empty() as u64;
-                Node::File { executable, size, digest, patches }
+                Node::File {
+                    executable,
+                    size,
+                    digest,
+                    patches,
+                }
             }
         };
         attach(&mut open, &mut root, named, node);
     }
     let nar_size = reader.offset();
     let (nar_hash, _, _) = reader.into_inner().finish();
-    Ok(Stripped { root: root.expect("a complete NAR has a root"), nar_hash: *nar_hash.as_bytes(), nar_size, stats })
+    Ok(Stripped {
+        root: root.expect("a complete NAR has a root"),
+        nar_hash: *nar_hash.as_bytes(),
+        nar_size,
+        stats,
+    })
 }
 
 /// An open directory: its normalized name and name patches (none for the root), and its entries so far.
 type OpenDir = (Option<(Vec<u8>, Vec<Patch>)>, Vec<Entry>);
 
 /// Put a finished node into its parent directory, or make it the root.
-fn attach(open: &mut [OpenDir], root: &mut Option<Node>, named: Option<(Vec<u8>, Vec<Patch>)>, node: Node) {
+fn attach(
+    open: &mut [OpenDir],
+    root: &mut Option<Node>,
+    named: Option<(Vec<u8>, Vec<Patch>)>,
+    node: Node,
+) {
     match (open.last_mut(), named) {
-        (Some((_, entries)), Some((name, name_patches))) => entries.push(Entry { name, name_patches, node }),
+        (Some((_, entries)), Some((name, name_patches))) => entries.push(Entry {
+            name,
+            name_patches,
+            node,
+        }),
         _ => *root = Some(node),
     }
 }
@@ -171,7 +194,10 @@ fn strip_file<R: BufRead>(
         at_end = chunk.is_empty();
         // An in-memory reader hands out whole files; feeding the scanner bounded pieces keeps its
         // window (which copies) small and in cache.
-        let pieces = chunk.chunks(FEED_MAX).map(Some).chain(at_end.then_some(None));
+        let pieces = chunk
+            .chunks(FEED_MAX)
+            .map(Some)
+            .chain(at_end.then_some(None));
         for piece in pieces {
             let out = match piece {
                 Some(piece) => stream.feed(piece),
@@ -207,10 +233,16 @@ fn strip_file<R: BufRead>(
 fn normalize_head(head: &mut [u8], ref_patches: &[Patch]) -> Option<Patch> {
     let range = build_id_range(head)?;
     let (start, end) = (range.start as u64, range.end as u64);
-    if ref_patches.iter().any(|p| p.offset < end && p.end() > start) {
+    if ref_patches
+        .iter()
+        .any(|p| p.offset < end && p.end() > start)
+    {
         return None;
     }
     let original = head[range.clone()].to_vec();
     head[range].fill(0);
-    Some(Patch { offset: start, kind: PatchKind::Literal(original) })
+    Some(Patch {
+        offset: start,
+        kind: PatchKind::Literal(original),
+    })
 }

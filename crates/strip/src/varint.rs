@@ -69,9 +69,21 @@ mod tests {
             let mut out = Vec::new();
             put(&mut out, v);
             assert_eq!(Cursor { bytes: &out }.varint(), Some(v));
-            assert_eq!(Cursor { bytes: &out[..out.len() - 1] }.varint(), None);
+            assert_eq!(
+                Cursor {
+                    bytes: &out[..out.len() - 1]
+                }
+                .varint(),
+                None
+            );
         }
         assert_eq!(Cursor { bytes: &[0xff; 11] }.varint(), None);
-        assert_eq!(Cursor { bytes: &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02] }.varint(), None);
+        assert_eq!(
+            Cursor {
+                bytes: &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]
+            }
+            .varint(),
+            None
+        );
     }
 }

@@ -5,7 +5,9 @@ use std::io::BufReader;
 
 use proptest::prelude::*;
 use refstrip_nar::NarWriter;
-use refstrip_strip::{restore_nar, strip, Manifest, MemoryStore, Node, RefTable, StripOptions, PLACEHOLDER};
+use refstrip_strip::{
+    restore_nar, strip, Manifest, MemoryStore, Node, RefTable, StripOptions, PLACEHOLDER,
+};
 use sha2::{Digest, Sha256};
 
 const ALPHABET: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
@@ -64,7 +66,9 @@ fn tree() -> impl Strategy<Value = Tree> {
         (any::<bool>(), pieces(12)).prop_map(|(x, p)| Tree::File(x, p)),
         pieces(4).prop_map(Tree::Symlink),
     ];
-    leaf.prop_recursive(3, 24, 5, |inner| proptest::collection::vec((pieces(3), inner), 0..5).prop_map(Tree::Dir))
+    leaf.prop_recursive(3, 24, 5, |inner| {
+        proptest::collection::vec((pieces(3), inner), 0..5).prop_map(Tree::Dir)
+    })
 }
 
 /// Write the tree as a NAR with the given hashes. Names are made valid (non-empty, no `/` or NUL)
@@ -114,14 +118,23 @@ fn nar_of(tree: &Tree, hashes: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn table(hashes: &[Vec<u8>]) -> RefTable {
-    let basenames: Vec<Vec<u8>> =
-        hashes.iter().enumerate().map(|(i, h)| [h.clone(), format!("-pkg{i}").into_bytes()].concat()).collect();
+    let basenames: Vec<Vec<u8>> = hashes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| [h.clone(), format!("-pkg{i}").into_bytes()].concat())
+        .collect();
     RefTable::new(&basenames[0], &basenames[1..]).unwrap()
 }
 
 fn strip_with_capacity(nar: &[u8], refs: &RefTable, capacity: usize) -> (Manifest, MemoryStore) {
     let mut store = MemoryStore::default();
-    let s = strip(BufReader::with_capacity(capacity, nar), refs, &StripOptions::default(), &mut store).unwrap();
+    let s = strip(
+        BufReader::with_capacity(capacity, nar),
+        refs,
+        &StripOptions::default(),
+        &mut store,
+    )
+    .unwrap();
     assert_eq!(s.nar_size, nar.len() as u64);
     assert_eq!(s.nar_hash, <[u8; 32]>::from(Sha256::digest(nar)));
     let manifest = Manifest {
@@ -195,17 +208,30 @@ proptest! {
 }
 
 fn without_partials(t: &Tree) -> Tree {
-    let clean = |p: &[Piece]| p.iter().filter(|p| !matches!(p, Piece::Partial(..))).cloned().collect();
+    let clean = |p: &[Piece]| {
+        p.iter()
+            .filter(|p| !matches!(p, Piece::Partial(..)))
+            .cloned()
+            .collect()
+    };
     match t {
         Tree::File(x, p) => Tree::File(*x, clean(p)),
         Tree::Symlink(p) => Tree::Symlink(clean(p)),
-        Tree::Dir(entries) => Tree::Dir(entries.iter().map(|(p, t)| (clean(p), without_partials(t))).collect()),
+        Tree::Dir(entries) => Tree::Dir(
+            entries
+                .iter()
+                .map(|(p, t)| (clean(p), without_partials(t)))
+                .collect(),
+        ),
     }
 }
 
 #[test]
 fn adjacent_and_boundary_references() {
-    let hashes: Vec<Vec<u8>> = vec![b"0123456789abcdfghijklmnpqrsvwxyz".to_vec(), b"zyxwvsrqpnmlkjihgfdcba9876543210".to_vec()];
+    let hashes: Vec<Vec<u8>> = vec![
+        b"0123456789abcdfghijklmnpqrsvwxyz".to_vec(),
+        b"zyxwvsrqpnmlkjihgfdcba9876543210".to_vec(),
+    ];
     let refs = table(&hashes);
     let mut content = hashes[0].clone();
     content.extend_from_slice(&hashes[1]);
@@ -216,8 +242,14 @@ fn adjacent_and_boundary_references() {
     let nar = nar_of(&t, &hashes);
     for capacity in [8, 13, 31, 32, 33, 64, 4096] {
         let (m, mut store) = strip_with_capacity(&nar, &refs, capacity);
-        let Node::File { patches, .. } = &m.root else { panic!() };
-        assert_eq!(patches.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![0, 32, 64, 107], "capacity {capacity}");
+        let Node::File { patches, .. } = &m.root else {
+            panic!()
+        };
+        assert_eq!(
+            patches.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![0, 32, 64, 107],
+            "capacity {capacity}"
+        );
         let mut out = Vec::new();
         restore_nar(&m, &mut store, &mut out).unwrap();
         assert_eq!(out, nar);

@@ -31,7 +31,12 @@ pub struct BlockKey {
 
 impl BlockKey {
     pub fn of(pack: &str, loc: &Location) -> BlockKey {
-        BlockKey { pack: pack.to_string(), offset: loc.block_offset, len: loc.block_len, raw_len: loc.block_raw_len }
+        BlockKey {
+            pack: pack.to_string(),
+            offset: loc.block_offset,
+            len: loc.block_len,
+            raw_len: loc.block_raw_len,
+        }
     }
 }
 
@@ -72,13 +77,22 @@ impl<'b> BlockCache<'b> {
     }
 
     fn file(&self, key: &BlockKey) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join("blocks").join(&key.pack).join(format!("{}-{}", key.offset, key.len)))
+        self.dir.as_ref().map(|d| {
+            d.join("blocks")
+                .join(&key.pack)
+                .join(format!("{}-{}", key.offset, key.len))
+        })
     }
 
     fn fetch(&self, key: &BlockKey) -> io::Result<Vec<u8>> {
-        let bytes = self.backend.get_range(&pack_key(&key.pack), key.offset, key.len)?;
+        let bytes = self
+            .backend
+            .get_range(&pack_key(&key.pack), key.offset, key.len)?;
         if bytes.len() as u64 != key.len {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short read of a block of pack {}", key.pack)));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short read of a block of pack {}", key.pack),
+            ));
         }
         self.fetched_bytes.fetch_add(key.len, Ordering::Relaxed);
         self.fetched_blocks.fetch_add(1, Ordering::Relaxed);
@@ -120,11 +134,17 @@ impl<'b> BlockCache<'b> {
             }
         }
         let decode = |compressed: &[u8]| decode_block(compressed, key.raw_len).ok();
-        let cached = self.file(key).and_then(|p| fs::read(p).ok()).and_then(|c| decode(&c));
+        let cached = self
+            .file(key)
+            .and_then(|p| fs::read(p).ok())
+            .and_then(|c| decode(&c));
         let raw = match cached {
             Some(raw) => raw,
             None => decode(&self.fetch(key)?).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("block at {} of pack {} is corrupt", key.offset, key.pack))
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("block at {} of pack {} is corrupt", key.offset, key.pack),
+                )
             })?,
         };
         let raw = Arc::new(raw);

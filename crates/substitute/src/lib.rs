@@ -108,7 +108,8 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 pub fn hash_part_of(arg: &str) -> Option<String> {
     let base = arg.rsplit('/').next()?;
     let hash = base.get(..32)?;
-    (is_hash_part(hash.as_bytes()) && (base.len() == 32 || base.as_bytes()[32] == b'-')).then(|| hash.to_string())
+    (is_hash_part(hash.as_bytes()) && (base.len() == 32 || base.as_bytes()[32] == b'-'))
+        .then(|| hash.to_string())
 }
 
 struct Planned {
@@ -127,7 +128,11 @@ pub fn substitute(store: &dyn Backend, roots: &[String], opts: &Options) -> Resu
     pool.install(|| substitute_in_pool(store, roots, opts))
 }
 
-fn substitute_in_pool(store: &dyn Backend, roots: &[String], opts: &Options) -> Result<Report, Error> {
+fn substitute_in_pool(
+    store: &dyn Backend,
+    roots: &[String],
+    opts: &Options,
+) -> Result<Report, Error> {
     let start = Instant::now();
     let mut report = Report::default();
     let mut db = NixDb::open(&opts.root, &opts.store_dir)?;
@@ -144,7 +149,10 @@ fn substitute_in_pool(store: &dyn Backend, roots: &[String], opts: &Options) -> 
                 let bytes = store
                     .get(&key)
                     .map_err(io_err(format!("reading {key} from {}", store.describe())))?
-                    .ok_or_else(|| Error::Path { path: hash.clone(), why: format!("not in {}", store.describe()) })?;
+                    .ok_or_else(|| Error::Path {
+                        path: hash.clone(),
+                        why: format!("not in {}", store.describe()),
+                    })?;
                 Ok((hash.clone(), bytes))
             })
             .collect();
@@ -152,15 +160,27 @@ fn substitute_in_pool(store: &dyn Backend, roots: &[String], opts: &Options) -> 
         for result in fetched {
             let (hash, bytes) = result?;
             report.record_bytes += bytes.len() as u64;
-            let record = PathRecord::decode(&bytes).map_err(|why| Error::Path { path: record_key(&hash), why })?;
+            let record = PathRecord::decode(&bytes).map_err(|why| Error::Path {
+                path: record_key(&hash),
+                why,
+            })?;
             let basename = String::from_utf8_lossy(record.manifest.basename()).into_owned();
             // A record under another path's name would make us install the wrong path.
             if !basename.starts_with(hash.as_str()) {
-                return Err(Error::Path { path: record_key(&hash), why: format!("describes {basename}") });
+                return Err(Error::Path {
+                    path: record_key(&hash),
+                    why: format!("describes {basename}"),
+                });
             }
             let manifest_dir = String::from_utf8_lossy(&record.manifest.store_dir).into_owned();
             if manifest_dir != opts.store_dir {
-                return Err(Error::Path { path: basename, why: format!("is for store directory {manifest_dir}, not {}", opts.store_dir) });
+                return Err(Error::Path {
+                    path: basename,
+                    why: format!(
+                        "is for store directory {manifest_dir}, not {}",
+                        opts.store_dir
+                    ),
+                });
             }
             let path = format!("{}/{basename}", opts.store_dir);
             if db.is_valid(&path)? {
@@ -169,12 +189,19 @@ fn substitute_in_pool(store: &dyn Backend, roots: &[String], opts: &Options) -> 
             }
             for r in &record.manifest.references {
                 let r = String::from_utf8_lossy(r);
-                let h = hash_part_of(&r).ok_or_else(|| Error::Path { path: path.clone(), why: format!("bad reference {r}") })?;
+                let h = hash_part_of(&r).ok_or_else(|| Error::Path {
+                    path: path.clone(),
+                    why: format!("bad reference {r}"),
+                })?;
                 if seen.insert(h.clone()) {
                     next.push(h);
                 }
             }
-            plan.push(Planned { record, path, basename });
+            plan.push(Planned {
+                record,
+                path,
+                basename,
+            });
         }
         frontier = next;
     }
@@ -182,10 +209,21 @@ fn substitute_in_pool(store: &dyn Backend, roots: &[String], opts: &Options) -> 
     // 2. Trust: the original signatures over the original narinfo fields.
     if let Some(keys) = &opts.trusted_keys {
         for p in &plan {
-            let info = refstrip_store::pathinfo::narinfo(&p.record.manifest, String::new(), None, None, None)
-                .map_err(|e| Error::Path { path: p.path.clone(), why: e.to_string() })?;
-            signature::verify(&info, keys)
-                .map_err(|e| Error::Path { path: p.path.clone(), why: format!("refusing it: {e}") })?;
+            let info = refstrip_store::pathinfo::narinfo(
+                &p.record.manifest,
+                String::new(),
+                None,
+                None,
+                None,
+            )
+            .map_err(|e| Error::Path {
+                path: p.path.clone(),
+                why: e.to_string(),
+            })?;
+            signature::verify(&info, keys).map_err(|e| Error::Path {
+                path: p.path.clone(),
+                why: format!("refusing it: {e}"),
+            })?;
         }
     }
 
@@ -195,7 +233,8 @@ fn substitute_in_pool(store: &dyn Backend, roots: &[String], opts: &Options) -> 
     let mut locks = Vec::with_capacity(plan.len());
     let mut unlocked = Vec::with_capacity(plan.len());
     for p in plan {
-        let lock = PathLock::lock(&real_store.join(&p.basename)).map_err(io_err(format!("locking {}", p.path)))?;
+        let lock = PathLock::lock(&real_store.join(&p.basename))
+            .map_err(io_err(format!("locking {}", p.path)))?;
         if db.is_valid(&p.path)? {
             report.already_valid += 1; // another process substituted it meanwhile
             continue;
@@ -207,19 +246,30 @@ fn substitute_in_pool(store: &dyn Backend, roots: &[String], opts: &Options) -> 
     let total_nar: u64 = plan.iter().map(|p| p.record.manifest.nar_size).sum();
 
     // 4. Fetch the missing blocks.
-    let cache = BlockCache::new(opts.cache_dir.as_deref(), store).map_err(io_err("opening the object cache"))?;
-    let mut blocks: Vec<BlockKey> =
-        plan.iter().flat_map(|p| p.record.objects.values().map(|(pack, loc)| BlockKey::of(pack, loc))).collect();
+    let cache = BlockCache::new(opts.cache_dir.as_deref(), store)
+        .map_err(io_err("opening the object cache"))?;
+    let mut blocks: Vec<BlockKey> = plan
+        .iter()
+        .flat_map(|p| {
+            p.record
+                .objects
+                .values()
+                .map(|(pack, loc)| BlockKey::of(pack, loc))
+        })
+        .collect();
     blocks.sort();
     blocks.dedup();
     opts.progress.set_length(total_nar);
     opts.progress.set_message("fetching");
-    cache.prefetch(&blocks).map_err(io_err(format!("fetching blocks from {}", store.describe())))?;
+    cache
+        .prefetch(&blocks)
+        .map_err(io_err(format!("fetching blocks from {}", store.describe())))?;
 
     // 5. Restore, largest paths first so the parallel tail is short.
     opts.progress.set_message("restoring");
     plan.sort_by_key(|p| std::cmp::Reverse(p.record.manifest.nar_size));
-    let store_fd = File::open(&real_store).map_err(io_err(format!("opening {}", real_store.display())))?;
+    let store_fd =
+        File::open(&real_store).map_err(io_err(format!("opening {}", real_store.display())))?;
     let failures = Mutex::new(Vec::new());
     let files: u64 = plan
         .par_iter()
@@ -254,7 +304,10 @@ fn substitute_in_pool(store: &dyn Backend, roots: &[String], opts: &Options) -> 
     if unsafe { libc::syncfs(store_fd.as_raw_fd()) } != 0 {
         return Err(io_err("syncfs")(io::Error::last_os_error()));
     }
-    let infos: Vec<ValidPathInfo> = plan.iter().map(|p| valid_path_info(p, &opts.store_dir, &real_store)).collect();
+    let infos: Vec<ValidPathInfo> = plan
+        .iter()
+        .map(|p| valid_path_info(p, &opts.store_dir, &real_store))
+        .collect();
     if let Err(e) = db.register(&infos) {
         remove_all(&plan);
         return Err(e.into());
@@ -276,18 +329,35 @@ fn substitute_in_pool(store: &dyn Backend, roots: &[String], opts: &Options) -> 
 
 /// Write one path under a temporary name, check its NarHash, and rename it into place.
 /// Returns the number of regular files written.
-fn restore_path(p: &Planned, cache: &BlockCache<'_>, store_fd: &File, real_store: &Path) -> Result<u64, Error> {
+fn restore_path(
+    p: &Planned,
+    cache: &BlockCache<'_>,
+    store_fd: &File,
+    real_store: &Path,
+) -> Result<u64, Error> {
     let dest = real_store.join(&p.basename);
     let tmp_name = format!(".{}.refstrip-tmp", p.basename);
     let tmp = real_store.join(&tmp_name);
     // We hold the path's lock and it is not valid: anything under either name is a leftover.
     remove_tree(&tmp).map_err(io_err(format!("removing stale {}", tmp.display())))?;
     remove_tree(&dest).map_err(io_err(format!("removing invalid {}", dest.display())))?;
-    let mut writer = TreeWriter::new(store_fd, tmp_name.as_bytes()).map_err(io_err("temporary name"))?;
-    let mut objects = CachedObjects { record: &p.record, cache };
-    let restored = refstrip_strip::restore(&p.record.manifest, &mut FileSource::new(&mut objects), io::sink(), &mut writer)
-        .map_err(|e| Error::Path { path: p.path.clone(), why: e.to_string() })
-        .and_then(|_| writer.finish().map_err(io_err("writing")));
+    let mut writer =
+        TreeWriter::new(store_fd, tmp_name.as_bytes()).map_err(io_err("temporary name"))?;
+    let mut objects = CachedObjects {
+        record: &p.record,
+        cache,
+    };
+    let restored = refstrip_strip::restore(
+        &p.record.manifest,
+        &mut FileSource::new(&mut objects),
+        io::sink(),
+        &mut writer,
+    )
+    .map_err(|e| Error::Path {
+        path: p.path.clone(),
+        why: e.to_string(),
+    })
+    .and_then(|_| writer.finish().map_err(io_err("writing")));
     if let Err(e) = restored {
         let _ = remove_tree(&tmp);
         return Err(e);
@@ -306,7 +376,11 @@ fn valid_path_info(p: &Planned, store_dir: &str, real_store: &Path) -> ValidPath
         deriver: None,
         sigs: Vec::new(),
         ca: None,
-        references: m.references.iter().map(|r| full(&String::from_utf8_lossy(r))).collect(),
+        references: m
+            .references
+            .iter()
+            .map(|r| full(&String::from_utf8_lossy(r)))
+            .collect(),
         derivation_outputs: Vec::new(),
     };
     for (key, value) in &m.info {
@@ -327,17 +401,25 @@ fn valid_path_info(p: &Planned, store_dir: &str, real_store: &Path) -> ValidPath
 
 /// The `(name, path)` outputs of a derivation in ATerm form: `Derive([("out","/nix/store/…",…),…],…`.
 pub fn derivation_outputs(aterm: &str) -> Vec<(String, String)> {
-    let Some(rest) = aterm.strip_prefix("Derive([") else { return Vec::new() };
+    let Some(rest) = aterm.strip_prefix("Derive([") else {
+        return Vec::new();
+    };
     let mut out = BTreeMap::new();
     let mut rest = rest;
     while let Some(r) = rest.strip_prefix("(\"") {
-        let Some((name, r)) = r.split_once("\",\"") else { break };
-        let Some((path, r)) = r.split_once('"') else { break };
+        let Some((name, r)) = r.split_once("\",\"") else {
+            break;
+        };
+        let Some((path, r)) = r.split_once('"') else {
+            break;
+        };
         if !path.is_empty() {
             out.insert(name.to_string(), path.to_string());
         }
         // Skip the hash algorithm and hash fields to the end of this tuple.
-        let Some((_, r)) = r.split_once(')') else { break };
+        let Some((_, r)) = r.split_once(')') else {
+            break;
+        };
         rest = r.strip_prefix(',').unwrap_or(r);
     }
     out.into_iter().collect()
@@ -350,7 +432,10 @@ mod tests {
     #[test]
     fn hash_parts() {
         let h = "0f5bgkfh71dppnqaaxc3xq0vbm4dn1xp";
-        assert_eq!(hash_part_of(&format!("/nix/store/{h}-hello")).as_deref(), Some(h));
+        assert_eq!(
+            hash_part_of(&format!("/nix/store/{h}-hello")).as_deref(),
+            Some(h)
+        );
         assert_eq!(hash_part_of(&format!("{h}-hello")).as_deref(), Some(h));
         assert_eq!(hash_part_of(h).as_deref(), Some(h));
         assert_eq!(hash_part_of(&format!("{h}x")), None);
@@ -362,7 +447,10 @@ mod tests {
         let drv = r#"Derive([("dev","/nix/store/aaa-x-dev","",""),("out","/nix/store/bbb-x","","")],[],[],"x86_64-linux","/bin/sh",[],[])"#;
         assert_eq!(
             derivation_outputs(drv),
-            vec![("dev".into(), "/nix/store/aaa-x-dev".into()), ("out".into(), "/nix/store/bbb-x".into())]
+            vec![
+                ("dev".into(), "/nix/store/aaa-x-dev".into()),
+                ("out".into(), "/nix/store/bbb-x".into())
+            ]
         );
         assert!(derivation_outputs("garbage").is_empty());
     }

@@ -107,7 +107,11 @@ pub struct NixDb {
 
 /// flock(2) a file: exclusive or shared, waiting.
 fn flock(file: &File, exclusive: bool) -> io::Result<()> {
-    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
     loop {
         // SAFETY: flock on a valid open descriptor.
         if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
@@ -121,7 +125,13 @@ fn flock(file: &File, exclusive: bool) -> io::Result<()> {
 }
 
 fn open_lock_file(path: &Path) -> io::Result<File> {
-    OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
 }
 
 impl NixDb {
@@ -135,7 +145,8 @@ impl NixDb {
             fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
         let big_lock_path = db_dir.join("big-lock");
-        let big_lock = open_lock_file(&big_lock_path).map_err(io_err(format!("opening {}", big_lock_path.display())))?;
+        let big_lock = open_lock_file(&big_lock_path)
+            .map_err(io_err(format!("opening {}", big_lock_path.display())))?;
         let schema_path = db_dir.join("schema");
         let db_path = db_dir.join("db.sqlite");
 
@@ -151,12 +162,15 @@ impl NixDb {
                 drop(conn);
                 let tmp = db_dir.join(".schema.tmp");
                 let mut f = File::create(&tmp).map_err(io_err("writing schema version"))?;
-                write!(f, "{SCHEMA_VERSION}").and_then(|_| f.sync_all()).map_err(io_err("writing schema version"))?;
+                write!(f, "{SCHEMA_VERSION}")
+                    .and_then(|_| f.sync_all())
+                    .map_err(io_err("writing schema version"))?;
                 fs::rename(&tmp, &schema_path).map_err(io_err("writing schema version"))?;
             }
             flock(&big_lock, false).map_err(io_err("locking big-lock"))?;
         }
-        let version = fs::read_to_string(&schema_path).map_err(io_err(format!("reading {}", schema_path.display())))?;
+        let version = fs::read_to_string(&schema_path)
+            .map_err(io_err(format!("reading {}", schema_path.display())))?;
         if version.trim() != SCHEMA_VERSION.to_string() {
             return Err(DbError::Invalid(format!(
                 "{} says schema version {:?}; only version {SCHEMA_VERSION} (Nix ≥ 2.0) is supported",
@@ -166,14 +180,21 @@ impl NixDb {
         }
 
         let gc_lock_path = state.join("gc.lock");
-        let gc_lock = open_lock_file(&gc_lock_path).map_err(io_err(format!("opening {}", gc_lock_path.display())))?;
+        let gc_lock = open_lock_file(&gc_lock_path)
+            .map_err(io_err(format!("opening {}", gc_lock_path.display())))?;
         flock(&gc_lock, false).map_err(io_err("locking gc.lock"))?;
 
         let conn = Connection::open(&db_path)?;
         conn.busy_timeout(std::time::Duration::from_secs(600))?;
         conn.pragma_update(None, "foreign_keys", "on")?;
         conn.pragma_update(None, "synchronous", "normal")?;
-        Ok(NixDb { conn, real_store, store_dir: store_dir.to_string(), _big_lock: big_lock, _gc_lock: gc_lock })
+        Ok(NixDb {
+            conn,
+            real_store,
+            store_dir: store_dir.to_string(),
+            _big_lock: big_lock,
+            _gc_lock: gc_lock,
+        })
     }
 
     /// The store directory on disk (`ROOT` + the logical store directory).
@@ -187,15 +208,21 @@ impl NixDb {
     }
 
     pub fn is_valid(&self, path: &str) -> Result<bool, DbError> {
-        let mut stmt = self.conn.prepare_cached("select 1 from ValidPaths where path = ?1")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("select 1 from ValidPaths where path = ?1")?;
         Ok(stmt.query_row([path], |_| Ok(())).optional()?.is_some())
     }
 
     /// Register `paths` as valid, all in one transaction: either all of them become valid or none.
     /// Every reference must be valid already or be one of `paths`.
     pub fn register(&mut self, paths: &[ValidPathInfo]) -> Result<(), DbError> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
             let mut insert = tx.prepare_cached(
                 "insert into ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) \
@@ -204,18 +231,32 @@ impl NixDb {
             for p in paths {
                 let hash = format!("sha256:{}", hex(&p.nar_hash));
                 let sigs = (!p.sigs.is_empty()).then(|| p.sigs.join(" "));
-                insert.execute(params![p.path, hash, now, p.deriver, p.nar_size as i64, sigs, p.ca])?;
+                insert.execute(params![
+                    p.path,
+                    hash,
+                    now,
+                    p.deriver,
+                    p.nar_size as i64,
+                    sigs,
+                    p.ca
+                ])?;
             }
             let mut id = tx.prepare_cached("select id from ValidPaths where path = ?1")?;
-            let mut add_ref = tx.prepare_cached("insert or replace into Refs (referrer, reference) values (?1, ?2)")?;
-            let mut add_out = tx.prepare_cached("insert or replace into DerivationOutputs (drv, id, path) values (?1, ?2, ?3)")?;
+            let mut add_ref = tx.prepare_cached(
+                "insert or replace into Refs (referrer, reference) values (?1, ?2)",
+            )?;
+            let mut add_out = tx.prepare_cached(
+                "insert or replace into DerivationOutputs (drv, id, path) values (?1, ?2, ?3)",
+            )?;
             for p in paths {
                 let referrer: i64 = id.query_row([&p.path], |r| r.get(0))?;
                 for r in &p.references {
                     let reference: i64 = id
                         .query_row([r], |row| row.get(0))
                         .optional()?
-                        .ok_or_else(|| DbError::Invalid(format!("{}: reference {r} is not valid", p.path)))?;
+                        .ok_or_else(|| {
+                            DbError::Invalid(format!("{}: reference {r} is not valid", p.path))
+                        })?;
                     add_ref.execute(params![referrer, reference])?;
                 }
                 for (name, out) in &p.derivation_outputs {
@@ -292,26 +333,42 @@ mod tests {
     fn creates_a_nix_database_and_registers_atomically() {
         let root = tempfile::tempdir().unwrap();
         let mut db = NixDb::open(root.path(), "/nix/store").unwrap();
-        assert_eq!(fs::read_to_string(root.path().join("nix/var/nix/db/schema")).unwrap(), "10");
+        assert_eq!(
+            fs::read_to_string(root.path().join("nix/var/nix/db/schema")).unwrap(),
+            "10"
+        );
         assert!(root.path().join("nix/store").is_dir());
         assert!(!db.is_valid(&format!("/nix/store/{A}")).unwrap());
 
         // B refers to a path that is neither valid nor registered with it: nothing is registered.
-        let err = db.register(&[info(A, &[A]), info(B, &[A, "2f5bgkfh71dppnqaaxc3xq0vbm4dn1xp-c"])]).unwrap_err();
+        let err = db
+            .register(&[
+                info(A, &[A]),
+                info(B, &[A, "2f5bgkfh71dppnqaaxc3xq0vbm4dn1xp-c"]),
+            ])
+            .unwrap_err();
         assert!(err.to_string().contains("is not valid"), "{err}");
         assert!(!db.is_valid(&format!("/nix/store/{A}")).unwrap());
 
         db.register(&[info(B, &[A, B]), info(A, &[A])]).unwrap();
-        assert!(db.is_valid(&format!("/nix/store/{A}")).unwrap() && db.is_valid(&format!("/nix/store/{B}")).unwrap());
+        assert!(
+            db.is_valid(&format!("/nix/store/{A}")).unwrap()
+                && db.is_valid(&format!("/nix/store/{B}")).unwrap()
+        );
         let (hash, sigs, ultimate): (String, String, Option<i64>) = db
             .conn
-            .query_row("select hash, sigs, ultimate from ValidPaths where path = ?1", [format!("/nix/store/{A}")], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+            .query_row(
+                "select hash, sigs, ultimate from ValidPaths where path = ?1",
+                [format!("/nix/store/{A}")],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .unwrap();
         assert_eq!(hash, format!("sha256:{}", "07".repeat(32)));
         assert_eq!((sigs.as_str(), ultimate), ("k-1:c2ln k-2:c2ln", None));
-        let refs: i64 = db.conn.query_row("select count(*) from Refs", [], |r| r.get(0)).unwrap();
+        let refs: i64 = db
+            .conn
+            .query_row("select count(*) from Refs", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(refs, 3);
         // Registering a path twice is an error and leaves the first registration alone.
         assert!(db.register(&[info(A, &[])]).is_err());
@@ -336,9 +393,16 @@ mod tests {
         let lock = PathLock::lock(&p).unwrap();
         let f = open_lock_file(&root.path().join("x.lock")).unwrap();
         // SAFETY: flock on a valid descriptor.
-        assert_ne!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+        assert_ne!(
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0
+        );
         drop(lock);
         assert!(!root.path().join("x.lock").exists());
-        assert_eq!(f.metadata().unwrap().size(), 1, "a waiter on the old file sees it is stale");
+        assert_eq!(
+            f.metadata().unwrap().size(),
+            1,
+            "a waiter on the old file sees it is stale"
+        );
     }
 }

@@ -25,8 +25,12 @@ use refstrip_strip::RestoreVisitor;
 pub const STORE_MTIME: u64 = 1;
 
 fn cstr(name: &[u8]) -> io::Result<CString> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("refusing entry name {:?}", String::from_utf8_lossy(name))));
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("refusing entry name {:?}", String::from_utf8_lossy(name)),
+        ));
     }
     Ok(CString::new(name).expect("no NUL"))
 }
@@ -60,7 +64,15 @@ pub struct TreeWriter {
 impl TreeWriter {
     /// `parent` must stay open while the writer is used; `name` must not exist yet.
     pub fn new(parent: &impl AsRawFd, name: &[u8]) -> io::Result<TreeWriter> {
-        Ok(TreeWriter { parent: parent.as_raw_fd(), top: cstr(name)?, dirs: Vec::new(), file: None, fix_modes: umask_strips_modes(), files: 0, bytes: 0 })
+        Ok(TreeWriter {
+            parent: parent.as_raw_fd(),
+            top: cstr(name)?,
+            dirs: Vec::new(),
+            file: None,
+            fix_modes: umask_strips_modes(),
+            files: 0,
+            bytes: 0,
+        })
     }
 
     /// Where the next entry goes: (directory fd, name).
@@ -68,7 +80,10 @@ impl TreeWriter {
         match (name, self.dirs.last()) {
             (None, None) => Ok((self.parent, self.top.clone())),
             (Some(name), Some(dir)) => Ok((dir.as_raw_fd(), cstr(name)?)),
-            _ => Err(io::Error::new(io::ErrorKind::InvalidData, "malformed tree events")),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed tree events",
+            )),
         }
     }
 
@@ -83,7 +98,10 @@ impl TreeWriter {
     pub fn finish(&mut self) -> io::Result<()> {
         self.close_file()?;
         if !self.dirs.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "tree ended inside a directory"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "tree ended inside a directory",
+            ));
         }
         Ok(())
     }
@@ -98,17 +116,30 @@ impl RestoreVisitor for TreeWriter {
                 // SAFETY: valid descriptor and NUL-terminated name; the result is checked.
                 check(unsafe { libc::mkdirat(dir, name.as_ptr(), 0o755) })?;
                 let fd = check(unsafe {
-                    libc::openat(dir, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    libc::openat(
+                        dir,
+                        name.as_ptr(),
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    )
                 })?;
                 // SAFETY: a descriptor we just opened and own.
-                self.dirs.push(File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+                self.dirs
+                    .push(File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
             }
-            Event::File { name, executable, .. } => {
+            Event::File {
+                name, executable, ..
+            } => {
                 let (dir, name) = self.target(name)?;
                 let mode = if *executable { 0o555 } else { 0o444 };
-                let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+                let flags = libc::O_WRONLY
+                    | libc::O_CREAT
+                    | libc::O_EXCL
+                    | libc::O_NOFOLLOW
+                    | libc::O_CLOEXEC;
                 // SAFETY: as above.
-                let fd = check(unsafe { libc::openat(dir, name.as_ptr(), flags, mode as libc::c_uint) })?;
+                let fd = check(unsafe {
+                    libc::openat(dir, name.as_ptr(), flags, mode as libc::c_uint)
+                })?;
                 let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
                 if self.fix_modes {
                     file.set_permissions(Permissions::from_mode(mode))?;
@@ -118,18 +149,34 @@ impl RestoreVisitor for TreeWriter {
             }
             Event::Symlink { name, target } => {
                 let (dir, name) = self.target(name)?;
-                let target = CString::new(target.as_slice())
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "symlink target contains NUL"))?;
+                let target = CString::new(target.as_slice()).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidData, "symlink target contains NUL")
+                })?;
                 let times = [
-                    libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-                    libc::timespec { tv_sec: STORE_MTIME as libc::time_t, tv_nsec: 0 },
+                    libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: libc::UTIME_OMIT,
+                    },
+                    libc::timespec {
+                        tv_sec: STORE_MTIME as libc::time_t,
+                        tv_nsec: 0,
+                    },
                 ];
                 // SAFETY: as above; `times` has the two entries utimensat reads.
                 check(unsafe { libc::symlinkat(target.as_ptr(), dir, name.as_ptr()) })?;
-                check(unsafe { libc::utimensat(dir, name.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
+                check(unsafe {
+                    libc::utimensat(
+                        dir,
+                        name.as_ptr(),
+                        times.as_ptr(),
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                })?;
             }
             Event::EndDirectory => {
-                let dir = self.dirs.pop().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unbalanced directory end"))?;
+                let dir = self.dirs.pop().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, "unbalanced directory end")
+                })?;
                 dir.set_permissions(Permissions::from_mode(0o555))?;
                 dir.set_times(canonical_times())?;
             }
@@ -138,7 +185,10 @@ impl RestoreVisitor for TreeWriter {
     }
 
     fn contents(&mut self, data: &[u8]) -> io::Result<()> {
-        let file = self.file.as_mut().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "contents outside a file"))?;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "contents outside a file"))?;
         file.write_all(data)?;
         self.bytes += data.len() as u64;
         Ok(())
@@ -193,23 +243,46 @@ mod tests {
         let parent = dir_fd(tmp.path());
         let mut w = TreeWriter::new(&parent, b"out").unwrap();
         w.event(&Event::Directory { name: None }).unwrap();
-        w.event(&Event::Directory { name: Some(b"bin".to_vec()) }).unwrap();
-        w.event(&Event::File { name: Some(b"hello".to_vec()), executable: true, size: 3 }).unwrap();
+        w.event(&Event::Directory {
+            name: Some(b"bin".to_vec()),
+        })
+        .unwrap();
+        w.event(&Event::File {
+            name: Some(b"hello".to_vec()),
+            executable: true,
+            size: 3,
+        })
+        .unwrap();
         w.contents(b"abc").unwrap();
         w.event(&Event::EndDirectory).unwrap();
-        w.event(&Event::Symlink { name: Some(b"link".to_vec()), target: b"bin/hello".to_vec() }).unwrap();
-        w.event(&Event::File { name: Some(b"readme".to_vec()), executable: false, size: 0 }).unwrap();
+        w.event(&Event::Symlink {
+            name: Some(b"link".to_vec()),
+            target: b"bin/hello".to_vec(),
+        })
+        .unwrap();
+        w.event(&Event::File {
+            name: Some(b"readme".to_vec()),
+            executable: false,
+            size: 0,
+        })
+        .unwrap();
         w.event(&Event::EndDirectory).unwrap();
         w.finish().unwrap();
         let out = tmp.path().join("out");
         let mode = |p: &str| std::fs::symlink_metadata(out.join(p)).unwrap().mode() & 0o7777;
         let mtime = |p: &str| std::fs::symlink_metadata(out.join(p)).unwrap().mtime();
-        assert_eq!((mode(""), mode("bin"), mode("bin/hello"), mode("readme")), (0o555, 0o555, 0o555, 0o444));
+        assert_eq!(
+            (mode(""), mode("bin"), mode("bin/hello"), mode("readme")),
+            (0o555, 0o555, 0o555, 0o444)
+        );
         for p in ["", "bin", "bin/hello", "readme", "link"] {
             assert_eq!(mtime(p), 1, "{p}");
         }
         assert_eq!(std::fs::read(out.join("bin/hello")).unwrap(), b"abc");
-        assert_eq!(std::fs::read_link(out.join("link")).unwrap().to_str(), Some("bin/hello"));
+        assert_eq!(
+            std::fs::read_link(out.join("link")).unwrap().to_str(),
+            Some("bin/hello")
+        );
         remove_tree(&out).unwrap();
         assert!(!out.exists());
     }
@@ -222,8 +295,22 @@ mod tests {
             let mut w = TreeWriter::new(&parent, b"t").unwrap();
             std::fs::remove_dir_all(tmp.path().join("t")).ok();
             w.event(&Event::Directory { name: None }).unwrap();
-            assert!(w.event(&Event::File { name: Some(bad.to_vec()), executable: false, size: 0 }).is_err(), "{bad:?}");
-            assert!(w.event(&Event::Directory { name: Some(bad.to_vec()) }).is_err(), "{bad:?}");
+            assert!(
+                w.event(&Event::File {
+                    name: Some(bad.to_vec()),
+                    executable: false,
+                    size: 0
+                })
+                .is_err(),
+                "{bad:?}"
+            );
+            assert!(
+                w.event(&Event::Directory {
+                    name: Some(bad.to_vec())
+                })
+                .is_err(),
+                "{bad:?}"
+            );
         }
         assert!(TreeWriter::new(&parent, b"..").is_err());
     }
@@ -241,14 +328,38 @@ mod tests {
         let mut w = TreeWriter::new(&parent, b"t").unwrap();
         assert!(w.event(&Event::Directory { name: None }).is_err());
         let mut w = TreeWriter::new(&parent, b"t").unwrap();
-        assert!(w.event(&Event::File { name: None, executable: false, size: 0 }).is_err());
+        assert!(w
+            .event(&Event::File {
+                name: None,
+                executable: false,
+                size: 0
+            })
+            .is_err());
 
         let mut w = TreeWriter::new(&parent, b"u").unwrap();
         w.event(&Event::Directory { name: None }).unwrap();
-        w.event(&Event::Symlink { name: Some(b"esc".to_vec()), target: outside.to_str().unwrap().as_bytes().to_vec() }).unwrap();
+        w.event(&Event::Symlink {
+            name: Some(b"esc".to_vec()),
+            target: outside.to_str().unwrap().as_bytes().to_vec(),
+        })
+        .unwrap();
         // A second entry of the same name (which restore refuses anyway) must not go through it.
-        assert!(w.event(&Event::File { name: Some(b"esc".to_vec()), executable: false, size: 0 }).is_err());
-        assert!(w.event(&Event::Directory { name: Some(b"esc".to_vec()) }).is_err());
-        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing was written outside");
+        assert!(w
+            .event(&Event::File {
+                name: Some(b"esc".to_vec()),
+                executable: false,
+                size: 0
+            })
+            .is_err());
+        assert!(w
+            .event(&Event::Directory {
+                name: Some(b"esc".to_vec())
+            })
+            .is_err());
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "nothing was written outside"
+        );
     }
 }

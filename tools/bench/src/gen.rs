@@ -18,12 +18,66 @@ use anyhow::{bail, Context};
 const MIB: u64 = 1 << 20;
 const NIX_BASE32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
 const WORDS: &[&str] = &[
-    "export", "PATH", "prefix", "exec_prefix", "libdir", "includedir", "Name:", "Version:", "Libs:", "Cflags:",
-    "if", "then", "else", "fi", "for", "do", "done", "echo", "set", "-e", "the", "of", "and", "to", "in", "is",
-    "library", "compression", "archive", "function", "return", "static", "const", "int", "char", "void",
-    "struct", "#include", "#define", "=", "{", "}", "(", ")", ";", "--with-zlib", "LD_LIBRARY_PATH",
+    "export",
+    "PATH",
+    "prefix",
+    "exec_prefix",
+    "libdir",
+    "includedir",
+    "Name:",
+    "Version:",
+    "Libs:",
+    "Cflags:",
+    "if",
+    "then",
+    "else",
+    "fi",
+    "for",
+    "do",
+    "done",
+    "echo",
+    "set",
+    "-e",
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "library",
+    "compression",
+    "archive",
+    "function",
+    "return",
+    "static",
+    "const",
+    "int",
+    "char",
+    "void",
+    "struct",
+    "#include",
+    "#define",
+    "=",
+    "{",
+    "}",
+    "(",
+    ")",
+    ";",
+    "--with-zlib",
+    "LD_LIBRARY_PATH",
 ];
-const PACKAGES: &[&str] = &["zlib", "glibc", "openssl", "python3", "perl", "bash", "coreutils", "ncurses", "libffi", "gcc-lib"];
+const PACKAGES: &[&str] = &[
+    "zlib",
+    "glibc",
+    "openssl",
+    "python3",
+    "perl",
+    "bash",
+    "coreutils",
+    "ncurses",
+    "libffi",
+    "gcc-lib",
+];
 
 /// SplitMix64: small, fast, good enough for filler bytes.
 pub struct Rng(u64);
@@ -63,7 +117,12 @@ impl Rng {
 fn fake_store_paths(rng: &mut Rng) -> Vec<String> {
     PACKAGES
         .iter()
-        .map(|p| format!("/nix/store/{}-{p}", String::from_utf8_lossy(&rng.hash_part())))
+        .map(|p| {
+            format!(
+                "/nix/store/{}-{p}",
+                String::from_utf8_lossy(&rng.hash_part())
+            )
+        })
         .collect()
 }
 
@@ -115,7 +174,10 @@ fn fill_binary(rng: &mut Rng, paths: &[String], buf: &mut Vec<u8>, size: usize) 
             }
             _ => {
                 let p = paths[rng.below(paths.len() as u64) as usize].as_bytes();
-                for (dst, src) in block.iter_mut().zip(p.iter().chain(b"/lib\0".iter()).cycle()) {
+                for (dst, src) in block
+                    .iter_mut()
+                    .zip(p.iter().chain(b"/lib\0".iter()).cycle())
+                {
                     *dst = *src;
                 }
             }
@@ -178,13 +240,30 @@ pub fn generate(root: &Path, size_mb: u64) -> anyhow::Result<TreeFacts> {
     let target = size_mb * 1_000_000;
     let mut rng = Rng::new(0x7265_6673_7472_6970 ^ size_mb);
     let paths = fake_store_paths(&mut rng);
-    let mut g = Gen { rng, paths, buf: Vec::new(), files: 0, symlinks: 0, dirs: 0, bytes: 0 };
+    let mut g = Gen {
+        rng,
+        paths,
+        buf: Vec::new(),
+        files: 0,
+        symlinks: 0,
+        dirs: 0,
+        bytes: 0,
+    };
     let tmp = PathBuf::from(format!("{}.generating", root.display()));
     if tmp.exists() {
         fs::remove_dir_all(&tmp)?;
     }
     g.dir(&tmp)?;
-    for d in ["bin", "lib", "libexec", "include", "share/doc", "share/man/man1", "share/data", "nix-support"] {
+    for d in [
+        "bin",
+        "lib",
+        "libexec",
+        "include",
+        "share/doc",
+        "share/man/man1",
+        "share/data",
+        "nix-support",
+    ] {
         g.dir(&tmp.join(d))?;
     }
 
@@ -228,15 +307,24 @@ pub fn generate(root: &Path, size_mb: u64) -> anyhow::Result<TreeFacts> {
         let in_dir = n % 40;
         if in_dir == 0 {
             // A new nested directory, 1..6 levels below one of the top-level ones.
-            let top = ["lib", "share/doc", "share/data", "include", "libexec"][g.rng.below(5) as usize];
+            let top =
+                ["lib", "share/doc", "share/data", "include", "libexec"][g.rng.below(5) as usize];
             let mut d = tmp.join(top);
             for level in 0..1 + g.rng.below(6) {
-                d.push(format!("{}-{}", PACKAGES[g.rng.below(PACKAGES.len() as u64) as usize], level + n / 40));
+                d.push(format!(
+                    "{}-{}",
+                    PACKAGES[g.rng.below(PACKAGES.len() as u64) as usize],
+                    level + n / 40
+                ));
             }
             g.dir(&d)?;
             dir = d;
         }
-        let size = if g.rng.below(50) == 0 { 0 } else { (65536.0 * g.rng.unit().powi(3)) as u64 };
+        let size = if g.rng.below(50) == 0 {
+            0
+        } else {
+            (65536.0 * g.rng.unit().powi(3)) as u64
+        };
         let text = g.rng.below(3) != 0;
         let exe = g.rng.below(7) == 0;
         let ext = if text { "txt" } else { "o" };
@@ -254,15 +342,28 @@ pub fn generate(root: &Path, size_mb: u64) -> anyhow::Result<TreeFacts> {
         }
         n += 1;
     }
-    fs::write(tmp.join("nix-support/propagated-build-inputs"), g.paths.join(" ") + "\n")?;
+    fs::write(
+        tmp.join("nix-support/propagated-build-inputs"),
+        g.paths.join(" ") + "\n",
+    )?;
     g.files += 1;
     fs::rename(&tmp, root)?;
-    Ok(TreeFacts { files: g.files, symlinks: g.symlinks, dirs: g.dirs, bytes: g.bytes })
+    Ok(TreeFacts {
+        files: g.files,
+        symlinks: g.symlinks,
+        dirs: g.dirs,
+        bytes: g.bytes,
+    })
 }
 
 /// Count what is in an existing tree.
 pub fn facts(root: &Path) -> anyhow::Result<TreeFacts> {
-    let mut f = TreeFacts { files: 0, symlinks: 0, dirs: 0, bytes: 0 };
+    let mut f = TreeFacts {
+        files: 0,
+        symlinks: 0,
+        dirs: 0,
+        bytes: 0,
+    };
     let mut stack = vec![root.to_path_buf()];
     while let Some(p) = stack.pop() {
         let m = fs::symlink_metadata(&p)?;

@@ -13,7 +13,10 @@ mod strip;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "refstrip-bench", about = "Throughput benchmarks of refstrip against nix-store and SHA-256")]
+#[command(
+    name = "refstrip-bench",
+    about = "Throughput benchmarks of refstrip against nix-store and SHA-256"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -17,7 +17,11 @@ use crate::report::{header, load_average, time, Sample, Table, MB};
 #[derive(Args)]
 pub struct NarArgs {
     /// An existing tree to measure.
-    #[arg(long, conflicts_with = "generate", required_unless_present = "generate")]
+    #[arg(
+        long,
+        conflicts_with = "generate",
+        required_unless_present = "generate"
+    )]
     tree: Option<PathBuf>,
     /// Generate a deterministic tree here first (reused when it exists with a matching stamp).
     #[arg(long)]
@@ -48,7 +52,12 @@ pub fn run(args: NarArgs) -> anyhow::Result<()> {
             let want = format!("size-mb {}\n", args.size_mb);
             if g.exists() {
                 if fs::read_to_string(&stamp).ok().as_deref() != Some(want.as_str()) {
-                    bail!("{} exists but was not generated with --size-mb {} (stamp {}): remove it", g.display(), args.size_mb, stamp.display());
+                    bail!(
+                        "{} exists but was not generated with --size-mb {} (stamp {}): remove it",
+                        g.display(),
+                        args.size_mb,
+                        stamp.display()
+                    );
                 }
                 eprintln!("reusing generated tree {}", g.display());
             } else {
@@ -63,7 +72,10 @@ pub fn run(args: NarArgs) -> anyhow::Result<()> {
     };
     let tree = fs::canonicalize(&tree).with_context(|| format!("{}", tree.display()))?;
     let facts = gen::facts(&tree)?;
-    let work = args.work.clone().unwrap_or_else(|| PathBuf::from(format!("{}.bench-work", tree.display())));
+    let work = args
+        .work
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.bench-work", tree.display())));
     let reps = args.reps.max(1);
 
     let mut report = header();
@@ -78,16 +90,25 @@ pub fn run(args: NarArgs) -> anyhow::Result<()> {
 
     // Warm-up: our dump into memory (this NAR is the input of the in-memory benchmarks) and one
     // untimed nix-store --dump, whose bytes must be the same.
-    eprintln!("warm-up: dumping {} with refstrip and nix-store ...", tree.display());
+    eprintln!(
+        "warm-up: dumping {} with refstrip and nix-store ...",
+        tree.display()
+    );
     let mut nar = Vec::with_capacity(facts.bytes as usize + (64 << 20));
     refstrip_nar::dump(&tree, &mut nar)?;
     let ours: [u8; 32] = Sha256::digest(&nar).into();
     let theirs = nix_dump_sha256(&tree)?;
     if ours != theirs {
-        bail!("refstrip_nar::dump and nix-store --dump disagree on {}", tree.display());
+        bail!(
+            "refstrip_nar::dump and nix-store --dump disagree on {}",
+            tree.display()
+        );
     }
     let nar_bytes = nar.len() as u64;
-    report.push_str(&format!("| NAR | {:.1} MB, identical to `nix-store --dump` (checked in the warm-up) |\n\n", nar_bytes as f64 / MB));
+    report.push_str(&format!(
+        "| NAR | {:.1} MB, identical to `nix-store --dump` (checked in the warm-up) |\n\n",
+        nar_bytes as f64 / MB
+    ));
 
     // (a) dump
     eprintln!("dump: {reps} reps each, interleaved");
@@ -97,8 +118,24 @@ pub fn run(args: NarArgs) -> anyhow::Result<()> {
         a.push(time(|| Ok(refstrip_nar::dump(&tree, io::sink())?))?.0);
         b.push(time(|| nix_dump_to_null(&tree))?.0);
     }
-    let nix = dump.push("dump to /dev/null", "`nix-store --dump DIR > /dev/null`", Sample { times: b, bytes: nar_bytes }, None);
-    dump.push("dump to /dev/null", "`refstrip_nar::dump(DIR, io::sink())`", Sample { times: a, bytes: nar_bytes }, Some(nix));
+    let nix = dump.push(
+        "dump to /dev/null",
+        "`nix-store --dump DIR > /dev/null`",
+        Sample {
+            times: b,
+            bytes: nar_bytes,
+        },
+        None,
+    );
+    dump.push(
+        "dump to /dev/null",
+        "`refstrip_nar::dump(DIR, io::sink())`",
+        Sample {
+            times: a,
+            bytes: nar_bytes,
+        },
+        Some(nix),
+    );
 
     // (b) read, (c) write
     eprintln!("read/write: {reps} reps each");
@@ -107,20 +144,35 @@ pub fn run(args: NarArgs) -> anyhow::Result<()> {
     let memcpy = rw.push(
         "reference: memcpy of the NAR",
         "`copy_from_slice`",
-        Sample { times: repeat(reps, || { copy_buf.copy_from_slice(&nar); std::hint::black_box(&copy_buf); Ok(()) })?, bytes: nar_bytes },
+        Sample {
+            times: repeat(reps, || {
+                copy_buf.copy_from_slice(&nar);
+                std::hint::black_box(&copy_buf);
+                Ok(())
+            })?,
+            bytes: nar_bytes,
+        },
         None,
     );
     drop(copy_buf);
     rw.push(
         "(b) read: events + content_chunk",
         "`NarReader` over `&[u8]` (zero-copy)",
-        Sample { times: repeat(reps, || read_all(&nar[..]))?, bytes: nar_bytes },
+        Sample {
+            times: repeat(reps, || read_all(&nar[..]))?,
+            bytes: nar_bytes,
+        },
         Some(memcpy),
     );
     rw.push(
         "(b) read: events + content_chunk",
         "`NarReader` over `BufReader<&[u8]>` 64 KiB",
-        Sample { times: repeat(reps, || read_all(BufReader::with_capacity(64 << 10, &nar[..])))?, bytes: nar_bytes },
+        Sample {
+            times: repeat(reps, || {
+                read_all(BufReader::with_capacity(64 << 10, &nar[..]))
+            })?,
+            bytes: nar_bytes,
+        },
         Some(memcpy),
     );
     rw.push(
@@ -180,7 +232,8 @@ pub fn run(args: NarArgs) -> anyhow::Result<()> {
             let dest = work.join("out");
             settle(&dest)?;
             let t = time(|| {
-                let mut r = NarReader::new(BufReader::with_capacity(1 << 20, File::open(&nar_file)?));
+                let mut r =
+                    NarReader::new(BufReader::with_capacity(1 << 20, File::open(&nar_file)?));
                 refstrip_nar::unpack(&mut r, &dest)?;
                 Ok(())
             })?
@@ -194,8 +247,24 @@ pub fn run(args: NarArgs) -> anyhow::Result<()> {
         }
         settle(&work.join("out"))?;
         fs::remove_dir_all(&work)?;
-        let nix = unpack.push("unpack", "`nix-store --restore OUT < tree.nar`", Sample { times: b, bytes: nar_bytes }, None);
-        unpack.push("unpack", "`refstrip_nar::unpack(BufReader<File>, OUT)`", Sample { times: a, bytes: nar_bytes }, Some(nix));
+        let nix = unpack.push(
+            "unpack",
+            "`nix-store --restore OUT < tree.nar`",
+            Sample {
+                times: b,
+                bytes: nar_bytes,
+            },
+            None,
+        );
+        unpack.push(
+            "unpack",
+            "`refstrip_nar::unpack(BufReader<File>, OUT)`",
+            Sample {
+                times: a,
+                bytes: nar_bytes,
+            },
+            Some(nix),
+        );
         tables.push(unpack);
     }
 
@@ -234,7 +303,11 @@ fn read_all<R: io::BufRead>(r: R) -> anyhow::Result<()> {
 }
 
 fn nix_dump_to_null(tree: &Path) -> anyhow::Result<()> {
-    let status = Command::new("nix-store").arg("--dump").arg(tree).stdout(File::create("/dev/null")?).status()?;
+    let status = Command::new("nix-store")
+        .arg("--dump")
+        .arg(tree)
+        .stdout(File::create("/dev/null")?)
+        .status()?;
     if !status.success() {
         bail!("nix-store --dump {} failed: {status}", tree.display());
     }
@@ -242,7 +315,11 @@ fn nix_dump_to_null(tree: &Path) -> anyhow::Result<()> {
 }
 
 fn nix_dump_sha256(tree: &Path) -> anyhow::Result<[u8; 32]> {
-    let mut child = Command::new("nix-store").arg("--dump").arg(tree).stdout(Stdio::piped()).spawn()?;
+    let mut child = Command::new("nix-store")
+        .arg("--dump")
+        .arg(tree)
+        .stdout(Stdio::piped())
+        .spawn()?;
     let mut out = child.stdout.take().expect("piped");
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -260,7 +337,11 @@ fn nix_dump_sha256(tree: &Path) -> anyhow::Result<[u8; 32]> {
 }
 
 fn nix_restore(nar: &Path, dest: &Path) -> anyhow::Result<()> {
-    let status = Command::new("nix-store").arg("--restore").arg(dest).stdin(File::open(nar)?).status()?;
+    let status = Command::new("nix-store")
+        .arg("--restore")
+        .arg(dest)
+        .stdin(File::open(nar)?)
+        .status()?;
     if !status.success() {
         bail!("nix-store --restore {} failed: {status}", dest.display());
     }

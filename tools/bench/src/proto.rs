@@ -26,7 +26,9 @@ impl SkipScanner {
         }
         let mut table = HashMap::new();
         for (i, h) in hash_parts.into_iter().enumerate() {
-            table.entry(h.try_into().expect("32-byte hash part")).or_insert(i as u32);
+            table
+                .entry(h.try_into().expect("32-byte hash part"))
+                .or_insert(i as u32);
         }
         SkipScanner { b32, table }
     }

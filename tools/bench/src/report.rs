@@ -15,7 +15,11 @@ pub struct Sample {
 
 impl Sample {
     fn rates(&self) -> Vec<f64> {
-        let mut r: Vec<f64> = self.times.iter().map(|t| self.bytes as f64 / MB / t.as_secs_f64()).collect();
+        let mut r: Vec<f64> = self
+            .times
+            .iter()
+            .map(|t| self.bytes as f64 / MB / t.as_secs_f64())
+            .collect();
         r.sort_by(|a, b| a.total_cmp(b));
         r
     }
@@ -69,7 +73,10 @@ pub struct Table {
 
 impl Table {
     pub fn new(title: impl Into<String>) -> Self {
-        Table { title: title.into(), rows: Vec::new() }
+        Table {
+            title: title.into(),
+            rows: Vec::new(),
+        }
     }
 
     /// Add a row; returns its index for later `vs` references.
@@ -81,18 +88,30 @@ impl Table {
             sample.max(),
             sample.times.len()
         );
-        self.rows.push(Row { what: what.into(), tool: tool.into(), sample, vs });
+        self.rows.push(Row {
+            what: what.into(),
+            tool: tool.into(),
+            sample,
+            vs,
+        });
         self.rows.len() - 1
     }
 
     pub fn markdown(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "**{}**\n", self.title);
-        let _ = writeln!(s, "| measured | tool | MB per rep | reps | median MB/s | min | max | median time | vs |");
+        let _ = writeln!(
+            s,
+            "| measured | tool | MB per rep | reps | median MB/s | min | max | median time | vs |"
+        );
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---|");
         for row in &self.rows {
             let vs = match row.vs {
-                Some(i) => format!("{:.2}× {}", row.sample.median() / self.rows[i].sample.median(), self.rows[i].tool),
+                Some(i) => format!(
+                    "{:.2}× {}",
+                    row.sample.median() / self.rows[i].sample.median(),
+                    self.rows[i].tool
+                ),
                 None => String::new(),
             };
             let _ = writeln!(
@@ -131,16 +150,34 @@ pub fn header() -> String {
     let args: Vec<String> = std::env::args().skip(1).map(|a| shell_quote(&a)).collect();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "?".into());
-    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .and_then(|s| {
+            s.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+        })
         .map(|kib| format!("{:.1} GiB", kib as f64 / 1048576.0))
         .unwrap_or_else(|| "?".into());
     let mut s = String::new();
-    let _ = writeln!(s, "Command: `cargo run --release -p refstrip-bench -- {}`\n", args.join(" "));
+    let _ = writeln!(
+        s,
+        "Command: `cargo run --release -p refstrip-bench -- {}`\n",
+        args.join(" ")
+    );
     let _ = writeln!(s, "| machine | |");
     let _ = writeln!(s, "|---|---|");
     let _ = writeln!(s, "| nproc | {nproc} |");
@@ -148,14 +185,29 @@ pub fn header() -> String {
     let _ = writeln!(s, "| RAM | {mem} |");
     let _ = writeln!(s, "| kernel | {} |", command_output("uname", &["-sr"]));
     let _ = writeln!(s, "| rustc | {} |", command_output("rustc", &["--version"]));
-    let _ = writeln!(s, "| nix-store | {} |", command_output("nix-store", &["--version"]));
-    let _ = writeln!(s, "| date | {} |", command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
-    let _ = writeln!(s, "| load average at start (1/5/15 min) | {} |", load_average());
+    let _ = writeln!(
+        s,
+        "| nix-store | {} |",
+        command_output("nix-store", &["--version"])
+    );
+    let _ = writeln!(
+        s,
+        "| date | {} |",
+        command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+    );
+    let _ = writeln!(
+        s,
+        "| load average at start (1/5/15 min) | {} |",
+        load_average()
+    );
     s
 }
 
 fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))

@@ -14,13 +14,15 @@ use refstrip_cas::FileSink;
 use refstrip_nar::{Event, NarReader};
 use refstrip_nix::{NarInfo, StoreDir};
 use refstrip_source::{decompress, Compression};
-use refstrip_strip::{restore_nar, strip, Manifest, MemoryStore, RefTable, Scanner, StripOptions, StripStats};
+use refstrip_strip::{
+    restore_nar, strip, Manifest, MemoryStore, RefTable, Scanner, StripOptions, StripStats,
+};
 use sha2::{Digest, Sha256};
 
 use crate::gen::Rng;
 use crate::proto::SkipScanner;
-use aho_corasick::{AhoCorasick, MatchKind};
 use crate::report::{header, load_average, Sample, Table, MB};
+use aho_corasick::{AhoCorasick, MatchKind};
 
 #[derive(Args)]
 pub struct StripArgs {
@@ -72,18 +74,26 @@ pub fn run(args: StripArgs) -> anyhow::Result<()> {
         names.retain(|p| p.extension().is_some_and(|e| e == "narinfo"));
         names.sort();
         for p in names {
-            let narinfo = NarInfo::parse_bytes(&store_dir, &fs::read(&p)?).with_context(|| format!("parsing {}", p.display()))?;
+            let narinfo = NarInfo::parse_bytes(&store_dir, &fs::read(&p)?)
+                .with_context(|| format!("parsing {}", p.display()))?;
             let file = cache.join(&narinfo.url);
             compressed += fs::metadata(&file)?.len();
             let compression = Compression::from_narinfo(narinfo.compression.as_deref())?;
             let mut r = decompress(BufReader::new(File::open(&file)?), compression)?;
             let mut nar = Vec::with_capacity(narinfo.nar_size as usize);
             io::copy(&mut r, &mut nar)?;
-            if nar.len() as u64 != narinfo.nar_size || refstrip_nix::Hash::from_bytes(Sha256::digest(&nar).into()) != narinfo.nar_hash {
+            if nar.len() as u64 != narinfo.nar_size
+                || refstrip_nix::Hash::from_bytes(Sha256::digest(&nar).into()) != narinfo.nar_hash
+            {
                 bail!("{}: NAR does not match NarHash/NarSize", file.display());
             }
             let info = refstrip_store::pathinfo::path_info(&narinfo)?;
-            paths.push(Path1 { name: narinfo.store_path.base_name().to_string(), nar, info, narinfo });
+            paths.push(Path1 {
+                name: narinfo.store_path.base_name().to_string(),
+                nar,
+                info,
+                narinfo,
+            });
         }
     }
     if paths.is_empty() {
@@ -94,7 +104,11 @@ pub fn run(args: StripArgs) -> anyhow::Result<()> {
     let options = StripOptions::default();
 
     let mut report = header();
-    let caches: Vec<String> = args.cache.iter().map(|c| format!("`{}`", c.display())).collect();
+    let caches: Vec<String> = args
+        .cache
+        .iter()
+        .map(|c| format!("`{}`", c.display()))
+        .collect();
     report.push_str(&format!(
         "| input | {} store paths from {}: {:.2} MB of NAR ({:.2} MB compressed), decompressed into memory before timing |\n\n",
         paths.len(),
@@ -126,60 +140,110 @@ pub fn run(args: StripArgs) -> anyhow::Result<()> {
     }
     ref_counts.sort();
     let normalized: u64 = store.objects.values().map(|v| v.len() as u64).sum();
-    report.push_str(&references_table(&paths, &stats, &ref_counts, weighted_refs, store.objects.len(), normalized));
+    report.push_str(&references_table(
+        &paths,
+        &stats,
+        &ref_counts,
+        weighted_refs,
+        store.objects.len(),
+        normalized,
+    ));
 
-    let mut t = Table::new("Single-core throughput over the same in-memory NARs (MB of NAR per second)");
+    let mut t =
+        Table::new("Single-core throughput over the same in-memory NARs (MB of NAR per second)");
     let min = Duration::from_secs_f64(args.min_rep_secs);
     let want = |key: &str| args.only.is_empty() || args.only.iter().any(|o| o == key);
-    eprintln!("measuring {} paths, {:.2} MB of NAR; {reps} reps of ≥ {:.2} s each", paths.len(), total as f64 / MB, args.min_rep_secs);
+    eprintln!(
+        "measuring {} paths, {:.2} MB of NAR; {reps} reps of ≥ {:.2} s each",
+        paths.len(),
+        total as f64 / MB,
+        args.min_rep_secs
+    );
 
-    let floor = if want("sha256") { Some(t.push("floor: SHA-256 of each NAR (Nix's NarHash)", "`sha2::Sha256`", measure(reps, min, total, || {
-        for p in &paths {
-            std::hint::black_box(Sha256::digest(&p.nar));
-        }
-        Ok(())
-    })?, None)) } else { None };
+    let floor = if want("sha256") {
+        Some(t.push(
+            "floor: SHA-256 of each NAR (Nix's NarHash)",
+            "`sha2::Sha256`",
+            measure(reps, min, total, || {
+                for p in &paths {
+                    std::hint::black_box(Sha256::digest(&p.nar));
+                }
+                Ok(())
+            })?,
+            None,
+        ))
+    } else {
+        None
+    };
     if want("blake3") {
-        t.push("part: BLAKE3 of each NAR (single-threaded)", "`blake3::Hasher::update`", measure(reps, min, total, || {
-        for p in &paths {
-            std::hint::black_box(blake3::hash(&p.nar));
-        }
-        Ok(())
-    })?, floor);
+        t.push(
+            "part: BLAKE3 of each NAR (single-threaded)",
+            "`blake3::Hasher::update`",
+            measure(reps, min, total, || {
+                for p in &paths {
+                    std::hint::black_box(blake3::hash(&p.nar));
+                }
+                Ok(())
+            })?,
+            floor,
+        );
     }
     if want("parse") {
-        t.push("part: NAR parse (events + content_chunk)", "`NarReader` over `&[u8]`", measure(reps, min, total, || {
-        for p in &paths {
-            parse_only(&p.nar)?;
-        }
-        Ok(())
-    })?, floor);
+        t.push(
+            "part: NAR parse (events + content_chunk)",
+            "`NarReader` over `&[u8]`",
+            measure(reps, min, total, || {
+                for p in &paths {
+                    parse_only(&p.nar)?;
+                }
+                Ok(())
+            })?,
+            floor,
+        );
     }
     let acs: Vec<AhoCorasick> = paths
         .iter()
-        .map(|p| AhoCorasick::builder().match_kind(MatchKind::LeftmostFirst).build(p.info.refs.basenames().iter().map(|b| &b[..32])))
+        .map(|p| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostFirst)
+                .build(p.info.refs.basenames().iter().map(|b| &b[..32]))
+        })
         .collect::<Result<_, _>>()?;
     let scanners: Vec<Scanner> = paths.iter().map(|p| Scanner::new(&p.info.refs)).collect();
     if want("scan") {
-        t.push("part: NAR parse + reference scan/replace", "`NarReader` + `ScanStream::feed`", measure(reps, min, total, || {
-        for (p, s) in paths.iter().zip(&scanners) {
-            parse_and_scan(&p.nar, s)?;
-        }
-        Ok(())
-    })?, floor);
+        t.push(
+            "part: NAR parse + reference scan/replace",
+            "`NarReader` + `ScanStream::feed`",
+            measure(reps, min, total, || {
+                for (p, s) in paths.iter().zip(&scanners) {
+                    parse_and_scan(&p.nar, s)?;
+                }
+                Ok(())
+            })?,
+            floor,
+        );
     }
     if want("proto") {
         // Same matches as aho-corasick over each whole NAR (checked), then timed.
-        let protos: Vec<SkipScanner> = paths.iter().map(|p| SkipScanner::new(p.info.refs.basenames().iter().map(|b| &b[..32]))).collect();
+        let protos: Vec<SkipScanner> = paths
+            .iter()
+            .map(|p| SkipScanner::new(p.info.refs.basenames().iter().map(|b| &b[..32])))
+            .collect();
         for (p, proto) in paths.iter().zip(&protos) {
             let ac = AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostFirst)
                 .build(p.info.refs.basenames().iter().map(|b| &b[..32]))?;
-            let want: Vec<(usize, u32)> = ac.find_iter(&p.nar).map(|m| (m.start(), m.pattern().as_u32())).collect();
+            let want: Vec<(usize, u32)> = ac
+                .find_iter(&p.nar)
+                .map(|m| (m.start(), m.pattern().as_u32()))
+                .collect();
             let mut got = Vec::new();
             proto.scan(&p.nar, |o, i| got.push((o, i)));
             if got != want {
-                bail!("prototype scanner disagrees with aho-corasick on {}", p.name);
+                bail!(
+                    "prototype scanner disagrees with aho-corasick on {}",
+                    p.name
+                );
             }
         }
         t.push("prototype: skip scanner over each NAR (no copy; matches checked equal to aho-corasick)", "`proto::SkipScanner` (tools/bench)", measure(reps, min, total, || {
@@ -190,20 +254,35 @@ pub fn run(args: StripArgs) -> anyhow::Result<()> {
             }
             Ok(())
         })?, floor);
-        t.push("reference: aho-corasick `find_iter` over each NAR (no copy)", "`AhoCorasick` leftmost-first", measure(reps, min, total, || {
-            for (p, s) in paths.iter().zip(&acs) {
-                std::hint::black_box(s.find_iter(&p.nar).count());
-            }
-            Ok(())
-        })?, floor);
+        t.push(
+            "reference: aho-corasick `find_iter` over each NAR (no copy)",
+            "`AhoCorasick` leftmost-first",
+            measure(reps, min, total, || {
+                for (p, s) in paths.iter().zip(&acs) {
+                    std::hint::black_box(s.find_iter(&p.nar).count());
+                }
+                Ok(())
+            })?,
+            floor,
+        );
     }
     if want("strip") {
-        t.push("**strip** → `io::sink()` (scan + normalize + BLAKE3 + NarHash)", "`refstrip_strip::strip`", measure(reps, min, total, || {
-        for p in &paths {
-            std::hint::black_box(strip(&p.nar[..], &p.info.refs, &options, &mut io::sink())?);
-        }
-        Ok(())
-    })?, floor);
+        t.push(
+            "**strip** → `io::sink()` (scan + normalize + BLAKE3 + NarHash)",
+            "`refstrip_strip::strip`",
+            measure(reps, min, total, || {
+                for p in &paths {
+                    std::hint::black_box(strip(
+                        &p.nar[..],
+                        &p.info.refs,
+                        &options,
+                        &mut io::sink(),
+                    )?);
+                }
+                Ok(())
+            })?,
+            floor,
+        );
     }
     let level = args.level;
     if want("strip-bufread") {
@@ -216,44 +295,56 @@ pub fn run(args: StripArgs) -> anyhow::Result<()> {
     }
     if want("pack") {
         t.push(
-        &format!("**strip + pack** (zstd {level}, 1 MiB blocks, dedupe within the pass)"),
-        "`strip` → `FileSink` → `PackWriter<io::Sink>`",
-        measure(reps, min, total, || {
-            let mut pack = PackWriter::new(io::sink(), level)?;
-            for p in &paths {
-                let mut sink = FileSink::new(&mut pack);
-                std::hint::black_box(strip(&p.nar[..], &p.info.refs, &options, &mut sink)?);
-            }
-            pack.finish()?;
-            Ok(())
-        })?,
-        floor,
-    );
+            &format!("**strip + pack** (zstd {level}, 1 MiB blocks, dedupe within the pass)"),
+            "`strip` → `FileSink` → `PackWriter<io::Sink>`",
+            measure(reps, min, total, || {
+                let mut pack = PackWriter::new(io::sink(), level)?;
+                for p in &paths {
+                    let mut sink = FileSink::new(&mut pack);
+                    std::hint::black_box(strip(&p.nar[..], &p.info.refs, &options, &mut sink)?);
+                }
+                pack.finish()?;
+                Ok(())
+            })?,
+            floor,
+        );
     }
     if want("zstd") {
-        t.push(&format!("part: zstd {level} of each NAR in 1 MiB blocks"), "`zstd::bulk::compress`", measure(reps, min, total, || {
-        for p in &paths {
-            for block in p.nar.chunks(1 << 20) {
-                std::hint::black_box(zstd::bulk::compress(block, level)?);
-            }
-        }
-        Ok(())
-    })?, floor);
+        t.push(
+            &format!("part: zstd {level} of each NAR in 1 MiB blocks"),
+            "`zstd::bulk::compress`",
+            measure(reps, min, total, || {
+                for p in &paths {
+                    for block in p.nar.chunks(1 << 20) {
+                        std::hint::black_box(zstd::bulk::compress(block, level)?);
+                    }
+                }
+                Ok(())
+            })?,
+            floor,
+        );
     }
     if want("restore") {
-        t.push("**restore** → `io::sink()` (incl. SHA-256 check)", "`restore_nar` from `MemoryStore`", measure(reps, min, total, || {
-        for m in &manifests {
-            std::hint::black_box(restore_nar(m, &mut store, io::sink())?);
-        }
-        Ok(())
-    })?, floor);
+        t.push(
+            "**restore** → `io::sink()` (incl. SHA-256 check)",
+            "`restore_nar` from `MemoryStore`",
+            measure(reps, min, total, || {
+                for m in &manifests {
+                    std::hint::black_box(restore_nar(m, &mut store, io::sink())?);
+                }
+                Ok(())
+            })?,
+            floor,
+        );
     }
 
     // Per path (the largest ones): where the reference count is high, the scanner slows down.
     let mut big: Vec<usize> = (0..paths.len()).collect();
     big.sort_by_key(|&i| std::cmp::Reverse(paths[i].nar.len()));
     big.truncate(if want("per-path") { args.per_path } else { 0 });
-    let mut pp = Table::new("Per path (largest NARs): strip → `io::sink()` vs SHA-256 of the same NAR, one thread");
+    let mut pp = Table::new(
+        "Per path (largest NARs): strip → `io::sink()` vs SHA-256 of the same NAR, one thread",
+    );
     for &i in &big {
         let p = &paths[i];
         let bytes = p.nar.len() as u64;
@@ -261,7 +352,11 @@ pub fn run(args: StripArgs) -> anyhow::Result<()> {
             std::hint::black_box(Sha256::digest(&p.nar));
             Ok(())
         })?;
-        let what = format!("{} ({} refs)", p.name.split_once('-').map_or(p.name.as_str(), |x| x.1), p.info.refs.len());
+        let what = format!(
+            "{} ({} refs)",
+            p.name.split_once('-').map_or(p.name.as_str(), |x| x.1),
+            p.info.refs.len()
+        );
         let j = pp.push(&what, "SHA-256", sha, None);
         let s = measure(reps, min, bytes, || {
             std::hint::black_box(strip(&p.nar[..], &p.info.refs, &options, &mut io::sink())?);
@@ -271,7 +366,10 @@ pub fn run(args: StripArgs) -> anyhow::Result<()> {
     }
 
     report.push_str("MB = 10^6 bytes of NAR; each repetition processes every NAR (k times over, k chosen so a repetition lasts ≥ ");
-    report.push_str(&format!("{} s); \"vs\" = ratio of medians; one thread.\n\n", args.min_rep_secs));
+    report.push_str(&format!(
+        "{} s); \"vs\" = ratio of medians; one thread.\n\n",
+        args.min_rep_secs
+    ));
     if !t.rows.is_empty() {
         report.push_str(&t.markdown());
         report.push('\n');
@@ -286,11 +384,13 @@ pub fn run(args: StripArgs) -> anyhow::Result<()> {
         let mut rng = Rng::new(42);
         let mut first = None;
         for &n in &args.pattern_counts {
-            let refs: Vec<Vec<u8>> = (1..n).map(|i| {
-                let mut b = rng.hash_part().to_vec();
-                b.extend_from_slice(format!("-ref{i}").as_bytes());
-                b
-            }).collect();
+            let refs: Vec<Vec<u8>> = (1..n)
+                .map(|i| {
+                    let mut b = rng.hash_part().to_vec();
+                    b.extend_from_slice(format!("-ref{i}").as_bytes());
+                    b
+                })
+                .collect();
             let mut me = rng.hash_part().to_vec();
             me.extend_from_slice(b"-self");
             let table = RefTable::new(&me, &refs)?;
@@ -301,7 +401,12 @@ pub fn run(args: StripArgs) -> anyhow::Result<()> {
                 }
                 Ok(())
             })?;
-            let i = pt.push(&format!("{n} reference(s)"), "`Scanner` (aho-corasick leftmost-first)", sample, first);
+            let i = pt.push(
+                &format!("{n} reference(s)"),
+                "`Scanner` (aho-corasick leftmost-first)",
+                sample,
+                first,
+            );
             first.get_or_insert(i);
             let proto = SkipScanner::new(table.basenames().iter().map(|b| &b[..32]));
             let sample = measure(reps, min, total, || {
@@ -312,7 +417,12 @@ pub fn run(args: StripArgs) -> anyhow::Result<()> {
                 }
                 Ok(())
             })?;
-            pt.push(&format!("{n} reference(s)"), "prototype `SkipScanner` (scan only, no copy)", sample, Some(i));
+            pt.push(
+                &format!("{n} reference(s)"),
+                "prototype `SkipScanner` (scan only, no copy)",
+                sample,
+                Some(i),
+            );
         }
         report.push_str(&pt.markdown());
         report.push('\n');
@@ -323,7 +433,12 @@ pub fn run(args: StripArgs) -> anyhow::Result<()> {
 }
 
 /// Run `f` (one pass over all NARs) `k` times per repetition, `k` calibrated by a warm-up pass.
-fn measure(reps: usize, min: Duration, bytes_per_pass: u64, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Sample> {
+fn measure(
+    reps: usize,
+    min: Duration,
+    bytes_per_pass: u64,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Sample> {
     let start = Instant::now();
     f()?;
     let once = start.elapsed().max(Duration::from_micros(1));
@@ -336,7 +451,10 @@ fn measure(reps: usize, min: Duration, bytes_per_pass: u64, mut f: impl FnMut() 
         }
         times.push(start.elapsed());
     }
-    Ok(Sample { times, bytes: bytes_per_pass * k })
+    Ok(Sample {
+        times,
+        bytes: bytes_per_pass * k,
+    })
 }
 
 fn parse_only(nar: &[u8]) -> anyhow::Result<()> {
@@ -380,12 +498,22 @@ fn add_stats(a: &mut StripStats, b: &StripStats) {
     a.content_bytes += b.content_bytes;
 }
 
-fn references_table(paths: &[Path1], s: &StripStats, counts: &[usize], weighted: f64, objects: usize, normalized: u64) -> String {
+fn references_table(
+    paths: &[Path1],
+    s: &StripStats,
+    counts: &[usize],
+    weighted: f64,
+    objects: usize,
+    normalized: u64,
+) -> String {
     let largest = paths.iter().max_by_key(|p| p.nar.len()).expect("non-empty");
     let median = counts[counts.len() / 2];
     let mut out = String::new();
     out.push_str("| references | |\n|---|---|\n");
-    out.push_str(&format!("| files / symlinks / directories | {} / {} / {} |\n", s.files, s.symlinks, s.directories));
+    out.push_str(&format!(
+        "| files / symlinks / directories | {} / {} / {} |\n",
+        s.files, s.symlinks, s.directories
+    ));
     out.push_str(&format!(
         "| patched files | {} of {} ({:.1} %) |\n",
         s.patched_files,
@@ -397,7 +525,10 @@ fn references_table(paths: &[Path1], s: &StripStats, counts: &[usize], weighted:
         s.ref_patches,
         s.ref_patches as f64 / (paths.iter().map(|p| p.nar.len()).sum::<usize>() as f64 / MB)
     ));
-    out.push_str(&format!("| literal patches (ELF build-ids) | {} |\n", s.literal_patches));
+    out.push_str(&format!(
+        "| literal patches (ELF build-ids) | {} |\n",
+        s.literal_patches
+    ));
     out.push_str(&format!(
         "| reference table size per path (self + References) | min {}, median {}, max {}; NAR-size-weighted mean {:.1} |\n",
         counts[0],
@@ -411,6 +542,9 @@ fn references_table(paths: &[Path1], s: &StripStats, counts: &[usize], weighted:
         largest.nar.len() as f64 / MB,
         largest.narinfo.references.len()
     ));
-    out.push_str(&format!("| distinct normalized objects | {objects} ({:.2} MB) |\n\n", normalized as f64 / MB));
+    out.push_str(&format!(
+        "| distinct normalized objects | {objects} ({:.2} MB) |\n\n",
+        normalized as f64 / MB
+    ));
     out
 }
