@@ -257,6 +257,129 @@ fn mass_rebuild_fetches_under_five_percent_of_nar_xz() {
     );
 }
 
+/// (device, inode) of every regular file under `dir`, by path relative to `dir`.
+fn inodes(dir: &Path) -> BTreeMap<PathBuf, (u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = fs::symlink_metadata(e.path()).unwrap();
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if meta.is_file() {
+                out.insert(
+                    e.path().strip_prefix(dir).unwrap().to_path_buf(),
+                    (meta.dev(), meta.ino()),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn unpatched_files_are_hard_links_that_nix_verifies_and_collects() {
+    require_nix!();
+    let store = shared_store().to_str().unwrap().to_string();
+    let root = tempfile::tempdir().unwrap();
+    let first = report(&substitute(
+        &store,
+        root.path(),
+        None,
+        &[],
+        &[root_path("gen1")],
+    ));
+    assert_eq!(first["linked_files"].as_u64(), Some(0));
+    let shared = first["shared_files"].as_u64().unwrap();
+    assert!(
+        shared > 0 && shared < first["files"].as_u64().unwrap(),
+        "{first}"
+    );
+    let mass = report(&substitute(
+        &store,
+        root.path(),
+        None,
+        &[],
+        &[root_path("mass")],
+    ));
+    let linked = mass["linked_files"].as_u64().unwrap();
+    assert!(linked > 0, "{mass}");
+    check_like_nix(root.path(), "mass");
+    check_like_nix(root.path(), "gen1");
+
+    // The same package in both generations: its unpatched files share inodes, the rest do not.
+    let real_store = root.path().join("nix/store");
+    let by_name = |g: &str| -> BTreeMap<String, PathBuf> {
+        fs::read_to_string(gen_dir(g).join("paths"))
+            .unwrap()
+            .lines()
+            .map(|p| {
+                let base = p.rsplit('/').next().unwrap();
+                (base[33..].to_string(), real_store.join(base))
+            })
+            .collect()
+    };
+    let (gen1, mass_paths) = (by_name("gen1"), by_name("mass"));
+    let gen1_inodes: std::collections::HashSet<(u64, u64)> =
+        gen1.values().flat_map(|p| inodes(p).into_values()).collect();
+    let (mut same, mut shared_with_gen1, mut different) = (0, 0, 0);
+    for (name, old) in &gen1 {
+        let (old, new) = (inodes(old), inodes(&mass_paths[name]));
+        assert_eq!(old.keys().collect::<Vec<_>>(), new.keys().collect::<Vec<_>>(), "{name}");
+        for (file, inode) in &new {
+            if old[file] == *inode {
+                same += 1;
+            } else {
+                different += 1;
+            }
+            if gen1_inodes.contains(inode) {
+                shared_with_gen1 += 1;
+            }
+        }
+    }
+    // A linked file shares an inode with gen1 (usually the same file; identical files elsewhere
+    // share one copy).
+    assert_eq!(shared_with_gen1, linked, "every linked file is a gen1 inode");
+    assert!(same > 0 && different > 0, "{same} same, {different} written");
+
+    // Nix deletes gen1 (unlinking its names), the mass paths stay intact (and keep the shared
+    // entries alive); once nothing uses a `.links` entry, Nix's own garbage collector removes it.
+    let links = || fs::read_dir(real_store.join(".links")).unwrap().count();
+    let gc = |root: &Path| {
+        let out = Command::new("nix-store")
+            .arg("--store")
+            .arg(root)
+            .arg("--gc")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let add_root = |g: &str| {
+        run(Command::new("nix-store")
+            .arg("--store")
+            .arg(root.path())
+            .args(["--add-root"])
+            .arg(root.path().join(format!("gcroot-{g}")))
+            .args(["--indirect", "-r"])
+            .arg(root_path(g)));
+    };
+    add_root("mass");
+    gc(root.path());
+    assert!(gen1.values().all(|p| !p.exists()), "gen1 was collected");
+    nix_verify(root.path()).unwrap();
+    check_like_nix(root.path(), "mass");
+    fs::remove_file(root.path().join("gcroot-mass")).unwrap();
+    gc(root.path());
+    assert_eq!(links(), 0, "every .links entry was collected");
+    assert!(valid_paths(root.path()).is_empty());
+}
+
 /// A static file server that honours `Range: bytes=a-b` (206) and counts ranged answers.
 fn serve(dir: PathBuf) -> (String, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

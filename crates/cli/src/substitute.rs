@@ -46,6 +46,11 @@ pub struct SubstituteArgs {
     /// Worker threads for fetching and restoring [default: one per core].
     #[arg(short, long, default_value_t = 0)]
     jobs: usize,
+    /// Write every file. By default a file that needs no reference patched back is a hard link to
+    /// an identical copy an earlier run left in `<store>/.links` (as Nix's auto-optimise-store
+    /// does), and the ones written are shared there for later runs.
+    #[arg(long)]
+    no_links: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -109,6 +114,7 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
         cache_dir,
         trusted_keys,
         jobs: args.jobs,
+        links: !args.no_links,
         progress,
     };
     let report = substitute(&*backend, &roots, &opts)?;
@@ -120,6 +126,10 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
             report.paths, report.already_valid, report.nar_bytes, report.files, report.seconds
         );
         println!(
+            "{} files hard-linked from earlier copies in .links, {} shared there for later runs",
+            report.linked_files, report.shared_files
+        );
+        println!(
             "fetched {} bytes ({} of path records, {} in {} blocks); reused {} bytes in {} blocks from the cache",
             report.fetched_bytes,
             report.record_bytes,
@@ -127,6 +137,11 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
             report.fetched_blocks,
             report.reused_bytes,
             report.reused_blocks
+        );
+        let t = &report.phases;
+        println!(
+            "time: plan {:.2} s, fetch {:.2} s, restore {:.2} s, sync {:.2} s, register {:.2} s",
+            t.plan, t.fetch, t.restore, t.sync, t.register
         );
     }
     Ok(())

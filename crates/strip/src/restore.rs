@@ -21,6 +21,13 @@ pub trait ContentSource {
 /// e.g. to write files straight into a store while the NAR hash is computed alongside.
 pub trait RestoreVisitor {
     fn event(&mut self, event: &Event) -> io::Result<()>;
+    /// Called right after the `event` of a file that has no patches, whose restored bytes are
+    /// therefore exactly the object `digest`. A visitor that can produce those bytes another way
+    /// (e.g. a hard link to an earlier copy) returns `true`, and `contents` is not called for this
+    /// file; the bytes are still read and go into the NAR hash.
+    fn unpatched(&mut self, _digest: &ContentDigest) -> io::Result<bool> {
+        Ok(false)
+    }
     fn contents(&mut self, data: &[u8]) -> io::Result<()>;
 }
 
@@ -89,6 +96,7 @@ pub fn restore<W: Write>(
             ..
         } = node
         {
+            let reused = patches.is_empty() && visitor.unpatched(digest)?;
             let mut reader = source.open(digest, *size)?;
             let mut patcher = Patcher::new(patches, &manifest.refs);
             let mut done = 0u64;
@@ -106,7 +114,9 @@ pub fn restore<W: Write>(
                 }
                 patcher.apply(&mut buf[..n]);
                 w.write_contents(&buf[..n])?;
-                visitor.contents(&buf[..n])?;
+                if !reused {
+                    visitor.contents(&buf[..n])?;
+                }
                 done += n as u64;
             }
             if done != *size {

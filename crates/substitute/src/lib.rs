@@ -13,9 +13,12 @@
 //! 5. **Restore**, paths in parallel (largest first): each path is written by [`tree::TreeWriter`]
 //!    into a temporary name in the store directory while `refstrip_strip::restore` patches the
 //!    references back and computes the NAR's SHA-256; a NarHash mismatch removes the temporary
-//!    tree. Then it is renamed into place.
+//!    tree. Then it is renamed into place. A file without patches is a hard link to an earlier
+//!    copy in `<store>/.links` where one exists ([`tree::Links`]): one `linkat` instead of
+//!    creating and writing it (its bytes are still read and hashed).
 //! 6. **Register.** `syncfs` the store's file system, then register every new path in one SQLite
 //!    transaction. If anything failed, nothing is registered and the written paths are removed.
+//!    Unpatched files written by this run are shared in `.links` once durable.
 //!
 //! A run killed at any moment leaves no registered path with wrong or missing contents: a path is
 //! registered only after its contents are complete and durable; leftovers (temporary trees, renamed
@@ -42,7 +45,7 @@ use refstrip_store::{record_key, Backend, PathRecord};
 
 use crate::cache::{BlockCache, BlockKey, CachedObjects};
 use crate::nixdb::{DbError, NixDb, PathLock, ValidPathInfo};
-use crate::tree::{remove_tree, TreeWriter};
+use crate::tree::{remove_tree, Links, Shareable, TreeWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -72,6 +75,8 @@ pub struct Options {
     pub trusted_keys: Option<Vec<PublicKey>>,
     /// Worker threads for fetching and restoring (0: one per core).
     pub jobs: usize,
+    /// Hard-link unpatched files from copies in `<store>/.links` and share the ones written.
+    pub links: bool,
     pub progress: ProgressBar,
 }
 
@@ -84,6 +89,10 @@ pub struct Report {
     pub already_valid: u64,
     pub nar_bytes: u64,
     pub files: u64,
+    /// Files that became hard links to a copy in `<store>/.links` instead of being written.
+    pub linked_files: u64,
+    /// Files written now and shared in `<store>/.links` for later runs.
+    pub shared_files: u64,
     /// Bytes read from the normalized store: path records plus pack blocks.
     pub fetched_bytes: u64,
     pub record_bytes: u64,
@@ -93,6 +102,19 @@ pub struct Report {
     pub reused_blocks: u64,
     pub reused_bytes: u64,
     pub seconds: f64,
+    /// Where the time went: planning (reading records), fetching blocks, writing the trees
+    /// (decompress, patch, hash, write), making them durable (`syncfs`), registering.
+    pub phases: Phases,
+}
+
+/// Seconds per phase of a run (see [`Report::phases`]).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Phases {
+    pub plan: f64,
+    pub fetch: f64,
+    pub restore: f64,
+    pub sync: f64,
+    pub register: f64,
 }
 
 /// The default object cache: `$XDG_CACHE_HOME/refstrip`, else `~/.cache/refstrip`.
@@ -245,6 +267,14 @@ fn substitute_in_pool(
     let mut plan = unlocked;
     let total_nar: u64 = plan.iter().map(|p| p.record.manifest.nar_size).sum();
 
+    report.phases.plan = start.elapsed().as_secs_f64();
+    let mut phase = Instant::now();
+    let mut lap = || {
+        std::mem::replace(&mut phase, Instant::now())
+            .elapsed()
+            .as_secs_f64()
+    };
+
     // 4. Fetch the missing blocks.
     let cache = BlockCache::new(opts.cache_dir.as_deref(), store)
         .map_err(io_err("opening the object cache"))?;
@@ -265,29 +295,43 @@ fn substitute_in_pool(
         .prefetch(&blocks)
         .map_err(io_err(format!("fetching blocks from {}", store.describe())))?;
 
+    report.phases.fetch = lap();
+
     // 5. Restore, largest paths first so the parallel tail is short.
     opts.progress.set_message("restoring");
     plan.sort_by_key(|p| std::cmp::Reverse(p.record.manifest.nar_size));
     let store_fd =
         File::open(&real_store).map_err(io_err(format!("opening {}", real_store.display())))?;
+    let links = if opts.links {
+        // Its map lives beside Nix's state (`ROOT/nix/var/nix`): it describes this store.
+        let state = opts.root.join("nix/var/refstrip");
+        Some(
+            Links::open(&real_store, &state)
+                .map_err(io_err(format!("opening {}/.links", real_store.display())))?,
+        )
+    } else {
+        None
+    };
     let failures = Mutex::new(Vec::new());
-    let files: u64 = plan
+    let written: Vec<Written> = plan
         .par_iter()
-        .map(|p| match restore_path(p, &cache, &store_fd, &real_store) {
-            Ok(files) => {
-                opts.progress.inc(p.record.manifest.nar_size);
-                files
-            }
-            Err(e) => {
-                let msg = match e {
-                    Error::Path { .. } => e.to_string(),
-                    e => format!("{}: {e}", p.path),
-                };
-                failures.lock().expect("poisoned").push(msg);
-                0
-            }
-        })
-        .sum();
+        .filter_map(
+            |p| match restore_path(p, &cache, &store_fd, &real_store, links.as_ref()) {
+                Ok(written) => {
+                    opts.progress.inc(p.record.manifest.nar_size);
+                    Some(written)
+                }
+                Err(e) => {
+                    let msg = match e {
+                        Error::Path { .. } => e.to_string(),
+                        e => format!("{}: {e}", p.path),
+                    };
+                    failures.lock().expect("poisoned").push(msg);
+                    None
+                }
+            },
+        )
+        .collect();
     let failures = failures.into_inner().expect("poisoned");
     let remove_all = |plan: &[Planned]| {
         for p in plan {
@@ -299,10 +343,23 @@ fn substitute_in_pool(
         return Err(Error::Failed(failures));
     }
 
+    report.phases.restore = lap();
+
     // 6. Durable, then registered, all at once.
     // SAFETY: syncfs on a valid descriptor.
     if unsafe { libc::syncfs(store_fd.as_raw_fd()) } != 0 {
         return Err(io_err("syncfs")(io::Error::last_os_error()));
+    }
+    report.phases.sync = lap();
+    // Only durable, verified files become shared copies.
+    if let Some(links) = &links {
+        let files: Vec<(PathBuf, Shareable)> = written
+            .iter()
+            .flat_map(|w| w.shareable.iter().map(|f| (w.dest.clone(), f.clone())))
+            .collect();
+        report.shared_files = links
+            .publish(&files)
+            .map_err(io_err("sharing files in .links"))?;
     }
     let infos: Vec<ValidPathInfo> = plan
         .iter()
@@ -313,10 +370,12 @@ fn substitute_in_pool(
         return Err(e.into());
     }
     drop(locks);
+    report.phases.register = lap();
 
     report.paths = plan.len() as u64;
     report.nar_bytes = total_nar;
-    report.files = files;
+    report.files = written.iter().map(|w| w.files).sum();
+    report.linked_files = written.iter().map(|w| w.linked).sum();
     report.fetched_blocks = cache.fetched_blocks.load(Ordering::Relaxed);
     report.fetched_block_bytes = cache.fetched_bytes.load(Ordering::Relaxed);
     report.reused_blocks = cache.reused_blocks.load(Ordering::Relaxed);
@@ -327,14 +386,23 @@ fn substitute_in_pool(
     Ok(report)
 }
 
+/// What [`restore_path`] wrote.
+struct Written {
+    dest: PathBuf,
+    files: u64,
+    linked: u64,
+    /// Unpatched files written (not linked).
+    shareable: Vec<Shareable>,
+}
+
 /// Write one path under a temporary name, check its NarHash, and rename it into place.
-/// Returns the number of regular files written.
 fn restore_path(
     p: &Planned,
     cache: &BlockCache<'_>,
     store_fd: &File,
     real_store: &Path,
-) -> Result<u64, Error> {
+    links: Option<&Links>,
+) -> Result<Written, Error> {
     let dest = real_store.join(&p.basename);
     let tmp_name = format!(".{}.refstrip-tmp", p.basename);
     let tmp = real_store.join(&tmp_name);
@@ -342,7 +410,7 @@ fn restore_path(
     remove_tree(&tmp).map_err(io_err(format!("removing stale {}", tmp.display())))?;
     remove_tree(&dest).map_err(io_err(format!("removing invalid {}", dest.display())))?;
     let mut writer =
-        TreeWriter::new(store_fd, tmp_name.as_bytes()).map_err(io_err("temporary name"))?;
+        TreeWriter::new(store_fd, tmp_name.as_bytes(), links).map_err(io_err("temporary name"))?;
     let mut objects = CachedObjects {
         record: &p.record,
         cache,
@@ -363,7 +431,12 @@ fn restore_path(
         return Err(e);
     }
     std::fs::rename(&tmp, &dest).map_err(io_err(format!("renaming into {}", dest.display())))?;
-    Ok(writer.files)
+    Ok(Written {
+        files: writer.files,
+        linked: writer.linked,
+        shareable: std::mem::take(&mut writer.shareable),
+        dest,
+    })
 }
 
 fn valid_path_info(p: &Planned, store_dir: &str, real_store: &Path) -> ValidPathInfo {

@@ -10,16 +10,25 @@
 //! `utimensat`; a directory `mkdirat`, `openat`, and at its end `fchmod` 0555, `futimens`, `close`.
 //! Modes are Nix's canonical ones (0444, 0555 for executables and directories) and every mtime is 1,
 //! as `canonicalisePathMetaData` leaves them; atimes are left alone.
+//!
+//! A file without patches is exactly one stored object, so with [`Links`] it is one `linkat` from
+//! a copy an earlier run shared in `<store>/.links`, as Nix's `auto-optimise-store` shares inodes;
+//! Nix's garbage collector removes an entry there once its link count drops to 1.
 
 use std::ffi::CString;
 use std::fs::{File, FileTimes, Permissions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, UNIX_EPOCH};
 
-use refstrip_nar::Event;
-use refstrip_strip::RestoreVisitor;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use refstrip_nar::{Event, NarWriter};
+use refstrip_nix::HashingWriter;
+use refstrip_strip::{ContentDigest, RestoreVisitor};
 
 /// Nix's canonical mtime for store files.
 pub const STORE_MTIME: u64 = 1;
@@ -47,32 +56,196 @@ fn canonical_times() -> FileTimes {
     FileTimes::new().set_modified(UNIX_EPOCH + Duration::from_secs(STORE_MTIME))
 }
 
+/// Shared copies of unpatched files in Nix's own `<store>/.links` (named by the file's NAR hash,
+/// so `nix-store --optimise`, `--verify` and the garbage collector treat them as theirs), and a
+/// map from stored object to that name, kept in `links.sqlite` beside Nix's state: the name is
+/// known only after the bytes were hashed, the object before they are read.
+pub struct Links {
+    dir: File,
+    db: Mutex<rusqlite::Connection>,
+    known: HashMap<(ContentDigest, bool), String>,
+}
+
+/// A file written by this run that [`Links::publish`] can share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shareable {
+    /// Below the path's top directory (empty if the path is this file).
+    pub rel: std::path::PathBuf,
+    pub digest: ContentDigest,
+    pub executable: bool,
+    /// Its `.links` name: nix-base32 SHA-256 of the file's NAR serialisation.
+    pub name: String,
+}
+
+impl Links {
+    /// Open (creating them if needed) `<real_store>/.links` and `<state_dir>/links.sqlite`.
+    pub fn open(real_store: &std::path::Path, state_dir: &std::path::Path) -> io::Result<Links> {
+        let path = real_store.join(".links");
+        match std::fs::create_dir(&path) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        std::fs::create_dir_all(state_dir)?;
+        let sql = |e: rusqlite::Error| {
+            io::Error::other(format!("{}: {e}", state_dir.join("links.sqlite").display()))
+        };
+        let db = rusqlite::Connection::open(state_dir.join("links.sqlite")).map_err(sql)?;
+        db.busy_timeout(std::time::Duration::from_secs(60))
+            .map_err(sql)?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS links (digest BLOB NOT NULL, executable INTEGER NOT NULL, \
+             name TEXT NOT NULL, PRIMARY KEY (digest, executable)) WITHOUT ROWID",
+        )
+        .map_err(sql)?;
+        let mut known = HashMap::new();
+        {
+            let mut stmt = db
+                .prepare("SELECT digest, executable, name FROM links")
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, bool>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })
+                .map_err(sql)?;
+            for row in rows {
+                let (digest, executable, name) = row.map_err(sql)?;
+                if let Ok(digest) = <[u8; 32]>::try_from(digest) {
+                    known.insert((ContentDigest(digest), executable), name);
+                }
+            }
+        }
+        Ok(Links {
+            dir: File::open(path)?,
+            db: Mutex::new(db),
+            known,
+        })
+    }
+
+    /// Share the files written under `dest` (complete and durable): hard-link each into `.links`
+    /// unless an entry of that name exists (its contents are the same by their name), and
+    /// remember its name. Best effort: a file that cannot be shared is only not shared.
+    /// Returns how many entries were added.
+    pub fn publish(&self, files: &[(std::path::PathBuf, Shareable)]) -> io::Result<u64> {
+        let mut added = 0;
+        let mut db = self.db.lock().expect("poisoned");
+        let tx = db.transaction().map_err(io::Error::other)?;
+        for (dest, f) in files {
+            let Ok(from) = CString::new(dest.join(&f.rel).into_os_string().into_encoded_bytes())
+            else {
+                continue;
+            };
+            let to = CString::new(f.name.as_str()).expect("base32");
+            // SAFETY: NUL-terminated paths and a valid directory descriptor.
+            let linked = unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    from.as_ptr(),
+                    self.dir.as_raw_fd(),
+                    to.as_ptr(),
+                    0,
+                )
+            };
+            if linked == 0 {
+                added += 1;
+            } else if io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+                continue;
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO links (digest, executable, name) VALUES (?1, ?2, ?3)",
+                rusqlite::params![&f.digest.0[..], f.executable, f.name],
+            )
+            .map_err(io::Error::other)?;
+        }
+        tx.commit().map_err(io::Error::other)?;
+        Ok(added)
+    }
+}
+
+/// A regular file announced by an event but not created yet: it may become a hard link.
+struct PendingFile {
+    dir: RawFd,
+    name: CString,
+    executable: bool,
+    size: u64,
+}
+
+/// An unpatched file being written: its NAR serialisation is hashed for its `.links` name.
+struct Hashing {
+    nar: NarWriter<HashingWriter<io::Sink>>,
+    rel: std::path::PathBuf,
+    digest: ContentDigest,
+    executable: bool,
+}
+
 /// Writes the tree reported by `refstrip_strip::restore` under `name` in the directory `parent`.
-pub struct TreeWriter {
+pub struct TreeWriter<'l> {
     parent: RawFd,
     top: CString,
-    /// Open directories, innermost last.
+    /// Open directories, innermost last, and their names below the top.
     dirs: Vec<File>,
+    dir_names: Vec<Vec<u8>>,
+    pending: Option<PendingFile>,
     /// The regular file being written.
     file: Option<File>,
     /// Whether the umask can strip bits from 0444/0555, so modes must be set explicitly.
     fix_modes: bool,
+    links: Option<&'l Links>,
+    hashing: Option<Hashing>,
+    /// Unpatched files written here, to publish in [`Links`] once the tree is durable.
+    pub shareable: Vec<Shareable>,
     pub files: u64,
+    /// Files that are hard links to earlier copies.
+    pub linked: u64,
     pub bytes: u64,
 }
 
-impl TreeWriter {
-    /// `parent` must stay open while the writer is used; `name` must not exist yet.
-    pub fn new(parent: &impl AsRawFd, name: &[u8]) -> io::Result<TreeWriter> {
+impl<'l> TreeWriter<'l> {
+    /// `parent` must stay open while the writer is used; `name` must not exist yet. With `links`,
+    /// unpatched files are hard-linked from there when a copy exists.
+    pub fn new(
+        parent: &impl AsRawFd,
+        name: &[u8],
+        links: Option<&'l Links>,
+    ) -> io::Result<TreeWriter<'l>> {
         Ok(TreeWriter {
             parent: parent.as_raw_fd(),
             top: cstr(name)?,
             dirs: Vec::new(),
+            dir_names: Vec::new(),
+            pending: None,
             file: None,
             fix_modes: umask_strips_modes(),
+            links,
+            hashing: None,
+            shareable: Vec::new(),
             files: 0,
+            linked: 0,
             bytes: 0,
         })
+    }
+
+    /// Create the announced file (its bytes follow, or it is empty).
+    fn create_pending(&mut self) -> io::Result<()> {
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
+        let mode = if p.executable { 0o555 } else { 0o444 };
+        let flags =
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: valid descriptor and NUL-terminated name; the result is checked.
+        let fd =
+            check(unsafe { libc::openat(p.dir, p.name.as_ptr(), flags, mode as libc::c_uint) })?;
+        // SAFETY: a descriptor we just opened and own.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        if self.fix_modes {
+            file.set_permissions(Permissions::from_mode(mode))?;
+        }
+        self.file = Some(file);
+        Ok(())
     }
 
     /// Where the next entry goes: (directory fd, name).
@@ -88,8 +261,19 @@ impl TreeWriter {
     }
 
     fn close_file(&mut self) -> io::Result<()> {
+        self.create_pending()?;
         if let Some(file) = self.file.take() {
             file.set_times(canonical_times())?;
+        }
+        if let Some(h) = self.hashing.take() {
+            let (hash, _, _) = h.nar.finish().map_err(io::Error::other)?.finish();
+            let name = refstrip_nix::base32::encode(hash.as_bytes());
+            self.shareable.push(Shareable {
+                rel: h.rel,
+                digest: h.digest,
+                executable: h.executable,
+                name,
+            });
         }
         Ok(())
     }
@@ -107,7 +291,7 @@ impl TreeWriter {
     }
 }
 
-impl RestoreVisitor for TreeWriter {
+impl RestoreVisitor for TreeWriter<'_> {
     fn event(&mut self, event: &Event) -> io::Result<()> {
         self.close_file()?;
         match event {
@@ -125,26 +309,22 @@ impl RestoreVisitor for TreeWriter {
                 // SAFETY: a descriptor we just opened and own.
                 self.dirs
                     .push(File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+                if self.dirs.len() > 1 {
+                    self.dir_names.push(name.into_bytes());
+                }
             }
             Event::File {
-                name, executable, ..
+                name,
+                executable,
+                size,
             } => {
                 let (dir, name) = self.target(name)?;
-                let mode = if *executable { 0o555 } else { 0o444 };
-                let flags = libc::O_WRONLY
-                    | libc::O_CREAT
-                    | libc::O_EXCL
-                    | libc::O_NOFOLLOW
-                    | libc::O_CLOEXEC;
-                // SAFETY: as above.
-                let fd = check(unsafe {
-                    libc::openat(dir, name.as_ptr(), flags, mode as libc::c_uint)
-                })?;
-                let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-                if self.fix_modes {
-                    file.set_permissions(Permissions::from_mode(mode))?;
-                }
-                self.file = Some(file);
+                self.pending = Some(PendingFile {
+                    dir,
+                    name,
+                    executable: *executable,
+                    size: *size,
+                });
                 self.files += 1;
             }
             Event::Symlink { name, target } => {
@@ -179,12 +359,64 @@ impl RestoreVisitor for TreeWriter {
                 })?;
                 dir.set_permissions(Permissions::from_mode(0o555))?;
                 dir.set_times(canonical_times())?;
+                if !self.dirs.is_empty() {
+                    self.dir_names.pop();
+                }
             }
         }
         Ok(())
     }
 
+    fn unpatched(&mut self, digest: &ContentDigest) -> io::Result<bool> {
+        let (Some(links), Some(p)) = (self.links, &self.pending) else {
+            return Ok(false);
+        };
+        if let Some(name) = links.known.get(&(*digest, p.executable)) {
+            let from = CString::new(name.as_str()).expect("base32");
+            // SAFETY: valid descriptors and NUL-terminated names. linkat never replaces or
+            // follows what is at the new name.
+            if unsafe {
+                libc::linkat(
+                    links.dir.as_raw_fd(),
+                    from.as_ptr(),
+                    p.dir,
+                    p.name.as_ptr(),
+                    0,
+                )
+            } == 0
+            {
+                self.pending = None;
+                self.linked += 1;
+                return Ok(true);
+            }
+        }
+        // No copy (or it is gone, has too many links, is on another file system): write this
+        // one, hashing it as Nix names `.links` entries, and offer it once it is durable.
+        let mut rel: std::path::PathBuf = self
+            .dir_names
+            .iter()
+            .map(|n| std::ffi::OsStr::from_bytes(n))
+            .collect();
+        if !self.dirs.is_empty() {
+            rel.push(std::ffi::OsStr::from_bytes(p.name.as_bytes()));
+        }
+        let mut nar = NarWriter::new(HashingWriter::new(io::sink()));
+        nar.file(None, p.executable, p.size)
+            .map_err(io::Error::other)?;
+        self.hashing = Some(Hashing {
+            nar,
+            rel,
+            digest: *digest,
+            executable: p.executable,
+        });
+        Ok(false)
+    }
+
     fn contents(&mut self, data: &[u8]) -> io::Result<()> {
+        self.create_pending()?;
+        if let Some(h) = &mut self.hashing {
+            h.nar.write_contents(data).map_err(io::Error::other)?;
+        }
         let file = self
             .file
             .as_mut()
@@ -237,11 +469,93 @@ mod tests {
         File::open(path).unwrap()
     }
 
+    /// A file is created when its bytes come (it might have become a hard link instead).
+    fn write_file(w: &mut TreeWriter<'_>, name: Option<&[u8]>) -> io::Result<()> {
+        w.event(&Event::File {
+            name: name.map(<[u8]>::to_vec),
+            executable: false,
+            size: 1,
+        })?;
+        w.contents(b"x")
+    }
+
+    #[test]
+    fn unpatched_files_are_shared_through_links_once_published() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = dir_fd(tmp.path());
+        let digest = ContentDigest::of(b"abc");
+        let write = |links: &Links, name: &[u8], executable: bool| {
+            let mut w = TreeWriter::new(&parent, name, Some(links)).unwrap();
+            w.event(&Event::Directory { name: None }).unwrap();
+            w.event(&Event::Directory {
+                name: Some(b"lib".to_vec()),
+            })
+            .unwrap();
+            w.event(&Event::File {
+                name: Some(b"f".to_vec()),
+                executable,
+                size: 3,
+            })
+            .unwrap();
+            if !w.unpatched(&digest).unwrap() {
+                w.contents(b"abc").unwrap();
+            }
+            w.event(&Event::EndDirectory).unwrap();
+            w.event(&Event::EndDirectory).unwrap();
+            w.finish().unwrap();
+            (w.linked, w.shareable)
+        };
+        let state = tmp.path().join("state");
+        let links = Links::open(tmp.path(), &state).unwrap();
+        let (linked, shareable) = write(&links, b"one", false);
+        assert_eq!((linked, shareable.len()), (0, 1));
+        let f = &shareable[0];
+        assert_eq!(f.rel, std::path::Path::new("lib/f"));
+        // Nix's name for it: the SHA-256 of the file's NAR serialisation.
+        let mut nar = Vec::new();
+        refstrip_nar::dump(&tmp.path().join("one/lib/f"), &mut nar).unwrap();
+        assert_eq!(
+            f.name,
+            refstrip_nix::base32::encode(refstrip_nix::Hash::digest(&nar).as_bytes())
+        );
+        // Not published yet: the second tree writes its own copy.
+        assert_eq!(write(&links, b"two", false).0, 0);
+        let one = [(tmp.path().join("one"), f.clone())];
+        assert_eq!(links.publish(&one).unwrap(), 1);
+        assert_eq!(
+            links
+                .publish(&[(tmp.path().join("two"), f.clone())])
+                .unwrap(),
+            0,
+            "first copy wins"
+        );
+        // A new run (the map is read back from the database) links instead of writing.
+        let links = Links::open(tmp.path(), &state).unwrap();
+        assert_eq!(write(&links, b"three", false), (1, Vec::new()));
+        // The executable bit is part of the key: a 0555 file never shares a 0444 inode.
+        assert_eq!(write(&links, b"four", true).0, 0);
+        let meta = |p: &str| std::fs::metadata(tmp.path().join(p).join("lib/f")).unwrap();
+        assert_eq!(meta("three").ino(), meta("one").ino());
+        assert_ne!(meta("four").ino(), meta("one").ino());
+        assert_eq!(
+            (meta("three").mode() & 0o7777, meta("three").mtime()),
+            (0o444, 1)
+        );
+        assert_eq!(
+            std::fs::read(tmp.path().join("three/lib/f")).unwrap(),
+            b"abc"
+        );
+        // A vanished entry (Nix collected it) means writing the file again, not failing.
+        std::fs::remove_file(tmp.path().join(".links").join(&f.name)).unwrap();
+        let (linked, shareable) = write(&links, b"five", false);
+        assert_eq!((linked, shareable.len()), (0, 1));
+    }
+
     #[test]
     fn writes_canonical_tree() {
         let tmp = tempfile::tempdir().unwrap();
         let parent = dir_fd(tmp.path());
-        let mut w = TreeWriter::new(&parent, b"out").unwrap();
+        let mut w = TreeWriter::new(&parent, b"out", None).unwrap();
         w.event(&Event::Directory { name: None }).unwrap();
         w.event(&Event::Directory {
             name: Some(b"bin".to_vec()),
@@ -292,7 +606,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let parent = dir_fd(tmp.path());
         for bad in [&b".."[..], b".", b"a/b", b"", b"a\0b"] {
-            let mut w = TreeWriter::new(&parent, b"t").unwrap();
+            let mut w = TreeWriter::new(&parent, b"t", None).unwrap();
             std::fs::remove_dir_all(tmp.path().join("t")).ok();
             w.event(&Event::Directory { name: None }).unwrap();
             assert!(
@@ -312,7 +626,7 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert!(TreeWriter::new(&parent, b"..").is_err());
+        assert!(TreeWriter::new(&parent, b"..", None).is_err());
     }
 
     #[test]
@@ -325,18 +639,12 @@ mod tests {
         // A symlink already where the tree goes, and one inside the tree pointing outside.
         std::os::unix::fs::symlink(&outside, store.join("t")).unwrap();
         let parent = dir_fd(&store);
-        let mut w = TreeWriter::new(&parent, b"t").unwrap();
+        let mut w = TreeWriter::new(&parent, b"t", None).unwrap();
         assert!(w.event(&Event::Directory { name: None }).is_err());
-        let mut w = TreeWriter::new(&parent, b"t").unwrap();
-        assert!(w
-            .event(&Event::File {
-                name: None,
-                executable: false,
-                size: 0
-            })
-            .is_err());
+        let mut w = TreeWriter::new(&parent, b"t", None).unwrap();
+        assert!(write_file(&mut w, None).is_err());
 
-        let mut w = TreeWriter::new(&parent, b"u").unwrap();
+        let mut w = TreeWriter::new(&parent, b"u", None).unwrap();
         w.event(&Event::Directory { name: None }).unwrap();
         w.event(&Event::Symlink {
             name: Some(b"esc".to_vec()),
@@ -344,13 +652,7 @@ mod tests {
         })
         .unwrap();
         // A second entry of the same name (which restore refuses anyway) must not go through it.
-        assert!(w
-            .event(&Event::File {
-                name: Some(b"esc".to_vec()),
-                executable: false,
-                size: 0
-            })
-            .is_err());
+        assert!(write_file(&mut w, Some(b"esc")).is_err());
         assert!(w
             .event(&Event::Directory {
                 name: Some(b"esc".to_vec())
