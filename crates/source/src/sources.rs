@@ -52,7 +52,7 @@ pub fn open_source(spec: &str, store_dir: StoreDir) -> Result<Box<dyn NarSource>
     }
     if spec.starts_with("s3://") {
         return Ok(Box::new(BinaryCache::Bucket {
-            s3: S3::open(spec).map_err(io_err(spec))?,
+            s3: Box::new(S3::open(spec).map_err(io_err(spec))?),
             store_dir,
         }));
     }
@@ -84,10 +84,19 @@ pub fn open_source(spec: &str, store_dir: StoreDir) -> Result<Box<dyn NarSource>
 
 /// A Nix binary cache: `<hash>.narinfo` files and the NAR files their `URL`s name.
 pub enum BinaryCache {
-    Dir { dir: PathBuf, store_dir: StoreDir },
-    Http { base: String, store_dir: StoreDir },
+    Dir {
+        dir: PathBuf,
+        store_dir: StoreDir,
+    },
+    Http {
+        base: String,
+        store_dir: StoreDir,
+    },
     /// In an S3-compatible bucket (as written by `nix copy --to s3://…`).
-    Bucket { s3: S3, store_dir: StoreDir },
+    Bucket {
+        s3: Box<S3>,
+        store_dir: StoreDir,
+    },
 }
 
 impl BinaryCache {

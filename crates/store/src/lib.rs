@@ -26,6 +26,6 @@ pub use backend::{Backend, LocalDir, RequestCounts};
 pub use catalog::{Catalog, Totals};
 pub use record::PathRecord;
 pub use store::{
-    pack_key, read_pack_index, record_key, GcReport, RecordObjects, StagingPack, Store,
-    StoreError, PACK_TARGET,
+    pack_key, read_pack_index, record_key, GcReport, RecordObjects, StagingPack, Store, StoreError,
+    PACK_TARGET,
 };

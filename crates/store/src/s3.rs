@@ -71,7 +71,10 @@ impl S3Url {
             .split('/')
             .any(|c| c == "." || c == ".." || (c.is_empty() && !prefix.is_empty()))
         {
-            return Err(invalid(url, "the prefix has an empty, '.' or '..' component"));
+            return Err(invalid(
+                url,
+                "the prefix has an empty, '.' or '..' component",
+            ));
         }
         let mut parsed = S3Url {
             bucket: bucket.to_string(),
@@ -341,9 +344,8 @@ impl Backend for S3 {
         } else {
             // Create + one PUT per part + complete; S3 bills all of them as PUT-class requests.
             bump(&self.counters.put, 2 + size.div_ceil(PART_SIZE as u64));
-            let mut upload = self.run(async move {
-                store.put_multipart(&dest).await.map_err(os_err)
-            })?;
+            let mut upload =
+                self.run(async move { store.put_multipart(&dest).await.map_err(os_err) })?;
             // One part in memory at a time, uploaded before the next is read.
             let sent = (|| loop {
                 let mut part = Vec::with_capacity(PART_SIZE);
@@ -504,9 +506,8 @@ mod tests {
 
     #[test]
     fn parses_bucket_prefix_and_parameters() {
-        let u =
-            S3Url::parse("s3://my-cache/a/b/?endpoint=http://127.0.0.1:9000/&region=eu-west-1")
-                .unwrap();
+        let u = S3Url::parse("s3://my-cache/a/b/?endpoint=http://127.0.0.1:9000/&region=eu-west-1")
+            .unwrap();
         assert_eq!(u.bucket, "my-cache");
         assert_eq!(u.prefix, "a/b/");
         assert_eq!(u.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
@@ -525,7 +526,10 @@ mod tests {
             ("s3://ok-bucket/../b", "prefix"),
             ("s3://ok-bucket?endpoint", "has no value"),
             ("s3://ok-bucket?region=", "is empty"),
-            ("s3://ok-bucket?endpoint=127.0.0.1:9000", "http:// or https://"),
+            (
+                "s3://ok-bucket?endpoint=127.0.0.1:9000",
+                "http:// or https://",
+            ),
             ("s3://ok-bucket?scheme=http", "unknown parameter"),
         ] {
             let e = S3Url::parse(url).unwrap_err().to_string();

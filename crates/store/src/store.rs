@@ -295,8 +295,10 @@ impl Store {
     /// deleted by a later gc only if it is still unreferenced and was condemned at least `grace`
     /// ago. That is safe as long as every ingest finishes within `grace` of opening the store:
     /// an ingest that opened it before the condemnation and reuses an object from the pack has
-    /// written its record by then, which makes the pack referenced again (and un-condemned).
-    /// `grace` is ignored for local stores.
+    /// written its record by then, which makes the pack referenced again (and un-condemned). An
+    /// ingest that writes a byte-identical pack (the same objects again) un-condemns it too;
+    /// only if that upload lands between this gc's last look at the marker and its DELETE (one
+    /// request) is the pack lost. `grace` is ignored for local stores.
     pub fn gc(&self, keep: &HashSet<String>, grace: Duration) -> Result<GcReport, StoreError> {
         let lock = self.lock_file()?;
         lock.try_lock().map_err(|e| match e {
@@ -432,6 +434,10 @@ impl StagingPack<'_> {
         inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         let id = hasher.finalize().to_hex().to_string();
         self.store.backend.put_file(&pack_key(&id), &self.path)?;
+        if self.store.backend.is_shared() {
+            // Byte-identical to a pack gc condemned (the same objects again): now it is needed.
+            self.store.backend.delete(&format!("{CONDEMNED}{id}"))?;
+        }
         self.store
             .catalog()
             .add_pack(&id, size, raw, index.iter())?;
