@@ -93,7 +93,12 @@ pub fn select(
 ) -> Result<Vec<NarInfo>, IngestError> {
     let all = roots.is_empty();
     let mut queue: VecDeque<StorePath> = if all {
-        source.list()?.into()
+        // Shard before fetching narinfos: with N workers each would otherwise fetch them all.
+        let mut listed = source.list()?;
+        if let Some((i, n)) = options.shard {
+            listed.retain(|path| shard_of(path, n) == i);
+        }
+        listed.into()
     } else {
         roots.into()
     };
