@@ -348,7 +348,7 @@ fn killed_ingests_rerun_to_the_same_store_and_concurrent_ingests_agree() {
     // path must not drop a pack that some record points into.
     let keep_all: std::collections::HashSet<String> =
         expected.iter().map(|(h, _)| h.clone()).collect();
-    let (paths, _, _) = s.gc(&keep_all).unwrap();
+    let paths = s.gc(&keep_all, Default::default()).unwrap().removed_paths;
     assert_eq!(paths, 0);
     assert_eq!(
         check_generation(&s, "gen1") + check_generation(&s, "mass"),
@@ -390,7 +390,7 @@ fn gc_keeps_the_closure_of_what_it_is_told_and_frees_the_rest() {
     // Refuses to run while an ingest writes to the store.
     let writing = store.write_lock().unwrap();
     assert!(matches!(
-        store.gc(&Default::default()),
+        store.gc(&Default::default(), Default::default()),
         Err(refstrip_store::StoreError::Busy)
     ));
     let o = Command::new(refstrip_bin())

@@ -28,3 +28,10 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest" >&2
   cargo install --locked cargo-nextest
 fi
+
+# moto's S3-compatible server (and boto3) for tests/s3.rs, from PyPI.
+if ! python3 -c 'import moto.server, boto3, flask' >/dev/null 2>&1; then
+  echo "setup: installing moto[server] (the S3 server of tests/s3.rs)" >&2
+  python3 -m pip install --quiet 'moto[server]==5.2.1' 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages 'moto[server]==5.2.1'
+fi

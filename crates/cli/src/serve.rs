@@ -14,7 +14,8 @@ enum CompressionArg {
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// The normalized store: a directory, `file:///dir`, or `http(s)://` serving such a directory.
+    /// The normalized store: a directory, `file:///dir`, `s3://bucket/prefix…`, or `http(s)://`
+    /// serving such a directory.
     #[arg(long, value_name = "STORE")]
     from: String,
     /// Address to listen on (`127.0.0.1:0` picks a free port; the address is logged).

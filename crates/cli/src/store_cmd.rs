@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -9,17 +10,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 use refstrip_ingest::{ingest, select, IngestOptions};
 use refstrip_nix::{StoreDir, StorePath};
 use refstrip_source::open_source;
-use refstrip_store::Store;
+use refstrip_store::{RequestCounts, Store};
 use refstrip_strip::StripOptions;
 
 #[derive(Args)]
 pub struct IngestArgs {
-    /// Where to read from: a binary cache (`file:///dir`, `http(s)://…`, or a directory with
-    /// nix-cache-info) or a Nix store root (`/`, or a chroot store's root directory).
+    /// Where to read from: a binary cache (`file:///dir`, `http(s)://…`, `s3://bucket/prefix…`,
+    /// or a directory with nix-cache-info) or a Nix store root (`/`, or a chroot store's root directory).
     source: String,
     /// Store paths to ingest (with their closure); full paths or `<hash>-<name>`.
     paths: Vec<String>,
-    /// The normalized store to write to: a directory or `file:///dir` (created if missing).
+    /// The normalized store to write to: a directory or `file:///dir` (created if missing), or an
+    /// S3-compatible bucket, `s3://bucket/prefix?endpoint=URL&region=NAME` (credentials from
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; see docs/s3.md).
     #[arg(long)]
     to: String,
     /// Ingest every path the source has.
@@ -50,7 +53,7 @@ pub struct IngestArgs {
 
 #[derive(Args)]
 pub struct StatsArgs {
-    /// The normalized store (a directory or `file:///dir`).
+    /// The normalized store (a directory, `file:///dir` or `s3://bucket/prefix…`).
     store: String,
     /// Rebuild the catalog from the store's files first (after copying a store, or if in doubt).
     #[arg(long)]
@@ -61,7 +64,7 @@ pub struct StatsArgs {
 
 #[derive(Args)]
 pub struct GcArgs {
-    /// The normalized store (a directory or `file:///dir`).
+    /// The normalized store (a directory, `file:///dir` or `s3://bucket/prefix…`).
     store: String,
     /// Store paths to keep, with their closure; everything else is removed.
     #[arg(long, num_args = 1..)]
@@ -69,6 +72,31 @@ pub struct GcArgs {
     /// A file listing store paths to keep, one per line.
     #[arg(long)]
     keep_file: Option<PathBuf>,
+    /// Object stores only: delete a pack only if an earlier gc condemned it at least this long
+    /// ago (seconds, or with a suffix s, m, h, d). Every ingest writing to the store must finish
+    /// within this time of starting (docs/s3.md).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    grace: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with an optional s, m, h or d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, m, h, d)")),
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 fn parse_shard(s: &str) -> Result<(u64, u64), String> {
@@ -128,6 +156,8 @@ pub fn ingest_cmd(args: IngestArgs) -> anyhow::Result<()> {
             "nar_bytes": report.nar_bytes, "source_file_bytes": report.source_file_bytes,
             "new_objects": report.new_objects, "new_object_bytes": report.new_object_bytes,
             "stored_bytes": report.stored_bytes, "packs": report.packs, "seconds": report.seconds,
+            "store_requests": report.store_requests.map(|r| requests_json(&r, report.nar_bytes)),
+            "source_requests": report.source_requests.map(|r| requests_json(&r, report.nar_bytes)),
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
@@ -146,6 +176,25 @@ pub fn ingest_cmd(args: IngestArgs) -> anyhow::Result<()> {
             report.packs,
             report.seconds
         );
+        for (which, r) in [
+            ("store", report.store_requests),
+            ("source", report.source_requests),
+        ] {
+            if let Some(r) = r {
+                println!(
+                    "{which} requests: {} GET, {} ranged GET, {} PUT, {} LIST, {} HEAD, {} DELETE ({:.0} per GB of NAR ingested); {} up, {} down",
+                    r.get,
+                    r.get_range,
+                    r.put,
+                    r.list,
+                    r.head,
+                    r.delete,
+                    per_gb(r.total(), report.nar_bytes),
+                    bytes(r.bytes_up),
+                    bytes(r.bytes_down)
+                );
+            }
+        }
     }
     if !report.failed.is_empty() {
         bail!(
@@ -154,6 +203,19 @@ pub fn ingest_cmd(args: IngestArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Requests per GB (10^9 bytes) of NAR ingested.
+fn per_gb(n: u64, nar_bytes: u64) -> f64 {
+    n as f64 * 1e9 / nar_bytes.max(1) as f64
+}
+
+fn requests_json(r: &RequestCounts, nar_bytes: u64) -> serde_json::Value {
+    serde_json::json!({
+        "get": r.get, "get_range": r.get_range, "put": r.put, "list": r.list, "head": r.head,
+        "delete": r.delete, "total": r.total(), "bytes_up": r.bytes_up, "bytes_down": r.bytes_down,
+        "per_gb_nar": per_gb(r.total(), nar_bytes),
+    })
 }
 
 pub fn stats_cmd(args: StatsArgs) -> anyhow::Result<()> {
@@ -249,12 +311,21 @@ pub fn gc_cmd(args: GcArgs) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
-    let (paths, packs, freed) = store.gc(&keep)?;
+    let r = store.gc(&keep, args.grace)?;
     println!(
-        "removed {paths} paths and {packs} packs, freed {}; kept {} paths",
-        bytes(freed),
+        "removed {} paths and {} packs, freed {}; kept {} paths",
+        r.removed_paths,
+        r.removed_packs,
+        bytes(r.freed_bytes),
         keep.len()
     );
+    if r.condemned_packs > 0 {
+        println!(
+            "condemned {} unreferenced packs: a gc at least {} s from now deletes them if still unreferenced",
+            r.condemned_packs,
+            args.grace.as_secs()
+        );
+    }
     Ok(())
 }
 

@@ -14,10 +14,11 @@ pub struct SubstituteArgs {
     /// or the hash part). Paths already valid in the target are skipped, and so are their closures.
     #[arg(required_unless_present = "all")]
     paths: Vec<String>,
-    /// Every path the normalized store holds (a directory store only: HTTP cannot list).
+    /// Every path the normalized store holds (not over HTTP, which cannot list).
     #[arg(long, conflicts_with = "paths")]
     all: bool,
-    /// The normalized store: a directory, `file:///dir`, or `http(s)://` serving such a directory.
+    /// The normalized store: a directory, `file:///dir`, `s3://bucket/prefix…`, or `http(s)://`
+    /// serving such a directory.
     #[arg(long, value_name = "STORE")]
     from: String,
     /// The Nix store root to substitute into: `/` for the system store, or the root of a chroot

@@ -17,7 +17,7 @@ use indicatif::ProgressBar;
 use refstrip_cas::FileSink;
 use refstrip_nix::{NarInfo, StorePath};
 use refstrip_source::{NarSource, SourceError};
-use refstrip_store::{PathRecord, StagingPack, Store, StoreError, PACK_TARGET};
+use refstrip_store::{PathRecord, RequestCounts, StagingPack, Store, StoreError, PACK_TARGET};
 use refstrip_strip::{strip, Manifest, StripOptions};
 
 #[derive(Debug, Clone)]
@@ -63,6 +63,10 @@ pub struct IngestReport {
     pub stored_bytes: u64,
     pub packs: u64,
     pub seconds: f64,
+    /// Requests to an object-store destination since it was opened (catalog refresh included).
+    pub store_requests: Option<RequestCounts>,
+    /// Requests to a source in an object store.
+    pub source_requests: Option<RequestCounts>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +93,12 @@ pub fn select(
 ) -> Result<Vec<NarInfo>, IngestError> {
     let all = roots.is_empty();
     let mut queue: VecDeque<StorePath> = if all {
-        source.list()?.into()
+        // Shard before fetching narinfos: with N workers each would otherwise fetch them all.
+        let mut listed = source.list()?;
+        if let Some((i, n)) = options.shard {
+            listed.retain(|path| shard_of(path, n) == i);
+        }
+        listed.into()
     } else {
         roots.into()
     };
@@ -163,6 +172,8 @@ pub fn ingest(
     let mut report = report.into_inner().expect("report lock");
     report.stored_bytes = stored.into_inner();
     report.seconds = started.elapsed().as_secs_f64();
+    report.store_requests = store.requests();
+    report.source_requests = source.requests();
     progress.finish_and_clear();
     Ok(report)
 }

@@ -1,5 +1,6 @@
-//! Where NARs come from: Nix binary caches (narinfo + compressed NAR files, over `file://` or
-//! `http(s)://`) and local Nix stores (their SQLite database and the store directory itself).
+//! Where NARs come from: Nix binary caches (narinfo + compressed NAR files, over `file://`,
+//! `http(s)://` or `s3://`) and local Nix stores (their SQLite database and the store directory
+//! itself).
 
 mod compression;
 mod sources;

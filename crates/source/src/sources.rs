@@ -1,10 +1,12 @@
-//! NAR sources: a Nix binary cache (`file://` or `http(s)://`) or a local Nix store.
+//! NAR sources: a Nix binary cache (`file://`, `http(s)://` or `s3://`) or a local Nix store.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use refstrip_nix::{NarInfo, StoreDir, StorePath};
+use refstrip_store::s3::S3;
+use refstrip_store::{Backend, RequestCounts};
 
 use crate::compression::{decompress, Compression};
 
@@ -32,15 +34,25 @@ pub trait NarSource: Send + Sync {
     fn narinfo(&self, path: &StorePath) -> Result<NarInfo, SourceError>;
     /// The uncompressed NAR of `info`'s path. Not verified here: the reader compares the NarHash.
     fn nar(&self, info: &NarInfo) -> Result<Box<dyn BufRead + Send>, SourceError>;
+    /// Requests made so far, for sources billed per request (an S3 bucket).
+    fn requests(&self) -> Option<RequestCounts> {
+        None
+    }
 }
 
-/// Open a source by the way Nix users name it: `file:///dir` or `http(s)://host/…` (a binary
-/// cache), `/` or a chroot-store root directory (a local Nix store with `nix/var/nix/db/db.sqlite`),
+/// Open a source by the way Nix users name it: `file:///dir`, `http(s)://host/…` or
+/// `s3://bucket/prefix?endpoint=…&region=…` (a binary cache), `/` or a chroot-store root directory (a local Nix store with `nix/var/nix/db/db.sqlite`),
 /// or a plain directory holding `nix-cache-info` (a binary cache).
 pub fn open_source(spec: &str, store_dir: StoreDir) -> Result<Box<dyn NarSource>, SourceError> {
     if spec.starts_with("http://") || spec.starts_with("https://") {
         return Ok(Box::new(BinaryCache::Http {
             base: spec.trim_end_matches('/').to_string(),
+            store_dir,
+        }));
+    }
+    if spec.starts_with("s3://") {
+        return Ok(Box::new(BinaryCache::Bucket {
+            s3: Box::new(S3::open(spec).map_err(io_err(spec))?),
             store_dir,
         }));
     }
@@ -52,7 +64,7 @@ pub fn open_source(spec: &str, store_dir: StoreDir) -> Result<Box<dyn NarSource>
     if spec.contains("://") && !spec.starts_with("file://") {
         return Err(SourceError::Invalid {
             what: spec.into(),
-            why: "unsupported URL scheme (file, http, https)".into(),
+            why: "unsupported URL scheme (file, http, https, s3)".into(),
         });
     }
     if dir.join("nix/var/nix/db/db.sqlite").exists() {
@@ -72,8 +84,19 @@ pub fn open_source(spec: &str, store_dir: StoreDir) -> Result<Box<dyn NarSource>
 
 /// A Nix binary cache: `<hash>.narinfo` files and the NAR files their `URL`s name.
 pub enum BinaryCache {
-    Dir { dir: PathBuf, store_dir: StoreDir },
-    Http { base: String, store_dir: StoreDir },
+    Dir {
+        dir: PathBuf,
+        store_dir: StoreDir,
+    },
+    Http {
+        base: String,
+        store_dir: StoreDir,
+    },
+    /// In an S3-compatible bucket (as written by `nix copy --to s3://…`).
+    Bucket {
+        s3: Box<S3>,
+        store_dir: StoreDir,
+    },
 }
 
 impl BinaryCache {
@@ -100,6 +123,12 @@ impl BinaryCache {
                     }),
                 }
             }
+            BinaryCache::Bucket { s3, .. } => {
+                let what = format!("{}/{rel}", s3.describe());
+                s3.open_read(rel)
+                    .map_err(io_err(what.clone()))?
+                    .ok_or(SourceError::NotFound(what))
+            }
         }
     }
 }
@@ -109,29 +138,38 @@ impl NarSource for BinaryCache {
         match self {
             BinaryCache::Dir { dir, .. } => format!("file://{}", dir.display()),
             BinaryCache::Http { base, .. } => base.clone(),
+            BinaryCache::Bucket { s3, .. } => s3.describe(),
         }
     }
 
     fn store_dir(&self) -> &StoreDir {
         match self {
-            BinaryCache::Dir { store_dir, .. } | BinaryCache::Http { store_dir, .. } => store_dir,
+            BinaryCache::Dir { store_dir, .. }
+            | BinaryCache::Http { store_dir, .. }
+            | BinaryCache::Bucket { store_dir, .. } => store_dir,
         }
     }
 
     fn list(&self) -> Result<Vec<StorePath>, SourceError> {
-        let BinaryCache::Dir { dir, .. } = self else {
-            return Err(SourceError::Invalid {
-                what: self.describe(),
-                why: "an HTTP cache cannot be listed; name the paths to ingest".into(),
-            });
+        let names = match self {
+            BinaryCache::Dir { dir, .. } => {
+                let mut names = Vec::new();
+                for e in fs::read_dir(dir).map_err(io_err(dir.display().to_string()))? {
+                    let e = e.map_err(io_err(dir.display().to_string()))?;
+                    names.push(e.file_name().to_string_lossy().into_owned());
+                }
+                names
+            }
+            BinaryCache::Bucket { s3, .. } => s3.list("").map_err(io_err(s3.describe()))?,
+            BinaryCache::Http { .. } => {
+                return Err(SourceError::Invalid {
+                    what: self.describe(),
+                    why: "an HTTP cache cannot be listed; name the paths to ingest".into(),
+                })
+            }
         };
         let mut out = Vec::new();
-        for e in fs::read_dir(dir).map_err(io_err(dir.display().to_string()))? {
-            let name = e
-                .map_err(io_err(dir.display().to_string()))?
-                .file_name()
-                .to_string_lossy()
-                .into_owned();
+        for name in names {
             if let Some(hash) = name.strip_suffix(".narinfo") {
                 let info = self.narinfo_by_hash(hash)?;
                 out.push(info.store_path);
@@ -155,6 +193,13 @@ impl NarSource for BinaryCache {
         let compression = Compression::from_narinfo(info.compression.as_deref())
             .map_err(io_err(info.url.clone()))?;
         decompress(self.fetch(&info.url)?, compression).map_err(io_err(info.url.clone()))
+    }
+
+    fn requests(&self) -> Option<RequestCounts> {
+        match self {
+            BinaryCache::Bucket { s3, .. } => s3.requests(),
+            _ => None,
+        }
     }
 }
 

@@ -28,6 +28,36 @@ pub trait Backend: Send + Sync {
     fn scratch_dir(&self) -> PathBuf;
     /// Where this machine keeps the store's SQLite catalog.
     fn catalog_path(&self) -> PathBuf;
+    /// Whether other machines may write to this store too, so that the catalog must be refreshed
+    /// from the listing and this machine's file locks do not keep gc and ingests apart.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Requests made so far, for backends that are billed per request.
+    fn requests(&self) -> Option<RequestCounts> {
+        None
+    }
+}
+
+/// Requests made to an object store, by kind, and bytes moved (payloads only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub get: u64,
+    pub get_range: u64,
+    /// Single PUTs and multipart requests (create, each part, complete).
+    pub put: u64,
+    /// LIST requests (pages of up to 1,000 keys).
+    pub list: u64,
+    pub head: u64,
+    pub delete: u64,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+}
+
+impl RequestCounts {
+    pub fn total(&self) -> u64 {
+        self.get + self.get_range + self.put + self.list + self.head + self.delete
+    }
 }
 
 /// The embedded default: a directory on the local filesystem.
@@ -144,9 +174,13 @@ impl Backend for LocalDir {
     }
 }
 
-/// Open a store location: a directory path or `file://` URL (the embedded default), or an
-/// `http(s)://` URL serving a store's directory (read-only).
+/// Open a store location: a directory path or `file://` URL (the embedded default), an
+/// `s3://bucket/prefix` URL (an S3-compatible object store), or an `http(s)://` URL serving a
+/// store's directory (read-only).
 pub fn open(url: &str) -> io::Result<Box<dyn Backend>> {
+    if url.starts_with("s3://") {
+        return Ok(Box::new(crate::s3::S3::open(url)?));
+    }
     if let Some(rest) = url.strip_prefix("file://") {
         let path = rest.split('?').next().unwrap_or(rest);
         return Ok(Box::new(LocalDir::open(Path::new(path))?));
@@ -157,7 +191,7 @@ pub fn open(url: &str) -> io::Result<Box<dyn Backend>> {
     if url.contains("://") {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("unsupported store URL {url:?} (supported: a directory, file:///dir, http(s):// read-only)"),
+            format!("unsupported store URL {url:?} (supported: a directory, file:///dir, s3://bucket/prefix, http(s):// read-only)"),
         ));
     }
     Ok(Box::new(LocalDir::open(Path::new(url))?))

@@ -1,20 +1,35 @@
 //! A normalized store: path records and packs on a [`Backend`], with a local [`Catalog`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use refstrip_cas::pack::{decode_block, decode_index, decompress_bounded, Location, PackWriter};
 use refstrip_cas::{CasError, ObjectId, ObjectRead, ObjectWrite};
 
-use crate::backend::{self, Backend};
+use crate::backend::{self, Backend, RequestCounts};
 use crate::catalog::{Catalog, Totals};
 use crate::record::PathRecord;
 
 /// A sealed pack is this large (compressed) at most, give or take one block.
 pub const PACK_TARGET: u64 = 64 << 20;
+
+/// Where gc on a shared store marks packs it found unreferenced (one empty-ish object per pack,
+/// holding the Unix time of condemnation); a later gc deletes them once the grace period is over.
+const CONDEMNED: &str = "gc/condemned/";
+
+/// What [`Store::gc`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub removed_paths: u64,
+    pub removed_packs: u64,
+    pub freed_bytes: u64,
+    /// Shared stores: packs newly marked for deletion by a gc after the grace period.
+    pub condemned_packs: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -52,10 +67,20 @@ impl Store {
         setup.lock()?;
         let catalog = Catalog::open(&catalog_path)?;
         drop(setup);
-        Ok(Store {
+        let store = Store {
             backend,
             catalog: Mutex::new(catalog),
-        })
+        };
+        // Other machines write to a shared store: catch up with what they added or removed.
+        if store.backend.is_shared() {
+            store.refresh_catalog(false)?;
+        }
+        Ok(store)
+    }
+
+    /// Requests made to the backend so far (object stores only).
+    pub fn requests(&self) -> Option<RequestCounts> {
+        self.backend.requests()
     }
 
     pub fn describe(&self) -> String {
@@ -69,6 +94,11 @@ impl Store {
     pub fn has_path(&self, hash_part: &str) -> Result<bool, StoreError> {
         if self.catalog().has_path(hash_part)? {
             return Ok(true);
+        }
+        // A shared store's catalog was refreshed from the listing when it was opened; asking again
+        // for every new path would cost a request each.
+        if self.backend.is_shared() {
+            return Ok(false);
         }
         // A record without a catalog entry was written by an ingest killed before it catalogued the
         // path; catalog it now, or stats and gc (which work from the catalog) would never see it.
@@ -163,30 +193,78 @@ impl Store {
 
     /// Rebuild the catalog from the files: every pack's index and every path record.
     pub fn rebuild_catalog(&self) -> Result<(), StoreError> {
-        let mut catalog = self.catalog();
-        catalog.clear()?;
-        for key in self.backend.list("packs/")? {
-            let Some(id) = key
-                .strip_prefix("packs/")
-                .and_then(|k| k.strip_suffix(".pack"))
-            else {
+        self.catalog().clear()?;
+        self.refresh_catalog(false)
+    }
+
+    /// Bring the catalog in line with the store's listing: catalog packs and records it lacks,
+    /// forget those deleted since (by gc, maybe on another machine). Packs condemned by gc are
+    /// left out unless `with_condemned`, so ingests never reuse their objects.
+    fn refresh_catalog(&self, with_condemned: bool) -> Result<(), StoreError> {
+        let condemned: HashSet<String> = if with_condemned {
+            HashSet::new()
+        } else {
+            self.condemned()?.into_iter().collect()
+        };
+        let listed: HashSet<String> = self
+            .backend
+            .list("packs/")?
+            .iter()
+            .filter_map(|k| k.strip_prefix("packs/")?.strip_suffix(".pack"))
+            .filter(|id| !condemned.contains(*id))
+            .map(String::from)
+            .collect();
+        let known: HashSet<String> = self.catalog().packs()?.into_iter().collect();
+        for id in known.difference(&listed) {
+            self.catalog().remove_pack(id)?;
+        }
+        for id in listed.difference(&known) {
+            let key = pack_key(id);
+            // Listed a moment ago; gone now means another gc deleted it: nothing to catalog.
+            let Some(size) = self.backend.size(&key)? else {
                 continue;
             };
-            let size = self.backend.size(&key)?.unwrap_or(0);
             let index = read_pack_index(&*self.backend, &key, size)?;
             let raw: u64 = index.values().map(|l| l.size).sum();
-            catalog.add_pack(id, size, raw, index.iter())?;
+            self.catalog().add_pack(id, size, raw, index.iter())?;
         }
-        drop(catalog);
-        for key in self.backend.list("paths/")? {
-            let bytes = self.backend.get(&key)?.unwrap_or_default();
-            let record = PathRecord::decode(&bytes).map_err(|why| StoreError::BadRecord {
-                key: key.clone(),
-                why,
-            })?;
+        let listed: HashSet<String> = self
+            .backend
+            .list("paths/")?
+            .iter()
+            .filter_map(|k| k.strip_prefix("paths/"))
+            .map(String::from)
+            .collect();
+        let known: HashSet<String> = self
+            .catalog()
+            .paths()?
+            .into_iter()
+            .map(|(hash_part, _)| hash_part)
+            .collect();
+        for hash_part in known.difference(&listed) {
+            self.catalog().remove_path(hash_part)?;
+        }
+        for hash_part in listed.difference(&known) {
+            let key = record_key(hash_part);
+            let Some(bytes) = self.backend.get(&key)? else {
+                continue;
+            };
+            let record =
+                PathRecord::decode(&bytes).map_err(|why| StoreError::BadRecord { key, why })?;
             self.catalog_record(&record, bytes.len() as u64)?;
         }
         Ok(())
+    }
+
+    /// Ids of the packs gc has condemned.
+    fn condemned(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .backend
+            .list(CONDEMNED)?
+            .iter()
+            .filter_map(|k| k.strip_prefix(CONDEMNED))
+            .map(String::from)
+            .collect())
     }
 
     /// Hold this while writing to the store: any number of writers share it, gc needs it alone.
@@ -208,38 +286,88 @@ impl Store {
     }
 
     /// Remove every path not in `keep` (hash parts), then every pack no remaining path needs.
-    /// Returns (paths removed, packs removed, bytes freed). Refuses with [`StoreError::Busy`]
-    /// while an ingest holds [`write_lock`](Self::write_lock).
-    pub fn gc(
-        &self,
-        keep: &std::collections::HashSet<String>,
-    ) -> Result<(u64, u64, u64), StoreError> {
+    /// Refuses with [`StoreError::Busy`] while an ingest on this machine holds
+    /// [`write_lock`](Self::write_lock).
+    ///
+    /// On a shared store (an object store written by many machines) no lock reaches the other
+    /// writers, so packs go in two steps: an unreferenced pack is first condemned (marked under
+    /// `gc/condemned/`; ingests that open the store from then on do not reuse its objects), and
+    /// deleted by a later gc only if it is still unreferenced and was condemned at least `grace`
+    /// ago. That is safe as long as every ingest finishes within `grace` of opening the store:
+    /// an ingest that opened it before the condemnation and reuses an object from the pack has
+    /// written its record by then, which makes the pack referenced again (and un-condemned). An
+    /// ingest that writes a byte-identical pack (the same objects again) un-condemns it too;
+    /// only if that upload lands between this gc's last look at the marker and its DELETE (one
+    /// request) is the pack lost. `grace` is ignored for local stores.
+    pub fn gc(&self, keep: &HashSet<String>, grace: Duration) -> Result<GcReport, StoreError> {
         let lock = self.lock_file()?;
         lock.try_lock().map_err(|e| match e {
             std::fs::TryLockError::WouldBlock => StoreError::Busy,
             std::fs::TryLockError::Error(e) => StoreError::Io(e),
         })?;
-        let mut removed_paths = 0;
+        let shared = self.backend.is_shared();
+        if shared {
+            // Judge references by every record in the bucket now, condemned packs included.
+            self.refresh_catalog(true)?;
+        }
+        let mut report = GcReport::default();
         // Collect first: a guard in the loop head would live through the loop and deadlock.
         let paths = self.catalog().paths()?;
         for (hash_part, _) in paths {
             if !keep.contains(&hash_part) {
                 self.backend.delete(&record_key(&hash_part))?;
                 self.catalog().remove_path(&hash_part)?;
-                removed_paths += 1;
+                report.removed_paths += 1;
             }
         }
-        let mut removed_packs = 0;
-        let mut freed = 0;
-        let unreferenced = self.catalog().unreferenced_packs()?;
+        let unreferenced: HashSet<String> =
+            self.catalog().unreferenced_packs()?.into_iter().collect();
+        let condemned: HashSet<String> = if shared {
+            self.condemned()?.into_iter().collect()
+        } else {
+            HashSet::new()
+        };
+        // A condemned pack that a record needs again (or that is gone) is no longer condemned.
+        for id in condemned.difference(&unreferenced) {
+            self.backend.delete(&format!("{CONDEMNED}{id}"))?;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         for id in unreferenced {
             let key = pack_key(&id);
-            freed += self.backend.size(&key)?.unwrap_or(0);
+            let marker = format!("{CONDEMNED}{id}");
+            if shared {
+                let since = match condemned.contains(&id) {
+                    true => self.backend.get(&marker)?,
+                    false => None,
+                }
+                .and_then(|b| String::from_utf8(b).ok()?.trim().parse::<u64>().ok());
+                match since {
+                    Some(t) if now.saturating_sub(t) >= grace.as_secs() => {}
+                    Some(_) => {
+                        self.catalog().remove_pack(&id)?;
+                        continue;
+                    }
+                    // Newly unreferenced (or an unreadable marker): condemn it now.
+                    None => {
+                        self.backend.put(&marker, now.to_string().as_bytes())?;
+                        self.catalog().remove_pack(&id)?;
+                        report.condemned_packs += 1;
+                        continue;
+                    }
+                }
+            }
+            report.freed_bytes += self.backend.size(&key)?.unwrap_or(0);
             self.backend.delete(&key)?;
+            if shared {
+                self.backend.delete(&marker)?;
+            }
             self.catalog().remove_pack(&id)?;
-            removed_packs += 1;
+            report.removed_packs += 1;
         }
-        Ok((removed_paths, removed_packs, freed))
+        Ok(report)
     }
 }
 
@@ -306,6 +434,10 @@ impl StagingPack<'_> {
         inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         let id = hasher.finalize().to_hex().to_string();
         self.store.backend.put_file(&pack_key(&id), &self.path)?;
+        if self.store.backend.is_shared() {
+            // Byte-identical to a pack gc condemned (the same objects again): now it is needed.
+            self.store.backend.delete(&format!("{CONDEMNED}{id}"))?;
+        }
         self.store
             .catalog()
             .add_pack(&id, size, raw, index.iter())?;
