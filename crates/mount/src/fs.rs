@@ -279,25 +279,27 @@ impl Filesystem for View {
             return reply.error(Errno::EINVAL);
         };
         self.reads.fetch_add(1, Ordering::Relaxed);
-        match self.read_range(ino.0, file, offset, size.into()) {
-            Ok(bytes) => {
-                self.read_bytes
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                reply.data(&bytes);
-            }
+        let result = self.read_range(ino.0, file, offset, size.into());
+        if let Ok(bytes) = &result {
+            self.read_bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        } else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        // Before replying, so that whoever waits for the read sees what it cost.
+        self.write_stats(false);
+        match result {
+            Ok(bytes) => reply.data(&bytes),
             Err(e) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
                 let path = &self.tree.paths[file.path];
                 eprintln!(
-                    "refstrip mount: EIO reading {} bytes at {offset} of inode {} in {}: {e}",
-                    size,
+                    "refstrip mount: EIO reading {size} bytes at {offset} of inode {} in {}: {e}",
                     ino.0,
                     String::from_utf8_lossy(path.manifest.basename())
                 );
                 reply.error(Errno::EIO);
             }
         }
-        self.write_stats(false);
     }
 
     fn readdir(
