@@ -1,5 +1,6 @@
 //! The `refstrip` command: a thin layer that parses arguments and calls the library crates.
 
+mod mount;
 mod nar;
 mod narinfo;
 mod serve;
@@ -42,6 +43,9 @@ enum Command {
     Substitute(substitute::SubstituteArgs),
     /// Serve a normalized store as a standard Nix binary cache over HTTP (NARs restored on the fly).
     Serve(serve::ServeArgs),
+    /// Mount store paths read-only with FUSE: the whole closure listed from manifests, file
+    /// contents fetched, verified and patched on first read.
+    Mount(mount::MountArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Gc(args) => store_cmd::gc_cmd(args),
         Command::Substitute(args) => substitute::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Mount(args) => mount::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -77,11 +77,17 @@ pub struct Patcher<'a> {
 
 impl<'a> Patcher<'a> {
     pub fn new(patches: &'a [Patch], refs: &'a RefTable) -> Self {
+        Self::starting_at(patches, refs, 0)
+    }
+
+    /// A patcher for a stream that begins at `offset` of the byte string, for random access: a
+    /// read from the middle of a file patches exactly the regions it covers.
+    pub fn starting_at(patches: &'a [Patch], refs: &'a RefTable, offset: u64) -> Self {
         Patcher {
             patches,
             refs,
-            pos: 0,
-            next: 0,
+            pos: offset,
+            next: patches.partition_point(|p| p.end() <= offset),
         }
     }
 
@@ -115,4 +121,33 @@ pub fn apply_all(bytes: &[u8], patches: &[Patch], refs: &RefTable) -> Vec<u8> {
     let mut out = bytes.to_vec();
     Patcher::new(patches, refs).apply(&mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_patcher_started_mid_stream_matches_the_whole_stream() {
+        let me = b"0000000000000000000000000000000z-me".to_vec();
+        let refs = RefTable::new(&me, &[]).unwrap();
+        let patches = vec![
+            Patch {
+                offset: 10,
+                kind: PatchKind::Ref(0),
+            },
+            Patch {
+                offset: 50,
+                kind: PatchKind::Literal(b"xyz".to_vec()),
+            },
+        ];
+        let whole = apply_all(&[b'.'; 64], &patches, &refs);
+        for start in 0..64u64 {
+            for end in start..=64u64 {
+                let mut part = vec![b'.'; (end - start) as usize];
+                Patcher::starting_at(&patches, &refs, start).apply(&mut part);
+                assert_eq!(part, whole[start as usize..end as usize], "{start}..{end}");
+            }
+        }
+    }
 }

@@ -1,0 +1,90 @@
+//! `refstrip mount`: a lazy, read-only view of store paths (see docs/mount.md).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use refstrip_mount::{block_termination_signals, load_records, mount, Options};
+use refstrip_substitute::{default_cache_dir, hash_part_of};
+
+#[derive(Args)]
+pub struct MountArgs {
+    /// The normalized store: a directory, `file:///dir`, or `http(s)://` serving such a directory.
+    #[arg(long, value_name = "STORE")]
+    from: String,
+    /// An empty directory to mount on, e.g. `/nix/store` inside a private mount namespace.
+    mountpoint: PathBuf,
+    /// Show these store paths and their closure (`/nix/store/<hash>-<name>`, `<hash>-<name>` or
+    /// the hash part) [default: every path the store holds; a directory store only].
+    paths: Vec<String>,
+    /// Local object cache, shared with `refstrip substitute`
+    /// [default: $XDG_CACHE_HOME/refstrip or ~/.cache/refstrip].
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Keep fetched blocks in memory only.
+    #[arg(long, conflicts_with = "cache")]
+    no_cache: bool,
+    /// Rewrite this JSON file with what the mount has fetched, after every read that fetched.
+    #[arg(long, value_name = "FILE")]
+    stats: Option<PathBuf>,
+    /// Threads answering file system requests.
+    #[arg(short, long, default_value_t = 4)]
+    jobs: usize,
+}
+
+pub fn run(args: MountArgs) -> anyhow::Result<()> {
+    // Before any thread starts, so that every thread leaves SIGINT/SIGTERM to the wait below.
+    block_termination_signals().context("blocking SIGINT/SIGTERM")?;
+    let backend = refstrip_store::backend::open(&args.from)
+        .with_context(|| format!("opening {}", args.from))?;
+    // The backend serves the file system for as long as the process lives.
+    let backend = Box::leak(backend);
+    let roots = args
+        .paths
+        .iter()
+        .map(|p| hash_part_of(p).with_context(|| format!("{p:?} is not a store path or hash part")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        Some(
+            args.cache
+                .or_else(default_cache_dir)
+                .context("no cache directory: set --cache, XDG_CACHE_HOME or HOME")?,
+        )
+    };
+    let (records, record_bytes) =
+        load_records(&*backend, (!roots.is_empty()).then_some(roots.as_slice()))?;
+    let opts = Options {
+        cache_dir,
+        stats_file: args.stats,
+        threads: args.jobs,
+    };
+    let mounted = mount(&*backend, records, record_bytes, &args.mountpoint, &opts)?;
+    let stats = mounted.stats();
+    println!(
+        "mounted {} paths ({} inodes, {} bytes of path records) at {}",
+        stats.paths,
+        stats.inodes,
+        stats.record_bytes,
+        args.mountpoint.display()
+    );
+    let signal = mounted.wait();
+    let stats = mounted.stats();
+    mounted
+        .unmount()
+        .with_context(|| format!("unmounting {}", args.mountpoint.display()))?;
+    eprintln!(
+        "unmounted {}{}: fetched {} bytes in {} blocks, {} reads ({} errors)",
+        args.mountpoint.display(),
+        match signal {
+            Some(n) => format!(" on signal {n}"),
+            None => String::new(),
+        },
+        stats.fetched_bytes,
+        stats.fetched_blocks,
+        stats.reads,
+        stats.errors
+    );
+    Ok(())
+}
