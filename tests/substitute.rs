@@ -288,7 +288,7 @@ fn unpatched_files_are_hard_links_that_nix_verifies_and_collects() {
         &store,
         root.path(),
         None,
-        &[],
+        &["--links"],
         &[root_path("gen1")],
     ));
     assert_eq!(first["linked_files"].as_u64(), Some(0));
@@ -301,7 +301,7 @@ fn unpatched_files_are_hard_links_that_nix_verifies_and_collects() {
         &store,
         root.path(),
         None,
-        &[],
+        &["--links"],
         &[root_path("mass")],
     ));
     let linked = mass["linked_files"].as_u64().unwrap();
@@ -322,12 +322,18 @@ fn unpatched_files_are_hard_links_that_nix_verifies_and_collects() {
             .collect()
     };
     let (gen1, mass_paths) = (by_name("gen1"), by_name("mass"));
-    let gen1_inodes: std::collections::HashSet<(u64, u64)> =
-        gen1.values().flat_map(|p| inodes(p).into_values()).collect();
+    let gen1_inodes: std::collections::HashSet<(u64, u64)> = gen1
+        .values()
+        .flat_map(|p| inodes(p).into_values())
+        .collect();
     let (mut same, mut shared_with_gen1, mut different) = (0, 0, 0);
     for (name, old) in &gen1 {
         let (old, new) = (inodes(old), inodes(&mass_paths[name]));
-        assert_eq!(old.keys().collect::<Vec<_>>(), new.keys().collect::<Vec<_>>(), "{name}");
+        assert_eq!(
+            old.keys().collect::<Vec<_>>(),
+            new.keys().collect::<Vec<_>>(),
+            "{name}"
+        );
         for (file, inode) in &new {
             if old[file] == *inode {
                 same += 1;
@@ -341,8 +347,39 @@ fn unpatched_files_are_hard_links_that_nix_verifies_and_collects() {
     }
     // A linked file shares an inode with gen1 (usually the same file; identical files elsewhere
     // share one copy).
-    assert_eq!(shared_with_gen1, linked, "every linked file is a gen1 inode");
-    assert!(same > 0 && different > 0, "{same} same, {different} written");
+    assert_eq!(
+        shared_with_gen1, linked,
+        "every linked file is a gen1 inode"
+    );
+    // Nix's optimiser takes the entries for its own (same names), and everything still verifies.
+    run(Command::new("nix-store")
+        .arg("--store")
+        .arg(root.path())
+        .arg("--optimise"));
+    check_like_nix(root.path(), "mass");
+    let plain = tempfile::tempdir().unwrap();
+    let without = report(&substitute(
+        &store,
+        plain.path(),
+        None,
+        &[],
+        &[root_path("gen1")],
+    ));
+    assert_eq!(
+        (
+            without["linked_files"].as_u64(),
+            without["shared_files"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    assert!(
+        !plain.path().join("nix/store/.links").exists(),
+        "off by default"
+    );
+    assert!(
+        same > 0 && different > 0,
+        "{same} same, {different} written"
+    );
 
     // Nix deletes gen1 (unlinking its names), the mass paths stay intact (and keep the shared
     // entries alive); once nothing uses a `.links` entry, Nix's own garbage collector removes it.

@@ -20,6 +20,7 @@ measure() { # label, command...
 echo "| method | wall s | peak RSS |"
 echo "|---|---:|---:|"
 measure "refstrip substitute (local normalized store)" "$bin" substitute --from "$store" --store "$work/r1" --no-check-sigs --no-cache "$root"
+measure "refstrip substitute --links" "$bin" substitute --from "$store" --store "$work/r5" --no-check-sigs --no-cache --links "$root"
 measure "nix copy --no-check-sigs from file:// zstd cache" nix copy --no-check-sigs --from "file://$cache" --to "$work/r2" "$root"
 if [ -n "$xz" ]; then
   measure "nix copy --no-check-sigs from file:// xz cache" nix copy --no-check-sigs --from "file://$xz" --to "$work/r4" "$root"

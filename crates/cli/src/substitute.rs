@@ -47,11 +47,13 @@ pub struct SubstituteArgs {
     /// Worker threads for fetching and restoring [default: one per core].
     #[arg(short, long, default_value_t = 0)]
     jobs: usize,
-    /// Write every file. By default a file that needs no reference patched back is a hard link to
-    /// an identical copy an earlier run left in `<store>/.links` (as Nix's auto-optimise-store
-    /// does), and the ones written are shared there for later runs.
+    /// Hard-link each file that needs no reference patched back to an identical copy an earlier
+    /// run shared in `<store>/.links`, and share the ones written, as Nix's `auto-optimise-store`
+    /// does (and, like it, off by default): after a rebuild most such files are in the store
+    /// already, so this saves their disk space and file creation, at the cost of hashing them
+    /// once more when first written (measured in docs/benchmarks.md §4).
     #[arg(long)]
-    no_links: bool,
+    links: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -115,7 +117,7 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
         cache_dir,
         trusted_keys,
         jobs: args.jobs,
-        links: !args.no_links,
+        links: args.links,
         progress,
     };
     let report = substitute(&*backend, &roots, &opts)?;
