@@ -2,6 +2,7 @@
 
 mod nar;
 mod narinfo;
+mod savings;
 mod serve;
 mod store_cmd;
 mod strip;
@@ -42,6 +43,11 @@ enum Command {
     Substitute(substitute::SubstituteArgs),
     /// Serve a normalized store as a standard Nix binary cache over HTTP (NARs restored on the fly).
     Serve(serve::ServeArgs),
+    /// Measure what each substitution granularity (NAR, files, CDC, refstrip) downloads from one
+    /// closure to another (see docs/savings.md).
+    Savings(savings::SavingsArgs),
+    /// Show why a path did not deduplicate after stripping: residual bytes by file and ELF section.
+    Explain(savings::ExplainArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +62,8 @@ fn main() -> std::process::ExitCode {
         Command::Gc(args) => store_cmd::gc_cmd(args),
         Command::Substitute(args) => substitute::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Savings(args) => savings::savings(args),
+        Command::Explain(args) => savings::explain_cmd(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

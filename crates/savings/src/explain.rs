@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use goblin::elf::section_header::SHT_NOBITS;
 use goblin::elf::Elf;
-use refstrip_nix::NarInfo;
+use refstrip_nix::{NarInfo, StorePath};
 use refstrip_source::NarSource;
 use refstrip_strip::{ContentDigest, ContentSink, Node, PatchKind, StripOptions};
 use serde::Serialize;
@@ -49,15 +49,21 @@ pub struct FileResidual {
     pub regions: Vec<(String, u64)>,
 }
 
-/// Explain `spec` (a store path or name in `new`) against the path of the same name in `old`.
+/// Explain `spec` (a store path or name in `new`) against `old_spec` in `old`, by default the path
+/// of the same name there, or else of the same package name and output (a version bump).
 pub fn explain(
     old: &dyn NarSource,
     new: &dyn NarSource,
     spec: &str,
+    old_spec: Option<&str>,
     options: &StripOptions,
 ) -> Result<Explanation, SavingsError> {
     let new_info = new.narinfo(&single(new, spec)?)?;
-    let old_info = old.narinfo(&single(old, &new_info.store_path.to_string())?)?;
+    let old_path = match old_spec {
+        Some(s) => single(old, s)?,
+        None => namesake(old, &new_info.store_path)?,
+    };
+    let old_info = old.narinfo(&old_path)?;
 
     let old_tree = flatten(&strip_tree(old, &old_info, options, &mut io::sink())?);
     let new_root = strip_tree(new, &new_info, options, &mut io::sink())?;
@@ -112,8 +118,8 @@ pub fn explain(
         residual.push(file_residual(file, old_bytes, new_bytes));
     }
     Ok(Explanation {
-        new_path: new_info.store_path.to_string(),
-        old_path: old_info.store_path.to_string(),
+        new_path: new.store_dir().display_path(&new_info.store_path),
+        old_path: old.store_dir().display_path(&old_info.store_path),
         normalize_build_id: options.normalize_build_id,
         files,
         identical_files,
@@ -165,7 +171,7 @@ impl Explanation {
 }
 
 /// The one path `spec` names in `source`.
-fn single(source: &dyn NarSource, spec: &str) -> Result<refstrip_nix::StorePath, SavingsError> {
+fn single(source: &dyn NarSource, spec: &str) -> Result<StorePath, SavingsError> {
     let mut found = resolve(source, spec)?;
     if found.len() > 1 {
         let names: Vec<String> = found.iter().map(|p| p.to_string()).collect();
@@ -180,6 +186,48 @@ fn single(source: &dyn NarSource, spec: &str) -> Result<refstrip_nix::StorePath,
         ));
     }
     Ok(found.remove(0))
+}
+
+/// The path of `old` that corresponds to `path`: same name, or else same package name and output.
+fn namesake(old: &dyn NarSource, path: &StorePath) -> Result<StorePath, SavingsError> {
+    if let Ok(found) = single(old, path.name()) {
+        return Ok(found);
+    }
+    let key = package_key(path.name());
+    let mut found: Vec<StorePath> = old
+        .list()?
+        .into_iter()
+        .filter(|p| package_key(p.name()) == key)
+        .collect();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        n => Err(SavingsError::invalid(
+            path.name(),
+            format!(
+                "{n} paths in {} have its name or package name {:?}; name the old path with --old-path",
+                old.describe(),
+                key.0
+            ),
+        )),
+    }
+}
+
+/// (package name, output) of a store path name, as Nix splits `name-version[-output]`: the name ends
+/// at the first `-` followed by a digit; a trailing all-letters component is the output.
+fn package_key(name: &str) -> (&str, &str) {
+    let split = name
+        .match_indices('-')
+        .find(|(i, _)| name[i + 1..].starts_with(|c: char| c.is_ascii_digit()))
+        .map(|(i, _)| i);
+    let Some(i) = split else {
+        return (name, "");
+    };
+    let output = name[i + 1..]
+        .rsplit_once('-')
+        .map(|(_, last)| last)
+        .filter(|last| last.chars().all(|c| c.is_ascii_alphabetic()))
+        .unwrap_or("");
+    (&name[..i], output)
 }
 
 fn strip_tree(
@@ -360,6 +408,18 @@ fn elf_regions(bytes: &[u8]) -> Option<Vec<(String, Range<u64>)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn package_keys_ignore_versions_but_not_outputs() {
+        assert_eq!(package_key("lua-5.4.7"), ("lua", ""));
+        assert_eq!(package_key("lua-5.4.4-dev"), ("lua", "dev"));
+        assert_eq!(package_key("lua-zlib-1.3"), ("lua-zlib", ""));
+        assert_eq!(
+            package_key("refstrip-corpus-small-env"),
+            ("refstrip-corpus-small-env", "")
+        );
+        assert_eq!(package_key("pcre2-10.42-2"), ("pcre2", ""));
+    }
 
     #[test]
     fn runs_cover_changed_and_appended_bytes() {
