@@ -438,3 +438,37 @@ fn bad_inputs_give_clear_errors() {
     let e = fails(&["savings", "--old", &gen1, "--new", &bad]);
     assert!(e.contains(".narinfo"), "{e}");
 }
+
+#[test]
+fn real_casync_adds_about_as_many_chunk_bytes_as_the_cdc_row() {
+    if Command::new("casync").arg("--version").output().is_err() {
+        eprintln!("\n*** SKIPPED: casync is not installed (tools/setup.sh installs it) ***\n");
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tools/savings/casync_check.sh"
+    );
+    let out = String::from_utf8(run(Command::new("bash")
+        .arg(script)
+        .arg(generation("gen1"))
+        .arg(generation("mass"))
+        .arg(refstrip_bin())))
+    .unwrap();
+    let numbers = |label: &str| -> Vec<u64> {
+        let line = out.lines().find(|l| l.starts_with(label)).unwrap();
+        line.split_whitespace()
+            .rev()
+            .take(4)
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    // [new bytes, new chunks, closure bytes, closure chunks]
+    let (casync, ours) = (numbers("casync"), numbers("refstrip"));
+    // Different rolling hashes (buzhash vs FastCDC) at the same sizes: close, not equal.
+    for i in 0..4 {
+        let (a, b) = (casync[i] as f64, ours[i] as f64);
+        assert!((a - b).abs() <= 0.3 * a.max(b), "{out}");
+    }
+    assert!(casync[0] > 0 && casync[0] < casync[2], "{out}");
+}

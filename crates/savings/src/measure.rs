@@ -106,6 +106,9 @@ pub struct Row {
     pub downloaded: u64,
     /// `closure - downloaded`.
     pub reused: u64,
+    /// How many units (NARs, files, chunks, manifests) make up `closure` and `downloaded`.
+    pub closure_units: u64,
+    pub downloaded_units: u64,
     /// `100 * (1 - downloaded / baseline downloaded)`; none when the baseline downloads nothing.
     pub savings_percent: Option<f64>,
 }
@@ -160,12 +163,14 @@ pub fn measure(
             .flat_map(|u| u[m.index()].iter().map(|(k, _)| *k))
             .collect();
         let mut seen = HashSet::new();
-        let (mut closure, mut downloaded) = (0, 0);
+        let (mut closure, mut downloaded, mut closure_units, mut downloaded_units) = (0, 0, 0, 0);
         for (key, size) in new_units.iter().flat_map(|u| &u[m.index()]) {
             if seen.insert(*key) {
                 closure += size;
+                closure_units += 1;
                 if !have.contains(key) {
                     downloaded += size;
+                    downloaded_units += 1;
                 }
             }
         }
@@ -174,6 +179,8 @@ pub fn measure(
             closure,
             downloaded,
             reused: closure - downloaded,
+            closure_units,
+            downloaded_units,
             savings_percent: None,
         });
     }

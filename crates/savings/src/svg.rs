@@ -168,6 +168,8 @@ mod tests {
             closure,
             downloaded,
             reused: closure - downloaded,
+            closure_units: 1,
+            downloaded_units: 1,
             savings_percent: Some(0.0),
         };
         let report = crate::measure::Report {
