@@ -228,7 +228,7 @@ fn table_and_json_agree_and_the_plot_shows_every_row() {
     );
     for r in rows {
         assert!(svg.contains(&format!(
-            "{}: {} bytes",
+            "{} downloaded: {} bytes",
             r["method"].as_str().unwrap(),
             r["downloaded"]
         )));

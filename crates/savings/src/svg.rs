@@ -9,7 +9,7 @@ const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 520.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 50.0;
+const TOP: f64 = 70.0;
 const BOTTOM: f64 = 190.0;
 
 /// An SVG grouped bar chart of `report`, with `title` on top.
@@ -61,18 +61,20 @@ pub fn plot(report: &Report, title: &str) -> String {
     let bar = group * 0.36;
     for (i, row) in report.rows.iter().enumerate() {
         let x0 = LEFT + group * i as f64 + group * 0.14;
-        for (j, (value, color)) in [(row.closure, "#9ecae1"), (row.downloaded, "#08519c")]
-            .into_iter()
-            .enumerate()
+        for (j, (what, value, color)) in [
+            ("closure", row.closure, "#9ecae1"),
+            ("downloaded", row.downloaded, "#08519c"),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let x = x0 + bar * j as f64;
             let top = y(value as f64);
             let _ = writeln!(
                 s,
-                r#"<rect x="{x:.1}" y="{top:.1}" width="{bar:.1}" height="{:.1}" fill="{color}"><title>{}: {} bytes</title></rect>"#,
+                r#"<rect x="{x:.1}" y="{top:.1}" width="{bar:.1}" height="{:.1}" fill="{color}"><title>{} {what}: {value} bytes</title></rect>"#,
                 TOP + plot_h - top,
                 escape(&row.method),
-                value
             );
         }
         if let Some(p) = row.savings_percent {
@@ -105,8 +107,9 @@ pub fn plot(report: &Report, title: &str) -> String {
     .into_iter()
     .enumerate()
     {
-        let lx = WIDTH - RIGHT - 300.0;
-        let ly = TOP + 4.0 + 18.0 * k as f64;
+        // Above the plot area, where no bar can reach.
+        let lx = LEFT + 320.0 * k as f64;
+        let ly = 36.0;
         let _ = writeln!(
             s,
             r#"<rect x="{lx}" y="{ly}" width="12" height="12" fill="{color}"/><text x="{}" y="{}">{label}</text>"#,
