@@ -289,6 +289,15 @@ fn roots_limit_the_measurement_to_their_closures() {
         r["old"]["paths"], r["new"]["paths"],
         "the same closure by name in gen1"
     );
+
+    // Across a version bump the old root is found by package name (lua-5.4.4 for lua-5.4.7).
+    let r = savings_json(
+        &generation("gen1"),
+        &generation("bump"),
+        &["--methods", "nar-zstd", "--roots", "lua-5.4.7"],
+    );
+    assert!(r["old"]["paths"].as_u64().unwrap() >= 1);
+    assert_eq!(bytes(&r, "nar-zstd", "reused"), 0, "every lua path changed");
 }
 
 fn explain_json(new: &str, path: &str, extra: &[&str]) -> Value {

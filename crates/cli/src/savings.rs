@@ -20,7 +20,8 @@ pub struct SavingsArgs {
     #[arg(long)]
     new: String,
     /// Measure the closures of these paths (store paths, `<hash>-<name>`, or names, which pick the
-    /// paths of that name in each source) instead of every path of each source.
+    /// paths of that name in each source, else of that package name and output, as across a
+    /// version bump) instead of every path of each source.
     #[arg(long, num_args = 1..)]
     roots: Vec<String>,
     /// Methods to measure, comma-separated (default: all): nar-xz, nar-zstd, file, file-xz,

@@ -61,7 +61,7 @@ pub fn explain(
     let new_info = new.narinfo(&single(new, spec)?)?;
     let old_path = match old_spec {
         Some(s) => single(old, s)?,
-        None => namesake(old, &new_info.store_path)?,
+        None => single(old, &new.store_dir().display_path(&new_info.store_path))?,
     };
     let old_info = old.narinfo(&old_path)?;
 
@@ -186,48 +186,6 @@ fn single(source: &dyn NarSource, spec: &str) -> Result<StorePath, SavingsError>
         ));
     }
     Ok(found.remove(0))
-}
-
-/// The path of `old` that corresponds to `path`: same name, or else same package name and output.
-fn namesake(old: &dyn NarSource, path: &StorePath) -> Result<StorePath, SavingsError> {
-    if let Ok(found) = single(old, path.name()) {
-        return Ok(found);
-    }
-    let key = package_key(path.name());
-    let mut found: Vec<StorePath> = old
-        .list()?
-        .into_iter()
-        .filter(|p| package_key(p.name()) == key)
-        .collect();
-    match found.len() {
-        1 => Ok(found.remove(0)),
-        n => Err(SavingsError::invalid(
-            path.name(),
-            format!(
-                "{n} paths in {} have its name or package name {:?}; name the old path with --old-path",
-                old.describe(),
-                key.0
-            ),
-        )),
-    }
-}
-
-/// (package name, output) of a store path name, as Nix splits `name-version[-output]`: the name ends
-/// at the first `-` followed by a digit; a trailing all-letters component is the output.
-fn package_key(name: &str) -> (&str, &str) {
-    let split = name
-        .match_indices('-')
-        .find(|(i, _)| name[i + 1..].starts_with(|c: char| c.is_ascii_digit()))
-        .map(|(i, _)| i);
-    let Some(i) = split else {
-        return (name, "");
-    };
-    let output = name[i + 1..]
-        .rsplit_once('-')
-        .map(|(_, last)| last)
-        .filter(|last| last.chars().all(|c| c.is_ascii_alphabetic()))
-        .unwrap_or("");
-    (&name[..i], output)
 }
 
 fn strip_tree(
@@ -408,18 +366,6 @@ fn elf_regions(bytes: &[u8]) -> Option<Vec<(String, Range<u64>)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn package_keys_ignore_versions_but_not_outputs() {
-        assert_eq!(package_key("lua-5.4.7"), ("lua", ""));
-        assert_eq!(package_key("lua-5.4.4-dev"), ("lua", "dev"));
-        assert_eq!(package_key("lua-zlib-1.3"), ("lua-zlib", ""));
-        assert_eq!(
-            package_key("refstrip-corpus-small-env"),
-            ("refstrip-corpus-small-env", "")
-        );
-        assert_eq!(package_key("pcre2-10.42-2"), ("pcre2", ""));
-    }
 
     #[test]
     fn runs_cover_changed_and_appended_bytes() {

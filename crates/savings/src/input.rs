@@ -121,8 +121,9 @@ impl NarSource for StoreSource {
 }
 
 /// The paths of `source` that `spec` names: the store path itself (`/nix/store/<hash>-<name>` or
-/// `<hash>-<name>`) if the source has it, otherwise every path with the same name, so one spec
-/// names "the same package" in two generations.
+/// `<hash>-<name>`) if the source has it, otherwise every path with the same name, otherwise every
+/// path with the same package name and output (`lua-5.4.4-dev` for `lua-5.4.7-dev`), so one spec
+/// names "the same package" in two generations, across a version bump too.
 pub fn resolve(source: &dyn NarSource, spec: &str) -> Result<Vec<StorePath>, SavingsError> {
     let dir = source.store_dir();
     let exact = dir
@@ -143,19 +144,45 @@ pub fn resolve(source: &dyn NarSource, spec: &str) -> Result<Vec<StorePath>, Sav
             "neither a store path nor a store path name",
         ));
     }
-    let mut found: Vec<StorePath> = source
-        .list()?
-        .into_iter()
-        .filter(|p| p.name() == name)
-        .collect();
+    let all = source.list()?;
+    let mut found: Vec<StorePath> = all.iter().filter(|p| p.name() == name).cloned().collect();
+    if found.is_empty() {
+        let key = package_key(&name);
+        found = all
+            .into_iter()
+            .filter(|p| package_key(p.name()) == key)
+            .collect();
+    }
     found.sort_by(|a, b| a.base_name().cmp(b.base_name()));
     if found.is_empty() {
         return Err(SavingsError::invalid(
             spec,
-            format!("no path named {name} in {}", source.describe()),
+            format!(
+                "no path named {name} (nor of package {}) in {}",
+                package_key(&name).0,
+                source.describe()
+            ),
         ));
     }
     Ok(found)
+}
+
+/// (package name, output) of a store path name, as Nix splits `name-version[-output]`: the name ends
+/// at the first `-` followed by a digit; a trailing all-letters component is the output.
+fn package_key(name: &str) -> (&str, &str) {
+    let split = name
+        .match_indices('-')
+        .find(|(i, _)| name[i + 1..].starts_with(|c: char| c.is_ascii_digit()))
+        .map(|(i, _)| i);
+    let Some(i) = split else {
+        return (name, "");
+    };
+    let output = name[i + 1..]
+        .rsplit_once('-')
+        .map(|(_, last)| last)
+        .filter(|last| last.chars().all(|c| c.is_ascii_alphabetic()))
+        .unwrap_or("");
+    (&name[..i], output)
 }
 
 /// The narinfos of the closure of `roots` (see [`resolve`]), or of every path of the source when
@@ -185,4 +212,21 @@ pub fn closure(source: &dyn NarSource, roots: &[String]) -> Result<Vec<NarInfo>,
     let mut out: Vec<NarInfo> = infos.into_values().collect();
     out.sort_by_key(|i| std::cmp::Reverse(i.nar_size));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_keys_ignore_versions_but_not_outputs() {
+        assert_eq!(package_key("lua-5.4.7"), ("lua", ""));
+        assert_eq!(package_key("lua-5.4.4-dev"), ("lua", "dev"));
+        assert_eq!(package_key("lua-zlib-1.3"), ("lua-zlib", ""));
+        assert_eq!(
+            package_key("refstrip-corpus-small-env"),
+            ("refstrip-corpus-small-env", "")
+        );
+        assert_eq!(package_key("pcre2-10.42-2"), ("pcre2", ""));
+    }
 }
