@@ -156,6 +156,22 @@ pub fn measure(
     let old_units = side_units(old, methods, false, &cache, "old", progress)?;
     let new_units = side_units(new, methods, true, &cache, "new", progress)?;
 
+    let (rows, base) = rows(methods, &old_units, &new_units);
+    let side = |(source, infos): (&dyn NarSource, &[NarInfo])| Side {
+        source: source.describe(),
+        paths: infos.len(),
+        nar_bytes: infos.iter().map(|i| i.nar_size).sum(),
+    };
+    Ok(Report {
+        old: side(old),
+        new: side(new),
+        baseline: base.name().to_string(),
+        rows,
+    })
+}
+
+/// One row per method from the units of every path of both closures, and the baseline method.
+fn rows(methods: &[Method], old_units: &[Units], new_units: &[Units]) -> (Vec<Row>, Method) {
     let mut rows = Vec::new();
     for &m in methods {
         let have: HashSet<[u8; 32]> = old_units
@@ -193,17 +209,7 @@ pub fn measure(
         row.savings_percent =
             (base_down > 0).then(|| 100.0 * (1.0 - row.downloaded as f64 / base_down as f64));
     }
-    let side = |(source, infos): (&dyn NarSource, &[NarInfo])| Side {
-        source: source.describe(),
-        paths: infos.len(),
-        nar_bytes: infos.iter().map(|i| i.nar_size).sum(),
-    };
-    Ok(Report {
-        old: side(old),
-        new: side(new),
-        baseline: methods[base].name().to_string(),
-        rows,
-    })
+    (rows, methods[base])
 }
 
 fn side_units(
@@ -750,6 +756,84 @@ mod tests {
             assert_eq!(Method::ALL[m.index()], m);
         }
         assert_eq!(Method::parse("nar"), None);
+    }
+
+    fn units(m: Method, list: &[(u8, u64)]) -> Units {
+        let mut u = no_units();
+        u[m.index()] = list.iter().map(|&(k, size)| ([k; 32], size)).collect();
+        u
+    }
+
+    #[test]
+    fn rows_count_unique_units_and_only_download_what_old_lacks() {
+        let old = [units(Method::File, &[(1, 0), (2, 0)])];
+        // Unit 3 twice (two paths share a file): counted once; 1 is re-used; 3 and 4 are new.
+        let new = [
+            units(Method::File, &[(1, 10), (3, 20)]),
+            units(Method::File, &[(3, 20), (4, 5)]),
+        ];
+        let (rows, base) = rows(&[Method::File], &old, &new);
+        assert_eq!(
+            base,
+            Method::File,
+            "without nar-xz the first method is the baseline"
+        );
+        let r = &rows[0];
+        assert_eq!((r.closure, r.downloaded, r.reused), (35, 25, 10));
+        assert_eq!((r.closure_units, r.downloaded_units), (3, 2));
+        assert_eq!(r.savings_percent, Some(0.0));
+    }
+
+    #[test]
+    fn savings_are_relative_to_nar_xz_and_absent_when_it_downloads_nothing() {
+        let mut new = units(Method::NarXz, &[(1, 100)]);
+        new[Method::File.index()] = vec![([2; 32], 25)];
+        let (first, base) = rows(&[Method::File, Method::NarXz], &[], &[new.clone()]);
+        assert_eq!(base, Method::NarXz);
+        assert_eq!(first[0].savings_percent, Some(75.0));
+        let old = [units(Method::NarXz, &[(1, 0)])];
+        let (second, _) = rows(&[Method::File, Method::NarXz], &old, &[new]);
+        assert_eq!(second[0].savings_percent, None);
+    }
+
+    #[test]
+    fn file_meter_makes_one_blob_per_small_file_and_chunks_plus_a_list_per_large_one() {
+        let cache = SizeCache::default();
+        let methods = [
+            Some(Method::StrippedFile),
+            None,
+            Some(Method::StrippedFileZstd),
+            Some(Method::StrippedCdcZstd),
+        ];
+        let mut meter = FileMeter::new(methods, true, &cache);
+        let mut x = 1u32;
+        let large: Vec<u8> = (0..1_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        for file in [&b"small"[..], &large] {
+            meter.begin(file.len() as u64).unwrap();
+            for piece in file.chunks(4096) {
+                meter.write(piece).unwrap();
+            }
+            meter.end(&ContentDigest::of(file)).unwrap();
+        }
+        let u = &meter.units;
+        assert_eq!(u[Method::StrippedFile.index()].len(), 2);
+        assert_eq!(u[Method::StrippedFile.index()][1].1, 1_000_000);
+        assert_eq!(u[Method::StrippedFileZstd.index()].len(), 2);
+        let cdc = &u[Method::StrippedCdcZstd.index()];
+        // The small blob, at least 4 chunks of at most 256 KiB, and the chunk list.
+        assert!(cdc.len() >= 1 + 4 + 1, "{}", cdc.len());
+        assert_eq!(cdc[0], u[Method::StrippedFileZstd.index()][0]);
+        assert_eq!(cdc.last().unwrap().0, ContentDigest::of(&large).0);
+        // Random bytes do not compress: chunk sizes add up to about the file.
+        let chunk_bytes: u64 = cdc[1..cdc.len() - 1].iter().map(|(_, s)| s).sum();
+        assert!(chunk_bytes >= 1_000_000, "{chunk_bytes}");
     }
 
     #[test]
