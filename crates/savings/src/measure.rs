@@ -278,15 +278,12 @@ fn path_units(
         )?;
         let files = FileMeter::new(
             [
-                Method::File,
-                Method::FileXz,
-                Method::FileZstd,
-                Method::CdcNarZstd,
-            ]
-            .map(|m| {
-                // CDC over the NAR stream has no per-file units.
-                wanted(methods, m).filter(|m| *m != Method::CdcNarZstd)
-            }),
+                wanted(methods, Method::File),
+                wanted(methods, Method::FileXz),
+                wanted(methods, Method::FileZstd),
+                // CDC here is over the NAR stream (the NarMeter), not per file.
+                None,
+            ],
             sizes,
             cache,
         );
