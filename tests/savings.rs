@@ -354,6 +354,18 @@ fn names_a_store_path(message: &str) -> bool {
         })
 }
 
+fn copy_cache(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("nar")).unwrap();
+    for dir in ["", "nar"] {
+        for e in std::fs::read_dir(from.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                std::fs::copy(&p, to.join(dir).join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+}
+
 fn fails(args: &[&str]) -> String {
     let out = Command::new(refstrip_bin()).args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -438,6 +450,34 @@ fn bad_inputs_give_clear_errors() {
     assert!(names_a_store_path(&e), "{e}");
     let e = fails(&["explain", "--old", &gen1, "--new", &bad, "zlib-1.2.13"]);
     assert!(names_a_store_path(&e) && e.contains("zlib"), "{e}");
+    // A NAR followed by more bytes.
+    let trailing = tmp.path().join("trailing");
+    copy_cache(Path::new(&mass), &trailing);
+    let zlib = nars("mass")
+        .into_iter()
+        .find(|(i, _)| i.store_path.name() == "zlib-1.2.13")
+        .unwrap();
+    let mut nar = zlib.1;
+    nar.extend_from_slice(b"more bytes");
+    std::fs::write(
+        trailing.join(&zlib.0.url),
+        zstd::encode_all(&nar[..], 3).unwrap(),
+    )
+    .unwrap();
+    let e = fails(&[
+        "savings",
+        "--old",
+        &gen1,
+        "--new",
+        trailing.to_str().unwrap(),
+        "--methods",
+        "file",
+    ]);
+    assert!(
+        e.contains("after the end of the NAR") && e.contains("zlib-1.2.13"),
+        "{e}"
+    );
+
     let narinfo = std::fs::read_dir(&bad)
         .unwrap()
         .map(|e| e.unwrap().path())
