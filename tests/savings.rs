@@ -521,3 +521,73 @@ fn real_casync_adds_about_as_many_chunk_bytes_as_the_cdc_row() {
     }
     assert!(casync[0] > 0 && casync[0] < casync[2], "{out}");
 }
+
+#[test]
+fn http_caches_are_measured_from_roots_given_per_side() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(corpus_dir().join("small"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "HTTP server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let root = |g: &str| {
+        std::fs::read_to_string(corpus_dir().join("small").join(g).join("roots"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let url = |g: &str| format!("http://127.0.0.1:{port}/{g}");
+    let methods = ["--methods", "nar-xz,stripped-cdc-zstd"];
+    let out = Command::new(refstrip_bin())
+        .args([
+            "savings",
+            "--old",
+            &url("gen1"),
+            "--new",
+            &url("mass"),
+            "--json",
+        ])
+        .args(["--roots", &root("mass"), "--old-roots", &root("gen1")])
+        .args(methods)
+        .output()
+        .unwrap();
+    // Without per-side roots the old cache would have to be listed, which HTTP cannot do.
+    let unlisted = Command::new(refstrip_bin())
+        .args(["savings", "--old", &url("gen1"), "--new", &url("mass")])
+        .args(["--roots", &root("mass")])
+        .output()
+        .unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let over_http: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let from_dirs = savings_json(&generation("gen1"), &generation("mass"), &methods);
+    assert_eq!(over_http["rows"], from_dirs["rows"]);
+    assert!(!unlisted.status.success());
+    assert!(String::from_utf8_lossy(&unlisted.stderr).contains("cannot be listed"));
+}

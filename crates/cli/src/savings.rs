@@ -24,6 +24,10 @@ pub struct SavingsArgs {
     /// version bump) instead of every path of each source.
     #[arg(long, num_args = 1..)]
     roots: Vec<String>,
+    /// Roots of the old closure when they cannot be found from --roots (an HTTP cache cannot be
+    /// listed, so names do not resolve there: give its store paths).
+    #[arg(long, num_args = 1..)]
+    old_roots: Vec<String>,
     /// Methods to measure, comma-separated (default: all): nar-xz, nar-zstd, file, file-xz,
     /// file-zstd, cdc-nar-zstd, stripped-file, stripped-file-zstd, stripped-cdc-zstd,
     /// stripped-file-zstd-keep-build-id, stripped-cdc-zstd-keep-build-id.
@@ -77,7 +81,12 @@ pub fn savings(args: SavingsArgs) -> anyhow::Result<()> {
     let old =
         open_input(&args.old, store_dir.clone()).with_context(|| format!("--old {}", args.old))?;
     let new = open_input(&args.new, store_dir).with_context(|| format!("--new {}", args.new))?;
-    let old_infos = closure(&*old, &args.roots).with_context(|| format!("--old {}", args.old))?;
+    let old_roots = if args.old_roots.is_empty() {
+        &args.roots
+    } else {
+        &args.old_roots
+    };
+    let old_infos = closure(&*old, old_roots).with_context(|| format!("--old {}", args.old))?;
     let new_infos = closure(&*new, &args.roots).with_context(|| format!("--new {}", args.new))?;
     let methods = if args.methods.is_empty() {
         Method::ALL.to_vec()
