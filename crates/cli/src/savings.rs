@@ -96,15 +96,16 @@ pub fn savings(args: SavingsArgs) -> anyhow::Result<()> {
 
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template(
-            "{spinner} {prefix} closure [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} NAR ({bytes_per_sec})",
+            "{spinner} {prefix} closure [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} NAR ({bytes_per_sec}) of {msg}",
         )
         .expect("valid template"),
     );
     let on_progress = |p: Progress| match p {
-        Progress::Begin { side, bytes, .. } => {
+        Progress::Begin { side, paths, bytes } => {
             bar.reset();
             bar.set_prefix(side.to_string());
             bar.set_length(bytes);
+            bar.set_message(format!("{paths} paths"));
         }
         Progress::Path { nar_size } => bar.inc(nar_size),
     };
