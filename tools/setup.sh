@@ -24,6 +24,12 @@ if [ "$(cat "$conf" 2>/dev/null)" != "$want" ]; then
 fi
 as_root mkdir -p /nix/var/nix/gcroots /nix/var/nix/profiles /nix/store
 
+# casync cross-checks the CDC row of `refstrip savings` (tools/savings/casync_check.sh); a small package.
+if ! command -v casync >/dev/null 2>&1; then
+  echo "setup: installing casync" >&2
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq casync >/dev/null
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest" >&2
   cargo install --locked cargo-nextest

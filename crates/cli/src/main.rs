@@ -3,6 +3,7 @@
 mod mount;
 mod nar;
 mod narinfo;
+mod savings;
 mod serve;
 mod store_cmd;
 mod strip;
@@ -46,6 +47,11 @@ enum Command {
     /// Mount store paths read-only with FUSE: the whole closure listed from manifests, file
     /// contents fetched, verified and patched on first read.
     Mount(mount::MountArgs),
+    /// Measure what each substitution granularity (NAR, files, CDC, refstrip) downloads from one
+    /// closure to another (see docs/savings.md).
+    Savings(savings::SavingsArgs),
+    /// Show why a path did not deduplicate after stripping: residual bytes by file and ELF section.
+    Explain(savings::ExplainArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +67,8 @@ fn main() -> std::process::ExitCode {
         Command::Substitute(args) => substitute::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Mount(args) => mount::run(args),
+        Command::Savings(args) => savings::savings(args),
+        Command::Explain(args) => savings::explain_cmd(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

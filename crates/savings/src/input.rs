@@ -1,0 +1,232 @@
+//! What a measurement reads: binary caches and Nix stores (through `refstrip-source`) and
+//! normalized refstrip stores, all seen as a [`NarSource`]; and which paths to read from them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{self, BufRead, BufReader};
+use std::path::Path;
+use std::sync::Arc;
+
+use refstrip_cas::FileSource;
+use refstrip_nix::{NarInfo, StoreDir, StorePath};
+use refstrip_source::{open_source, NarSource, SourceError};
+use refstrip_store::Store;
+
+use crate::SavingsError;
+
+/// Open `spec` as a normalized store (a directory with `paths/` and `packs/`) or else as anything
+/// [`open_source`] accepts (binary cache directory or URL, local Nix store root).
+pub fn open_input(spec: &str, store_dir: StoreDir) -> Result<Box<dyn NarSource>, SavingsError> {
+    let dir = Path::new(spec.strip_prefix("file://").unwrap_or(spec));
+    // Checked before opening: Store::open would create a store in any directory it is given.
+    if dir.join("paths").is_dir() && dir.join("packs").is_dir() {
+        let store = Store::open(&dir.to_string_lossy())?;
+        return Ok(Box::new(StoreSource {
+            store: Arc::new(store),
+            store_dir,
+        }));
+    }
+    Ok(open_source(spec, store_dir)?)
+}
+
+/// A normalized refstrip store read back as NARs: every NAR is restored (and its SHA-256 checked
+/// against the manifest) on the fly.
+pub struct StoreSource {
+    store: Arc<Store>,
+    store_dir: StoreDir,
+}
+
+fn store_err(what: &str) -> impl FnOnce(refstrip_store::StoreError) -> SourceError + '_ {
+    move |e| SourceError::Invalid {
+        what: what.to_string(),
+        why: e.to_string(),
+    }
+}
+
+impl NarSource for StoreSource {
+    fn describe(&self) -> String {
+        format!("normalized store {}", self.store.describe())
+    }
+
+    fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+
+    fn list(&self) -> Result<Vec<StorePath>, SourceError> {
+        let what = self.describe();
+        let paths = self
+            .store
+            .catalog()
+            .paths()
+            .map_err(|e| store_err(&what)(e.into()))?;
+        paths
+            .iter()
+            .map(|(_, path)| {
+                self.store_dir
+                    .parse_path(path)
+                    .map_err(|e| SourceError::Invalid {
+                        what: path.clone(),
+                        why: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+
+    fn narinfo(&self, path: &StorePath) -> Result<NarInfo, SourceError> {
+        let record = match self.store.read_record(path.hash_part()) {
+            Err(refstrip_store::StoreError::NoSuchPath(_)) => {
+                return Err(SourceError::NotFound(path.to_string()))
+            }
+            r => r.map_err(store_err(path.hash_part()))?,
+        };
+        let info =
+            refstrip_store::pathinfo::narinfo(&record.manifest, "local".into(), None, None, None)
+                .map_err(|e| SourceError::Invalid {
+                what: path.to_string(),
+                why: e.to_string(),
+            })?;
+        if info.store_path != *path {
+            return Err(SourceError::Invalid {
+                what: path.to_string(),
+                why: format!("its record is for {}", info.store_path),
+            });
+        }
+        Ok(info)
+    }
+
+    fn nar(&self, info: &NarInfo) -> Result<Box<dyn BufRead + Send>, SourceError> {
+        let record = self
+            .store
+            .read_record(info.store_path.hash_part())
+            .map_err(store_err(info.store_path.hash_part()))?;
+        let store = self.store.clone();
+        let (reader, writer) = io::pipe().map_err(|source| SourceError::Io {
+            what: "pipe".into(),
+            source,
+        })?;
+        // As for a local Nix store: a failed restore closes the pipe early and the reader's NarHash
+        // check fails, and the reason is printed here.
+        std::thread::spawn(move || {
+            let mut objects = store.objects(&record);
+            let mut source = FileSource::new(&mut objects);
+            let out = io::BufWriter::with_capacity(1 << 20, writer);
+            if let Err(e) = refstrip_strip::restore_nar(&record.manifest, &mut source, out) {
+                eprintln!(
+                    "refstrip: restoring {}: {e}",
+                    String::from_utf8_lossy(record.manifest.basename())
+                );
+            }
+        });
+        Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
+    }
+}
+
+/// The paths of `source` that `spec` names: the store path itself (`/nix/store/<hash>-<name>` or
+/// `<hash>-<name>`) if the source has it, otherwise every path with the same name, otherwise every
+/// path with the same package name and output (`lua-5.4.4-dev` for `lua-5.4.7-dev`), so one spec
+/// names "the same package" in two generations, across a version bump too.
+pub fn resolve(source: &dyn NarSource, spec: &str) -> Result<Vec<StorePath>, SavingsError> {
+    let dir = source.store_dir();
+    let exact = dir
+        .parse_path(spec)
+        .or_else(|_| StorePath::from_base_name(spec))
+        .ok();
+    let name = match &exact {
+        Some(path) => match source.narinfo(path) {
+            Ok(_) => return Ok(vec![path.clone()]),
+            Err(SourceError::NotFound(_)) => path.name().to_string(),
+            Err(e) => return Err(e.into()),
+        },
+        None => spec.to_string(),
+    };
+    if name.is_empty() || name.contains('/') {
+        return Err(SavingsError::invalid(
+            spec,
+            "neither a store path nor a store path name",
+        ));
+    }
+    let all = source.list()?;
+    let mut found: Vec<StorePath> = all.iter().filter(|p| p.name() == name).cloned().collect();
+    if found.is_empty() {
+        let key = package_key(&name);
+        found = all
+            .into_iter()
+            .filter(|p| package_key(p.name()) == key)
+            .collect();
+    }
+    found.sort_by(|a, b| a.base_name().cmp(b.base_name()));
+    if found.is_empty() {
+        return Err(SavingsError::invalid(
+            spec,
+            format!(
+                "no path named {name} (nor of package {}) in {}",
+                package_key(&name).0,
+                source.describe()
+            ),
+        ));
+    }
+    Ok(found)
+}
+
+/// (package name, output) of a store path name, as Nix splits `name-version[-output]`: the name ends
+/// at the first `-` followed by a digit; a trailing all-letters component is the output.
+fn package_key(name: &str) -> (&str, &str) {
+    let split = name
+        .match_indices('-')
+        .find(|(i, _)| name[i + 1..].starts_with(|c: char| c.is_ascii_digit()))
+        .map(|(i, _)| i);
+    let Some(i) = split else {
+        return (name, "");
+    };
+    let output = name[i + 1..]
+        .rsplit_once('-')
+        .map(|(_, last)| last)
+        .filter(|last| last.chars().all(|c| c.is_ascii_alphabetic()))
+        .unwrap_or("");
+    (&name[..i], output)
+}
+
+/// The narinfos of the closure of `roots` (see [`resolve`]), or of every path of the source when
+/// `roots` is empty; largest NAR first, so parallel workers finish together.
+pub fn closure(source: &dyn NarSource, roots: &[String]) -> Result<Vec<NarInfo>, SavingsError> {
+    let mut infos = BTreeMap::new();
+    if roots.is_empty() {
+        for path in source.list()? {
+            let info = source.narinfo(&path)?;
+            infos.insert(path.base_name().to_string(), info);
+        }
+    } else {
+        let mut todo = Vec::new();
+        for root in roots {
+            todo.extend(resolve(source, root)?);
+        }
+        let mut seen = HashSet::new();
+        while let Some(path) = todo.pop() {
+            if !seen.insert(path.clone()) {
+                continue;
+            }
+            let info = source.narinfo(&path)?;
+            todo.extend(info.references.iter().cloned());
+            infos.insert(path.base_name().to_string(), info);
+        }
+    }
+    let mut out: Vec<NarInfo> = infos.into_values().collect();
+    out.sort_by_key(|i| std::cmp::Reverse(i.nar_size));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_keys_ignore_versions_but_not_outputs() {
+        assert_eq!(package_key("lua-5.4.7"), ("lua", ""));
+        assert_eq!(package_key("lua-5.4.4-dev"), ("lua", "dev"));
+        assert_eq!(package_key("lua-zlib-1.3"), ("lua-zlib", ""));
+        assert_eq!(
+            package_key("refstrip-corpus-small-env"),
+            ("refstrip-corpus-small-env", "")
+        );
+        assert_eq!(package_key("pcre2-10.42-2"), ("pcre2", ""));
+    }
+}
