@@ -4,11 +4,15 @@
 set -euo pipefail
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=
+apt_install() { # packages: install from Debian, refreshing the package lists once per run
+  if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
 
 if ! command -v nix-store >/dev/null 2>&1; then
   echo "setup: installing nix-bin (the test oracle)" >&2
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nix-bin >/dev/null
+  apt_install nix-bin
 fi
 
 # Single-user Nix as root: no build users, no sandbox (these machines cannot create namespaces for it).
@@ -27,7 +31,7 @@ as_root mkdir -p /nix/var/nix/gcroots /nix/var/nix/profiles /nix/store
 # casync cross-checks the CDC row of `refstrip savings` (tools/savings/casync_check.sh); a small package.
 if ! command -v casync >/dev/null 2>&1; then
   echo "setup: installing casync" >&2
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq casync >/dev/null
+  apt_install casync
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
