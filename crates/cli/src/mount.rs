@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use refstrip_mount::{block_termination_signals, load_records, mount, Options};
-use refstrip_substitute::{default_cache_dir, hash_part_of};
 
 #[derive(Args)]
 pub struct MountArgs {
@@ -39,20 +38,8 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", args.from))?;
     // The backend serves the file system for as long as the process lives.
     let backend = Box::leak(backend);
-    let roots = args
-        .paths
-        .iter()
-        .map(|p| hash_part_of(p).with_context(|| format!("{p:?} is not a store path or hash part")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let cache_dir = if args.no_cache {
-        None
-    } else {
-        Some(
-            args.cache
-                .or_else(default_cache_dir)
-                .context("no cache directory: set --cache, XDG_CACHE_HOME or HOME")?,
-        )
-    };
+    let roots = crate::substitute::hash_parts(&args.paths)?;
+    let cache_dir = crate::substitute::object_cache_dir(args.no_cache, args.cache)?;
     let (records, record_bytes) =
         load_records(&*backend, (!roots.is_empty()).then_some(roots.as_slice()))?;
     let opts = Options {

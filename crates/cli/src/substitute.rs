@@ -59,6 +59,28 @@ pub struct SubstituteArgs {
     json: bool,
 }
 
+/// The hash parts of store paths given on the command line.
+pub(crate) fn hash_parts(paths: &[String]) -> anyhow::Result<Vec<String>> {
+    paths
+        .iter()
+        .map(|p| hash_part_of(p).with_context(|| format!("{p:?} is not a store path or hash part")))
+        .collect()
+}
+
+/// The local object cache chosen by `--cache DIR` / `--no-cache` (shared by substitute and mount).
+pub(crate) fn object_cache_dir(
+    no_cache: bool,
+    cache: Option<PathBuf>,
+) -> anyhow::Result<Option<PathBuf>> {
+    if no_cache {
+        return Ok(None);
+    }
+    cache
+        .or_else(default_cache_dir)
+        .context("no cache directory: set --cache, XDG_CACHE_HOME or HOME")
+        .map(Some)
+}
+
 pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
     let backend = refstrip_store::backend::open(&args.from)
         .with_context(|| format!("opening {}", args.from))?;
@@ -71,11 +93,7 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
             roots.extend(key.strip_prefix("paths/").and_then(hash_part_of));
         }
     }
-    for p in &args.paths {
-        roots.push(
-            hash_part_of(p).with_context(|| format!("{p:?} is not a store path or hash part"))?,
-        );
-    }
+    roots.extend(hash_parts(&args.paths)?);
     let trusted_keys = if args.no_check_sigs {
         None
     } else {
@@ -90,15 +108,7 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
         }
         Some(keys)
     };
-    let cache_dir = if args.no_cache {
-        None
-    } else {
-        Some(
-            args.cache
-                .or_else(default_cache_dir)
-                .context("no cache directory: set --cache, XDG_CACHE_HOME or HOME")?,
-        )
-    };
+    let cache_dir = object_cache_dir(args.no_cache, args.cache)?;
     let progress = if args.json {
         ProgressBar::hidden()
     } else {

@@ -60,6 +60,20 @@ impl RequestCounts {
     }
 }
 
+/// Keys are produced by this crate; refuse anything that could leave a store's root anyway.
+pub(crate) fn check_key(key: &str) -> io::Result<()> {
+    if key
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad key {key:?}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The embedded default: a directory on the local filesystem.
 pub struct LocalDir {
     root: PathBuf,
@@ -80,16 +94,7 @@ impl LocalDir {
     }
 
     fn path(&self, key: &str) -> io::Result<PathBuf> {
-        // Keys are produced by this crate; refuse anything that could leave the root anyway.
-        if key
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("bad key {key:?}"),
-            ));
-        }
+        check_key(key)?;
         Ok(self.root.join(key))
     }
 }

@@ -26,15 +26,7 @@ impl Http {
     }
 
     fn url(&self, key: &str) -> io::Result<String> {
-        if key
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("bad key {key:?}"),
-            ));
-        }
+        crate::backend::check_key(key)?;
         Ok(format!("{}/{key}", self.base))
     }
 

@@ -205,15 +205,7 @@ impl S3 {
     }
 
     fn path(&self, key: &str) -> io::Result<ObjectPath> {
-        if key
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("bad key {key:?}"),
-            ));
-        }
+        crate::backend::check_key(key)?;
         ObjectPath::parse(format!("{}{key}", self.parsed.prefix)).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("bad key {key:?}: {e}"))
         })
