@@ -225,8 +225,10 @@ fn side_units(
         paths: infos.len() as u64,
         bytes: infos.iter().map(|i| i.nar_size).sum(),
     });
+    // One path per task, so a worker stuck on the largest paths does not leave the others idle.
     infos
         .par_iter()
+        .with_max_len(1)
         .map(|info| {
             let units = path_units(source, info, methods, sizes, cache).map_err(|e| match e {
                 SavingsError::Io { what, source } => SavingsError::Io {
