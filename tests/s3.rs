@@ -1,7 +1,8 @@
 //! refstrip against a real S3-compatible server (moto's, started per test on loopback): a binary
 //! cache in a bucket as ingest source, a normalized store in a bucket written by concurrent shard
 //! processes (one SIGKILLed and rerun) that must equal one local ingest, substitution from the
-//! bucket checked by real Nix, and two-step gc. The bucket is filled and read back with boto3 (a
+//! bucket and stock `nix copy` through `refstrip serve` over the bucket, both checked by real Nix,
+//! and two-step gc. The bucket is filled and read back with boto3 (a
 //! client independent of refstrip), and every refstrip process gets its own cache directory, as
 //! if it ran on its own machine.
 
@@ -554,4 +555,94 @@ fn gc_on_a_bucket_condemns_first_and_deletes_after_the_grace_period() {
             substitute_and_verify(&moto, client.path(), &url, g);
         }
     }
+}
+
+#[test]
+fn stock_nix_copies_through_serve_from_a_bucket() {
+    if !nix_available() {
+        return;
+    }
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("store");
+    let machine = tempfile::tempdir().unwrap();
+    let url = moto.url("store", "cache");
+    for generation in ["gen1", "mass"] {
+        run(refstrip(machine.path())
+            .arg("ingest")
+            .arg(gen_dir(generation))
+            .args(["--all", "--to", &url]));
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = machine.path().join("server");
+    let mut serve = refstrip(&server)
+        .args([
+            "serve",
+            "--from",
+            &url,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            serve.try_wait().unwrap().is_none(),
+            "refstrip serve exited early"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "refstrip serve did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let root = tempfile::tempdir().unwrap();
+    for generation in ["gen1", "mass"] {
+        // Signatures checked against the corpus key: the originals pass through the bucket.
+        let out = Command::new("nix")
+            .args([
+                "copy",
+                "--from",
+                &format!("http://127.0.0.1:{port}"),
+                "--to",
+            ])
+            .arg(root.path())
+            .args(["--option", "trusted-public-keys", &corpus_key()])
+            .args(["--option", "narinfo-cache-negative-ttl", "0"])
+            .arg(root_path(generation))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nix copy {generation}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let source = format!("file://{}", gen_dir(generation).display());
+        assert_eq!(
+            path_infos(root.path().to_str().unwrap(), &root_path(generation)),
+            path_infos(&source, &root_path(generation)),
+            "{generation}: path infos differ from the cache's"
+        );
+    }
+    let verify = Command::new("nix-store")
+        .arg("--store")
+        .arg(root.path())
+        .args(["--verify", "--check-contents"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && !stderr.contains("modified"),
+        "{stderr}"
+    );
+    run(Command::new("kill").args(["-TERM", &serve.id().to_string()]));
+    assert!(
+        serve.wait().unwrap().success(),
+        "serve exits cleanly on SIGTERM"
+    );
 }
