@@ -376,6 +376,31 @@ fn unpatched_files_are_hard_links_that_nix_verifies_and_collects() {
         !plain.path().join("nix/store/.links").exists(),
         "off by default"
     );
+    // Nix's own switch for this, auto-optimise-store in nix.conf, turns it on; --no-links wins.
+    let conf = tempfile::tempdir().unwrap();
+    fs::write(conf.path().join("nix.conf"), "auto-optimise-store = true\n").unwrap();
+    let with_conf = |extra: &[&str]| {
+        let root = tempfile::tempdir().unwrap();
+        let out = Command::new(refstrip_bin())
+            .env("NIX_CONF_DIR", conf.path())
+            .args([
+                "substitute",
+                "--json",
+                "--no-cache",
+                "--no-check-sigs",
+                "--from",
+                &store,
+                "--store",
+            ])
+            .arg(root.path())
+            .args(extra)
+            .arg(root_path("gen1"))
+            .output()
+            .unwrap();
+        report(&out)["shared_files"].as_u64().unwrap()
+    };
+    assert_eq!(with_conf(&[]), shared);
+    assert_eq!(with_conf(&["--no-links"]), 0);
     assert!(
         same > 0 && different > 0,
         "{same} same, {different} written"

@@ -116,7 +116,9 @@ fn verify_file(store_dir: &StoreDir, file: &Path, trusted: &[PublicKey]) -> anyh
 /// Trusted keys the way Nix finds them: nix.conf's `trusted-public-keys` (last assignment wins)
 /// plus every `extra-trusted-public-keys`, or Nix's default when unset. Returns the keys and
 /// where they came from, for messages.
-pub(crate) fn keys_from_nix_conf() -> anyhow::Result<(String, String)> {
+/// The settings of Nix's `nix.conf` (`$NIX_CONF_DIR/nix.conf`, default `/etc/nix/nix.conf`) as
+/// (name, value) pairs in file order, and the file's path; no file means no settings.
+pub(crate) fn nix_conf() -> anyhow::Result<(PathBuf, Vec<(String, String)>)> {
     let conf_dir =
         std::env::var_os("NIX_CONF_DIR").map_or_else(|| PathBuf::from("/etc/nix"), PathBuf::from);
     let conf = conf_dir.join("nix.conf");
@@ -125,16 +127,26 @@ pub(crate) fn keys_from_nix_conf() -> anyhow::Result<(String, String)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", conf.display())),
     };
+    let settings = text
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.split('#').next().unwrap_or_default().split_once('=')?;
+            Some((name.trim().to_owned(), value.trim().to_owned()))
+        })
+        .collect();
+    Ok((conf, settings))
+}
+
+/// `trusted-public-keys` plus `extra-trusted-public-keys` from nix.conf (Nix's default key when
+/// it sets none), and where they came from.
+pub(crate) fn keys_from_nix_conf() -> anyhow::Result<(String, String)> {
+    let (conf, settings) = nix_conf()?;
     let mut keys = None;
     let mut extra = Vec::new();
-    for line in text.lines() {
-        let line = line.split('#').next().unwrap_or_default();
-        let Some((name, value)) = line.split_once('=') else {
-            continue;
-        };
-        match name.trim() {
-            "trusted-public-keys" => keys = Some(value.trim().to_owned()),
-            "extra-trusted-public-keys" => extra.push(value.trim().to_owned()),
+    for (name, value) in settings {
+        match name.as_str() {
+            "trusted-public-keys" => keys = Some(value),
+            "extra-trusted-public-keys" => extra.push(value),
             _ => {}
         }
     }

@@ -49,14 +49,27 @@ pub struct SubstituteArgs {
     jobs: usize,
     /// Hard-link each file that needs no reference patched back to an identical copy an earlier
     /// run shared in `<store>/.links`, and share the ones written, as Nix's `auto-optimise-store`
-    /// does (and, like it, off by default): after a rebuild most such files are in the store
-    /// already, so this saves their disk space and file creation, at the cost of hashing them
-    /// once more when first written (measured in docs/benchmarks.md §4).
-    #[arg(long)]
+    /// does: after a rebuild most such files are in the store already, so this saves their disk
+    /// space and file creation, at the cost of hashing them once more when first written
+    /// (measured in docs/benchmarks.md §4) [default: nix.conf's `auto-optimise-store`, false].
+    #[arg(long, overrides_with = "no_links")]
     links: bool,
+    /// Write every file, whatever nix.conf's `auto-optimise-store` says.
+    #[arg(long)]
+    no_links: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// Whether nix.conf asks Nix to share identical files (`auto-optimise-store = true`).
+fn auto_optimise_store() -> anyhow::Result<bool> {
+    let (_, settings) = crate::narinfo::nix_conf()?;
+    Ok(settings
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "auto-optimise-store")
+        .is_some_and(|(_, v)| v == "true"))
 }
 
 /// The hash parts of store paths given on the command line.
@@ -127,7 +140,7 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
         cache_dir,
         trusted_keys,
         jobs: args.jobs,
-        links: args.links,
+        links: args.links || (!args.no_links && auto_optimise_store()?),
         progress,
     };
     let report = substitute(&*backend, &roots, &opts)?;
