@@ -243,11 +243,11 @@ fn ingest_from_a_binary_cache_in_a_bucket() {
         let report = json(&out);
         assert_eq!(report["ingested"].as_u64(), Some(14), "{g}: {report}");
         let r = &report["source_requests"];
-        // One LIST for the narinfos, then per path two GETs of its narinfo (listing, then
-        // selection) and one of its NAR; nothing else.
+        // One LIST for the narinfos, then per path one GET of its narinfo and one of its NAR;
+        // nothing else.
         assert_eq!(
             (r["list"].as_u64(), r["get"].as_u64(), r["put"].as_u64()),
-            (Some(1), Some(42), Some(0)),
+            (Some(1), Some(28), Some(0)),
             "{g}: {r}"
         );
         eprintln!("{g}: source requests {r}");

@@ -80,8 +80,19 @@ pub enum IngestError {
 /// Which of `n` shards a path belongs to: its digest's first 8 bytes modulo `n`, so every worker
 /// of a sharded job agrees without talking to the others.
 pub fn shard_of(path: &StorePath, n: u64) -> u64 {
-    let d = path.digest();
-    u64::from_le_bytes(d[..8].try_into().expect("20-byte digest")) % n
+    shard_of_digest(&path.digest(), n)
+}
+
+/// [`shard_of`] from a hash part alone (a binary cache's listing names its narinfos by it);
+/// `None` if it is not one.
+pub fn shard_of_hash_part(hash_part: &str, n: u64) -> Option<u64> {
+    let mut digest = [0; refstrip_nix::store_path::DIGEST_LEN];
+    refstrip_nix::base32::decode_into(hash_part, &mut digest).ok()?;
+    Some(shard_of_digest(&digest, n))
+}
+
+fn shard_of_digest(digest: &[u8], n: u64) -> u64 {
+    u64::from_le_bytes(digest[..8].try_into().expect("20-byte digest")) % n
 }
 
 /// Resolve the paths to ingest: the given ones (or all, if none are given), their closure, then the
@@ -92,24 +103,22 @@ pub fn select(
     options: &IngestOptions,
 ) -> Result<Vec<NarInfo>, IngestError> {
     let all = roots.is_empty();
-    let mut queue: VecDeque<StorePath> = if all {
-        // Shard before fetching narinfos: with N workers each would otherwise fetch them all.
-        let mut listed = source.list()?;
-        if let Some((i, n)) = options.shard {
-            listed.retain(|path| shard_of(path, n) == i);
-        }
-        listed.into()
-    } else {
-        roots.into()
-    };
-    let mut seen = HashSet::new();
     let mut infos = Vec::new();
+    if all {
+        // Shard by the listing's names before fetching narinfos: each is fetched by one worker.
+        infos = source.list_where(&|hash| match options.shard {
+            Some((i, n)) => shard_of_hash_part(hash, n) == Some(i),
+            None => true,
+        })?;
+    }
+    let mut queue: VecDeque<StorePath> = roots.into();
+    let mut seen = HashSet::new();
     while let Some(path) = queue.pop_front() {
         if !seen.insert(path.clone()) {
             continue;
         }
         let info = source.narinfo(&path)?;
-        if options.closure && !all {
+        if options.closure {
             queue.extend(
                 info.references
                     .iter()
@@ -302,4 +311,28 @@ fn publish(
         stored.fetch_add(store.add_record(&record)?, Ordering::Relaxed);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hash_part_alone_picks_the_same_shard_as_its_store_path() {
+        for hash in [
+            "00g43sadg9wq30ml2bh9hnw47p8a79l0",
+            "xm2mkgvyihnmjjz5dz885nfn42djn91s",
+            "5kg8hg69m51k6pmj4242wh048bjbjm3i",
+        ] {
+            let path = StorePath::from_base_name(&format!("{hash}-x")).unwrap();
+            for n in 1..8 {
+                assert_eq!(
+                    shard_of_hash_part(hash, n),
+                    Some(shard_of(&path, n)),
+                    "{hash} {n}"
+                );
+            }
+        }
+        assert_eq!(shard_of_hash_part("not-a-hash", 3), None);
+    }
 }

@@ -31,6 +31,16 @@ pub trait NarSource: Send + Sync {
     fn store_dir(&self) -> &StoreDir;
     /// Every path the source holds (for `--all`).
     fn list(&self) -> Result<Vec<StorePath>, SourceError>;
+    /// The narinfos of the listed paths whose hash part `keep` accepts. A binary cache filters its
+    /// listing's names before fetching anything, so N shard workers fetch each narinfo once in
+    /// all, not N times.
+    fn list_where(&self, keep: &dyn Fn(&str) -> bool) -> Result<Vec<NarInfo>, SourceError> {
+        self.list()?
+            .iter()
+            .filter(|p| keep(p.hash_part()))
+            .map(|p| self.narinfo(p))
+            .collect()
+    }
     fn narinfo(&self, path: &StorePath) -> Result<NarInfo, SourceError>;
     /// The uncompressed NAR of `info`'s path. Not verified here: the reader compares the NarHash.
     fn nar(&self, info: &NarInfo) -> Result<Box<dyn BufRead + Send>, SourceError>;
@@ -151,6 +161,14 @@ impl NarSource for BinaryCache {
     }
 
     fn list(&self) -> Result<Vec<StorePath>, SourceError> {
+        Ok(self
+            .list_where(&|_| true)?
+            .into_iter()
+            .map(|info| info.store_path)
+            .collect())
+    }
+
+    fn list_where(&self, keep: &dyn Fn(&str) -> bool) -> Result<Vec<NarInfo>, SourceError> {
         let names = match self {
             BinaryCache::Dir { dir, .. } => {
                 let mut names = Vec::new();
@@ -168,14 +186,12 @@ impl NarSource for BinaryCache {
                 })
             }
         };
-        let mut out = Vec::new();
-        for name in names {
-            if let Some(hash) = name.strip_suffix(".narinfo") {
-                let info = self.narinfo_by_hash(hash)?;
-                out.push(info.store_path);
-            }
-        }
-        Ok(out)
+        names
+            .iter()
+            .filter_map(|name| name.strip_suffix(".narinfo"))
+            .filter(|hash| keep(hash))
+            .map(|hash| self.narinfo_by_hash(hash))
+            .collect()
     }
 
     fn narinfo(&self, path: &StorePath) -> Result<NarInfo, SourceError> {
