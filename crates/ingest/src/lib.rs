@@ -102,15 +102,15 @@ pub fn select(
     roots: Vec<StorePath>,
     options: &IngestOptions,
 ) -> Result<Vec<NarInfo>, IngestError> {
-    let all = roots.is_empty();
-    let mut infos = Vec::new();
-    if all {
+    let mut infos = if roots.is_empty() {
         // Shard by the listing's names before fetching narinfos: each is fetched by one worker.
-        infos = source.list_where(&|hash| match options.shard {
+        source.list_where(&|hash| match options.shard {
             Some((i, n)) => shard_of_hash_part(hash, n) == Some(i),
             None => true,
-        })?;
-    }
+        })?
+    } else {
+        Vec::new()
+    };
     let mut queue: VecDeque<StorePath> = roots.into();
     let mut seen = HashSet::new();
     while let Some(path) = queue.pop_front() {

@@ -190,9 +190,8 @@ fn package_key(name: &str) -> (&str, &str) {
 pub fn closure(source: &dyn NarSource, roots: &[String]) -> Result<Vec<NarInfo>, SavingsError> {
     let mut infos = BTreeMap::new();
     if roots.is_empty() {
-        for path in source.list()? {
-            let info = source.narinfo(&path)?;
-            infos.insert(path.base_name().to_string(), info);
+        for info in source.list_where(&|_| true)? {
+            infos.insert(info.store_path.base_name().to_string(), info);
         }
     } else {
         let mut todo = Vec::new();

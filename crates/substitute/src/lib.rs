@@ -357,12 +357,11 @@ fn substitute_in_pool(
     report.phases.sync = lap();
     // Only durable, verified files become shared copies.
     if let Some(links) = &links {
-        let files: Vec<(PathBuf, Shareable)> = written
+        let files = written
             .iter()
-            .flat_map(|w| w.shareable.iter().map(|f| (w.dest.clone(), f.clone())))
-            .collect();
+            .flat_map(|w| w.shareable.iter().map(|f| (w.dest.as_path(), f)));
         report.shared_files = links
-            .publish(&files)
+            .publish(files)
             .map_err(io_err("sharing files in .links"))?;
     }
     let infos: Vec<ValidPathInfo> = plan

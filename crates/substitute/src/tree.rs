@@ -129,7 +129,10 @@ impl Links {
     /// unless an entry of that name exists (its contents are the same by their name), and
     /// remember its name. Best effort: a file that cannot be shared is only not shared.
     /// Returns how many entries were added.
-    pub fn publish(&self, files: &[(std::path::PathBuf, Shareable)]) -> io::Result<u64> {
+    pub fn publish<'a>(
+        &self,
+        files: impl IntoIterator<Item = (&'a std::path::Path, &'a Shareable)>,
+    ) -> io::Result<u64> {
         let mut added = 0;
         let mut db = self.db.lock().expect("poisoned");
         let tx = db.transaction().map_err(io::Error::other)?;
@@ -520,12 +523,10 @@ mod tests {
         );
         // Not published yet: the second tree writes its own copy.
         assert_eq!(write(&links, b"two", false).0, 0);
-        let one = [(tmp.path().join("one"), f.clone())];
-        assert_eq!(links.publish(&one).unwrap(), 1);
+        let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+        assert_eq!(links.publish([(one.as_path(), f)]).unwrap(), 1);
         assert_eq!(
-            links
-                .publish(&[(tmp.path().join("two"), f.clone())])
-                .unwrap(),
+            links.publish([(two.as_path(), f)]).unwrap(),
             0,
             "first copy wins"
         );
