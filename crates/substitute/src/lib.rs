@@ -42,6 +42,7 @@ use rayon::prelude::*;
 use refstrip_cas::FileSource;
 use refstrip_nix::{is_hash_part, signature, PublicKey};
 use refstrip_store::{record_key, Backend, PathRecord};
+use refstrip_strip::ContentDigest;
 
 use crate::cache::{BlockCache, BlockKey, CachedObjects};
 use crate::nixdb::{DbError, NixDb, PathLock, ValidPathInfo};
@@ -305,8 +306,13 @@ fn substitute_in_pool(
     let links = if opts.links {
         // Its map lives beside Nix's state (`ROOT/nix/var/nix`): it describes this store.
         let state = opts.root.join("nix/var/refstrip");
+        let wanted: HashSet<ContentDigest> = plan
+            .iter()
+            .flat_map(|p| p.record.manifest.objects())
+            .map(|(digest, _)| digest)
+            .collect();
         Some(
-            Links::open(&real_store, &state)
+            Links::open(&real_store, &state, wanted.iter())
                 .map_err(io_err(format!("opening {}/.links", real_store.display())))?,
         )
     } else {

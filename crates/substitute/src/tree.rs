@@ -78,8 +78,13 @@ pub struct Shareable {
 }
 
 impl Links {
-    /// Open (creating them if needed) `<real_store>/.links` and `<state_dir>/links.sqlite`.
-    pub fn open(real_store: &std::path::Path, state_dir: &std::path::Path) -> io::Result<Links> {
+    /// Open (creating them if needed) `<real_store>/.links` and `<state_dir>/links.sqlite`,
+    /// looking up the copies of the objects in `wanted`.
+    pub fn open<'a>(
+        real_store: &std::path::Path,
+        state_dir: &std::path::Path,
+        wanted: impl IntoIterator<Item = &'a ContentDigest>,
+    ) -> io::Result<Links> {
         let path = real_store.join(".links");
         match std::fs::create_dir(&path) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
@@ -97,24 +102,21 @@ impl Links {
              name TEXT NOT NULL, PRIMARY KEY (digest, executable)) WITHOUT ROWID",
         )
         .map_err(sql)?;
+        // Only the objects this run may link: the map grows with the store, a run does not.
         let mut known = HashMap::new();
         {
             let mut stmt = db
-                .prepare("SELECT digest, executable, name FROM links")
+                .prepare("SELECT executable, name FROM links WHERE digest = ?1")
                 .map_err(sql)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, Vec<u8>>(0)?,
-                        r.get::<_, bool>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })
-                .map_err(sql)?;
-            for row in rows {
-                let (digest, executable, name) = row.map_err(sql)?;
-                if let Ok(digest) = <[u8; 32]>::try_from(digest) {
-                    known.insert((ContentDigest(digest), executable), name);
+            for digest in wanted {
+                let rows = stmt
+                    .query_map([&digest.0[..]], |r| {
+                        Ok((r.get::<_, bool>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .map_err(sql)?;
+                for row in rows {
+                    let (executable, name) = row.map_err(sql)?;
+                    known.insert((*digest, executable), name);
                 }
             }
         }
@@ -509,7 +511,7 @@ mod tests {
             (w.linked, w.shareable)
         };
         let state = tmp.path().join("state");
-        let links = Links::open(tmp.path(), &state).unwrap();
+        let links = Links::open(tmp.path(), &state, [&digest]).unwrap();
         let (linked, shareable) = write(&links, b"one", false);
         assert_eq!((linked, shareable.len()), (0, 1));
         let f = &shareable[0];
@@ -531,7 +533,7 @@ mod tests {
             "first copy wins"
         );
         // A new run (the map is read back from the database) links instead of writing.
-        let links = Links::open(tmp.path(), &state).unwrap();
+        let links = Links::open(tmp.path(), &state, [&digest]).unwrap();
         assert_eq!(write(&links, b"three", false), (1, Vec::new()));
         // The executable bit is part of the key: a 0555 file never shares a 0444 inode.
         assert_eq!(write(&links, b"four", true).0, 0);
@@ -546,6 +548,9 @@ mod tests {
             std::fs::read(tmp.path().join("three/lib/f")).unwrap(),
             b"abc"
         );
+        // Only the objects a run asks for are looked up.
+        let unasked = Links::open(tmp.path(), &state, []).unwrap();
+        assert_eq!(write(&unasked, b"six", false).0, 0);
         // A vanished entry (Nix collected it) means writing the file again, not failing.
         std::fs::remove_file(tmp.path().join(".links").join(&f.name)).unwrap();
         let (linked, shareable) = write(&links, b"five", false);
