@@ -10,7 +10,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use refstrip_nix::{Hash, NarInfo, StoreDir};
-use refstrip_store::PathRecord;
+use refstrip_read::PathRecord;
 use refstrip_tests::{corpus_dir, refstrip_bin, require_nix, run, GENERATIONS};
 
 /// A normalized store holding every corpus generation.

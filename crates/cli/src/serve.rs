@@ -58,8 +58,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
-    let store = refstrip_store::Store::open(&args.from)
-        .with_context(|| format!("opening {}", args.from))?;
+    let store = refstrip_read::StoreReader::open(&args.from)?;
     let config = Config {
         store_dir: args.store_dir,
         priority: args.priority,
@@ -70,7 +69,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         zstd_level: args.zstd_level,
         max_streams: args.max_streams,
         record_cache_bytes: args.record_cache_mib << 20,
-        object_cache_bytes: args.object_cache_mib << 20,
+        objects: refstrip_read::objects::ObjectOptions {
+            object_memory: (args.object_cache_mib as u64) << 20,
+            ..Default::default()
+        },
     };
     let server = Server::new(store, config).context("reading the store")?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
