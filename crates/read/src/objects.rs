@@ -565,3 +565,129 @@ impl Objects {
         self.blocks.prefetch(keys)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use refstrip_cas::pack::PackWriter;
+    use std::collections::HashMap;
+
+    /// A pack in memory, served as blocks, counting fetches.
+    struct MemoryPack {
+        bytes: Vec<u8>,
+        fetches: AtomicU64,
+    }
+
+    impl BlockSource for MemoryPack {
+        fn fetch(&self, key: &BlockKey) -> io::Result<Vec<u8>> {
+            self.fetches.fetch_add(1, Ordering::Relaxed);
+            Ok(self.bytes[key.offset as usize..(key.offset + key.len) as usize].to_vec())
+        }
+    }
+
+    /// `n` objects of `size` random-ish bytes, one block each.
+    fn pack(n: u8, size: usize) -> (Arc<MemoryPack>, HashMap<ObjectId, Location>) {
+        let mut w = PackWriter::new(Vec::new(), 1).unwrap();
+        for i in 0..n {
+            // Incompressible, so that blocks on disk are as large as the objects.
+            let mut bytes = vec![0u8; size];
+            blake3::Hasher::new().update(&[i]).finalize_xof().fill(&mut bytes);
+            w.add(ObjectId::blob(&bytes), &bytes).unwrap();
+        }
+        let (bytes, index) = w.finish().unwrap();
+        (Arc::new(MemoryPack { bytes, fetches: AtomicU64::new(0) }), index)
+    }
+
+    struct Shared(Arc<MemoryPack>);
+    impl BlockSource for Shared {
+        fn fetch(&self, key: &BlockKey) -> io::Result<Vec<u8>> {
+            self.0.fetch(key)
+        }
+    }
+
+    #[test]
+    fn the_disk_cache_stays_under_its_cap_and_evicts_the_least_recently_used() {
+        let (far, index) = pack(12, 5 << 20); // one 5 MiB block per object
+        let dir = tempfile::tempdir().unwrap();
+        let counters = Arc::new(FetchCounters::default());
+        let cap = 24 << 20;
+        let cache = DiskCache::open(dir.path(), cap, Box::new(Shared(far.clone())), counters).unwrap();
+        let keys: Vec<BlockKey> = {
+            let mut k: Vec<_> = index.values().map(|l| BlockKey::of("p", l)).collect();
+            k.sort();
+            k.dedup();
+            k
+        };
+        let on_disk = || cached_blocks(dir.path()).unwrap().iter().map(|b| b.1).sum::<u64>();
+        for key in &keys {
+            cache.fetch(key).unwrap();
+            assert!(on_disk() <= cap, "{} bytes on disk", on_disk());
+            // Keep the first block in use: it must survive every eviction.
+            std::thread::sleep(Duration::from_millis(5));
+            cache.fetch(&keys[0]).unwrap();
+        }
+        let fetched = far.fetches.load(Ordering::Relaxed);
+        cache.fetch(&keys[0]).unwrap();
+        assert_eq!(far.fetches.load(Ordering::Relaxed), fetched, "the hot block was kept");
+        cache.fetch(&keys[1]).unwrap();
+        assert_eq!(far.fetches.load(Ordering::Relaxed), fetched + 1, "a cold one was evicted");
+        // Another process (a second cache over the same directory) sees the same blocks.
+        let other = DiskCache::open(dir.path(), cap, Box::new(Shared(far.clone())), Arc::default()).unwrap();
+        other.fetch(&keys[0]).unwrap();
+        assert_eq!(far.fetches.load(Ordering::Relaxed), fetched + 1);
+    }
+
+    #[test]
+    fn a_damaged_cached_block_is_fetched_again_and_never_handed_out() {
+        let (far, index) = pack(3, 1000);
+        let dir = tempfile::tempdir().unwrap();
+        let counters = Arc::new(FetchCounters::default());
+        let disk: Arc<dyn BlockSource> = Arc::new(
+            DiskCache::open(dir.path(), 1 << 30, Box::new(Shared(far.clone())), counters).unwrap(),
+        );
+        let (id, loc) = index.iter().next().unwrap();
+        disk.prefetch(&[BlockKey::of("p", loc)]).unwrap();
+        // Same length, other bytes: decodes to garbage or not at all.
+        let file = cached_blocks(dir.path()).unwrap()[0].0.clone();
+        let mut bytes = fs::read(&file).unwrap();
+        for b in bytes.iter_mut().skip(4) {
+            *b ^= 0x55;
+        }
+        fs::write(&file, &bytes).unwrap();
+        let source = PackBlocks::new(disk, 1 << 20);
+        let got = source.object(id, "p", loc).unwrap().unwrap();
+        assert_eq!(ObjectId::blob(&got), *id);
+        assert_eq!(far.fetches.load(Ordering::Relaxed), 2, "fetched again once");
+    }
+
+    #[test]
+    fn memory_layers_stay_within_their_budgets_and_near_sources_come_first() {
+        let (far, index) = pack(40, 100);
+        let blocks = PackBlocks::new(Arc::new(Shared(far.clone())), 1 << 20);
+        let memory = MemoryObjects::new(blocks, 16 * 100);
+        for (id, loc) in &index {
+            assert_eq!(memory.object(id, "p", loc).unwrap().map(|b| ObjectId::blob(&b)), Some(*id));
+            assert!(memory.used() <= 1600);
+        }
+
+        /// A near source that has exactly one object (and says so for no other).
+        struct One(ObjectId, Vec<u8>);
+        impl ObjectSource for One {
+            fn object(&self, id: &ObjectId, _: &str, _: &Location) -> Result<Option<Vec<u8>>, CasError> {
+                Ok((*id == self.0).then(|| self.1.clone()))
+            }
+        }
+        let (id, loc) = index.iter().next().unwrap();
+        let (other, other_loc) = index.iter().nth(1).unwrap();
+        let layered = Layered {
+            near: One(*id, b"near".to_vec()),
+            far: PackBlocks::new(Arc::new(Shared(far.clone())), 0),
+        };
+        let before = far.fetches.load(Ordering::Relaxed);
+        assert_eq!(layered.object(id, "p", loc).unwrap().as_deref(), Some(&b"near"[..]));
+        assert_eq!(far.fetches.load(Ordering::Relaxed), before, "the near hit fetched nothing");
+        let got = layered.object(other, "p", other_loc).unwrap().unwrap();
+        assert_eq!(ObjectId::blob(&got), *other);
+        assert_eq!(far.fetches.load(Ordering::Relaxed), before + 1);
+    }
+}
