@@ -8,7 +8,8 @@ pub enum StripError {
     Nar(#[from] NarError),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("invalid store path basename {0:?}: expected <32-char hash>-<name>")]
+    /// The validator's message, which names the basename.
+    #[error("invalid store path basename: {0}")]
     BadBasename(String),
     #[error("manifest: {0}")]
     BadManifest(String),
@@ -29,6 +30,11 @@ pub enum StripError {
         expected: u64,
         actual: u64,
     },
+    /// A hostile or corrupt manifest or object would make restore exceed what NarSize allows.
+    #[error(
+        "restore refused: {what} would exceed the limit of {limit} the manifest's NarSize allows"
+    )]
+    OverBudget { what: &'static str, limit: u64 },
     #[error("restored NAR has SHA-256 {actual} and {actual_size} bytes; expected {expected} and {expected_size} bytes")]
     NarHashMismatch {
         expected: String,
