@@ -182,3 +182,39 @@ fn writer_never_writes_a_block_readers_refuse() {
     let big = vec![7u8; MAX_BLOCK_RAW_LEN as usize + 1];
     assert!(w.add(ObjectId::blob(&big), &big).is_err());
 }
+
+/// A chunk list whose sizes overflow u64 (or exceed a chunk's maximum) is corrupt, not a panic
+/// in debug builds or a wrapped total that passes the size check in release.
+#[test]
+fn chunk_lists_with_overflowing_sizes_are_corrupt() {
+    use refstrip_cas::{FileSource, Kind, CHUNK_THRESHOLD};
+    use refstrip_strip::{ContentDigest, ContentSource};
+
+    struct One(ObjectId, Vec<u8>);
+    impl ObjectRead for One {
+        fn get(&mut self, id: &ObjectId) -> Result<Vec<u8>, CasError> {
+            if *id == self.0 {
+                Ok(self.1.clone())
+            } else {
+                Err(CasError::NotFound(*id))
+            }
+        }
+    }
+    let file = ContentDigest([9; 32]);
+    let size = CHUNK_THRESHOLD as u64 + 1;
+    // Two chunks whose sizes wrap around to `size`, and one chunk larger than CHUNK_MAX.
+    for sizes in [vec![u64::MAX, size + 1], vec![size]] {
+        let mut list = Vec::new();
+        put(&mut list, sizes.len() as u64);
+        for s in &sizes {
+            list.extend_from_slice(&[1; 32]);
+            put(&mut list, *s);
+        }
+        let mut store = One(ObjectId::new(Kind::ChunkList, file), list);
+        let err = FileSource::new(&mut store)
+            .open(&file, size)
+            .map(drop)
+            .unwrap_err();
+        assert!(err.to_string().contains("chunk sizes"), "{sizes:?}: {err}");
+    }
+}

@@ -6,7 +6,8 @@ use refstrip_nar::NarError;
 pub enum StripError {
     #[error(transparent)]
     Nar(#[from] NarError),
-    #[error("I/O error: {0}")]
+    // Transparent: the cause is said once however the error is printed.
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The validator's message, which names the basename.
     #[error("invalid store path basename: {0}")]
