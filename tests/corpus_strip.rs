@@ -38,7 +38,7 @@ fn round_trip(
         "{path}: corpus NAR vs narinfo"
     );
 
-    let pi = refstrip_store::pathinfo::path_info(&info).unwrap();
+    let pi = refstrip_read::pathinfo::path_info(&info).unwrap();
     let mut store = MemoryStore::default();
     let s = strip(&original[..], &pi.refs, options, &mut store).unwrap();
     assert_eq!(

@@ -51,12 +51,12 @@ fn check_generation(store: &Store, generation: &str) -> usize {
     let mut n = 0;
     for path in source.list().unwrap() {
         let original = source.narinfo(&path).unwrap();
-        let record = store.read_record(path.hash_part()).unwrap();
-        let mut objects = store.objects(&record);
+        let (record, _) = store.reader().record(path.hash_part()).unwrap();
+        let objects = store.reader().objects(&Default::default()).unwrap();
         let mut nar = Vec::new();
         restore_nar(
             &record.manifest,
-            &mut FileSource::new(&mut objects),
+            &mut FileSource::new(&mut objects.of(&record)),
             &mut nar,
         )
         .unwrap();
@@ -73,7 +73,7 @@ fn check_generation(store: &Store, generation: &str) -> usize {
             .unwrap();
         assert!(nar == expected, "{path}");
 
-        let info = refstrip_store::pathinfo::narinfo(
+        let info = refstrip_read::pathinfo::narinfo(
             &record.manifest,
             "nar/x.nar".into(),
             Some("none".into()),
@@ -264,7 +264,7 @@ fn manifests(store_dir: &Path) -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .into_iter()
         .map(|(hash, _)| {
-            let r = store.read_record(&hash).unwrap();
+            let (r, _) = store.reader().record(&hash).unwrap();
             (hash, r.manifest_bytes)
         })
         .collect();
@@ -346,9 +346,10 @@ fn killed_ingests_rerun_to_the_same_store_and_concurrent_ingests_agree() {
 
     // Concurrent ingests may have stored an object twice, in different packs; gc keeping every
     // path must not drop a pack that some record points into.
-    let keep_all: std::collections::HashSet<String> =
-        expected.iter().map(|(h, _)| h.clone()).collect();
-    let paths = s.gc(&keep_all, Default::default()).unwrap().removed_paths;
+    let keep_all: Vec<String> = expected.iter().map(|(h, _)| h.clone()).collect();
+    let plan = s.gc_plan(&keep_all, false).unwrap();
+    assert!(plan.remove_paths.is_empty() && plan.remove_packs.is_empty());
+    let paths = s.gc(&plan, Default::default()).unwrap().removed_paths;
     assert_eq!(paths, 0);
     assert_eq!(
         check_generation(&s, "gen1") + check_generation(&s, "mass"),
@@ -513,7 +514,7 @@ fn ingests_from_a_local_nix_store() {
     let source = open_source(&generation_dir("gen1"), StoreDir::default()).unwrap();
     for path in source.list().unwrap() {
         let original = source.narinfo(&path).unwrap();
-        let record = store.read_record(path.hash_part()).unwrap();
+        let (record, _) = store.reader().record(path.hash_part()).unwrap();
         assert_eq!(
             &record.manifest.nar_hash,
             original.nar_hash.as_bytes(),
@@ -522,12 +523,12 @@ fn ingests_from_a_local_nix_store() {
         let mut nar = Vec::new();
         restore_nar(
             &record.manifest,
-            &mut FileSource::new(&mut store.objects(&record)),
+            &mut FileSource::new(&mut store.reader().objects(&Default::default()).unwrap().of(&record)),
             &mut nar,
         )
         .unwrap();
         let info =
-            refstrip_store::pathinfo::narinfo(&record.manifest, String::new(), None, None, None)
+            refstrip_read::pathinfo::narinfo(&record.manifest, String::new(), None, None, None)
                 .unwrap();
         assert_eq!(info.references, original.references, "{path}");
     }

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use refstrip_cas::{Kind, ObjectId};
-use refstrip_store::PathRecord;
+use refstrip_read::PathRecord;
 use refstrip_strip::{ContentDigest, Node};
 use refstrip_tests::{corpus_dir, corpus_packages, refstrip_bin, require_nix, run};
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use refstrip_store::PathRecord;
+use refstrip_read::PathRecord;
 use refstrip_tests::{corpus_dir, nix_available, refstrip_bin, run};
 
 /// boto3 with moto's dummy credentials, for the helper snippets below.
@@ -365,10 +365,10 @@ fn sharded_ingest_into_a_bucket_equals_one_local_ingest() {
     moto.download("store", "refstrip/", copy.path());
     assert_same_store(copy.path(), local_ingest(&["gen1", "mass"]).path());
     assert_packs_present(copy.path());
-    // No scratch or catalog files in the bucket: only packs and records.
+    // No scratch or catalog files in the bucket: only the marker, packs and records.
     for key in moto.keys("store", "refstrip/") {
         assert!(
-            key.starts_with("packs/") || key.starts_with("paths/"),
+            key == "refstrip-store" || key.starts_with("packs/") || key.starts_with("paths/"),
             "{key}"
         );
     }

@@ -384,7 +384,7 @@ fn bad_inputs_give_clear_errors() {
         "{e}"
     );
     let e = fails(&["savings", "--old", &gen1, "--new", "ftp://x", "--json"]);
-    assert!(e.contains("unsupported URL scheme"), "{e}");
+    assert!(e.contains("unsupported scheme"), "{e}");
     let e = fails(&[
         "savings",
         "--old",

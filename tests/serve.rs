@@ -10,7 +10,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use refstrip_nix::{Hash, NarInfo, StoreDir};
-use refstrip_store::PathRecord;
+use refstrip_read::PathRecord;
 use refstrip_tests::{corpus_dir, refstrip_bin, require_nix, run, GENERATIONS};
 
 /// A normalized store holding every corpus generation.
@@ -607,44 +607,49 @@ fn tamper_nar_size(store: &Path, hash_part: &str, nar_size: u64) {
 #[test]
 fn a_restore_longer_than_nar_size_is_never_a_complete_response() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = corpus_store(tmp.path());
-    let (big, small) = largest_and_smallest(&store);
     let chunk = refstrip_serve_chunk();
-    let real_small = PathRecord::decode(&std::fs::read(store.join("paths").join(&small)).unwrap())
+    // NARs of more than two chunks: their first chunk goes out before the restore ends.
+    let (big_0, big_1, big_2, untouched) = (
+        "1arg000000000000000000000000000a",
+        "1arg000000000000000000000000000b",
+        "1arg000000000000000000000000000c",
+        "1arg000000000000000000000000000d",
+    );
+    let store = store_with_large_nars(
+        tmp.path(),
+        &[
+            (big_0, 1 << 20),
+            (big_1, 1 << 20),
+            (big_2, 1 << 20),
+            (untouched, 1 << 20),
+        ],
+    );
+    let small = SMALL;
+    let real_small = PathRecord::decode(&std::fs::read(store.join("paths").join(small)).unwrap())
         .unwrap()
         .manifest
         .nar_size;
-    // Copies of `big` under other hash parts, so each can claim its own NarSize.
-    let big_record = std::fs::read(store.join("paths").join(&big)).unwrap();
-    let (big_0, big_1, big_2) = (
-        "0000000000000000000000000000000a".to_string(),
-        "0000000000000000000000000000000b".to_string(),
-        "0000000000000000000000000000000c".to_string(),
-    );
-    for copy in [&big_0, &big_1, &big_2] {
-        std::fs::write(store.join("paths").join(copy), &big_record).unwrap();
-    }
     // The NAR fits one chunk and is longer than it claims.
-    tamper_nar_size(&store, &small, real_small - 8);
-    // The issue's case: NarSize under one chunk, a restore of more than two (the first chunk goes
-    // out before the restore ends, and used to be cut at Content-Length).
-    tamper_nar_size(&store, &big_0, 100_000);
+    tamper_nar_size(&store, small, real_small - 8);
+    // The issue's case: NarSize under one chunk (the first chunk used to be cut at
+    // Content-Length and sent as a complete response).
+    tamper_nar_size(&store, big_0, 100_000);
     // NarSize exactly one chunk (the first chunk would be complete) and two chunks (the second).
-    tamper_nar_size(&store, &big_1, chunk);
-    tamper_nar_size(&store, &big_2, 2 * chunk);
+    tamper_nar_size(&store, big_1, chunk);
+    tamper_nar_size(&store, big_2, 2 * chunk);
     let server = Serving::start(&store, &[]);
-    for hash_part in [&big_0, &big_1, &big_2] {
-        // The premise: the copies are served as paths of their own.
+    for hash_part in [big_0, big_1, big_2] {
+        // The premise: the tampered records are still served (only their NAR is wrong).
         assert_eq!(
             http_get(server.port, &format!("/{hash_part}.narinfo")).status,
             200
         );
     }
     for (hash_part, claimed) in [
-        (&small, real_small - 8),
-        (&big_0, 100_000),
-        (&big_1, chunk),
-        (&big_2, 2 * chunk),
+        (small, real_small - 8),
+        (big_0, 100_000),
+        (big_1, chunk),
+        (big_2, 2 * chunk),
     ] {
         for ext in [".nar", ".nar.zst"] {
             let got = http_get(server.port, &format!("/nar/{hash_part}{ext}"));
@@ -658,9 +663,10 @@ fn a_restore_longer_than_nar_size_is_never_a_complete_response() {
             }
         }
     }
-    // The untouched path is still served completely.
-    let record = PathRecord::decode(&big_record).unwrap();
-    let got = http_get(server.port, &format!("/nar/{big}.nar"));
+    // An untouched path is still served completely.
+    let record =
+        PathRecord::decode(&std::fs::read(store.join("paths").join(untouched)).unwrap()).unwrap();
+    let got = http_get(server.port, &format!("/nar/{untouched}.nar"));
     assert!(got.status == 200 && got.complete);
     assert_eq!(Hash::digest(&got.body).as_bytes(), &record.manifest.nar_hash);
     server.stop();
@@ -836,40 +842,48 @@ fn quick_get(port: u16, path: &str, limit: Duration) -> (Vec<u8>, Duration) {
 /// A binary cache with one path whose NAR is a single `size`-byte file of pseudo-random bytes,
 /// ingested into `store` (with the corpus's first generation, for small NARs).
 fn store_with_a_large_nar(dir: &Path, size: usize) -> (PathBuf, String) {
+    let hash_part = "1arg0000000000000000000000000bbb".to_string();
+    (store_with_large_nars(dir, &[(&hash_part, size)]), hash_part)
+}
+
+/// A binary cache with paths `hash_part-large` whose NARs are a single file of `size`
+/// pseudo-random bytes each, ingested into `store` with the corpus's first generation.
+fn store_with_large_nars(dir: &Path, paths: &[(&str, usize)]) -> PathBuf {
     fn string(out: &mut Vec<u8>, s: &[u8]) {
         out.extend_from_slice(&(s.len() as u64).to_le_bytes());
         out.extend_from_slice(s);
         out.resize(out.len().next_multiple_of(8), 0);
     }
-    let mut contents = vec![0u8; size];
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for chunk in contents.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    let mut nar = Vec::with_capacity(size + 256);
-    for s in [&b"nix-archive-1"[..], b"(", b"type", b"regular", b"contents"] {
-        string(&mut nar, s);
-    }
-    string(&mut nar, &contents);
-    string(&mut nar, b")");
-    let hash_part = "1arg0000000000000000000000000bbb".to_string();
     let cache = dir.join("large-cache");
     std::fs::create_dir_all(cache.join("nar")).unwrap();
     std::fs::write(cache.join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
-    std::fs::write(cache.join(format!("nar/{hash_part}.nar")), &nar).unwrap();
-    std::fs::write(
-        cache.join(format!("{hash_part}.narinfo")),
-        format!(
-            "StorePath: /nix/store/{hash_part}-large\nURL: nar/{hash_part}.nar\nCompression: none\n\
-             NarHash: sha256:{}\nNarSize: {}\nReferences: \n",
-            Hash::digest(&nar).to_nix32(),
-            nar.len()
-        ),
-    )
-    .unwrap();
+    for (n, &(hash_part, size)) in paths.iter().enumerate() {
+        let mut contents = vec![0u8; size];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 + n as u64;
+        for chunk in contents.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let mut nar = Vec::with_capacity(size + 256);
+        for s in [&b"nix-archive-1"[..], b"(", b"type", b"regular", b"contents"] {
+            string(&mut nar, s);
+        }
+        string(&mut nar, &contents);
+        string(&mut nar, b")");
+        std::fs::write(cache.join(format!("nar/{hash_part}.nar")), &nar).unwrap();
+        std::fs::write(
+            cache.join(format!("{hash_part}.narinfo")),
+            format!(
+                "StorePath: /nix/store/{hash_part}-large\nURL: nar/{hash_part}.nar\n\
+                 Compression: none\nNarHash: sha256:{}\nNarSize: {}\nReferences: \n",
+                Hash::digest(&nar).to_nix32(),
+                nar.len()
+            ),
+        )
+        .unwrap();
+    }
     let store = dir.join("store");
     for source in [cache, corpus_dir().join("small/gen1")] {
         run(Command::new(refstrip_bin())
@@ -878,7 +892,7 @@ fn store_with_a_large_nar(dir: &Path, size: usize) -> (PathBuf, String) {
             .args(["--all", "--to"])
             .arg(&store));
     }
-    (store, hash_part)
+    store
 }
 
 /// A gen1 path with a small NAR (7,960 bytes), as the well-behaved client's download.

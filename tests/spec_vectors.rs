@@ -65,7 +65,7 @@ fn vector(generation: &str, package: (&str, &str)) -> Value {
         .unwrap();
     let mut nar = Vec::new();
     source.nar(&info).unwrap().read_to_end(&mut nar).unwrap();
-    let pi = refstrip_store::pathinfo::path_info(&info).unwrap();
+    let pi = refstrip_read::pathinfo::path_info(&info).unwrap();
     let s = strip(
         &nar[..],
         &pi.refs,

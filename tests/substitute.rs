@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use refstrip_store::PathRecord;
+use refstrip_read::PathRecord;
 use refstrip_tests::{corpus_dir, refstrip_bin, require_nix, run, GENERATIONS};
 
 fn gen_dir(generation: &str) -> PathBuf {

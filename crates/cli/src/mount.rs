@@ -23,6 +23,9 @@ pub struct MountArgs {
     /// Keep fetched blocks in memory only.
     #[arg(long, conflicts_with = "cache")]
     no_cache: bool,
+    /// Largest size of the object cache (bytes, or with a suffix K, M, G, T).
+    #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = crate::substitute::parse_size)]
+    cache_size: u64,
     /// Rewrite this JSON file with what the mount has fetched, after every read that fetched.
     #[arg(long, value_name = "FILE")]
     stats: Option<PathBuf>,
@@ -34,20 +37,17 @@ pub struct MountArgs {
 pub fn run(args: MountArgs) -> anyhow::Result<()> {
     // Before any thread starts, so that every thread leaves SIGINT/SIGTERM to the wait below.
     block_termination_signals().context("blocking SIGINT/SIGTERM")?;
-    let backend = refstrip_store::backend::open(&args.from)
-        .with_context(|| format!("opening {}", args.from))?;
-    // The backend serves the file system for as long as the process lives.
-    let backend = Box::leak(backend);
+    let store = refstrip_read::StoreReader::open(&args.from)?;
     let roots = crate::substitute::hash_parts(&args.paths)?;
-    let cache_dir = crate::substitute::object_cache_dir(args.no_cache, args.cache)?;
+    let objects = crate::substitute::object_options(args.no_cache, args.cache, args.cache_size)?;
     let (records, record_bytes) =
-        load_records(&*backend, (!roots.is_empty()).then_some(roots.as_slice()))?;
+        load_records(&store, (!roots.is_empty()).then_some(roots.as_slice()))?;
     let opts = Options {
-        cache_dir,
+        objects,
         stats_file: args.stats,
         threads: args.jobs,
     };
-    let mounted = mount(&*backend, records, record_bytes, &args.mountpoint, &opts)?;
+    let mounted = mount(&store, records, record_bytes, &args.mountpoint, &opts)?;
     let stats = mounted.stats();
     println!(
         "mounted {} paths ({} inodes, {} bytes of path records) at {}",

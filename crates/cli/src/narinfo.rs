@@ -8,8 +8,6 @@ use clap::Subcommand;
 use refstrip_nix::{is_hash_part, signature, Deriver, NarInfo, PublicKey, StoreDir};
 
 /// Nix's built-in `trusted-public-keys` when nix.conf does not set it.
-const NIX_DEFAULT_KEYS: &str = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
-
 #[derive(Subcommand)]
 pub enum NarinfoCommand {
     /// Check that each FILE carries a valid signature by a trusted key.
@@ -113,57 +111,10 @@ fn verify_file(store_dir: &StoreDir, file: &Path, trusted: &[PublicKey]) -> anyh
     Ok(signature::verify(&info, trusted)?.name().to_owned())
 }
 
-/// Trusted keys the way Nix finds them: nix.conf's `trusted-public-keys` (last assignment wins)
-/// plus every `extra-trusted-public-keys`, or Nix's default when unset. Returns the keys and
-/// where they came from, for messages.
-/// The settings of Nix's `nix.conf` (`$NIX_CONF_DIR/nix.conf`, default `/etc/nix/nix.conf`) as
-/// (name, value) pairs in file order, and the file's path; no file means no settings.
-pub(crate) fn nix_conf() -> anyhow::Result<(PathBuf, Vec<(String, String)>)> {
-    let conf_dir =
-        std::env::var_os("NIX_CONF_DIR").map_or_else(|| PathBuf::from("/etc/nix"), PathBuf::from);
-    let conf = conf_dir.join("nix.conf");
-    let text = match fs::read_to_string(&conf) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", conf.display())),
-    };
-    let settings = text
-        .lines()
-        .filter_map(|line| {
-            let (name, value) = line.split('#').next().unwrap_or_default().split_once('=')?;
-            Some((name.trim().to_owned(), value.trim().to_owned()))
-        })
-        .collect();
-    Ok((conf, settings))
-}
-
 /// `trusted-public-keys` plus `extra-trusted-public-keys` from nix.conf (Nix's default key when
 /// it sets none), and where they came from.
 pub(crate) fn keys_from_nix_conf() -> anyhow::Result<(String, String)> {
-    let (conf, settings) = nix_conf()?;
-    let mut keys = None;
-    let mut extra = Vec::new();
-    for (name, value) in settings {
-        match name.as_str() {
-            "trusted-public-keys" => keys = Some(value),
-            "extra-trusted-public-keys" => extra.push(value),
-            _ => {}
-        }
-    }
-    let source = if keys.is_some() || !extra.is_empty() {
-        conf.display().to_string()
-    } else {
-        format!(
-            "Nix's default ({} sets no trusted-public-keys)",
-            conf.display()
-        )
-    };
-    let mut all = keys.unwrap_or_else(|| NIX_DEFAULT_KEYS.to_owned());
-    for e in extra {
-        all.push(' ');
-        all.push_str(&e);
-    }
-    Ok((all, source))
+    Ok(refstrip_nix::NixConf::read_default()?.trusted_public_keys())
 }
 
 fn show(info: &NarInfo) {

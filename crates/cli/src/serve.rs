@@ -77,8 +77,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
-    let store = refstrip_store::Store::open(&args.from)
-        .with_context(|| format!("opening {}", args.from))?;
+    let store = refstrip_read::StoreReader::open(&args.from)?;
     let config = Config {
         store_dir: args.store_dir,
         priority: args.priority,
@@ -89,7 +88,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         zstd_level: args.zstd_level,
         max_streams: args.max_streams,
         record_cache_bytes: args.record_cache_mib << 20,
-        object_cache_bytes: args.object_cache_mib << 20,
+        objects: refstrip_read::objects::ObjectOptions {
+            object_memory: (args.object_cache_mib as u64) << 20,
+            ..Default::default()
+        },
         limits: Limits {
             max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
             max_connections_per_ip: usize::try_from(args.max_connections_per_ip)

@@ -1,6 +1,5 @@
 //! `refstrip ingest`, `refstrip stats`, `refstrip gc`: the cache-side job and store upkeep.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,7 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use refstrip_ingest::{ingest, select, IngestOptions};
 use refstrip_nix::{StoreDir, StorePath};
 use refstrip_source::open_source;
-use refstrip_store::{RequestCounts, Store};
+use refstrip_backend::RequestCounts;
+use refstrip_read::{hash_part_of, StoreReader};
+use refstrip_store::Store;
 use refstrip_strip::StripOptions;
 
 #[derive(Args)]
@@ -77,6 +78,20 @@ pub struct GcArgs {
     /// within this time of starting (docs/s3.md).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     grace: Duration,
+    /// Keep what the given paths the store has even if some are not in it (without this, a path
+    /// to keep that the store lacks, e.g. a typo, stops gc before it removes anything).
+    #[arg(long)]
+    force: bool,
+    /// Print what gc would remove and the bytes it would free; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Open an existing store for upkeep: never make one where there is none (a typo would otherwise
+/// create an empty store and report on it).
+fn open_existing(url: &str) -> anyhow::Result<Store> {
+    StoreReader::open(url)?;
+    Store::open(url).with_context(|| format!("opening store {url}"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -219,8 +234,7 @@ fn requests_json(r: &RequestCounts, nar_bytes: u64) -> serde_json::Value {
 }
 
 pub fn stats_cmd(args: StatsArgs) -> anyhow::Result<()> {
-    let store =
-        Store::open(&args.store).with_context(|| format!("opening store {}", args.store))?;
+    let store = open_existing(&args.store)?;
     if args.rebuild_catalog {
         store.rebuild_catalog().context("rebuilding the catalog")?;
     }
@@ -264,8 +278,7 @@ pub fn stats_cmd(args: StatsArgs) -> anyhow::Result<()> {
 }
 
 pub fn gc_cmd(args: GcArgs) -> anyhow::Result<()> {
-    let store =
-        Store::open(&args.store).with_context(|| format!("opening store {}", args.store))?;
+    let store = open_existing(&args.store)?;
     let mut roots: Vec<String> = args.keep.clone();
     if let Some(file) = &args.keep_file {
         let text =
@@ -280,44 +293,36 @@ pub fn gc_cmd(args: GcArgs) -> anyhow::Result<()> {
     if roots.is_empty() {
         bail!("refusing to remove everything: give --keep PATHS or --keep-file FILE");
     }
-    // Keep the closure of the roots, as Nix keeps the closure of its GC roots.
-    let mut keep = HashSet::new();
-    let mut queue: Vec<String> = roots
+    let roots = roots
         .iter()
-        .map(|r| {
-            r.rsplit('/')
-                .next()
-                .unwrap_or(r)
-                .get(..32)
-                .map(String::from)
-                .with_context(|| format!("{r:?} is not a store path"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    while let Some(hash) = queue.pop() {
-        if !keep.insert(hash.clone()) {
-            continue;
-        }
-        match store.read_record(&hash) {
-            Ok(record) => queue.extend(
-                record
-                    .manifest
-                    .references
-                    .iter()
-                    .map(|r| String::from_utf8_lossy(&r[..32]).into_owned()),
-            ),
-            Err(refstrip_store::StoreError::NoSuchPath(_)) => {
-                eprintln!("refstrip: note: {hash} is not in the store")
-            }
-            Err(e) => return Err(e.into()),
-        }
+        .map(|r| hash_part_of(r).with_context(|| format!("{r:?} is not a store path")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Keep the closure of the roots, as Nix keeps the closure of its GC roots.
+    let plan = store.gc_plan(&roots, args.force)?;
+    for missing in &plan.missing_roots {
+        eprintln!("refstrip: warning: {missing} is not in the store (--force: gc goes on)");
     }
-    let r = store.gc(&keep, args.grace)?;
+    if args.dry_run {
+        for (_, path) in &plan.remove_paths {
+            println!("would remove {path}");
+        }
+        let freed: u64 = plan.remove_packs.iter().map(|(_, size)| size).sum();
+        println!(
+            "would remove {} paths and {} packs, freeing {}; would keep {} paths",
+            plan.remove_paths.len(),
+            plan.remove_packs.len(),
+            bytes(freed),
+            plan.keep.len()
+        );
+        return Ok(());
+    }
+    let r = store.gc(&plan, args.grace)?;
     println!(
         "removed {} paths and {} packs, freed {}; kept {} paths",
         r.removed_paths,
         r.removed_packs,
         bytes(r.freed_bytes),
-        keep.len()
+        plan.keep.len()
     );
     if r.condemned_packs > 0 {
         println!(

@@ -103,7 +103,7 @@ pub fn strip(args: StripArgs) -> anyhow::Result<()> {
     };
     let file = File::open(&args.nar).with_context(|| format!("opening {}", args.nar.display()))?;
     let mut hashing = HashingReader::new(file);
-    let path_info = refstrip_store::pathinfo::path_info(&narinfo)?;
+    let path_info = refstrip_read::pathinfo::path_info(&narinfo)?;
     let options = StripOptions {
         normalize_build_id: !args.no_build_id,
     };

@@ -6,7 +6,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use refstrip_nix::PublicKey;
-use refstrip_substitute::{default_cache_dir, hash_part_of, substitute, Options};
+use refstrip_read::objects::ObjectOptions;
+use refstrip_read::{hash_part_of, StoreReader};
+use refstrip_substitute::{default_cache_dir, substitute, Options};
 
 #[derive(Args)]
 pub struct SubstituteArgs {
@@ -36,6 +38,10 @@ pub struct SubstituteArgs {
     /// Keep no object cache: fetch every block this run needs.
     #[arg(long, conflicts_with = "cache")]
     no_cache: bool,
+    /// Largest size of the object cache: least recently used blocks are evicted beyond it
+    /// (bytes, or with a suffix K, M, G, T).
+    #[arg(long, value_name = "SIZE", default_value = "8G", value_parser = parse_size)]
+    cache_size: u64,
     /// Space-separated `name:base64` keys one of which must have signed each path's original
     /// narinfo [default: trusted-public-keys and extra-trusted-public-keys from nix.conf, as
     /// `refstrip narinfo verify` reads them].
@@ -64,12 +70,7 @@ pub struct SubstituteArgs {
 
 /// Whether nix.conf asks Nix to share identical files (`auto-optimise-store = true`).
 fn auto_optimise_store() -> anyhow::Result<bool> {
-    let (_, settings) = crate::narinfo::nix_conf()?;
-    Ok(settings
-        .iter()
-        .rev()
-        .find(|(name, _)| name == "auto-optimise-store")
-        .is_some_and(|(_, v)| v == "true"))
+    Ok(refstrip_nix::NixConf::read_default()?.is_true("auto-optimise-store"))
 }
 
 /// The hash parts of store paths given on the command line.
@@ -80,31 +81,51 @@ pub(crate) fn hash_parts(paths: &[String]) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
-/// The local object cache chosen by `--cache DIR` / `--no-cache` (shared by substitute and mount).
-pub(crate) fn object_cache_dir(
+/// How objects are read, from `--cache DIR` / `--no-cache` / `--cache-size` (shared by substitute
+/// and mount).
+pub(crate) fn object_options(
     no_cache: bool,
     cache: Option<PathBuf>,
-) -> anyhow::Result<Option<PathBuf>> {
-    if no_cache {
-        return Ok(None);
-    }
-    cache
-        .or_else(default_cache_dir)
-        .context("no cache directory: set --cache, XDG_CACHE_HOME or HOME")
-        .map(Some)
+    cache_size: u64,
+) -> anyhow::Result<ObjectOptions> {
+    let cache_dir = match no_cache {
+        true => None,
+        false => Some(
+            cache
+                .or_else(default_cache_dir)
+                .context("no cache directory: set --cache, XDG_CACHE_HOME or HOME")?,
+        ),
+    };
+    Ok(ObjectOptions {
+        cache_dir,
+        cache_bytes: cache_size,
+        ..ObjectOptions::default()
+    })
+}
+
+/// A size in bytes, with an optional binary suffix: `512M`, `8G`.
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with an optional K, M, G or T"))?;
+    let shift = match unit.trim_end_matches(['B', 'i']) {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (K, M, G, T)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
-    let backend = refstrip_store::backend::open(&args.from)
-        .with_context(|| format!("opening {}", args.from))?;
+    let store = StoreReader::open(&args.from)?.expect_store_dir(args.store_dir.clone());
     let mut roots = Vec::new();
     if args.all {
-        for key in backend
-            .list("paths/")
-            .context("listing paths/ of the store")?
-        {
-            roots.extend(key.strip_prefix("paths/").and_then(hash_part_of));
-        }
+        roots = store.list_paths()?;
     }
     roots.extend(hash_parts(&args.paths)?);
     let trusted_keys = if args.no_check_sigs {
@@ -121,7 +142,7 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
         }
         Some(keys)
     };
-    let cache_dir = object_cache_dir(args.no_cache, args.cache)?;
+    let objects = object_options(args.no_cache, args.cache, args.cache_size)?;
     let progress = if args.json {
         ProgressBar::hidden()
     } else {
@@ -137,13 +158,13 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
     let opts = Options {
         root: args.root,
         store_dir: args.store_dir,
-        cache_dir,
+        objects,
         trusted_keys,
         jobs: args.jobs,
         links: args.links || (!args.no_links && auto_optimise_store()?),
         progress,
     };
-    let report = substitute(&*backend, &roots, &opts)?;
+    let report = substitute(&store, &roots, &opts)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -17,7 +17,9 @@ use indicatif::ProgressBar;
 use refstrip_cas::FileSink;
 use refstrip_nix::{NarInfo, StorePath};
 use refstrip_source::{NarSource, SourceError};
-use refstrip_store::{PathRecord, RequestCounts, StagingPack, Store, StoreError, PACK_TARGET};
+use refstrip_backend::RequestCounts;
+use refstrip_read::PathRecord;
+use refstrip_store::{StagingPack, Store, StoreError, PACK_TARGET};
 use refstrip_strip::{strip, Manifest, StripOptions};
 
 #[derive(Debug, Clone)]
@@ -242,7 +244,7 @@ fn strip_path(
     options: &IngestOptions,
     pack: &mut StagingPack<'_>,
 ) -> Result<(Pending, u64, u64), String> {
-    let path_info = refstrip_store::pathinfo::path_info(info).map_err(|e| e.to_string())?;
+    let path_info = refstrip_read::pathinfo::path_info(info).map_err(|e| e.to_string())?;
     let nar = source.nar(info).map_err(|e| e.to_string())?;
     let mut sink = FileSink::new(pack);
     let stripped = strip(nar, &path_info.refs, &options.strip, &mut sink)

@@ -15,7 +15,7 @@ use fuser::{
 };
 use refstrip_cas::{decode_chunk_list, Kind, ObjectId, ObjectRead, CHUNK_THRESHOLD};
 use refstrip_strip::{ContentDigest, Patcher};
-use refstrip_substitute::cache::{BlockCache, CachedObjects};
+use refstrip_read::objects::{FetchCounters, Objects, RecordObjects};
 
 use crate::tree::{FileNode, Inode, Tree};
 use crate::Stats;
@@ -29,7 +29,7 @@ type Chunks = Arc<Vec<(u64, ContentDigest, u64)>>;
 
 pub struct LazyStore {
     pub(crate) tree: Tree,
-    pub(crate) cache: BlockCache<'static>,
+    pub(crate) objects: Objects,
     /// Decoded chunk lists of the large files read so far, by inode.
     chunk_lists: Mutex<HashMap<u64, Chunks>>,
     pub(crate) record_bytes: u64,
@@ -44,13 +44,13 @@ pub struct LazyStore {
 impl LazyStore {
     pub(crate) fn new(
         tree: Tree,
-        cache: BlockCache<'static>,
+        objects: Objects,
         record_bytes: u64,
         stats_file: Option<PathBuf>,
     ) -> LazyStore {
         LazyStore {
             tree,
-            cache,
+            objects,
             chunk_lists: Mutex::new(HashMap::new()),
             record_bytes,
             reads: AtomicU64::new(0),
@@ -67,8 +67,8 @@ impl LazyStore {
             paths: self.tree.paths.len() as u64,
             inodes: self.tree.inodes.len() as u64,
             record_bytes: self.record_bytes,
-            fetched_bytes: load(&self.cache.fetched_bytes),
-            fetched_blocks: load(&self.cache.fetched_blocks),
+            fetched_bytes: load(&self.objects.counters.fetched_bytes),
+            fetched_blocks: load(&self.objects.counters.fetched_blocks),
             reads: load(&self.reads),
             read_bytes: load(&self.read_bytes),
             errors: load(&self.errors),
@@ -80,7 +80,7 @@ impl LazyStore {
         let Some(path) = &self.stats_file else {
             return;
         };
-        let fetched = self.cache.fetched_bytes.load(Ordering::Relaxed);
+        let fetched = FetchCounters::get(&self.objects.counters.fetched_bytes);
         if self.stats_written.swap(fetched, Ordering::Relaxed) == fetched && !always {
             return;
         }
@@ -142,10 +142,7 @@ impl LazyStore {
             return Ok(Vec::new());
         }
         let record = &self.tree.paths[file.path];
-        let mut objects = CachedObjects {
-            record,
-            cache: &self.cache,
-        };
+        let mut objects = self.objects.of(record);
         let mut out = Vec::with_capacity((end - offset) as usize);
         if file.size <= CHUNK_THRESHOLD as u64 {
             let blob = objects
@@ -186,7 +183,7 @@ impl LazyStore {
         &self,
         ino: u64,
         file: &FileNode,
-        objects: &mut CachedObjects<'_, '_>,
+        objects: &mut RecordObjects<'_>,
     ) -> Result<Chunks, String> {
         if let Some(c) = self.chunk_lists.lock().expect("poisoned").get(&ino) {
             return Ok(c.clone());

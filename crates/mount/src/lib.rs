@@ -5,8 +5,9 @@
 //! locations) and nothing else: directories, names, modes, sizes and symlink targets come from the
 //! manifests, with the real hashes patched back into names and targets ([`tree`]). A regular
 //! file's first read fetches the pack blocks holding the objects that cover the requested range
-//! through the object cache shared with `refstrip substitute` ([`BlockCache`]), checks every object
-//! against its BLAKE3 name and patches the range ([`fs`]). A read in the middle of a large
+//! through the object sources every client shares (`refstrip_read::objects`, with the disk block
+//! cache of `refstrip substitute`), checks every object against its BLAKE3 name and patches the
+//! range ([`fs`]). A read in the middle of a large
 //! (chunked) file touches only the chunks it overlaps. Any failure is an `EIO` and a log line,
 //! never wrong bytes.
 //!
@@ -18,7 +19,6 @@
 mod fs;
 pub mod tree;
 
-use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,9 +26,8 @@ use std::time::Duration;
 
 use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 use rayon::prelude::*;
-use refstrip_store::{record_key, Backend, PathRecord};
-use refstrip_substitute::cache::BlockCache;
-use refstrip_substitute::hash_part_of;
+use refstrip_read::objects::ObjectOptions;
+use refstrip_read::{PathRecord, ReadError, StoreReader, Visit};
 
 pub use fs::LazyStore;
 use fs::View;
@@ -36,6 +35,8 @@ use tree::Tree;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
     #[error("{path}: {why}")]
@@ -48,8 +49,8 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
 }
 
 pub struct Options {
-    /// The local object cache (`None`: blocks are kept in memory only, for this mount).
-    pub cache_dir: Option<PathBuf>,
+    /// How objects are read (`objects.cache_dir: None`: blocks are kept in memory only).
+    pub objects: ObjectOptions,
     /// A JSON file rewritten with [`Stats`] at mount, after every read that fetched something,
     /// and at unmount.
     pub stats_file: Option<PathBuf>,
@@ -77,77 +78,24 @@ pub struct Stats {
 /// Read the records of `roots` and their closures, or of every path in the store when `roots`
 /// is `None`. Returns them with the bytes read.
 pub fn load_records(
-    store: &dyn Backend,
+    store: &StoreReader,
     roots: Option<&[String]>,
 ) -> Result<(Vec<PathRecord>, u64), Error> {
-    let (mut frontier, closure) = match roots {
-        Some(roots) => (roots.to_vec(), true),
+    match roots {
+        Some(roots) => {
+            let closure = store.closure(roots, |_| Ok::<_, Error>(Visit::Include))?;
+            Ok((closure.records, closure.record_bytes))
+        }
         None => {
-            let keys = store
-                .list("paths/")
-                .map_err(io_err(format!("listing paths/ of {}", store.describe())))?;
-            let hashes = keys
-                .iter()
-                .filter_map(|k| k.strip_prefix("paths/").and_then(hash_part_of))
-                .collect();
-            (hashes, false)
+            let fetched: Vec<(PathRecord, u64)> = store
+                .list_paths()?
+                .par_iter()
+                .map(|h| store.record(h))
+                .collect::<Result<_, _>>()?;
+            let bytes = fetched.iter().map(|(_, n)| n).sum();
+            Ok((fetched.into_iter().map(|(r, _)| r).collect(), bytes))
         }
-    };
-    let mut seen: HashSet<String> = frontier.iter().cloned().collect();
-    let mut records = Vec::new();
-    let mut bytes_read = 0;
-    while !frontier.is_empty() {
-        let fetched: Vec<Result<(PathRecord, u64), Error>> = frontier
-            .par_iter()
-            .map(|h| fetch_record(store, h))
-            .collect();
-        let mut next = Vec::new();
-        for result in fetched {
-            let (record, len) = result?;
-            bytes_read += len;
-            if closure {
-                for r in &record.manifest.references {
-                    let r = String::from_utf8_lossy(r);
-                    let h = hash_part_of(&r).ok_or_else(|| Error::Path {
-                        path: String::from_utf8_lossy(record.manifest.basename()).into_owned(),
-                        why: format!("bad reference {r}"),
-                    })?;
-                    if seen.insert(h.clone()) {
-                        next.push(h);
-                    }
-                }
-            }
-            records.push(record);
-        }
-        frontier = next;
     }
-    Ok((records, bytes_read))
-}
-
-fn fetch_record(store: &dyn Backend, hash: &str) -> Result<(PathRecord, u64), Error> {
-    let key = record_key(hash);
-    let bytes = store
-        .get(&key)
-        .map_err(io_err(format!("reading {key} from {}", store.describe())))?
-        .ok_or_else(|| Error::Path {
-            path: hash.to_string(),
-            why: format!("not in {}", store.describe()),
-        })?;
-    let record = PathRecord::decode(&bytes).map_err(|why| Error::Path {
-        path: key.clone(),
-        why,
-    })?;
-    // A record under another path's name would show the wrong path under this one's name.
-    if !record.manifest.basename().starts_with(hash.as_bytes()) {
-        return Err(Error::Path {
-            path: key,
-            why: format!(
-                "describes {}",
-                String::from_utf8_lossy(record.manifest.basename())
-            ),
-        });
-    }
-    Ok((record, bytes.len() as u64))
 }
 
 /// A mounted view; dropping it unmounts.
@@ -160,7 +108,7 @@ pub struct Mounted {
 /// Mount the paths of `records` (see [`load_records`]) read-only at `mountpoint`, an empty
 /// directory. Objects are read from `store` when files are read.
 pub fn mount(
-    store: &'static dyn Backend,
+    store: &StoreReader,
     records: Vec<PathRecord>,
     record_bytes: u64,
     mountpoint: &Path,
@@ -170,11 +118,12 @@ pub fn mount(
         path: store.describe(),
         why,
     })?;
-    let cache = BlockCache::new(opts.cache_dir.as_deref(), store)
+    let objects = store
+        .objects(&opts.objects)
         .map_err(io_err("opening the object cache"))?;
     let fs = Arc::new(LazyStore::new(
         tree,
-        cache,
+        objects,
         record_bytes,
         opts.stats_file.clone(),
     ));

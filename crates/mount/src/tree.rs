@@ -1,7 +1,7 @@
 //! The inode table: every store path's tree, with restored names and targets, built from
 //! manifests alone before the file system is mounted (it never changes afterwards).
 
-use refstrip_store::PathRecord;
+use refstrip_read::PathRecord;
 use refstrip_strip::{apply_all, ContentDigest, Entry, Node, Patch, RefTable};
 
 /// The root directory's inode number (FUSE's fixed root).

@@ -3,8 +3,8 @@
 //!
 //! This crate's one job is to turn those formats into checked values and back, exactly as Nix 2.8
 //! writes them, so that refstrip can restore a narinfo byte for byte and prove its signatures still
-//! hold. It does no I/O apart from the [`HashingReader`]/[`HashingWriter`] adapters: bytes in, values
-//! out, typed errors for everything Nix would reject.
+//! hold. It does no I/O apart from the [`HashingReader`]/[`HashingWriter`] adapters and reading
+//! nix.conf ([`NixConf`]): bytes in, values out, typed errors for everything Nix would reject.
 //!
 //! ```
 //! use refstrip_nix::{NarInfo, StoreDir};
@@ -29,11 +29,13 @@ pub mod base32;
 pub mod cache_info;
 pub mod hash;
 pub mod narinfo;
+pub mod nix_conf;
 pub mod signature;
 pub mod store_path;
 
 pub use cache_info::{CacheInfo, CacheInfoError};
 pub use hash::{Hash, HashError, HashingReader, HashingWriter};
 pub use narinfo::{Deriver, NarInfo, NarInfoError, NarInfoErrorKind};
+pub use nix_conf::NixConf;
 pub use signature::{KeyError, PublicKey, SecretKey, VerifyError};
 pub use store_path::{is_hash_part, StoreDir, StorePath, StorePathError};

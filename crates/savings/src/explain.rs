@@ -195,7 +195,7 @@ fn strip_tree(
     sink: &mut dyn ContentSink,
 ) -> Result<Node, SavingsError> {
     let what = info.store_path.to_string();
-    let pi = refstrip_store::pathinfo::path_info(info)
+    let pi = refstrip_read::pathinfo::path_info(info)
         .map_err(|e| SavingsError::invalid(&what, e.to_string()))?;
     let stripped = refstrip_strip::strip(source.nar(info)?, &pi.refs, options, sink)
         .map_err(|e| SavingsError::invalid(&what, e.to_string()))?;

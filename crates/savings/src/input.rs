@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use refstrip_cas::FileSource;
 use refstrip_nix::{NarInfo, StoreDir, StorePath};
+use refstrip_read::objects::{ObjectOptions, Objects};
+use refstrip_read::{ReadError, StoreReader};
 use refstrip_source::{open_source, NarSource, SourceError};
-use refstrip_store::Store;
 
 use crate::SavingsError;
 
@@ -17,11 +18,22 @@ use crate::SavingsError;
 /// [`open_source`] accepts (binary cache directory or URL, local Nix store root).
 pub fn open_input(spec: &str, store_dir: StoreDir) -> Result<Box<dyn NarSource>, SavingsError> {
     let dir = Path::new(spec.strip_prefix("file://").unwrap_or(spec));
-    // Checked before opening: Store::open would create a store in any directory it is given.
     if dir.join("paths").is_dir() && dir.join("packs").is_dir() {
-        let store = Store::open(&dir.to_string_lossy())?;
+        let store = StoreReader::open(spec)
+            .map_err(|e| SourceError::Invalid {
+                what: spec.into(),
+                why: e.to_string(),
+            })?
+            .expect_store_dir(store_dir.as_str());
+        let objects = store
+            .objects(&ObjectOptions::default())
+            .map_err(|source| SourceError::Io {
+                what: spec.into(),
+                source,
+            })?;
         return Ok(Box::new(StoreSource {
-            store: Arc::new(store),
+            store,
+            objects: Arc::new(objects),
             store_dir,
         }));
     }
@@ -31,14 +43,18 @@ pub fn open_input(spec: &str, store_dir: StoreDir) -> Result<Box<dyn NarSource>,
 /// A normalized refstrip store read back as NARs: every NAR is restored (and its SHA-256 checked
 /// against the manifest) on the fly.
 pub struct StoreSource {
-    store: Arc<Store>,
+    store: StoreReader,
+    objects: Arc<Objects>,
     store_dir: StoreDir,
 }
 
-fn store_err(what: &str) -> impl FnOnce(refstrip_store::StoreError) -> SourceError + '_ {
-    move |e| SourceError::Invalid {
-        what: what.to_string(),
-        why: e.to_string(),
+fn read_err(e: ReadError) -> SourceError {
+    match e {
+        ReadError::NotFound { hash_part, .. } => SourceError::NotFound(hash_part),
+        e => SourceError::Invalid {
+            what: "normalized store".into(),
+            why: e.to_string(),
+        },
     }
 }
 
@@ -52,34 +68,32 @@ impl NarSource for StoreSource {
     }
 
     fn list(&self) -> Result<Vec<StorePath>, SourceError> {
-        let what = self.describe();
-        let paths = self
+        let mut paths = self
             .store
-            .catalog()
-            .paths()
-            .map_err(|e| store_err(&what)(e.into()))?;
-        paths
+            .list_paths()
+            .map_err(read_err)?
             .iter()
-            .map(|(_, path)| {
+            .map(|h| {
+                let path = self.store.record(h).map_err(read_err)?.0.store_path();
                 self.store_dir
-                    .parse_path(path)
+                    .parse_path(&path)
                     .map_err(|e| SourceError::Invalid {
-                        what: path.clone(),
+                        what: path,
                         why: e.to_string(),
                     })
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        paths.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        Ok(paths)
     }
 
     fn narinfo(&self, path: &StorePath) -> Result<NarInfo, SourceError> {
-        let record = match self.store.read_record(path.hash_part()) {
-            Err(refstrip_store::StoreError::NoSuchPath(_)) => {
-                return Err(SourceError::NotFound(path.to_string()))
-            }
-            r => r.map_err(store_err(path.hash_part()))?,
+        let record = match self.store.try_record(path.hash_part()).map_err(read_err)? {
+            Some((record, _)) => record,
+            None => return Err(SourceError::NotFound(path.to_string())),
         };
         let info =
-            refstrip_store::pathinfo::narinfo(&record.manifest, "local".into(), None, None, None)
+            refstrip_read::pathinfo::narinfo(&record.manifest, "local".into(), None, None, None)
                 .map_err(|e| SourceError::Invalid {
                 what: path.to_string(),
                 why: e.to_string(),
@@ -94,11 +108,11 @@ impl NarSource for StoreSource {
     }
 
     fn nar(&self, info: &NarInfo) -> Result<Box<dyn BufRead + Send>, SourceError> {
-        let record = self
+        let (record, _) = self
             .store
-            .read_record(info.store_path.hash_part())
-            .map_err(store_err(info.store_path.hash_part()))?;
-        let store = self.store.clone();
+            .record(info.store_path.hash_part())
+            .map_err(read_err)?;
+        let objects = self.objects.clone();
         let (reader, writer) = io::pipe().map_err(|source| SourceError::Io {
             what: "pipe".into(),
             source,
@@ -106,7 +120,7 @@ impl NarSource for StoreSource {
         // As for a local Nix store: a failed restore closes the pipe early and the reader's NarHash
         // check fails, and the reason is printed here.
         std::thread::spawn(move || {
-            let mut objects = store.objects(&record);
+            let mut objects = objects.of(&record);
             let mut source = FileSource::new(&mut objects);
             let out = io::BufWriter::with_capacity(1 << 20, writer);
             if let Err(e) = refstrip_strip::restore_nar(&record.manifest, &mut source, out) {

@@ -19,8 +19,6 @@ pub use svg::plot;
 pub enum SavingsError {
     #[error(transparent)]
     Source(#[from] refstrip_source::SourceError),
-    #[error(transparent)]
-    Store(#[from] refstrip_store::StoreError),
     #[error("{what}: {why}")]
     Invalid { what: String, why: String },
     #[error("{what}: {source}")]

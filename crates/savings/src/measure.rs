@@ -403,7 +403,7 @@ fn strip_pass(
     units: &mut Units,
 ) -> Result<(), SavingsError> {
     let what = info.store_path.to_string();
-    let pi = refstrip_store::pathinfo::path_info(info)
+    let pi = refstrip_read::pathinfo::path_info(info)
         .map_err(|e| SavingsError::invalid(&what, e.to_string()))?;
     let stripped = refstrip_strip::strip(source.nar(info)?, &pi.refs, options, &mut files)
         .map_err(|e| SavingsError::invalid(&what, e.to_string()))?;

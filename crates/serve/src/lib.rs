@@ -1,7 +1,7 @@
 //! Serve a normalized store as a standard Nix binary cache over HTTP, so an unmodified Nix
 //! (`substituters = http://host:port`) gets the exact original NARs and narinfos, with their
 //! original signatures, restored on the fly. This crate's one job is that HTTP façade; restoring
-//! is `refstrip-strip`'s and reading the store is `refstrip-store`'s.
+//! is `refstrip-strip`'s and reading the store (records, checks, objects) is `refstrip-read`'s.
 //!
 //! Routes:
 //! ```text
@@ -34,8 +34,10 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use refstrip_cas::{CasError, FileSource, ObjectId, ObjectRead};
-use refstrip_store::{PathRecord, Store, StoreError};
+use refstrip_cas::FileSource;
+use refstrip_nix::is_hash_part;
+use refstrip_read::objects::{ObjectOptions, Objects};
+use refstrip_read::{PathRecord, ReadError, StoreReader};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Size of one body chunk handed from the restore thread to the connection.
@@ -83,9 +85,10 @@ pub struct Config {
     pub max_streams: usize,
     /// Budget for decoded path records kept in memory (approximate bytes).
     pub record_cache_bytes: usize,
-    /// Budget for verified objects kept in memory and shared by all requests, so that popular
-    /// files are not decompressed from their pack block for every download.
-    pub object_cache_bytes: usize,
+    /// How objects are read: verified objects kept in memory and shared by all requests (so that
+    /// popular files are not decompressed from their pack block for every download), decoded
+    /// blocks in memory, and an optional disk block cache (for a store behind HTTP or S3).
+    pub objects: ObjectOptions,
     /// Connection bounds and timeouts (see [`Limits`]).
     pub limits: Limits,
 }
@@ -99,7 +102,10 @@ impl Default for Config {
             zstd_level: 3,
             max_streams: 64,
             record_cache_bytes: 64 << 20,
-            object_cache_bytes: 256 << 20,
+            objects: ObjectOptions {
+                object_memory: 256 << 20,
+                ..ObjectOptions::default()
+            },
             limits: Limits::default(),
         }
     }
@@ -107,30 +113,38 @@ impl Default for Config {
 
 /// Everything the handlers share.
 pub struct Server {
-    store: Arc<Store>,
+    store: StoreReader,
     config: Config,
     cache_info: String,
     records: Mutex<RecordCache>,
-    objects: Arc<ObjectCache>,
+    objects: Objects,
     streams: Arc<Semaphore>,
 }
 
 impl Server {
-    /// Wrap an opened store. Reads the store directory from the catalog unless configured.
-    pub fn new(store: Store, config: Config) -> Result<Arc<Server>, StoreError> {
+    /// Wrap a store opened for reading. Takes the store directory from a record unless configured,
+    /// and refuses records of any other.
+    pub fn new(store: StoreReader, config: Config) -> Result<Arc<Server>, ReadError> {
         let store_dir = match &config.store_dir {
             Some(dir) => dir.clone(),
             None => store_dir_of(&store)?,
         };
+        let store = store.expect_store_dir(store_dir.clone());
         let cache_info = format!(
             "StoreDir: {store_dir}\nWantMassQuery: 1\nPriority: {}\n",
             config.priority
         );
         let records = Mutex::new(RecordCache::new(config.record_cache_bytes));
-        let objects = Arc::new(ObjectCache::new(config.object_cache_bytes));
+        let objects = store
+            .objects(&config.objects)
+            .map_err(|source| ReadError::Io {
+                what: "the object cache".into(),
+                store: store.describe(),
+                source,
+            })?;
         let streams = Arc::new(Semaphore::new(config.max_streams.max(1)));
         Ok(Arc::new(Server {
-            store: Arc::new(store),
+            store,
             config,
             cache_info,
             records,
@@ -171,9 +185,9 @@ impl Server {
         }
         let server = self.clone();
         let key = hash_part.to_string();
-        let read = tokio::task::spawn_blocking(move || server.store.read_record(&key)).await;
+        let read = tokio::task::spawn_blocking(move || server.store.try_record(&key)).await;
         match read {
-            Ok(Ok(record)) => {
+            Ok(Ok(Some((record, _)))) => {
                 let record = Arc::new(record);
                 self.records
                     .lock()
@@ -181,7 +195,7 @@ impl Server {
                     .put(hash_part.to_string(), record.clone());
                 Ok(Some(record))
             }
-            Ok(Err(StoreError::NoSuchPath(_))) => Ok(None),
+            Ok(Ok(None)) => Ok(None),
             Ok(Err(e)) => {
                 tracing::error!(hash_part, error = %e, "reading path record");
                 Err(server_error())
@@ -194,18 +208,23 @@ impl Server {
     }
 }
 
-/// The store directory of the store's paths, from the catalog (`/nix/store` for an empty one).
-fn store_dir_of(store: &Store) -> Result<String, StoreError> {
-    let paths = store.catalog().paths()?;
-    let dir = paths
-        .first()
-        .and_then(|(_, path)| path.rsplit_once('/').map(|(dir, _)| dir.to_string()));
-    Ok(dir.unwrap_or_else(|| {
-        tracing::warn!(
-            "the store's catalog lists no path; assuming StoreDir /nix/store (set --store-dir)"
-        );
-        "/nix/store".to_string()
-    }))
+/// The store directory of the store's paths, from the first record listed (`/nix/store` for an
+/// empty store, or one that cannot be listed).
+fn store_dir_of(store: &StoreReader) -> Result<String, ReadError> {
+    let first = match store.list_paths() {
+        Ok(paths) => paths.into_iter().next(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the store's paths");
+            None
+        }
+    };
+    match first {
+        Some(hash_part) => Ok(store.record(&hash_part)?.0.store_dir()),
+        None => {
+            tracing::warn!("no record to take StoreDir from; assuming /nix/store (set --store-dir)");
+            Ok("/nix/store".to_string())
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -236,7 +255,7 @@ async fn cache_info(State(server): State<Arc<Server>>) -> Response {
 }
 
 async fn narinfo(State(server): State<Arc<Server>>, Path(file): Path<String>) -> Response {
-    let Some(hash_part) = file.strip_suffix(".narinfo").filter(|h| is_hash_part(h)) else {
+    let Some(hash_part) = file.strip_suffix(".narinfo").filter(|h| is_hash_part(h.as_bytes())) else {
         return not_found();
     };
     let record = match server.record(hash_part).await {
@@ -247,7 +266,7 @@ async fn narinfo(State(server): State<Arc<Server>>, Path(file): Path<String>) ->
     let compression = server.config.compression;
     let url = format!("nar/{hash_part}{}", compression.extension());
     // No FileHash/FileSize: the file is made on the fly (Nix treats both as optional).
-    match refstrip_store::pathinfo::narinfo(
+    match refstrip_read::pathinfo::narinfo(
         &record.manifest,
         url,
         Some(compression.name().to_string()),
@@ -278,7 +297,7 @@ async fn nar(
     } else {
         return not_found();
     };
-    if !is_hash_part(hash_part) {
+    if !is_hash_part(hash_part.as_bytes()) {
         return not_found();
     }
     let record = match server.record(hash_part).await {
@@ -314,14 +333,11 @@ async fn nar(
         Err(_) => return server_error(),
     };
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    let store = server.store.clone();
-    let cache = server.objects.clone();
     let level = server.config.zstd_level;
     let name = hash_part.to_string();
     tokio::task::spawn_blocking(move || {
         restore_to_channel(
-            &store,
-            &cache,
+            &server.objects,
             &record,
             compression,
             level,
@@ -347,8 +363,7 @@ async fn nar(
 /// Run `restore` on a blocking thread, writing the (possibly compressed) NAR into `tx`.
 #[allow(clippy::too_many_arguments)]
 fn restore_to_channel(
-    store: &Store,
-    cache: &ObjectCache,
+    objects: &Objects,
     record: &PathRecord,
     compression: Compression,
     level: i32,
@@ -360,10 +375,7 @@ fn restore_to_channel(
     let limit = (compression == Compression::None).then_some(record.manifest.nar_size);
     let mut out = ChannelWriter::with_limit(tx, limit);
     let result = (|| -> Result<(), String> {
-        let mut objects = CachedObjects {
-            inner: store.objects(record),
-            cache,
-        };
+        let mut objects = objects.of(record);
         let mut source = FileSource::new(&mut objects);
         match compression {
             Compression::None => {
@@ -391,12 +403,6 @@ fn restore_to_channel(
             out.fail(io::Error::other(why));
         }
     }
-}
-
-fn is_hash_part(s: &str) -> bool {
-    s.len() == 32
-        && s.bytes()
-            .all(|b| b"0123456789abcdfghijklmnpqrsvwxyz".contains(&b))
 }
 
 fn not_found() -> Response {
@@ -628,70 +634,6 @@ impl Drop for LoggedBody {
 // ---------------------------------------------------------------------------------------------
 // Caches
 
-type ObjectLru = lru::LruCache<ObjectId, Arc<[u8]>>;
-
-/// Verified objects shared by all restores, least recently used evicted first, bounded by size.
-struct ObjectCache {
-    /// The objects and their total size.
-    inner: Mutex<(ObjectLru, usize)>,
-    budget: usize,
-}
-
-impl ObjectCache {
-    fn new(budget: usize) -> Self {
-        ObjectCache {
-            inner: Mutex::new((lru::LruCache::unbounded(), 0)),
-            budget,
-        }
-    }
-
-    fn get(&self, id: &ObjectId) -> Option<Arc<[u8]>> {
-        self.inner
-            .lock()
-            .expect("object cache lock")
-            .0
-            .get(id)
-            .cloned()
-    }
-
-    fn put(&self, id: ObjectId, bytes: &[u8]) {
-        // Large objects would evict many small ones for little gain.
-        if bytes.len() > self.budget / 16 {
-            return;
-        }
-        let mut guard = self.inner.lock().expect("object cache lock");
-        let (lru, used) = &mut *guard;
-        if let Some(old) = lru.put(id, Arc::from(bytes)) {
-            *used -= old.len();
-        }
-        *used += bytes.len();
-        while *used > self.budget {
-            match lru.pop_lru() {
-                Some((_, old)) => *used -= old.len(),
-                None => break,
-            }
-        }
-    }
-}
-
-/// A path record's objects, from the shared cache or (verified) from the store.
-struct CachedObjects<'a, R: ObjectRead> {
-    inner: R,
-    cache: &'a ObjectCache,
-}
-
-impl<R: ObjectRead> ObjectRead for CachedObjects<'_, R> {
-    fn get(&mut self, id: &ObjectId) -> Result<Vec<u8>, CasError> {
-        if let Some(bytes) = self.cache.get(id) {
-            return Ok(bytes.to_vec());
-        }
-        // The store's reader verifies the object against its BLAKE3 name before returning it.
-        let bytes = self.inner.get(id)?;
-        self.cache.put(*id, &bytes);
-        Ok(bytes)
-    }
-}
-
 /// Decoded path records, least recently used evicted first, bounded by approximate size.
 struct RecordCache {
     lru: lru::LruCache<String, (Arc<PathRecord>, usize)>,
@@ -837,27 +779,10 @@ mod tests {
     }
 
     #[test]
-    fn object_cache_stays_within_its_budget() {
-        let cache = ObjectCache::new(16 * 100);
-        let ids: Vec<ObjectId> = (0..40u8).map(|i| ObjectId::blob(&[i])).collect();
-        for id in &ids {
-            cache.put(*id, &[1u8; 100]);
-        }
-        assert!(cache.inner.lock().unwrap().1 <= 1600);
-        assert!(cache.get(&ids[0]).is_none(), "oldest evicted");
-        assert_eq!(cache.get(&ids[39]).as_deref(), Some(&[1u8; 100][..]));
-        cache.put(ObjectId::blob(b"big"), &[0u8; 101]);
-        assert!(
-            cache.get(&ObjectId::blob(b"big")).is_none(),
-            "objects over budget/16 are not kept"
-        );
-    }
-
-    #[test]
     fn hash_parts() {
-        assert!(is_hash_part("1avrvw4574jhm9g7j8y0y9a6qzakr6nj"));
-        assert!(!is_hash_part("1avrvw4574jhm9g7j8y0y9a6qzakr6n"));
-        assert!(!is_hash_part("1avrvw4574jhm9g7j8y0y9a6qzakr6ne"));
-        assert!(!is_hash_part("../../../../../../../etc/passwd0"));
+        assert!(is_hash_part(b"1avrvw4574jhm9g7j8y0y9a6qzakr6nj"));
+        assert!(!is_hash_part(b"1avrvw4574jhm9g7j8y0y9a6qzakr6n"));
+        assert!(!is_hash_part(b"1avrvw4574jhm9g7j8y0y9a6qzakr6ne"));
+        assert!(!is_hash_part(b"../../../../../../../etc/passwd0"));
     }
 }

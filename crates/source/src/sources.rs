@@ -5,8 +5,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use refstrip_nix::{NarInfo, StoreDir, StorePath};
-use refstrip_store::s3::S3;
-use refstrip_store::{Backend, RequestCounts};
+use refstrip_backend::{Backend, Http, RequestCounts, StoreUrl, S3};
 
 use crate::compression::{decompress, Compression};
 
@@ -54,29 +53,25 @@ pub trait NarSource: Send + Sync {
 /// `s3://bucket/prefix?endpoint=…&region=…` (a binary cache), `/` or a chroot-store root directory (a local Nix store with `nix/var/nix/db/db.sqlite`),
 /// or a plain directory holding `nix-cache-info` (a binary cache).
 pub fn open_source(spec: &str, store_dir: StoreDir) -> Result<Box<dyn NarSource>, SourceError> {
-    if spec.starts_with("http://") || spec.starts_with("https://") {
-        return Ok(Box::new(BinaryCache::Http {
-            base: spec.trim_end_matches('/').to_string(),
-            store_dir,
-        }));
-    }
-    if spec.starts_with("s3://") {
-        return Ok(Box::new(BinaryCache::Bucket {
-            s3: Box::new(S3::open(spec).map_err(io_err(spec))?),
-            store_dir,
-        }));
-    }
-    let dir = PathBuf::from(
-        spec.strip_prefix("file://")
-            .map(|r| r.split('?').next().unwrap_or(r))
-            .unwrap_or(spec),
-    );
-    if spec.contains("://") && !spec.starts_with("file://") {
-        return Err(SourceError::Invalid {
-            what: spec.into(),
-            why: "unsupported URL scheme (file, http, https, s3)".into(),
-        });
-    }
+    let url = StoreUrl::parse(spec).map_err(|e| SourceError::Invalid {
+        what: spec.into(),
+        why: e.why,
+    })?;
+    let dir = match url {
+        StoreUrl::Http { base, timeouts } => {
+            return Ok(Box::new(BinaryCache::Http {
+                http: Box::new(Http::new(&base, timeouts)),
+                store_dir,
+            }))
+        }
+        StoreUrl::S3(s3) => {
+            return Ok(Box::new(BinaryCache::Bucket {
+                s3: Box::new(S3::open(&s3).map_err(io_err(spec))?),
+                store_dir,
+            }))
+        }
+        StoreUrl::Dir(dir) => dir,
+    };
     if dir.join("nix/var/nix/db/db.sqlite").exists() {
         return Ok(Box::new(LocalStore {
             root: dir,
@@ -99,7 +94,7 @@ pub enum BinaryCache {
         store_dir: StoreDir,
     },
     Http {
-        base: String,
+        http: Box<Http>,
         store_dir: StoreDir,
     },
     /// In an S3-compatible bucket (as written by `nix copy --to s3://…`).
@@ -122,16 +117,11 @@ impl BinaryCache {
                     Err(e) => Err(io_err(path.display().to_string())(e)),
                 }
             }
-            BinaryCache::Http { base, .. } => {
-                let url = format!("{base}/{rel}");
-                match ureq::get(&url).call() {
-                    Ok(resp) => Ok(Box::new(resp.into_body().into_reader())),
-                    Err(ureq::Error::StatusCode(404)) => Err(SourceError::NotFound(url)),
-                    Err(e) => Err(SourceError::Io {
-                        what: url,
-                        source: io::Error::other(e),
-                    }),
-                }
+            BinaryCache::Http { http, .. } => {
+                let what = format!("{}/{rel}", http.describe());
+                http.open_read(rel)
+                    .map_err(io_err(what.clone()))?
+                    .ok_or(SourceError::NotFound(what))
             }
             BinaryCache::Bucket { s3, .. } => {
                 let what = format!("{}/{rel}", s3.describe());
@@ -147,7 +137,7 @@ impl NarSource for BinaryCache {
     fn describe(&self) -> String {
         match self {
             BinaryCache::Dir { dir, .. } => format!("file://{}", dir.display()),
-            BinaryCache::Http { base, .. } => base.clone(),
+            BinaryCache::Http { http, .. } => http.describe(),
             BinaryCache::Bucket { s3, .. } => s3.describe(),
         }
     }

@@ -189,6 +189,35 @@ impl Catalog {
         rows.collect()
     }
 
+    /// The packs that would be unreferenced if only the paths in `keep` (hash parts) remained,
+    /// with their sizes: what gc deletes, computed before it removes anything.
+    pub fn packs_unreferenced_by(
+        &mut self,
+        keep: &std::collections::HashSet<String>,
+    ) -> rusqlite::Result<Vec<(String, u64)>> {
+        let tx = self.db.transaction()?;
+        tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS gc_keep (hash_part TEXT PRIMARY KEY); DELETE FROM gc_keep;")?;
+        {
+            let mut insert = tx.prepare("INSERT OR IGNORE INTO gc_keep VALUES (?1)")?;
+            for h in keep {
+                insert.execute([h])?;
+            }
+        }
+        let packs = {
+            let mut q = tx.prepare(
+                "SELECT id, size FROM packs WHERE NOT EXISTS (
+                     SELECT 1 FROM objects o JOIN path_objects p ON p.kind = o.kind AND p.digest = o.digest
+                     JOIN gc_keep k ON k.hash_part = p.hash_part
+                     WHERE o.pack = packs.id)",
+            )?;
+            let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        // Nothing to keep: the temporary table goes with the rollback.
+        tx.rollback()?;
+        Ok(packs)
+    }
+
     /// Bytes of objects no path references (what a repack could reclaim).
     pub fn unreferenced_object_bytes(&self) -> rusqlite::Result<u64> {
         self.db.query_row(

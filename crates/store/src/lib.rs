@@ -1,10 +1,11 @@
-//! The normalized store: one path record (manifest + object locations) per store path over
-//! immutable, content-addressed pack files, on a [`Backend`] chosen by URL, with a SQLite
-//! [`Catalog`] as a local, rebuildable cache. Also the mapping between a Nix narinfo and a manifest
-//! ([`pathinfo`]).
+//! The write side of a normalized store: packs and path records written onto a
+//! [`Backend`](refstrip_backend::Backend), the SQLite [`Catalog`] that caches what they say
+//! (rebuildable from the files), and gc. Reading a store is `refstrip-read`'s job; every writer
+//! here builds on it (record codec, closure walk).
 //!
-//! Layout of a store (identical on a directory and on an object store):
+//! Layout of a store (identical on a directory and on an object store; spec/normalized-format.md):
 //! ```text
+//! refstrip-store                     marker: this is a normalized store, and its format version
 //! packs/<BLAKE3 of the pack>.pack    objects (spec/normalized-format.md §6)
 //! paths/<hash part>                  one path record per store path
 //! catalog.sqlite                     local cache of the above (directory stores only; for s3:// it is
@@ -14,18 +15,8 @@
 //! tmp/                               scratch for packs being written
 //! ```
 
-pub mod backend;
 pub mod catalog;
-pub mod http;
-pub mod pathinfo;
-pub mod record;
-pub mod s3;
 mod store;
 
-pub use backend::{Backend, LocalDir, RequestCounts};
 pub use catalog::{Catalog, Totals};
-pub use record::PathRecord;
-pub use store::{
-    pack_key, read_pack_index, record_key, GcReport, RecordObjects, StagingPack, Store, StoreError,
-    PACK_TARGET,
-};
+pub use store::{read_pack_index, GcPlan, GcReport, StagingPack, Store, StoreError, PACK_TARGET};

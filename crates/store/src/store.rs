@@ -4,15 +4,17 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use refstrip_cas::pack::{decode_block, decode_index, decompress_bounded, Location, PackWriter};
-use refstrip_cas::{CasError, ObjectId, ObjectRead, ObjectWrite};
+use refstrip_backend::{
+    open_for_writing, pack_key, record_key, Backend, RequestCounts, StoreUrl, MARKER_KEY,
+};
+use refstrip_cas::pack::{decode_index, decompress_bounded, Location, PackWriter};
+use refstrip_cas::{CasError, ObjectId, ObjectWrite};
+use refstrip_read::{marker_contents, PathRecord, ReadError, StoreReader, Visit};
 
-use crate::backend::{self, Backend, RequestCounts};
 use crate::catalog::{Catalog, Totals};
-use crate::record::PathRecord;
 
 /// A sealed pack is this large (compressed) at most, give or take one block.
 pub const PACK_TARGET: u64 = 64 << 20;
@@ -33,30 +35,57 @@ pub struct GcReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("I/O error: {0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    Url(#[from] refstrip_backend::UrlError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("catalog: {0}")]
     Catalog(#[from] rusqlite::Error),
     #[error(transparent)]
     Cas(#[from] CasError),
     #[error("path record {key}: {why}")]
     BadRecord { key: String, why: String },
-    #[error("{0} is not in the store")]
-    NoSuchPath(String),
+    #[error("{} of the paths to keep {} not in the store (nothing was removed; --force keeps the rest anyway):\n  {}", .0.len(), if .0.len() == 1 { "is" } else { "are" }, .0.join("\n  "))]
+    UnknownRoots(Vec<String>),
     #[error("an ingest is writing to this store; run gc again when it has finished")]
     Busy,
 }
 
 pub struct Store {
-    backend: Box<dyn Backend>,
+    backend: Arc<dyn Backend>,
+    reader: StoreReader,
     catalog: Mutex<Catalog>,
 }
 
+/// What gc removes (or, on a dry run, would remove).
+#[derive(Debug, Clone, Default)]
+pub struct GcPlan {
+    /// Hash parts of the paths kept: the closure of the roots.
+    pub keep: HashSet<String>,
+    /// Roots the store does not have (kept nothing for them).
+    pub missing_roots: Vec<String>,
+    /// `(hash part, store path)` of every path to remove.
+    pub remove_paths: Vec<(String, String)>,
+    /// `(pack id, size)` of every pack no kept path needs.
+    pub remove_packs: Vec<(String, u64)>,
+}
+
 impl Store {
-    /// Open (creating if needed) the store at `url`: a directory or `file:///dir`.
+    /// Open the store at `url` for writing (a directory or `file:///dir`, created if needed, or an
+    /// `s3://` bucket), marking it as a normalized store if it is not marked yet.
     pub fn open(url: &str) -> Result<Store, StoreError> {
-        let backend = backend::open(url)?;
+        let url = StoreUrl::parse(url)?;
+        let backend: Arc<dyn Backend> = open_for_writing(&url)?.into();
+        if backend.get(MARKER_KEY, 4096)?.is_none() {
+            backend.put(MARKER_KEY, marker_contents().as_bytes())?;
+        }
+        std::fs::create_dir_all(backend.scratch_dir())?;
         let catalog_path = backend.catalog_path();
+        if let Some(dir) = catalog_path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         // Two processes creating the catalog at once can get SQLITE_BUSY without the busy handler
         // being called (switching to WAL, WAL recovery); set it up one process at a time.
         let setup = File::options()
@@ -68,6 +97,7 @@ impl Store {
         let catalog = Catalog::open(&catalog_path)?;
         drop(setup);
         let store = Store {
+            reader: StoreReader::from_backend(backend.clone(), url),
             backend,
             catalog: Mutex::new(catalog),
         };
@@ -87,6 +117,11 @@ impl Store {
         self.backend.describe()
     }
 
+    /// The store's read side (records, closures, objects).
+    pub fn reader(&self) -> &StoreReader {
+        &self.reader
+    }
+
     pub fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
         self.catalog.lock().expect("catalog lock poisoned")
     }
@@ -102,23 +137,11 @@ impl Store {
         }
         // A record without a catalog entry was written by an ingest killed before it catalogued the
         // path; catalog it now, or stats and gc (which work from the catalog) would never see it.
-        let key = record_key(hash_part);
-        let Some(bytes) = self.backend.get(&key)? else {
+        let Some((record, size)) = self.reader.try_record(hash_part)? else {
             return Ok(false);
         };
-        let record =
-            PathRecord::decode(&bytes).map_err(|why| StoreError::BadRecord { key, why })?;
-        self.catalog_record(&record, bytes.len() as u64)?;
+        self.catalog_record(&record, size)?;
         Ok(true)
-    }
-
-    pub fn read_record(&self, hash_part: &str) -> Result<PathRecord, StoreError> {
-        let key = record_key(hash_part);
-        let bytes = self
-            .backend
-            .get(&key)?
-            .ok_or_else(|| StoreError::NoSuchPath(hash_part.to_string()))?;
-        PathRecord::decode(&bytes).map_err(|why| StoreError::BadRecord { key, why })
     }
 
     /// Start a pack for new objects, in the backend's scratch space.
@@ -178,14 +201,6 @@ impl Store {
         Ok(self.catalog().locate(id)?)
     }
 
-    /// A reader for the objects of one path record.
-    pub fn objects<'s>(&'s self, record: &'s PathRecord) -> RecordObjects<'s> {
-        RecordObjects {
-            backend: &*self.backend,
-            record,
-            cached: None,
-        }
-    }
 
     pub fn totals(&self) -> Result<Totals, StoreError> {
         Ok(self.catalog().totals()?)
@@ -245,13 +260,10 @@ impl Store {
             self.catalog().remove_path(hash_part)?;
         }
         for hash_part in listed.difference(&known) {
-            let key = record_key(hash_part);
-            let Some(bytes) = self.backend.get(&key)? else {
-                continue;
-            };
-            let record =
-                PathRecord::decode(&bytes).map_err(|why| StoreError::BadRecord { key, why })?;
-            self.catalog_record(&record, bytes.len() as u64)?;
+            // Listed a moment ago; gone now means a gc removed it.
+            if let Some((record, size)) = self.reader.try_record(hash_part)? {
+                self.catalog_record(&record, size)?;
+            }
         }
         Ok(())
     }
@@ -285,7 +297,44 @@ impl Store {
             .open(path)?)
     }
 
-    /// Remove every path not in `keep` (hash parts), then every pack no remaining path needs.
+    /// What gc would remove to keep the closures of `roots` (hash parts). A root the store does
+    /// not have is an error ([`StoreError::UnknownRoots`]) unless `force`, so that a mistyped path
+    /// cannot empty the store.
+    pub fn gc_plan(&self, roots: &[String], force: bool) -> Result<GcPlan, StoreError> {
+        let mut plan = GcPlan::default();
+        let mut present = Vec::new();
+        for root in roots {
+            match self.reader.try_record(root)? {
+                Some(_) => present.push(root.clone()),
+                None => plan.missing_roots.push(root.clone()),
+            }
+        }
+        if !plan.missing_roots.is_empty() && !force {
+            return Err(StoreError::UnknownRoots(plan.missing_roots));
+        }
+        let closure = self
+            .reader
+            .closure(&present, |_| Ok::<_, StoreError>(Visit::Include))?;
+        plan.keep = closure
+            .records
+            .iter()
+            .map(|r| r.hash_part().to_string())
+            .collect();
+        if self.backend.is_shared() {
+            // Judge references by every record in the bucket now, condemned packs included.
+            self.refresh_catalog(true)?;
+        }
+        plan.remove_paths = self
+            .catalog()
+            .paths()?
+            .into_iter()
+            .filter(|(h, _)| !plan.keep.contains(h))
+            .collect();
+        plan.remove_packs = self.catalog().packs_unreferenced_by(&plan.keep)?;
+        Ok(plan)
+    }
+
+    /// Remove every path not in `plan.keep`, then every pack no remaining path needs.
     /// Refuses with [`StoreError::Busy`] while an ingest on this machine holds
     /// [`write_lock`](Self::write_lock).
     ///
@@ -299,17 +348,14 @@ impl Store {
     /// ingest that writes a byte-identical pack (the same objects again) un-condemns it too;
     /// only if that upload lands between this gc's last look at the marker and its DELETE (one
     /// request) is the pack lost. `grace` is ignored for local stores.
-    pub fn gc(&self, keep: &HashSet<String>, grace: Duration) -> Result<GcReport, StoreError> {
+    pub fn gc(&self, plan: &GcPlan, grace: Duration) -> Result<GcReport, StoreError> {
+        let keep = &plan.keep;
         let lock = self.lock_file()?;
         lock.try_lock().map_err(|e| match e {
             std::fs::TryLockError::WouldBlock => StoreError::Busy,
             std::fs::TryLockError::Error(e) => StoreError::Io(e),
         })?;
         let shared = self.backend.is_shared();
-        if shared {
-            // Judge references by every record in the bucket now, condemned packs included.
-            self.refresh_catalog(true)?;
-        }
         let mut report = GcReport::default();
         // Collect first: a guard in the loop head would live through the loop and deadlock.
         let paths = self.catalog().paths()?;
@@ -340,7 +386,7 @@ impl Store {
             let marker = format!("{CONDEMNED}{id}");
             if shared {
                 let since = match condemned.contains(&id) {
-                    true => self.backend.get(&marker)?,
+                    true => self.backend.get(&marker, 64)?,
                     false => None,
                 }
                 .and_then(|b| String::from_utf8(b).ok()?.trim().parse::<u64>().ok());
@@ -369,14 +415,6 @@ impl Store {
         }
         Ok(report)
     }
-}
-
-pub fn record_key(hash_part: &str) -> String {
-    format!("paths/{hash_part}")
-}
-
-pub fn pack_key(id: &str) -> String {
-    format!("packs/{id}.pack")
 }
 
 /// Read a pack's index with two ranged reads (footer, then index).
@@ -492,31 +530,5 @@ impl Write for HashingFile {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
-    }
-}
-
-/// Reads the objects of one path record from its packs, one ranged read per block, verifying each.
-pub struct RecordObjects<'s> {
-    backend: &'s dyn Backend,
-    record: &'s PathRecord,
-    cached: Option<((String, u64), Vec<u8>)>,
-}
-
-impl ObjectRead for RecordObjects<'_> {
-    fn get(&mut self, id: &ObjectId) -> Result<Vec<u8>, CasError> {
-        let (pack, loc) = self.record.objects.get(id).ok_or(CasError::NotFound(*id))?;
-        let block_key = (pack.clone(), loc.block_offset);
-        if self.cached.as_ref().map(|(k, _)| k) != Some(&block_key) {
-            let compressed =
-                self.backend
-                    .get_range(&pack_key(pack), loc.block_offset, loc.block_len)?;
-            let raw =
-                decode_block(&compressed, loc.block_raw_len).map_err(|e| CasError::Corrupt {
-                    id: *id,
-                    why: e.to_string(),
-                })?;
-            self.cached = Some((block_key, raw));
-        }
-        loc.object(id, &self.cached.as_ref().expect("cached above").1)
     }
 }

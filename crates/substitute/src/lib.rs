@@ -9,7 +9,8 @@
 //!    against the trusted keys (unless told not to), before anything is fetched or written.
 //! 3. **Lock.** Take Nix's locks ([`nixdb`]): the big lock and the GC lock shared, then every path's
 //!    `.lock` in sorted order (so two substituters cannot deadlock), re-checking validity under it.
-//! 4. **Fetch.** Every pack block the plan needs that the local [`cache`] lacks, in parallel.
+//! 4. **Fetch.** Every pack block the plan needs that the local block cache lacks, in parallel
+//!    (`refstrip_read::objects`: the same layered object sources every client reads through).
 //! 5. **Restore**, paths in parallel (largest first): each path is written by [`tree::TreeWriter`]
 //!    into a temporary name in the store directory while `refstrip_strip::restore` patches the
 //!    references back and computes the NAR's SHA-256; a NarHash mismatch removes the temporary
@@ -24,7 +25,6 @@
 //! registered only after its contents are complete and durable; leftovers (temporary trees, renamed
 //! but unregistered paths) are invalid paths, which the next run (or Nix) deletes before writing.
 
-pub mod cache;
 pub mod nixdb;
 pub mod tree;
 
@@ -33,18 +33,17 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use refstrip_cas::FileSource;
-use refstrip_nix::{is_hash_part, signature, PublicKey};
-use refstrip_store::{record_key, Backend, PathRecord};
+use refstrip_nix::{signature, PublicKey};
+use refstrip_read::objects::{blocks_of, FetchCounters, ObjectOptions, Objects};
+use refstrip_read::{PathRecord, ReadError, StoreReader, Visit};
 use refstrip_strip::ContentDigest;
 
-use crate::cache::{BlockCache, BlockKey, CachedObjects};
 use crate::nixdb::{DbError, NixDb, PathLock, ValidPathInfo};
 use crate::tree::{remove_tree, Links, Shareable, TreeWriter};
 
@@ -52,6 +51,8 @@ use crate::tree::{remove_tree, Links, Shareable, TreeWriter};
 pub enum Error {
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
     #[error("{path}: {why}")]
@@ -70,8 +71,9 @@ pub struct Options {
     pub root: PathBuf,
     /// The logical store directory.
     pub store_dir: String,
-    /// The local object cache (`None`: no cache, fetch every block).
-    pub cache_dir: Option<PathBuf>,
+    /// How objects are read: the local block cache (`cache_dir: None`: fetch every block) and
+    /// what is kept in memory.
+    pub objects: ObjectOptions,
     /// Keys one of which must have signed each path; `None` skips the check (`--no-check-sigs`).
     pub trusted_keys: Option<Vec<PublicKey>>,
     /// Worker threads for fetching and restoring (0: one per core).
@@ -127,14 +129,6 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("refstrip"))
 }
 
-/// The hash part of a store path given as `/nix/store/<hash>-<name>`, `<hash>-<name>` or `<hash>`.
-pub fn hash_part_of(arg: &str) -> Option<String> {
-    let base = arg.rsplit('/').next()?;
-    let hash = base.get(..32)?;
-    (is_hash_part(hash.as_bytes()) && (base.len() == 32 || base.as_bytes()[32] == b'-'))
-        .then(|| hash.to_string())
-}
-
 struct Planned {
     record: PathRecord,
     /// Logical store path.
@@ -143,7 +137,7 @@ struct Planned {
 }
 
 /// Substitute the closures of `roots` (hash parts) from `store` into the Nix store `opts.root`.
-pub fn substitute(store: &dyn Backend, roots: &[String], opts: &Options) -> Result<Report, Error> {
+pub fn substitute(store: &StoreReader, roots: &[String], opts: &Options) -> Result<Report, Error> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.jobs)
         .build()
@@ -152,87 +146,44 @@ pub fn substitute(store: &dyn Backend, roots: &[String], opts: &Options) -> Resu
 }
 
 fn substitute_in_pool(
-    store: &dyn Backend,
+    store: &StoreReader,
     roots: &[String],
     opts: &Options,
 ) -> Result<Report, Error> {
     let start = Instant::now();
+    if store.expected_store_dir() != Some(opts.store_dir.as_str()) {
+        return Err(Error::Path {
+            path: store.describe(),
+            why: format!("must be opened expecting store directory {}", opts.store_dir),
+        });
+    }
     let mut report = Report::default();
     let mut db = NixDb::open(&opts.root, &opts.store_dir)?;
 
-    // 1. Plan: the closure, minus what is valid already.
-    let mut plan: Vec<Planned> = Vec::new();
-    let mut seen: HashSet<String> = roots.iter().cloned().collect();
-    let mut frontier: Vec<String> = roots.to_vec();
-    while !frontier.is_empty() {
-        let fetched: Vec<Result<(String, Vec<u8>), Error>> = frontier
-            .par_iter()
-            .map(|hash| {
-                let key = record_key(hash);
-                let bytes = store
-                    .get(&key)
-                    .map_err(io_err(format!("reading {key} from {}", store.describe())))?
-                    .ok_or_else(|| Error::Path {
-                        path: hash.clone(),
-                        why: format!("not in {}", store.describe()),
-                    })?;
-                Ok((hash.clone(), bytes))
-            })
-            .collect();
-        let mut next = Vec::new();
-        for result in fetched {
-            let (hash, bytes) = result?;
-            report.record_bytes += bytes.len() as u64;
-            let record = PathRecord::decode(&bytes).map_err(|why| Error::Path {
-                path: record_key(&hash),
-                why,
-            })?;
-            let basename = String::from_utf8_lossy(record.manifest.basename()).into_owned();
-            // A record under another path's name would make us install the wrong path.
-            if !basename.starts_with(hash.as_str()) {
-                return Err(Error::Path {
-                    path: record_key(&hash),
-                    why: format!("describes {basename}"),
-                });
-            }
-            let manifest_dir = String::from_utf8_lossy(&record.manifest.store_dir).into_owned();
-            if manifest_dir != opts.store_dir {
-                return Err(Error::Path {
-                    path: basename,
-                    why: format!(
-                        "is for store directory {manifest_dir}, not {}",
-                        opts.store_dir
-                    ),
-                });
-            }
-            let path = format!("{}/{basename}", opts.store_dir);
-            if db.is_valid(&path)? {
-                report.already_valid += 1;
-                continue;
-            }
-            for r in &record.manifest.references {
-                let r = String::from_utf8_lossy(r);
-                let h = hash_part_of(&r).ok_or_else(|| Error::Path {
-                    path: path.clone(),
-                    why: format!("bad reference {r}"),
-                })?;
-                if seen.insert(h.clone()) {
-                    next.push(h);
-                }
-            }
-            plan.push(Planned {
-                record,
-                path,
-                basename,
-            });
-        }
-        frontier = next;
-    }
+    // 1. Plan: the closure, minus what is valid already. The reader checks every record (filed
+    // under its own hash, in this store directory, within its limits).
+    let closure = store.closure(roots, |record| {
+        Ok::<_, Error>(match db.is_valid(&record.store_path())? {
+            true => Visit::Exclude,
+            false => Visit::Include,
+        })
+    })?;
+    report.record_bytes = closure.record_bytes;
+    report.already_valid = closure.excluded;
+    let mut plan: Vec<Planned> = closure
+        .records
+        .into_iter()
+        .map(|record| Planned {
+            path: format!("{}/{}", opts.store_dir, record.basename()),
+            basename: record.basename(),
+            record,
+        })
+        .collect();
 
     // 2. Trust: the original signatures over the original narinfo fields.
     if let Some(keys) = &opts.trusted_keys {
         for p in &plan {
-            let info = refstrip_store::pathinfo::narinfo(
+            let info = refstrip_read::pathinfo::narinfo(
                 &p.record.manifest,
                 String::new(),
                 None,
@@ -277,23 +228,13 @@ fn substitute_in_pool(
     };
 
     // 4. Fetch the missing blocks.
-    let cache = BlockCache::new(opts.cache_dir.as_deref(), store)
+    let objects = store
+        .objects(&opts.objects)
         .map_err(io_err("opening the object cache"))?;
-    let mut blocks: Vec<BlockKey> = plan
-        .iter()
-        .flat_map(|p| {
-            p.record
-                .objects
-                .values()
-                .map(|(pack, loc)| BlockKey::of(pack, loc))
-        })
-        .collect();
-    blocks.sort();
-    blocks.dedup();
     opts.progress.set_length(total_nar);
     opts.progress.set_message("fetching");
-    cache
-        .prefetch(&blocks)
+    objects
+        .prefetch(&blocks_of(plan.iter().map(|p| &p.record)))
         .map_err(io_err(format!("fetching blocks from {}", store.describe())))?;
 
     report.phases.fetch = lap();
@@ -326,7 +267,7 @@ fn substitute_in_pool(
         .par_iter()
         .with_max_len(1)
         .filter_map(
-            |p| match restore_path(p, &cache, &store_fd, &real_store, links.as_ref()) {
+            |p| match restore_path(p, &objects, &store_fd, &real_store, links.as_ref()) {
                 Ok(written) => {
                     opts.progress.inc(p.record.manifest.nar_size);
                     Some(written)
@@ -385,10 +326,11 @@ fn substitute_in_pool(
     report.nar_bytes = total_nar;
     report.files = written.iter().map(|w| w.files).sum();
     report.linked_files = written.iter().map(|w| w.linked).sum();
-    report.fetched_blocks = cache.fetched_blocks.load(Ordering::Relaxed);
-    report.fetched_block_bytes = cache.fetched_bytes.load(Ordering::Relaxed);
-    report.reused_blocks = cache.reused_blocks.load(Ordering::Relaxed);
-    report.reused_bytes = cache.reused_bytes.load(Ordering::Relaxed);
+    let counters = &objects.counters;
+    report.fetched_blocks = FetchCounters::get(&counters.fetched_blocks);
+    report.fetched_block_bytes = FetchCounters::get(&counters.fetched_bytes);
+    report.reused_blocks = FetchCounters::get(&counters.reused_blocks);
+    report.reused_bytes = FetchCounters::get(&counters.reused_bytes);
     report.fetched_bytes = report.record_bytes + report.fetched_block_bytes;
     report.seconds = start.elapsed().as_secs_f64();
     opts.progress.finish_and_clear();
@@ -407,7 +349,7 @@ struct Written {
 /// Write one path under a temporary name, check its NarHash, and rename it into place.
 fn restore_path(
     p: &Planned,
-    cache: &BlockCache<'_>,
+    objects: &Objects,
     store_fd: &File,
     real_store: &Path,
     links: Option<&Links>,
@@ -420,10 +362,7 @@ fn restore_path(
     remove_tree(&dest).map_err(io_err(format!("removing invalid {}", dest.display())))?;
     let mut writer =
         TreeWriter::new(store_fd, tmp_name.as_bytes(), links).map_err(io_err("temporary name"))?;
-    let mut objects = CachedObjects {
-        record: &p.record,
-        cache,
-    };
+    let mut objects = objects.of(&p.record);
     let restored = refstrip_strip::restore(
         &p.record.manifest,
         &mut FileSource::new(&mut objects),
@@ -510,19 +449,6 @@ pub fn derivation_outputs(aterm: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hash_parts() {
-        let h = "0f5bgkfh71dppnqaaxc3xq0vbm4dn1xp";
-        assert_eq!(
-            hash_part_of(&format!("/nix/store/{h}-hello")).as_deref(),
-            Some(h)
-        );
-        assert_eq!(hash_part_of(&format!("{h}-hello")).as_deref(), Some(h));
-        assert_eq!(hash_part_of(h).as_deref(), Some(h));
-        assert_eq!(hash_part_of(&format!("{h}x")), None);
-        assert_eq!(hash_part_of("eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee"), None);
-    }
 
     #[test]
     fn drv_outputs() {

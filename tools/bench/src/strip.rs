@@ -87,7 +87,7 @@ pub fn run(args: StripArgs) -> anyhow::Result<()> {
             {
                 bail!("{}: NAR does not match NarHash/NarSize", file.display());
             }
-            let info = refstrip_store::pathinfo::path_info(&narinfo)?;
+            let info = refstrip_read::pathinfo::path_info(&narinfo)?;
             paths.push(Path1 {
                 name: narinfo.store_path.base_name().to_string(),
                 nar,

@@ -22,7 +22,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload};
 
-use crate::backend::{Backend, RequestCounts};
+use crate::dir::too_large;
+use crate::{Backend, RequestCounts};
 
 /// Files up to this size go up in one PUT; larger ones (big packs) as a multipart upload of parts
 /// this size, one in memory at a time.
@@ -124,6 +125,20 @@ impl S3Url {
     }
 }
 
+impl std::fmt::Display for S3Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))?;
+        let params: Vec<String> = [("endpoint", &self.endpoint), ("region", &self.region)]
+            .iter()
+            .filter_map(|(k, v)| Some(format!("{k}={}", v.as_ref()?)))
+            .collect();
+        if !params.is_empty() {
+            write!(f, "?{}", params.join("&"))?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     get: AtomicU64,
@@ -155,9 +170,11 @@ fn os_err(e: object_store::Error) -> io::Error {
 }
 
 impl S3 {
-    /// Connect to the bucket of `url` (no request is made until the first operation).
-    pub fn open(url: &str) -> io::Result<S3> {
-        let parsed = S3Url::parse(url)?;
+    /// Connect to the bucket of `parsed` (no request is made until the first operation, and
+    /// nothing is written locally until the catalog or scratch space is used).
+    pub fn open(parsed: &S3Url) -> io::Result<S3> {
+        let parsed = parsed.clone();
+        let url = parsed.to_string();
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&parsed.bucket);
         if let Some(endpoint) = &parsed.endpoint {
             builder = builder
@@ -177,9 +194,8 @@ impl S3 {
             .build()?;
         let key = blake3::hash(parsed.identity().as_bytes()).to_hex();
         let cache_dir = cache_root().join("s3").join(&key[..32]);
-        std::fs::create_dir_all(cache_dir.join("tmp"))?;
         Ok(S3 {
-            url: url.split('?').next().unwrap_or(url).to_string(),
+            url: format!("s3://{}/{}", parsed.bucket, parsed.prefix),
             parsed,
             store: Arc::new(store),
             runtime: Some(runtime),
@@ -205,7 +221,7 @@ impl S3 {
     }
 
     fn path(&self, key: &str) -> io::Result<ObjectPath> {
-        crate::backend::check_key(key)?;
+        crate::check_key(key)?;
         ObjectPath::parse(format!("{}{key}", self.parsed.prefix)).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("bad key {key:?}: {e}"))
         })
@@ -362,12 +378,14 @@ impl Backend for S3 {
         std::fs::remove_file(path)
     }
 
-    fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+    fn get(&self, key: &str, limit: u64) -> io::Result<Option<Vec<u8>>> {
         let path = self.path(key)?;
         let store = self.store.clone();
         bump(&self.counters.get, 1);
+        let what = format!("{}/{key}", self.url);
         let bytes = self.run(async move {
             match store.get(&path).await {
+                Ok(r) if r.meta.size > limit => Err(too_large(&what, r.meta.size, limit)),
                 Ok(r) => r.bytes().await.map(|b| Some(b.to_vec())).map_err(os_err),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(os_err(e)),

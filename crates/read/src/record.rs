@@ -18,6 +18,15 @@ use refstrip_strip::{ContentDigest, Manifest};
 
 const MAGIC: &[u8; 8] = b"rspath01";
 
+/// Largest path record a reader fetches (a record holds a manifest and one entry per object;
+/// the largest in the corpora is well under 1 MiB).
+pub const MAX_RECORD_BYTES: u64 = 64 << 20;
+/// Largest decompressed pack block a record may point at: blocks close at 4 MiB, plus the one
+/// object that crossed the line (at most a chunk or a chunk list).
+pub const MAX_BLOCK_RAW: u64 = 64 << 20;
+/// Largest compressed block: zstd's worst case for [`MAX_BLOCK_RAW`] is a little above it.
+pub const MAX_BLOCK_LEN: u64 = MAX_BLOCK_RAW + (1 << 20);
+
 /// One store path in a normalized store.
 #[derive(Debug, Clone)]
 pub struct PathRecord {
@@ -29,6 +38,38 @@ pub struct PathRecord {
 }
 
 impl PathRecord {
+    /// The store path's basename, `<hash part>-<name>`.
+    pub fn basename(&self) -> String {
+        String::from_utf8_lossy(self.manifest.basename()).into_owned()
+    }
+
+    /// The store path's hash part (checked by [`decode`](Self::decode)'s manifest decoder).
+    pub fn hash_part(&self) -> &str {
+        std::str::from_utf8(&self.manifest.basename()[..32]).expect("nix-base32 is ASCII")
+    }
+
+    /// The logical store path, `<store dir>/<basename>`.
+    pub fn store_path(&self) -> String {
+        format!(
+            "{}/{}",
+            String::from_utf8_lossy(&self.manifest.store_dir),
+            self.basename()
+        )
+    }
+
+    /// The store directory the path belongs to.
+    pub fn store_dir(&self) -> String {
+        String::from_utf8_lossy(&self.manifest.store_dir).into_owned()
+    }
+
+    /// The hash parts of the path's references (itself included if it refers to itself).
+    pub fn reference_hash_parts(&self) -> impl Iterator<Item = &str> {
+        self.manifest
+            .references
+            .iter()
+            .map(|r| std::str::from_utf8(&r[..32]).expect("nix-base32 is ASCII"))
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
         put_bytes(&mut out, &self.manifest_bytes);
@@ -69,6 +110,10 @@ impl PathRecord {
         let manifest_bytes = cur.bytes().ok_or_else(truncated)?.to_vec();
         let manifest = Manifest::decode(&manifest_bytes).map_err(|e| e.to_string())?;
         let n = cur.count().ok_or_else(truncated)?;
+        // Each pack id takes at least two bytes: no count read here reaches the allocator unchecked.
+        if n > cur.bytes.len() / 2 {
+            return Err(truncated());
+        }
         let mut packs = Vec::with_capacity(n);
         for _ in 0..n {
             let id = std::str::from_utf8(cur.bytes().ok_or_else(truncated)?)
@@ -79,6 +124,10 @@ impl PathRecord {
             packs.push(id.to_string());
         }
         let n = cur.count().ok_or_else(truncated)?;
+        // A digest and seven varints: at least 39 bytes per object.
+        if n > cur.bytes.len() / 39 {
+            return Err(truncated());
+        }
         let mut objects = HashMap::with_capacity(n);
         for _ in 0..n {
             let digest = ContentDigest(
@@ -110,10 +159,31 @@ impl PathRecord {
             {
                 return Err("object lies outside its block".into());
             }
+            if loc.block_len > MAX_BLOCK_LEN || loc.block_raw_len > MAX_BLOCK_RAW {
+                return Err(format!(
+                    "a block of {} bytes ({} compressed) is larger than any pack holds",
+                    loc.block_raw_len, loc.block_len
+                ));
+            }
+            if loc.block_offset.checked_add(loc.block_len).is_none() {
+                return Err("a block lies beyond any pack's end".into());
+            }
             objects.insert(ObjectId::new(kind, digest), (pack, loc));
         }
         if !cur.bytes.is_empty() {
             return Err("trailing bytes in path record".into());
+        }
+        // The narinfo's References are kept verbatim; each must be in the reference table, whose
+        // entries the manifest decoder checked, so that callers may take their hash parts.
+        if let Some(r) = manifest
+            .references
+            .iter()
+            .find(|r| !manifest.refs.basenames().contains(r))
+        {
+            return Err(format!(
+                "reference {:?} is not in the reference table",
+                String::from_utf8_lossy(r)
+            ));
         }
         Ok(PathRecord {
             manifest,

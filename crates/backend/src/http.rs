@@ -5,11 +5,33 @@
 
 use std::io::{self, Read};
 use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::backend::Backend;
+use crate::dir::too_large;
+use crate::Backend;
 
-/// Largest single response read (a pack's index or one block is far smaller).
-const MAX_RESPONSE: u64 = 1 << 30;
+/// Largest ranged read (one block of a pack is far smaller).
+const MAX_RANGE: u64 = 1 << 30;
+
+/// How long an HTTP fetch may wait, so that a silent or stalled server costs an error, not a hang.
+/// Set per store URL with Nix's setting names as parameters:
+/// `https://host/store?connect-timeout=5&stalled-download-timeout=30`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpTimeouts {
+    /// Connecting (DNS, TCP and TLS).
+    pub connect: Duration,
+    /// From the request to the first byte of the response, and between any two reads after it.
+    pub stalled: Duration,
+}
+
+impl Default for HttpTimeouts {
+    fn default() -> Self {
+        HttpTimeouts {
+            connect: Duration::from_secs(10),
+            stalled: Duration::from_secs(60),
+        }
+    }
+}
 
 pub struct Http {
     base: String,
@@ -17,17 +39,34 @@ pub struct Http {
 }
 
 impl Http {
-    /// `base` is the store's URL, e.g. `https://cache.example/refstrip`.
-    pub fn new(base: &str) -> Http {
+    /// `base` is the store's URL without parameters, e.g. `https://cache.example/refstrip`.
+    pub fn new(base: &str, timeouts: HttpTimeouts) -> Http {
+        let config = ureq::Agent::config_builder()
+            .timeout_connect(Some(timeouts.connect))
+            .timeout_send_request(Some(timeouts.stalled))
+            .timeout_recv_response(Some(timeouts.stalled))
+            .timeout_per_read(Some(timeouts.stalled))
+            .build();
         Http {
             base: base.trim_end_matches('/').to_string(),
-            agent: ureq::Agent::new_with_defaults(),
+            agent: config.into(),
         }
     }
 
     fn url(&self, key: &str) -> io::Result<String> {
-        crate::backend::check_key(key)?;
+        crate::check_key(key)?;
         Ok(format!("{}/{key}", self.base))
+    }
+
+    /// The file at `key` as a stream read as it arrives (a NAR of a binary cache can be large),
+    /// or `None` on 404. The timeouts apply to every read.
+    pub fn open_read(&self, key: &str) -> io::Result<Option<Box<dyn Read + Send>>> {
+        let url = self.url(key)?;
+        match self.agent.get(&url).call() {
+            Ok(resp) => Ok(Some(Box::new(resp.into_body().into_reader()))),
+            Err(ureq::Error::StatusCode(404)) => Ok(None),
+            Err(e) => Err(http_err(&url, e)),
+        }
     }
 
     fn read_only(&self) -> io::Error {
@@ -60,15 +99,26 @@ impl Backend for Http {
         Err(self.read_only())
     }
 
-    fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+    fn get(&self, key: &str, limit: u64) -> io::Result<Option<Vec<u8>>> {
         let url = self.url(key)?;
         match self.agent.get(&url).call() {
             Ok(resp) => {
+                let declared = resp
+                    .headers()
+                    .get("content-length")
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                if let Some(n) = declared.filter(|n| *n > limit) {
+                    return Err(too_large(&url, n, limit));
+                }
                 let mut out = Vec::new();
                 resp.into_body()
                     .into_reader()
-                    .take(MAX_RESPONSE)
-                    .read_to_end(&mut out)?;
+                    .take(limit + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{url}: {e}")))?;
+                if out.len() as u64 > limit {
+                    return Err(too_large(&url, out.len() as u64, limit));
+                }
                 Ok(Some(out))
             }
             Err(ureq::Error::StatusCode(404)) => Ok(None),
@@ -81,13 +131,16 @@ impl Backend for Http {
         if len == 0 {
             return Ok(Vec::new());
         }
-        if len > MAX_RESPONSE {
+        if len > MAX_RANGE {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{url}: range of {len} bytes is too large"),
             ));
         }
-        let range = format!("bytes={}-{}", offset, offset + len - 1);
+        let end = offset
+            .checked_add(len - 1)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "range overflows"))?;
+        let range = format!("bytes={offset}-{end}");
         let resp = self
             .agent
             .get(&url)
@@ -98,10 +151,14 @@ impl Backend for Http {
         let mut reader = resp.into_body().into_reader();
         if !partial {
             // The server ignored Range and sends the whole file: skip to the range.
-            io::copy(&mut (&mut reader).take(offset), &mut io::sink())?;
+            io::copy(&mut (&mut reader).take(offset), &mut io::sink())
+                .map_err(|e| io::Error::new(e.kind(), format!("{url}: {e}")))?;
         }
         let mut out = Vec::with_capacity(len as usize);
-        reader.take(len).read_to_end(&mut out)?;
+        reader
+            .take(len)
+            .read_to_end(&mut out)
+            .map_err(|e| io::Error::new(e.kind(), format!("{url}: {e}")))?;
         if out.len() as u64 != len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

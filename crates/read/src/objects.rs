@@ -1,0 +1,693 @@
+//! Object sources, composed in layers: the one way every client reads objects out of a store.
+//!
+//! ```text
+//! RecordObjects            an ObjectRead over one path record (what restore consumes)
+//!   └─ MemoryObjects       optional: verified objects in memory, shared by concurrent restores
+//!        └─ PackBlocks     pack blocks decoded in memory (bounded LRU); objects cut out and
+//!             │            checked against their BLAKE3 names
+//!             └─ DiskCache optional: compressed blocks on disk, bounded, LRU, shared by processes
+//!                  └─ BackendBlocks   ranged reads of the store's packs
+//! ```
+//! [`ObjectSource`] is the object-level trait: a layer answers `Ok(None)` for an object it does
+//! not have, and [`Layered`] tries a near source before a far one, so a nearer source (the local
+//! Nix store) slots in above the packs without changing anything below. [`BlockSource`] is the
+//! block-level trait under [`PackBlocks`]. Nothing any layer hands out is trusted from disk or
+//! network: blocks are length-checked when decoded and every object is checked against its name.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rayon::prelude::*;
+use refstrip_backend::{pack_key, Backend};
+use refstrip_cas::pack::{decode_block, Location};
+use refstrip_cas::{CasError, ObjectId, ObjectRead};
+
+use crate::PathRecord;
+
+/// One compressed block of one pack. Packs never change, so this names the block's bytes for ever.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockKey {
+    pub pack: String,
+    pub offset: u64,
+    pub len: u64,
+    pub raw_len: u64,
+}
+
+impl BlockKey {
+    pub fn of(pack: &str, loc: &Location) -> BlockKey {
+        BlockKey {
+            pack: pack.to_string(),
+            offset: loc.block_offset,
+            len: loc.block_len,
+            raw_len: loc.block_raw_len,
+        }
+    }
+}
+
+/// Every block the objects of `records` live in, each once, sorted.
+pub fn blocks_of<'r>(records: impl IntoIterator<Item = &'r PathRecord>) -> Vec<BlockKey> {
+    let mut blocks: Vec<BlockKey> = records
+        .into_iter()
+        .flat_map(|r| r.objects.values().map(|(pack, loc)| BlockKey::of(pack, loc)))
+        .collect();
+    blocks.sort();
+    blocks.dedup();
+    blocks
+}
+
+/// What the block layers did, for reports: blocks read from the store, and blocks a prefetch
+/// found in the disk cache already.
+#[derive(Debug, Default)]
+pub struct FetchCounters {
+    pub fetched_blocks: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+    pub reused_blocks: AtomicU64,
+    pub reused_bytes: AtomicU64,
+}
+
+impl FetchCounters {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Where compressed pack blocks come from.
+pub trait BlockSource: Send + Sync {
+    /// The block's compressed bytes: exactly `key.len` of them, or an error.
+    fn fetch(&self, key: &BlockKey) -> io::Result<Vec<u8>>;
+    /// The block turned out bad: do not hand out the same bytes again.
+    fn forget(&self, _key: &BlockKey) {}
+    /// Bring these blocks near ahead of reads (in parallel where that helps).
+    fn prefetch(&self, _keys: &[BlockKey]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The far end: ranged reads of the store's packs.
+pub struct BackendBlocks {
+    backend: Arc<dyn Backend>,
+    counters: Arc<FetchCounters>,
+}
+
+impl BackendBlocks {
+    pub fn new(backend: Arc<dyn Backend>, counters: Arc<FetchCounters>) -> Self {
+        BackendBlocks { backend, counters }
+    }
+}
+
+impl BlockSource for BackendBlocks {
+    fn fetch(&self, key: &BlockKey) -> io::Result<Vec<u8>> {
+        let bytes = self
+            .backend
+            .get_range(&pack_key(&key.pack), key.offset, key.len)?;
+        if bytes.len() as u64 != key.len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short read of a block of pack {}", key.pack),
+            ));
+        }
+        self.counters.fetched_bytes.fetch_add(key.len, Ordering::Relaxed);
+        self.counters.fetched_blocks.fetch_add(1, Ordering::Relaxed);
+        Ok(bytes)
+    }
+}
+
+/// Compressed blocks kept on disk as `blocks/<pack>/<offset>-<len>`, at most `cap` bytes: when a
+/// process takes it over the cap, it evicts the least recently used blocks (by mtime, which a hit
+/// refreshes) down to 90 % of it. Several processes may use one cache at once: files appear by
+/// rename, eviction runs under an exclusive lock, and a block evicted under a reader is just a
+/// miss (the reader's open file stays readable).
+pub struct DiskCache {
+    dir: PathBuf,
+    cap: u64,
+    far: Box<dyn BlockSource>,
+    /// Bytes of blocks in the cache as this process last counted them, plus what it added since.
+    used: AtomicU64,
+    counters: Arc<FetchCounters>,
+}
+
+/// Scratch files older than this are leftovers of killed processes.
+const STALE_TMP: Duration = Duration::from_secs(3600);
+
+impl DiskCache {
+    pub fn open(
+        dir: &Path,
+        cap: u64,
+        far: Box<dyn BlockSource>,
+        counters: Arc<FetchCounters>,
+    ) -> io::Result<DiskCache> {
+        let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
+        fs::create_dir_all(dir.join("blocks")).map_err(with_path)?;
+        fs::create_dir_all(dir.join("tmp")).map_err(with_path)?;
+        for entry in fs::read_dir(dir.join("tmp"))?.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TMP);
+            if old {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let used = cached_blocks(dir)?.iter().map(|b| b.1).sum();
+        Ok(DiskCache {
+            dir: dir.to_path_buf(),
+            cap,
+            far,
+            used: AtomicU64::new(used),
+            counters,
+        })
+    }
+
+    fn file(&self, key: &BlockKey) -> PathBuf {
+        self.dir
+            .join("blocks")
+            .join(&key.pack)
+            .join(format!("{}-{}", key.offset, key.len))
+    }
+
+    /// The cached block if it is there with the right length (refreshing its place in the LRU).
+    fn cached(&self, key: &BlockKey) -> Option<Vec<u8>> {
+        let mut file = File::open(self.file(key)).ok()?;
+        if file.metadata().ok()?.len() != key.len {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(key.len as usize);
+        file.read_to_end(&mut bytes).ok()?;
+        let _ = file.set_modified(SystemTime::now());
+        (bytes.len() as u64 == key.len).then_some(bytes)
+    }
+
+    fn keep(&self, key: &BlockKey, bytes: &[u8]) -> io::Result<()> {
+        let path = self.file(key);
+        fs::create_dir_all(path.parent().expect("has a parent"))?;
+        let tmp = tempfile::NamedTempFile::new_in(self.dir.join("tmp"))?;
+        fs::write(tmp.path(), bytes)?;
+        tmp.persist(&path).map_err(|e| e.error)?;
+        let used = self.used.fetch_add(key.len, Ordering::Relaxed) + key.len;
+        if used > self.cap {
+            self.evict()?;
+        }
+        Ok(())
+    }
+
+    /// Delete the least recently used blocks until the cache holds at most 90 % of its cap.
+    fn evict(&self) -> io::Result<()> {
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join("evict.lock"))?;
+        lock.lock()?;
+        let mut blocks = cached_blocks(&self.dir)?;
+        blocks.sort_by_key(|b| b.2);
+        let mut total: u64 = blocks.iter().map(|b| b.1).sum();
+        let target = self.cap / 10 * 9;
+        for (path, size, _) in blocks {
+            if total <= target {
+                break;
+            }
+            if fs::remove_file(&path).is_ok() {
+                total -= size;
+            }
+        }
+        self.used.store(total, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Every cached block file: path, size, last use.
+fn cached_blocks(dir: &Path) -> io::Result<Vec<(PathBuf, u64, SystemTime)>> {
+    let mut out = Vec::new();
+    for pack in fs::read_dir(dir.join("blocks"))?.flatten() {
+        let Ok(files) = fs::read_dir(pack.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            if let Ok(m) = file.metadata() {
+                let used = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                out.push((file.path(), m.len(), used));
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl BlockSource for DiskCache {
+    fn fetch(&self, key: &BlockKey) -> io::Result<Vec<u8>> {
+        if let Some(bytes) = self.cached(key) {
+            return Ok(bytes);
+        }
+        let bytes = self.far.fetch(key)?;
+        self.keep(key, &bytes)?;
+        Ok(bytes)
+    }
+
+    fn forget(&self, key: &BlockKey) {
+        let _ = fs::remove_file(self.file(key));
+    }
+
+    fn prefetch(&self, keys: &[BlockKey]) -> io::Result<()> {
+        keys.par_iter().try_for_each(|key| {
+            let file = self.file(key);
+            match fs::metadata(&file) {
+                Ok(m) if m.len() == key.len => {
+                    let _ = File::options()
+                        .write(true)
+                        .open(&file)
+                        .and_then(|f| f.set_modified(SystemTime::now()));
+                    self.counters.reused_bytes.fetch_add(key.len, Ordering::Relaxed);
+                    self.counters.reused_blocks.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                _ => self.keep(key, &self.far.fetch(key)?),
+            }
+        })
+    }
+}
+
+/// Where verified objects come from. A source that does not have an object answers `Ok(None)`;
+/// one that has it hands out bytes that hash to its name, or an error.
+pub trait ObjectSource: Send + Sync {
+    /// The object `id`, which the store keeps in block `loc` of pack `pack`.
+    fn object(&self, id: &ObjectId, pack: &str, loc: &Location)
+        -> Result<Option<Vec<u8>>, CasError>;
+}
+
+/// A near source tried before a far one (snix's combinator of the same name and idea).
+pub struct Layered<N, F> {
+    pub near: N,
+    pub far: F,
+}
+
+impl<N: ObjectSource, F: ObjectSource> ObjectSource for Layered<N, F> {
+    fn object(
+        &self,
+        id: &ObjectId,
+        pack: &str,
+        loc: &Location,
+    ) -> Result<Option<Vec<u8>>, CasError> {
+        match self.near.object(id, pack, loc)? {
+            Some(bytes) => Ok(Some(bytes)),
+            None => self.far.object(id, pack, loc),
+        }
+    }
+}
+
+impl ObjectSource for Box<dyn ObjectSource> {
+    fn object(
+        &self,
+        id: &ObjectId,
+        pack: &str,
+        loc: &Location,
+    ) -> Result<Option<Vec<u8>>, CasError> {
+        (**self).object(id, pack, loc)
+    }
+}
+
+/// A least-recently-used map bounded by the total size of its values.
+struct SizedLru<K: std::hash::Hash + Eq, V> {
+    lru: lru::LruCache<K, (V, u64)>,
+    used: u64,
+    budget: u64,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> SizedLru<K, V> {
+    fn new(budget: u64) -> Self {
+        SizedLru {
+            lru: lru::LruCache::unbounded(),
+            used: 0,
+            budget,
+        }
+    }
+
+    fn get(&mut self, key: &K) -> Option<V> {
+        self.lru.get(key).map(|(v, _)| v.clone())
+    }
+
+    fn put(&mut self, key: K, value: V, size: u64) {
+        if size > self.budget {
+            return;
+        }
+        if let Some((_, old)) = self.lru.put(key, (value, size)) {
+            self.used -= old;
+        }
+        self.used += size;
+        while self.used > self.budget {
+            match self.lru.pop_lru() {
+                Some((_, (_, old))) => self.used -= old,
+                None => break,
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &K) {
+        if let Some((_, size)) = self.lru.pop(key) {
+            self.used -= size;
+        }
+    }
+}
+
+/// Objects cut out of pack blocks from a [`BlockSource`], with decoded blocks kept in memory:
+/// consecutive files of a path usually share a block.
+pub struct PackBlocks {
+    blocks: Arc<dyn BlockSource>,
+    memory: Mutex<SizedLru<BlockKey, Arc<Vec<u8>>>>,
+}
+
+impl PackBlocks {
+    /// `memory`: bytes of decoded blocks kept (a few blocks per thread suffice; this bounds RSS
+    /// whatever the closure size).
+    pub fn new(blocks: Arc<dyn BlockSource>, memory: u64) -> Self {
+        PackBlocks {
+            blocks,
+            memory: Mutex::new(SizedLru::new(memory)),
+        }
+    }
+
+    fn decoded(&self, key: &BlockKey) -> io::Result<Arc<Vec<u8>>> {
+        if let Some(block) = self.memory.lock().expect("poisoned").get(key) {
+            return Ok(block);
+        }
+        let raw = match decode_block(&self.blocks.fetch(key)?, key.raw_len) {
+            Ok(raw) => raw,
+            Err(_) => {
+                // A bad copy in a cache: fetch it once more from further away.
+                self.blocks.forget(key);
+                decode_block(&self.blocks.fetch(key)?, key.raw_len).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("block at {} of pack {} is corrupt: {e}", key.offset, key.pack),
+                    )
+                })?
+            }
+        };
+        let raw = Arc::new(raw);
+        self.memory
+            .lock()
+            .expect("poisoned")
+            .put(key.clone(), raw.clone(), key.raw_len);
+        Ok(raw)
+    }
+}
+
+impl ObjectSource for PackBlocks {
+    fn object(
+        &self,
+        id: &ObjectId,
+        pack: &str,
+        loc: &Location,
+    ) -> Result<Option<Vec<u8>>, CasError> {
+        let key = BlockKey::of(pack, loc);
+        match loc.object(id, &self.decoded(&key)?) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(CasError::Corrupt { .. }) => {
+                // The block decoded but holds other bytes than its objects' names say: a damaged
+                // cached copy, or a bad store. Try the far end once before giving up.
+                self.memory.lock().expect("poisoned").remove(&key);
+                self.blocks.forget(&key);
+                loc.object(id, &self.decoded(&key)?).map(Some)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Verified objects kept in memory in front of another source and shared by everything reading
+/// through it (serve's concurrent downloads of popular files).
+pub struct MemoryObjects<F> {
+    far: F,
+    memory: Mutex<SizedLru<ObjectId, Arc<[u8]>>>,
+    /// Objects larger than this are not kept: they would evict many small ones for little gain.
+    largest: u64,
+}
+
+impl<F: ObjectSource> MemoryObjects<F> {
+    pub fn new(far: F, budget: u64) -> Self {
+        MemoryObjects {
+            far,
+            memory: Mutex::new(SizedLru::new(budget)),
+            largest: budget / 16,
+        }
+    }
+
+    /// Bytes of objects held now.
+    pub fn used(&self) -> u64 {
+        self.memory.lock().expect("poisoned").used
+    }
+}
+
+impl<F: ObjectSource> ObjectSource for MemoryObjects<F> {
+    fn object(
+        &self,
+        id: &ObjectId,
+        pack: &str,
+        loc: &Location,
+    ) -> Result<Option<Vec<u8>>, CasError> {
+        if let Some(bytes) = self.memory.lock().expect("poisoned").get(id) {
+            return Ok(Some(bytes.to_vec()));
+        }
+        let found = self.far.object(id, pack, loc)?;
+        if let Some(bytes) = &found {
+            if bytes.len() as u64 <= self.largest {
+                self.memory
+                    .lock()
+                    .expect("poisoned")
+                    .put(*id, Arc::from(bytes.as_slice()), bytes.len() as u64);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The objects of one path record, read through a source: what `restore` consumes.
+pub struct RecordObjects<'a> {
+    pub record: &'a PathRecord,
+    pub source: &'a dyn ObjectSource,
+}
+
+impl ObjectRead for RecordObjects<'_> {
+    fn get(&mut self, id: &ObjectId) -> Result<Vec<u8>, CasError> {
+        let (pack, loc) = self.record.objects.get(id).ok_or(CasError::NotFound(*id))?;
+        self.source
+            .object(id, pack, loc)?
+            .ok_or(CasError::NotFound(*id))
+    }
+}
+
+/// How a client wants its objects read.
+#[derive(Debug, Clone)]
+pub struct ObjectOptions {
+    /// The on-disk block cache, or none (every block is fetched when read).
+    pub cache_dir: Option<PathBuf>,
+    /// Its size cap in bytes.
+    pub cache_bytes: u64,
+    /// Decoded blocks kept in memory.
+    pub block_memory: u64,
+    /// Verified objects kept in memory (0: no such layer).
+    pub object_memory: u64,
+}
+
+/// The default cap of the disk cache: 8 GiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 8 << 30;
+/// Decoded blocks kept in memory by default (512 MiB once measured 715 MiB peak RSS on the large
+/// corpus; a few blocks per worker suffice).
+pub const DEFAULT_BLOCK_MEMORY: u64 = 64 << 20;
+
+impl Default for ObjectOptions {
+    fn default() -> Self {
+        ObjectOptions {
+            cache_dir: None,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            block_memory: DEFAULT_BLOCK_MEMORY,
+            object_memory: 0,
+        }
+    }
+}
+
+/// A store's objects through the layers [`ObjectOptions`] asks for, with their counters.
+pub struct Objects {
+    source: Box<dyn ObjectSource>,
+    blocks: Arc<dyn BlockSource>,
+    pub counters: Arc<FetchCounters>,
+}
+
+impl Objects {
+    pub fn new(backend: Arc<dyn Backend>, opts: &ObjectOptions) -> io::Result<Objects> {
+        let counters = Arc::new(FetchCounters::default());
+        let far = Box::new(BackendBlocks::new(backend, counters.clone()));
+        let blocks: Arc<dyn BlockSource> = match &opts.cache_dir {
+            Some(dir) => Arc::new(DiskCache::open(dir, opts.cache_bytes, far, counters.clone())?),
+            None => Arc::from(far as Box<dyn BlockSource>),
+        };
+        let packs = PackBlocks::new(blocks.clone(), opts.block_memory);
+        let source: Box<dyn ObjectSource> = match opts.object_memory {
+            0 => Box::new(packs),
+            n => Box::new(MemoryObjects::new(packs, n)),
+        };
+        Ok(Objects {
+            source,
+            blocks,
+            counters,
+        })
+    }
+
+    /// Put a nearer source in front of the store's (e.g. the local Nix store).
+    pub fn with_near(self, near: Box<dyn ObjectSource>) -> Objects {
+        Objects {
+            source: Box::new(Layered {
+                near,
+                far: self.source,
+            }),
+            ..self
+        }
+    }
+
+    pub fn source(&self) -> &dyn ObjectSource {
+        &*self.source
+    }
+
+    /// The objects of `record`, for `restore`.
+    pub fn of<'a>(&'a self, record: &'a PathRecord) -> RecordObjects<'a> {
+        RecordObjects {
+            record,
+            source: &*self.source,
+        }
+    }
+
+    /// Fetch these blocks into the disk cache ahead of reading, in parallel (nothing without one).
+    pub fn prefetch(&self, keys: &[BlockKey]) -> io::Result<()> {
+        self.blocks.prefetch(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use refstrip_cas::pack::PackWriter;
+    use std::collections::HashMap;
+
+    /// A pack in memory, served as blocks, counting fetches.
+    struct MemoryPack {
+        bytes: Vec<u8>,
+        fetches: AtomicU64,
+    }
+
+    impl BlockSource for MemoryPack {
+        fn fetch(&self, key: &BlockKey) -> io::Result<Vec<u8>> {
+            self.fetches.fetch_add(1, Ordering::Relaxed);
+            Ok(self.bytes[key.offset as usize..(key.offset + key.len) as usize].to_vec())
+        }
+    }
+
+    /// `n` objects of `size` random-ish bytes, one block each.
+    fn pack(n: u8, size: usize) -> (Arc<MemoryPack>, HashMap<ObjectId, Location>) {
+        let mut w = PackWriter::new(Vec::new(), 1).unwrap();
+        for i in 0..n {
+            // Incompressible, so that blocks on disk are as large as the objects.
+            let mut bytes = vec![0u8; size];
+            blake3::Hasher::new().update(&[i]).finalize_xof().fill(&mut bytes);
+            w.add(ObjectId::blob(&bytes), &bytes).unwrap();
+        }
+        let (bytes, index) = w.finish().unwrap();
+        (Arc::new(MemoryPack { bytes, fetches: AtomicU64::new(0) }), index)
+    }
+
+    struct Shared(Arc<MemoryPack>);
+    impl BlockSource for Shared {
+        fn fetch(&self, key: &BlockKey) -> io::Result<Vec<u8>> {
+            self.0.fetch(key)
+        }
+    }
+
+    #[test]
+    fn the_disk_cache_stays_under_its_cap_and_evicts_the_least_recently_used() {
+        let (far, index) = pack(12, 5 << 20); // one 5 MiB block per object
+        let dir = tempfile::tempdir().unwrap();
+        let counters = Arc::new(FetchCounters::default());
+        let cap = 24 << 20;
+        let cache = DiskCache::open(dir.path(), cap, Box::new(Shared(far.clone())), counters).unwrap();
+        let keys: Vec<BlockKey> = {
+            let mut k: Vec<_> = index.values().map(|l| BlockKey::of("p", l)).collect();
+            k.sort();
+            k.dedup();
+            k
+        };
+        let on_disk = || cached_blocks(dir.path()).unwrap().iter().map(|b| b.1).sum::<u64>();
+        for key in &keys {
+            cache.fetch(key).unwrap();
+            assert!(on_disk() <= cap, "{} bytes on disk", on_disk());
+            // Keep the first block in use: it must survive every eviction.
+            std::thread::sleep(Duration::from_millis(5));
+            cache.fetch(&keys[0]).unwrap();
+        }
+        let fetched = far.fetches.load(Ordering::Relaxed);
+        cache.fetch(&keys[0]).unwrap();
+        assert_eq!(far.fetches.load(Ordering::Relaxed), fetched, "the hot block was kept");
+        cache.fetch(&keys[1]).unwrap();
+        assert_eq!(far.fetches.load(Ordering::Relaxed), fetched + 1, "a cold one was evicted");
+        // Another process (a second cache over the same directory) sees the same blocks.
+        let other = DiskCache::open(dir.path(), cap, Box::new(Shared(far.clone())), Arc::default()).unwrap();
+        other.fetch(&keys[0]).unwrap();
+        assert_eq!(far.fetches.load(Ordering::Relaxed), fetched + 1);
+    }
+
+    #[test]
+    fn a_damaged_cached_block_is_fetched_again_and_never_handed_out() {
+        let (far, index) = pack(3, 1000);
+        let dir = tempfile::tempdir().unwrap();
+        let counters = Arc::new(FetchCounters::default());
+        let disk: Arc<dyn BlockSource> = Arc::new(
+            DiskCache::open(dir.path(), 1 << 30, Box::new(Shared(far.clone())), counters).unwrap(),
+        );
+        let (id, loc) = index.iter().next().unwrap();
+        disk.prefetch(&[BlockKey::of("p", loc)]).unwrap();
+        // Same length, other bytes: decodes to garbage or not at all.
+        let file = cached_blocks(dir.path()).unwrap()[0].0.clone();
+        let mut bytes = fs::read(&file).unwrap();
+        for b in bytes.iter_mut().skip(4) {
+            *b ^= 0x55;
+        }
+        fs::write(&file, &bytes).unwrap();
+        let source = PackBlocks::new(disk, 1 << 20);
+        let got = source.object(id, "p", loc).unwrap().unwrap();
+        assert_eq!(ObjectId::blob(&got), *id);
+        assert_eq!(far.fetches.load(Ordering::Relaxed), 2, "fetched again once");
+    }
+
+    #[test]
+    fn memory_layers_stay_within_their_budgets_and_near_sources_come_first() {
+        let (far, index) = pack(40, 100);
+        let blocks = PackBlocks::new(Arc::new(Shared(far.clone())), 1 << 20);
+        let memory = MemoryObjects::new(blocks, 16 * 100);
+        for (id, loc) in &index {
+            assert_eq!(memory.object(id, "p", loc).unwrap().map(|b| ObjectId::blob(&b)), Some(*id));
+            assert!(memory.used() <= 1600);
+        }
+
+        /// A near source that has exactly one object (and says so for no other).
+        struct One(ObjectId, Vec<u8>);
+        impl ObjectSource for One {
+            fn object(&self, id: &ObjectId, _: &str, _: &Location) -> Result<Option<Vec<u8>>, CasError> {
+                Ok((*id == self.0).then(|| self.1.clone()))
+            }
+        }
+        let (id, loc) = index.iter().next().unwrap();
+        let (other, other_loc) = index.iter().nth(1).unwrap();
+        let layered = Layered {
+            near: One(*id, b"near".to_vec()),
+            far: PackBlocks::new(Arc::new(Shared(far.clone())), 0),
+        };
+        let before = far.fetches.load(Ordering::Relaxed);
+        assert_eq!(layered.object(id, "p", loc).unwrap().as_deref(), Some(&b"near"[..]));
+        assert_eq!(far.fetches.load(Ordering::Relaxed), before, "the near hit fetched nothing");
+        let got = layered.object(other, "p", other_loc).unwrap().unwrap();
+        assert_eq!(ObjectId::blob(&got), *other);
+        assert_eq!(far.fetches.load(Ordering::Relaxed), before + 1);
+    }
+}
