@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -49,6 +49,11 @@ struct Serving {
 
 impl Serving {
     fn start(store: &Path, extra: &[&str]) -> Serving {
+        Serving::start_on(store, |port| format!("127.0.0.1:{port}"), extra)
+    }
+
+    /// Start with `--listen listen(port)`, `port` a free one; clients connect to 127.0.0.1.
+    fn start_on(store: &Path, listen: impl Fn(u16) -> String, extra: &[&str]) -> Serving {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -58,7 +63,7 @@ impl Serving {
         let child = Command::new(refstrip_bin())
             .args(["serve", "--from"])
             .arg(store)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", &listen(port)])
             .args(extra)
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -130,8 +135,13 @@ struct Got {
 }
 
 fn http_get(port: u16, path: &str) -> Got {
+    http_get_within(port, path, Duration::from_secs(60))
+}
+
+/// `http_get`, giving up on the response after `wait` without data.
+fn http_get_within(port: u16, path: &str, wait: Duration) -> Got {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
@@ -578,4 +588,547 @@ fn short_load_test() {
     assert!(result["nars"].as_u64().unwrap() >= 40, "{result}");
     let peak = result["server_peak_rss_mib"].as_f64().unwrap();
     assert!(peak > 0.0 && peak < 512.0, "server peak RSS {peak} MiB");
+}
+
+/// Make the record claim NarSize `nar_size`: a restore of it then produces more (or fewer) bytes
+/// than the Content-Length it is announced with.
+fn tamper_nar_size(store: &Path, hash_part: &str, nar_size: u64) {
+    let path = store.join("paths").join(hash_part);
+    let mut record = PathRecord::decode(&std::fs::read(&path).unwrap()).unwrap();
+    record.manifest.nar_size = nar_size;
+    record.manifest_bytes = record.manifest.encode();
+    std::fs::write(&path, record.encode()).unwrap();
+}
+
+/// Issue #17 item 3: a manifest that restores to more than NarSize used to give a `200` with
+/// exactly Content-Length bytes (hyper cut the unchecked first chunk) whose SHA-256 was not
+/// NarHash. Now no response is complete, and where the first chunk already disagrees with NarSize
+/// the answer is a plain `500`.
+#[test]
+fn a_restore_longer_than_nar_size_is_never_a_complete_response() {
+    let tmp = tempfile::tempdir().unwrap();
+    let chunk = refstrip_serve_chunk();
+    // NARs of more than two chunks: their first chunk goes out before the restore ends.
+    let (big_0, big_1, big_2, untouched) = (
+        "1arg000000000000000000000000000a",
+        "1arg000000000000000000000000000b",
+        "1arg000000000000000000000000000c",
+        "1arg000000000000000000000000000d",
+    );
+    let store = store_with_large_nars(
+        tmp.path(),
+        &[
+            (big_0, 1 << 20),
+            (big_1, 1 << 20),
+            (big_2, 1 << 20),
+            (untouched, 1 << 20),
+        ],
+    );
+    let small = SMALL;
+    let real_small = PathRecord::decode(&std::fs::read(store.join("paths").join(small)).unwrap())
+        .unwrap()
+        .manifest
+        .nar_size;
+    // The NAR fits one chunk and is longer than it claims.
+    tamper_nar_size(&store, small, real_small - 8);
+    // The issue's case: NarSize under one chunk (the first chunk used to be cut at
+    // Content-Length and sent as a complete response).
+    tamper_nar_size(&store, big_0, 100_000);
+    // NarSize exactly one chunk (the first chunk would be complete) and two chunks (the second).
+    tamper_nar_size(&store, big_1, chunk);
+    tamper_nar_size(&store, big_2, 2 * chunk);
+    let server = Serving::start(&store, &[]);
+    for hash_part in [big_0, big_1, big_2] {
+        // The premise: the tampered records are still served (only their NAR is wrong).
+        assert_eq!(
+            http_get(server.port, &format!("/{hash_part}.narinfo")).status,
+            200
+        );
+    }
+    for (hash_part, claimed) in [
+        (small, real_small - 8),
+        (big_0, 100_000),
+        (big_1, chunk),
+        (big_2, 2 * chunk),
+    ] {
+        for ext in [".nar", ".nar.zst"] {
+            let got = http_get(server.port, &format!("/nar/{hash_part}{ext}"));
+            assert!(
+                !(got.status == 200 && got.complete),
+                "{hash_part}{ext} (NarSize {claimed}): a complete response of {} bytes",
+                got.body.len()
+            );
+            if ext == ".nar" && claimed <= chunk {
+                assert_eq!(got.status, 500, "{hash_part}{ext} (NarSize {claimed})");
+            }
+        }
+    }
+    // An untouched path is still served completely.
+    let record =
+        PathRecord::decode(&std::fs::read(store.join("paths").join(untouched)).unwrap()).unwrap();
+    let got = http_get(server.port, &format!("/nar/{untouched}.nar"));
+    assert!(got.status == 200 && got.complete);
+    assert_eq!(Hash::digest(&got.body).as_bytes(), &record.manifest.nar_hash);
+    server.stop();
+}
+
+/// One request over a fresh connection; the response head (lower-cased) and the body bytes that
+/// arrived. HEAD responses have no body whatever their headers say.
+fn http_exchange(port: u16, method: &str, path: &str) -> (String, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head")
+        + 4;
+    (
+        String::from_utf8_lossy(&raw[..end]).to_lowercase(),
+        raw[end..].to_vec(),
+    )
+}
+
+fn header_of(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        l.strip_prefix(&format!("{name}: "))
+            .map(|v| v.trim().to_string())
+    })
+}
+
+/// Issue #16: HEAD answers with the headers GET answers with, for every URL: Content-Length of
+/// the body for narinfos and nix-cache-info, NarSize for `.nar`, and for the chunked `.nar.zst`
+/// no `content-length: 0`.
+#[test]
+fn head_answers_with_the_headers_of_get() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    run(Command::new(refstrip_bin())
+        .arg("ingest")
+        .arg(corpus_dir().join("small/gen1"))
+        .args(["--all", "--to"])
+        .arg(&store));
+    let hash_part = std::fs::read_dir(store.join("paths"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|name| !name.starts_with('.'))
+        .unwrap();
+    let server = Serving::start(&store, &[]);
+    for path in [
+        "/nix-cache-info".to_string(),
+        format!("/{hash_part}.narinfo"),
+        format!("/nar/{hash_part}.nar"),
+        format!("/nar/{hash_part}.nar.zst"),
+        "/0000000000000000000000000000000a.narinfo".to_string(),
+        "/nar/0000000000000000000000000000000a.nar.zst".to_string(),
+    ] {
+        let (get, body) = http_exchange(server.port, "GET", &path);
+        let (head, head_body) = http_exchange(server.port, "HEAD", &path);
+        assert!(head_body.is_empty(), "HEAD {path} sent a body");
+        assert_eq!(
+            get.lines().next(),
+            head.lines().next(),
+            "status line of {path}"
+        );
+        for name in ["content-type", "content-length", "transfer-encoding"] {
+            let (g, h) = (header_of(&get, name), header_of(&head, name));
+            if name == "transfer-encoding" {
+                // A HEAD answer cannot be chunked; it just must not claim a length instead.
+                if g.is_some() {
+                    assert_eq!(header_of(&head, "content-length"), None, "HEAD {path}");
+                }
+                continue;
+            }
+            assert_eq!(g, h, "{name} of GET and HEAD {path}");
+        }
+        if let Some(n) = header_of(&get, "content-length") {
+            assert_eq!(n.parse::<usize>().unwrap(), body.len(), "GET {path}");
+        }
+    }
+    server.stop();
+}
+
+/// Issue #16: `--listen :PORT` listens on all interfaces (tried here over loopback only).
+#[test]
+fn listen_with_only_a_port_means_all_interfaces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    run(Command::new(refstrip_bin())
+        .arg("ingest")
+        .arg(corpus_dir().join("small/single"))
+        .args(["--all", "--to"])
+        .arg(&store));
+    let server = Serving::start_on(&store, |port| format!(":{port}"), &[]);
+    let got = http_get(server.port, "/nix-cache-info");
+    assert_eq!(got.status, 200);
+    assert!(String::from_utf8_lossy(&got.body).contains("StoreDir: /nix/store"));
+    server.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile clients (issue #17 item 10), on loopback only. The hostile clients connect from other
+// loopback addresses (127.0.0.2 and up: Linux routes all of 127.0.0.0/8 to lo), so the server's
+// per-client-IP cap tells them apart from the well-behaved client on 127.0.0.1.
+
+/// A connection to the server on 127.0.0.1 from `source`, with a small receive buffer if given.
+fn connect_from(source: [u8; 4], port: u16, recv_buffer: Option<usize>) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    socket
+        .bind(&SocketAddr::from((source, 0)).into())
+        .unwrap_or_else(|e| panic!("binding {source:?}: {e}"));
+    socket
+        .connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], port)).into(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    socket.into()
+}
+
+/// Open file descriptors of a process.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// Whether the server has closed `s` (end of stream or reset), reading and discarding whatever
+/// is still buffered; waits at most `wait`.
+fn closed_by_server(s: &mut TcpStream, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left.min(Duration::from_millis(200))))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// `http_get` that must answer completely within `limit`; returns the body and the time taken.
+fn quick_get(port: u16, path: &str, limit: Duration) -> (Vec<u8>, Duration) {
+    let start = Instant::now();
+    let got = http_get_within(port, path, limit + Duration::from_secs(5));
+    let took = start.elapsed();
+    assert!(
+        got.status == 200 && got.complete,
+        "{path}: status {}, complete {}",
+        got.status,
+        got.complete
+    );
+    assert!(took < limit, "{path} took {took:?} (limit {limit:?})");
+    (got.body, took)
+}
+
+/// A binary cache with one path whose NAR is a single `size`-byte file of pseudo-random bytes,
+/// ingested into `store` (with the corpus's first generation, for small NARs).
+fn store_with_a_large_nar(dir: &Path, size: usize) -> (PathBuf, String) {
+    let hash_part = "1arg0000000000000000000000000bbb".to_string();
+    (store_with_large_nars(dir, &[(&hash_part, size)]), hash_part)
+}
+
+/// A binary cache with paths `hash_part-large` whose NARs are a single file of `size`
+/// pseudo-random bytes each, ingested into `store` with the corpus's first generation.
+fn store_with_large_nars(dir: &Path, paths: &[(&str, usize)]) -> PathBuf {
+    fn string(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s);
+        out.resize(out.len().next_multiple_of(8), 0);
+    }
+    let cache = dir.join("large-cache");
+    std::fs::create_dir_all(cache.join("nar")).unwrap();
+    std::fs::write(cache.join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
+    for (n, &(hash_part, size)) in paths.iter().enumerate() {
+        let mut contents = vec![0u8; size];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 + n as u64;
+        for chunk in contents.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let mut nar = Vec::with_capacity(size + 256);
+        for s in [&b"nix-archive-1"[..], b"(", b"type", b"regular", b"contents"] {
+            string(&mut nar, s);
+        }
+        string(&mut nar, &contents);
+        string(&mut nar, b")");
+        std::fs::write(cache.join(format!("nar/{hash_part}.nar")), &nar).unwrap();
+        std::fs::write(
+            cache.join(format!("{hash_part}.narinfo")),
+            format!(
+                "StorePath: /nix/store/{hash_part}-large\nURL: nar/{hash_part}.nar\n\
+                 Compression: none\nNarHash: sha256:{}\nNarSize: {}\nReferences: \n",
+                Hash::digest(&nar).to_nix32(),
+                nar.len()
+            ),
+        )
+        .unwrap();
+    }
+    let store = dir.join("store");
+    for source in [cache, corpus_dir().join("small/gen1")] {
+        run(Command::new(refstrip_bin())
+            .arg("ingest")
+            .arg(source)
+            .args(["--all", "--to"])
+            .arg(&store));
+    }
+    store
+}
+
+/// A gen1 path with a small NAR (7,960 bytes), as the well-behaved client's download.
+const SMALL: &str = "1avrvw4574jhm9g7j8y0y9a6qzakr6nj";
+
+fn log_lines_with(server: &Serving, needle: &str) -> usize {
+    std::fs::read_to_string(&server.log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// Slow readers: clients that request a large NAR and never read (issue #17: 80 of them took all
+/// 64 stream slots and every other NAR request hung). The per-IP cap keeps one address from
+/// taking every slot, so a well-behaved client is still answered within a second; where slow
+/// readers from several addresses do hold every slot, the send timeout frees them.
+#[test]
+fn slow_readers_lose_their_stream_slots_to_the_send_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Larger than what the socket buffers and the stream's channel hold (a few MiB), so that a
+    // client that does not read really blocks the server's writes.
+    let (store, large) = store_with_a_large_nar(tmp.path(), 24 << 20);
+    let send_timeout = 3;
+    let server = Serving::start(
+        &store,
+        &[
+            "--max-streams",
+            "3",
+            "--max-connections-per-ip",
+            "2",
+            "--send-timeout",
+            &send_timeout.to_string(),
+        ],
+    );
+    let (port, pid) = (server.port, server.child.id());
+    let small_nar = format!("/nar/{SMALL}.nar");
+    quick_get(port, &small_nar, Duration::from_secs(5));
+    let baseline = fd_count(pid);
+    let request = format!("GET /nar/{large}.nar HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let slow_readers = |source: [u8; 4], n: usize| -> Vec<TcpStream> {
+        (0..n)
+            .map(|_| {
+                let mut s = connect_from(source, port, Some(4096));
+                // Refused connections may already be closed: the write may fail.
+                let _ = s.write_all(request.as_bytes());
+                s
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    // Six from 127.0.0.2: two are kept (per-IP cap), four are closed on arrival.
+    let mut readers = slow_readers([127, 0, 0, 2], 6);
+    std::thread::sleep(Duration::from_millis(1500));
+    let attached = fd_count(pid);
+    eprintln!("fds: baseline {baseline}, with 6 slow readers from one address {attached}");
+    for path in [
+        "/nix-cache-info".to_string(),
+        format!("/{SMALL}.narinfo"),
+        small_nar.clone(),
+    ] {
+        let (_, took) = quick_get(port, &path, Duration::from_secs(1));
+        eprintln!("{path} with slow readers attached: {took:?}");
+    }
+    // Two more from 127.0.0.3: one takes the last stream slot, one waits for a slot.
+    readers.extend(slow_readers([127, 0, 0, 3], 2));
+    std::thread::sleep(Duration::from_millis(1000));
+    // Every stream slot is held by a client that does not read: this NAR request waits until the
+    // send timeout frees a slot (without one it would wait forever).
+    let (body, took) = quick_get(
+        port,
+        &small_nar,
+        Duration::from_secs(send_timeout + 6),
+    );
+    assert_eq!(body.len(), 7960);
+    eprintln!(
+        "a NAR request with every stream slot held by slow readers: {took:?} (at {:?})",
+        start.elapsed()
+    );
+    // The last slow reader got its slot when the first ones were disconnected: by two send
+    // timeouts (and some) after the start, every slow reader has been disconnected. Only then are
+    // they read (reading earlier would make them fast readers): each gets what the kernel
+    // buffered, then the end.
+    let deadline = start + Duration::from_millis(2 * send_timeout * 1000 + 2500);
+    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+    for (i, s) in readers.iter_mut().enumerate() {
+        assert!(
+            closed_by_server(s, Duration::from_secs(3)),
+            "slow reader {i} still connected at {:?}",
+            start.elapsed()
+        );
+    }
+    let timed_out = log_lines_with(&server, "within the send timeout");
+    assert!(timed_out >= 4, "{timed_out} send timeouts logged, expected 4");
+    // The slots are free again: NAR requests are answered at once, and the descriptors of the
+    // slow readers are closed.
+    for _ in 0..3 {
+        quick_get(port, &small_nar, Duration::from_secs(1));
+    }
+    let after = fd_count(pid);
+    eprintln!("fds after the send timeouts: {after}");
+    assert!(after <= baseline + 2, "{after} fds, baseline {baseline}");
+    server.stop();
+}
+
+/// Idle connections (issue #17: 1,100 of them exhausted a 1,024-fd limit) and slowloris
+/// connections (headers trickled a byte at a time; 300 were never closed): the per-IP and total
+/// caps bound the server's descriptors while they are attached, a well-behaved client is
+/// answered within a second, and the idle and header timeouts close them all.
+#[test]
+fn idle_and_slowloris_connections_are_bounded_and_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    run(Command::new(refstrip_bin())
+        .arg("ingest")
+        .arg(corpus_dir().join("small/gen1"))
+        .args(["--all", "--to"])
+        .arg(&store));
+    let (max_total, per_ip, idle_timeout, header_timeout) = (48, 12, 2, 4);
+    let server = Serving::start(
+        &store,
+        &[
+            "--max-connections",
+            &max_total.to_string(),
+            "--max-connections-per-ip",
+            &per_ip.to_string(),
+            "--idle-timeout",
+            &idle_timeout.to_string(),
+            "--header-timeout",
+            &header_timeout.to_string(),
+        ],
+    );
+    let (port, pid) = (server.port, server.child.id());
+    quick_get(port, &format!("/nar/{SMALL}.nar"), Duration::from_secs(5));
+    let baseline = fd_count(pid);
+    let start = Instant::now();
+
+    // Slowloris from 127.0.0.5: 8 connections, a request head that never ends, one byte per
+    // connection every 250 ms, for at most 40 rounds. Returns when each was closed.
+    let slowloris: Vec<TcpStream> = (0..8)
+        .map(|_| connect_from([127, 0, 0, 5], port, None))
+        .collect();
+    let trickler = std::thread::spawn(move || {
+        let head = b"GET /nix-cache-info HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+        let mut closed_at: Vec<Option<Duration>> = vec![None; slowloris.len()];
+        for round in 0..40 {
+            for (s, closed) in slowloris.iter().zip(closed_at.iter_mut()) {
+                if closed.is_some() {
+                    continue;
+                }
+                s.set_nonblocking(true).unwrap();
+                let mut buf = [0u8; 512];
+                let gone = match (&*s).read(&mut buf) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                };
+                let byte = head.get(round).copied().unwrap_or(b'a');
+                if gone || (&*s).write_all(&[byte]).is_err() {
+                    *closed = Some(start.elapsed());
+                }
+            }
+            if closed_at.iter().all(Option::is_some) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        closed_at
+    });
+
+    // 60 idle connections from three addresses: 12 of each are kept, 8 closed on arrival.
+    let mut idle: Vec<TcpStream> = (2..=4)
+        .flat_map(|last| (0..20).map(move |_| connect_from([127, 0, 0, last], port, None)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let attached = fd_count(pid);
+    eprintln!("fds: baseline {baseline}, with 36 idle and 8 slowloris connections {attached}");
+    assert!(
+        attached >= baseline + 40,
+        "the hostile connections were not accepted ({attached} fds, baseline {baseline})"
+    );
+    assert!(
+        attached <= baseline + 3 * per_ip + 8 + 2,
+        "per-IP cap: {attached} fds, baseline {baseline}"
+    );
+    for path in [
+        "/nix-cache-info".to_string(),
+        format!("/{SMALL}.narinfo"),
+        format!("/nar/{SMALL}.nar"),
+    ] {
+        let (_, took) = quick_get(port, &path, Duration::from_secs(1));
+        eprintln!("{path} with idle and slowloris connections attached: {took:?}");
+    }
+    // 40 more from four other addresses, within the per-IP cap: the total cap keeps all but 4 of
+    // them in the listen queue, outside the server's descriptors.
+    let mut queued: Vec<TcpStream> = (6..=9)
+        .flat_map(|last| (0..10).map(move |_| connect_from([127, 0, 0, last], port, None)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let full = fd_count(pid);
+    eprintln!("fds with {} hostile connections open: {full}", 60 + 8 + 40);
+    assert!(
+        full <= baseline + max_total + 2,
+        "total cap: {full} fds, baseline {baseline}"
+    );
+
+    // The idle timeout closes the idle connections (then the queued ones get their turn and are
+    // closed in turn), the header timeout the slowloris ones.
+    let deadline = start + Duration::from_secs(2 * idle_timeout + header_timeout + 4);
+    for (i, s) in idle.iter_mut().chain(queued.iter_mut()).enumerate() {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            closed_by_server(s, wait),
+            "idle connection {i} still open at {:?}",
+            start.elapsed()
+        );
+    }
+    let closed_at = trickler.join().unwrap();
+    eprintln!("slowloris connections closed at {closed_at:?}");
+    for (i, at) in closed_at.iter().enumerate() {
+        let at = at.unwrap_or_else(|| panic!("slowloris connection {i} never closed"));
+        // Still sending, so not idle: closed by the header timeout (the check runs every 250 ms).
+        assert!(
+            at >= Duration::from_millis(header_timeout * 1000 - 500)
+                && at <= Duration::from_secs(header_timeout + 3),
+            "slowloris connection {i} closed at {at:?}"
+        );
+    }
+    assert!(log_lines_with(&server, "within the header timeout") >= 8);
+    let settle = Instant::now() + Duration::from_secs(5);
+    while fd_count(pid) > baseline + 2 && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = fd_count(pid);
+    eprintln!("fds after the timeouts: {after} (at {:?})", start.elapsed());
+    assert!(after <= baseline + 2, "{after} fds, baseline {baseline}");
+    quick_get(port, "/nix-cache-info", Duration::from_secs(1));
+    server.stop();
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use refstrip_serve::{Compression, Config, Server};
+use refstrip_serve::{Compression, Config, Limits, Server};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum CompressionArg {
@@ -18,7 +18,8 @@ pub struct ServeArgs {
     /// serving such a directory.
     #[arg(long, value_name = "STORE")]
     from: String,
-    /// Address to listen on (`127.0.0.1:0` picks a free port; the address is logged).
+    /// Address to listen on (`127.0.0.1:0` picks a free port; the address is logged). `:PORT`
+    /// listens on all interfaces (IPv6 and IPv4, or IPv4 only where IPv6 is unavailable).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:5000")]
     listen: String,
     /// StoreDir announced in nix-cache-info [default: the store directory of the store's paths].
@@ -42,6 +43,24 @@ pub struct ServeArgs {
     /// Memory for verified file objects shared by all downloads, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     object_cache_mib: usize,
+    /// Client connections open at once; at the cap, new clients wait in the listen queue (keep it
+    /// well under the process's file-descriptor limit, often 1,024).
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Connections open at once from one client IP; more are closed on arrival.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_ip: u64,
+    /// Seconds a client has to send a complete request head, counted from when the server waits
+    /// for it (connection opened, or previous response sent); then the connection is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// Seconds a connection with no request in progress may stay silent before it is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Seconds a client may accept no bytes of a response before it is disconnected (its NAR
+    /// stream slot is freed).
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    send_timeout: u64,
     /// After SIGINT/SIGTERM, how long requests in flight may take to finish, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     grace: u64,
@@ -73,6 +92,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             object_memory: (args.object_cache_mib as u64) << 20,
             ..Default::default()
         },
+        limits: Limits {
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+            max_connections_per_ip: usize::try_from(args.max_connections_per_ip)
+                .unwrap_or(usize::MAX),
+            header_timeout: Duration::from_secs(args.header_timeout),
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+            send_timeout: Duration::from_secs(args.send_timeout),
+        },
     };
     let server = Server::new(store, config).context("reading the store")?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -84,7 +111,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
+        let listener = bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         let addr = listener.local_addr()?;
@@ -101,4 +128,44 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Restore threads of aborted responses stop at their next write; do not wait long for them.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// Bind `listen`: `ADDR:PORT` as given, or `:PORT` on all interfaces: `[::]` (which takes IPv4
+/// too where the system allows it), falling back to `0.0.0.0` where IPv6 is unavailable.
+async fn bind(listen: &str) -> std::io::Result<tokio::net::TcpListener> {
+    match all_interfaces_port(listen) {
+        Some(port) => match tokio::net::TcpListener::bind(("::", port)).await {
+            Ok(listener) => Ok(listener),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::Unsupported
+                ) || e.raw_os_error() == Some(97) =>
+            {
+                // 97: EAFNOSUPPORT, IPv6 disabled.
+                tokio::net::TcpListener::bind(("0.0.0.0", port)).await
+            }
+            Err(e) => Err(e),
+        },
+        None => tokio::net::TcpListener::bind(listen).await,
+    }
+}
+
+/// The port of `:PORT`.
+fn all_interfaces_port(listen: &str) -> Option<u16> {
+    listen.strip_prefix(':')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_port_only_means_all_interfaces() {
+        assert_eq!(all_interfaces_port(":5000"), Some(5000));
+        assert_eq!(all_interfaces_port(":0"), Some(0));
+        assert_eq!(all_interfaces_port("127.0.0.1:5000"), None);
+        assert_eq!(all_interfaces_port("[::1]:5000"), None);
+        assert_eq!(all_interfaces_port(":http"), None);
+    }
 }

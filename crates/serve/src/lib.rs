@@ -13,12 +13,17 @@
 //! A NAR is streamed with bounded memory (a restore thread writes into a small bounded channel)
 //! and is never delivered complete unless its SHA-256 matched: see [`ChannelWriter`].
 
-use std::future::{Future, IntoFuture};
+mod body;
+mod conn;
+
+pub use body::{BodyError, NarBody};
+pub use conn::{serve, Limits};
+
 use std::io::{self, Write};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -84,6 +89,8 @@ pub struct Config {
     /// popular files are not decompressed from their pack block for every download), decoded
     /// blocks in memory, and an optional disk block cache (for a store behind HTTP or S3).
     pub objects: ObjectOptions,
+    /// Connection bounds and timeouts (see [`Limits`]).
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -99,6 +106,7 @@ impl Default for Config {
                 object_memory: 256 << 20,
                 ..ObjectOptions::default()
             },
+            limits: Limits::default(),
         }
     }
 }
@@ -219,32 +227,6 @@ fn store_dir_of(store: &StoreReader) -> Result<String, ReadError> {
     }
 }
 
-/// Serve until `shutdown` resolves, then stop accepting, let requests in flight finish for at
-/// most `grace`, and return.
-pub async fn serve(
-    server: Arc<Server>,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> io::Result<()> {
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let graceful = async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections, finishing requests in flight");
-        let _ = stopping_tx.send(());
-    };
-    let running = axum::serve(listener, server.router())
-        .with_graceful_shutdown(graceful)
-        .into_future();
-    tokio::select! {
-        result = running => result,
-        _ = async { if stopping_rx.await.is_ok() { tokio::time::sleep(grace).await } else { std::future::pending::<()>().await } } => {
-            tracing::warn!(grace_secs = grace.as_secs_f64(), "requests still in flight after the grace period; closing them");
-            Ok(())
-        }
-    }
-}
-
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -329,7 +311,15 @@ async fn nar(
         Compression::Zstd => "application/zstd",
     };
     if method == Method::HEAD {
-        let mut response = ([(header::CONTENT_TYPE, content_type)], Body::empty()).into_response();
+        // The headers of the GET: Content-Length = NarSize, or (zstd, chunked) none at all, since
+        // the compressed length is only known once compressed.
+        let mut response = match compression {
+            Compression::None => Body::empty().into_response(),
+            Compression::Zstd => Body::new(body::UnknownLength).into_response(),
+        };
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         if compression == Compression::None {
             response
                 .headers_mut()
@@ -342,7 +332,7 @@ async fn nar(
         Ok(permit) => permit,
         Err(_) => return server_error(),
     };
-    let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let level = server.config.zstd_level;
     let name = hash_part.to_string();
     tokio::task::spawn_blocking(move || {
@@ -358,19 +348,16 @@ async fn nar(
     });
 
     // Wait for the first chunk before sending headers: a NAR smaller than two chunks is then
-    // restored and checked completely before the status line, so its failure is a clean 500.
-    let first = match rx.recv().await {
-        Some(Ok(bytes)) => bytes,
-        Some(Err(_)) | None => return server_error(),
-    };
+    // restored and checked completely before the status line, so its failure is a clean 500; and
+    // a first chunk that disagrees with NarSize never gets a 200 (see `body`).
     let exact = (compression == Compression::None).then_some(nar_size);
-    let body = NarBody {
-        first: Some(first),
-        rx,
-        exact,
-        sent: 0,
-    };
-    ([(header::CONTENT_TYPE, content_type)], Body::new(body)).into_response()
+    match body::start(rx, exact).await {
+        Ok(body) => ([(header::CONTENT_TYPE, content_type)], Body::new(body)).into_response(),
+        Err(why) => {
+            tracing::error!(hash_part, error = %why, "not starting the response");
+            server_error()
+        }
+    }
 }
 
 /// Run `restore` on a blocking thread, writing the (possibly compressed) NAR into `tx`.
@@ -384,7 +371,9 @@ fn restore_to_channel(
     _permit: OwnedSemaphorePermit,
     hash_part: &str,
 ) {
-    let mut out = ChannelWriter::new(tx);
+    // An uncompressed NAR may not pass NarSize (its Content-Length): stop at the first byte over.
+    let limit = (compression == Compression::None).then_some(record.manifest.nar_size);
+    let mut out = ChannelWriter::with_limit(tx, limit);
     let result = (|| -> Result<(), String> {
         let mut objects = objects.of(record);
         let mut source = FileSource::new(&mut objects);
@@ -454,16 +443,26 @@ pub struct ChannelWriter {
     tx: Option<mpsc::Sender<io::Result<Bytes>>>,
     buf: Vec<u8>,
     held: Option<Bytes>,
+    /// At most this many bytes may be written (NarSize for uncompressed NARs).
+    limit: Option<u64>,
+    written: u64,
     /// The response body was dropped (client disconnected): writing fails fast.
     pub receiver_gone: bool,
 }
 
 impl ChannelWriter {
     pub fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
+        Self::with_limit(tx, None)
+    }
+
+    /// A writer that fails any write past `limit` bytes in total.
+    pub fn with_limit(tx: mpsc::Sender<io::Result<Bytes>>, limit: Option<u64>) -> Self {
         ChannelWriter {
             tx: Some(tx),
             buf: Vec::with_capacity(CHUNK),
             held: None,
+            limit,
+            written: 0,
             receiver_gone: false,
         }
     }
@@ -518,6 +517,13 @@ impl Write for ChannelWriter {
             ));
         }
         let n = data.len().min(CHUNK - self.buf.len());
+        if self.limit.is_some_and(|limit| self.written + n as u64 > limit) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the restore produced more than NarSize",
+            ));
+        }
+        self.written += n as u64;
         self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() == CHUNK {
             let full = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
@@ -531,58 +537,6 @@ impl Write for ChannelWriter {
     /// Nothing to do: chunks go out when full, and the last only on [`finish`](Self::finish).
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// The response body of a NAR: chunks from the restore thread; an error item aborts the response.
-struct NarBody {
-    first: Option<Bytes>,
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    /// Exact length (uncompressed NARs), announced as Content-Length.
-    exact: Option<u64>,
-    sent: u64,
-}
-
-impl http_body::Body for NarBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        if let Some(first) = self.first.take() {
-            self.sent += first.len() as u64;
-            return Poll::Ready(Some(Ok(Frame::data(first))));
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(Ok(bytes))) => {
-                self.sent += bytes.len() as u64;
-                if self.exact.is_some_and(|n| self.sent > n) {
-                    return Poll::Ready(Some(Err(io::Error::other(
-                        "restore produced more than NarSize",
-                    ))));
-                }
-                Poll::Ready(Some(Ok(Frame::data(bytes))))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) => {
-                if self.exact.is_some_and(|n| self.sent != n) {
-                    return Poll::Ready(Some(Err(io::Error::other(
-                        "restore ended before NarSize",
-                    ))));
-                }
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.exact {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
-        }
     }
 }
 
@@ -781,6 +735,37 @@ mod tests {
             assert!(got.len() < len, "len {len}: {} bytes delivered", got.len());
             assert!(len - got.len() >= 1);
         }
+    }
+
+    #[test]
+    fn writing_past_the_limit_fails_and_never_delivers_the_excess() {
+        for (limit, len) in [(400, 1000), (CHUNK, 3 * CHUNK), (2 * CHUNK + 5, 2 * CHUNK + 6)] {
+            let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
+            let producer = std::thread::spawn(move || {
+                let mut w = ChannelWriter::with_limit(tx, Some(limit as u64));
+                let data = vec![3u8; len];
+                let result = w.write_all(&data);
+                assert!(result.is_err(), "limit {limit}, len {len}");
+                w.fail(result.unwrap_err());
+            });
+            let (mut got, mut errored) = (0, false);
+            while let Some(item) = rx.blocking_recv() {
+                match item {
+                    Ok(b) => got += b.len(),
+                    Err(_) => errored = true,
+                }
+            }
+            producer.join().unwrap();
+            assert!(errored);
+            assert!(got < limit, "limit {limit}: {got} bytes delivered");
+        }
+        // Exactly the limit is fine.
+        let (got, errored) = drive(|w| {
+            w.limit = Some(CHUNK as u64 + 1);
+            w.write_all(&vec![1u8; CHUNK + 1]).is_ok()
+        });
+        assert!(!errored);
+        assert_eq!(got.len(), CHUNK + 1);
     }
 
     #[test]
