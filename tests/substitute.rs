@@ -5,12 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use refstrip_read::PathRecord;
@@ -442,68 +441,11 @@ fn unpatched_files_are_hard_links_that_nix_verifies_and_collects() {
     assert!(valid_paths(root.path()).is_empty());
 }
 
-/// A static file server that honours `Range: bytes=a-b` (206) and counts ranged answers.
-fn serve(dir: PathBuf) -> (String, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let ranged = Arc::new(AtomicU64::new(0));
-    let counter = ranged.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let dir = dir.clone();
-            let counter = counter.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    let head = line.starts_with("HEAD");
-                    let mut range = None;
-                    loop {
-                        let mut h = String::new();
-                        reader.read_line(&mut h).unwrap();
-                        if h.trim().is_empty() {
-                            break;
-                        }
-                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                            let (a, b) = v.trim().split_once('-').unwrap();
-                            range =
-                                Some((a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()));
-                        }
-                    }
-                    let (status, body) = match fs::read(dir.join(path.trim_start_matches('/'))) {
-                        Ok(bytes) => match range {
-                            Some((a, b)) => {
-                                counter.fetch_add(1, Ordering::Relaxed);
-                                ("206 Partial Content", bytes[a..=b].to_vec())
-                            }
-                            None => ("200 OK", bytes),
-                        },
-                        Err(_) => ("404 Not Found", Vec::new()),
-                    };
-                    let header = format!(
-                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    stream.write_all(header.as_bytes()).unwrap();
-                    if !head {
-                        stream.write_all(&body).unwrap();
-                    }
-                }
-            });
-        }
-    });
-    (url, ranged)
-}
 
 #[test]
 fn http_store_with_ranged_block_reads() {
     require_nix!();
-    let (url, ranged) = serve(shared_store().to_path_buf());
+    let (url, ranged) = refstrip_tests::static_http_server(shared_store().to_path_buf());
     let root = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let r = report(&substitute(

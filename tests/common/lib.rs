@@ -1,7 +1,12 @@
 //! Shared helpers for the end-to-end tests: finding real Nix (the oracle) and the built binary.
 
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// True when Nix's command-line tools are installed. When they are not, tests that need them print
 /// a loud notice and skip, except under CI (`CI` set), where a missing oracle is a failure:
@@ -113,4 +118,66 @@ pub fn corpus_packages(generation: &str) -> std::collections::BTreeMap<(String, 
             ((f[0].to_string(), f[2].to_string()), f[3].to_string())
         })
         .collect()
+}
+
+/// A static file server that honours `Range: bytes=a-b` (206) and counts ranged answers.
+pub fn static_http_server(dir: PathBuf) -> (String, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let ranged = Arc::new(AtomicU64::new(0));
+    let counter = ranged.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let dir = dir.clone();
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let head = line.starts_with("HEAD");
+                    let mut range = None;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).is_err() {
+                            return;
+                        }
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                            let (a, b) = v.trim().split_once('-').unwrap_or(("", ""));
+                            range = Some((a.parse().unwrap_or(usize::MAX), b.parse().unwrap_or(0)));
+                        }
+                    }
+                    let (status, body) = match fs::read(dir.join(path.trim_start_matches('/'))) {
+                        Ok(bytes) => match range {
+                            Some((a, b)) if a <= b && b < bytes.len() => {
+                                counter.fetch_add(1, Ordering::Relaxed);
+                                ("206 Partial Content", bytes[a..=b].to_vec())
+                            }
+                            Some(_) => ("416 Range Not Satisfiable", Vec::new()),
+                            None => ("200 OK", bytes),
+                        },
+                        Err(_) => ("404 Not Found", Vec::new()),
+                    };
+                    let header = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if stream.write_all(header.as_bytes()).is_err() {
+                        return;
+                    }
+                    if !head && stream.write_all(&body).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, ranged)
 }

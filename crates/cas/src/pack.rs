@@ -23,7 +23,7 @@ use crate::id::{Kind, ObjectId};
 
 const HEADER: &[u8; 8] = b"rspack01";
 const FOOTER_MAGIC: &[u8; 8] = b"rspackix";
-const FOOTER_LEN: u64 = 24;
+pub const FOOTER_LEN: u64 = 24;
 /// A block is compressed once it holds this many bytes: larger blocks compress better (measured in
 /// docs/store.md: 4 MiB is 10 % smaller than 1 MiB on the full corpus) but a client fetching one
 /// object reads its whole block.
@@ -304,6 +304,27 @@ pub struct PackReader<R> {
     cached: Option<(u64, Vec<u8>)>,
 }
 
+/// Where a pack of `pack_len` bytes keeps its index, from its last [`FOOTER_LEN`] bytes: the one
+/// footer parser, for packs read whole and packs read by ranges alike.
+pub fn index_range(footer: &[u8], pack_len: u64) -> Result<(u64, u64), CasError> {
+    let bad = |why: &str| CasError::BadPack(why.to_string());
+    if pack_len < HEADER.len() as u64 + FOOTER_LEN || footer.len() as u64 != FOOTER_LEN {
+        return Err(bad("too short to be a pack"));
+    }
+    if &footer[16..] != FOOTER_MAGIC {
+        return Err(bad("bad footer (truncated pack?)"));
+    }
+    let index_offset = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
+    let index_len = u64::from_le_bytes(footer[8..16].try_into().expect("8 bytes"));
+    if index_offset.checked_add(index_len) != Some(pack_len - FOOTER_LEN) {
+        return Err(bad("footer points outside the pack"));
+    }
+    if index_len > MAX_INDEX_LEN {
+        return Err(bad("index larger than the limit for an index"));
+    }
+    Ok((index_offset, index_len))
+}
+
 impl<R: Read + Seek> PackReader<R> {
     pub fn open(mut r: R) -> Result<Self, CasError> {
         let bad = |why: &str| CasError::BadPack(why.to_string());
@@ -322,17 +343,7 @@ impl<R: Read + Seek> PackReader<R> {
         r.seek(SeekFrom::Start(len - FOOTER_LEN))?;
         let mut footer = [0u8; FOOTER_LEN as usize];
         r.read_exact(&mut footer)?;
-        if &footer[16..] != FOOTER_MAGIC {
-            return Err(bad("bad footer (truncated pack?)"));
-        }
-        let index_offset = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
-        let index_len = u64::from_le_bytes(footer[8..16].try_into().expect("8 bytes"));
-        if index_offset.checked_add(index_len) != Some(len - FOOTER_LEN) {
-            return Err(bad("footer points outside the pack"));
-        }
-        if index_len > MAX_INDEX_LEN {
-            return Err(bad("index larger than the limit for an index"));
-        }
+        let (index_offset, index_len) = index_range(&footer, len)?;
         r.seek(SeekFrom::Start(index_offset))?;
         let mut compressed = vec![0u8; checked_usize(index_len)?];
         r.read_exact(&mut compressed)?;

@@ -40,15 +40,15 @@ use tree::Tree;
 pub enum Error {
     #[error(transparent)]
     Read(#[from] ReadError),
-    #[error("{what}: {source}")]
-    Io { what: String, source: io::Error },
+    #[error("{what}: {error}")]
+    Io { what: String, error: io::Error },
     #[error("{path}: {why}")]
     Path { path: String, why: String },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let what = what.into();
-    move |source| Error::Io { what, source }
+    move |source| Error::Io { what, error: source }
 }
 
 pub struct Options {

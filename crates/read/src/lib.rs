@@ -50,8 +50,8 @@ pub enum OpenError {
     NotAStore { location: String },
     #[error("{location} is a store of format {found}; this refstrip reads format {STORE_FORMAT}")]
     Format { location: String, found: String },
-    #[error("opening {location}: {source}")]
-    Io { location: String, source: io::Error },
+    #[error("opening {location}: {error}")]
+    Io { location: String, error: io::Error },
 }
 
 /// Why a path record could not be read.
@@ -61,11 +61,11 @@ pub enum ReadError {
     BadHashPart(String),
     #[error("{hash_part} is not in {store}")]
     NotFound { hash_part: String, store: String },
-    #[error("reading {what} from {store}: {source}")]
+    #[error("reading {what} from {store}: {error}")]
     Io {
         what: String,
         store: String,
-        source: io::Error,
+        error: io::Error,
     },
     #[error("path record {key} in {store}: {why}")]
     BadRecord {
@@ -112,7 +112,7 @@ impl StoreReader {
         let location = url.to_string();
         let io_err = |source: io::Error| OpenError::Io {
             location: location.clone(),
-            source,
+            error: source,
         };
         if let StoreUrl::Dir(path) = &url {
             match std::fs::metadata(path) {
@@ -213,7 +213,7 @@ impl StoreReader {
             .map_err(|source| ReadError::Io {
                 what: key.clone(),
                 store: self.describe(),
-                source,
+                error: source,
             })?;
         let Some(bytes) = bytes else {
             return Ok(None);
@@ -253,7 +253,7 @@ impl StoreReader {
         let keys = self.backend.list("paths/").map_err(|source| ReadError::Io {
             what: "the list of paths/".into(),
             store: self.describe(),
-            source,
+            error: source,
         })?;
         Ok(keys
             .iter()

@@ -29,7 +29,7 @@ pub fn open_input(spec: &str, store_dir: StoreDir) -> Result<Box<dyn NarSource>,
             .objects(&ObjectOptions::default())
             .map_err(|source| SourceError::Io {
                 what: spec.into(),
-                source,
+                error: source,
             })?;
         return Ok(Box::new(StoreSource {
             store,
@@ -115,7 +115,7 @@ impl NarSource for StoreSource {
         let objects = self.objects.clone();
         let (reader, writer) = io::pipe().map_err(|source| SourceError::Io {
             what: "pipe".into(),
-            source,
+            error: source,
         })?;
         // As for a local Nix store: a failed restore closes the pipe early and the reader's NarHash
         // check fails, and the reason is printed here.

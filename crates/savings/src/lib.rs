@@ -21,10 +21,10 @@ pub enum SavingsError {
     Source(#[from] refstrip_source::SourceError),
     #[error("{what}: {why}")]
     Invalid { what: String, why: String },
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         what: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 

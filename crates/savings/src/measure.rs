@@ -231,9 +231,9 @@ fn side_units(
         .with_max_len(1)
         .map(|info| {
             let units = path_units(source, info, methods, sizes, cache).map_err(|e| match e {
-                SavingsError::Io { what, source } => SavingsError::Io {
+                SavingsError::Io { what, error } => SavingsError::Io {
                     what: format!("{}: {what}", info.store_path),
-                    source,
+                    error,
                 },
                 e => e,
             })?;
@@ -318,7 +318,7 @@ fn path_units(
 fn io_err(what: &str) -> impl FnOnce(io::Error) -> SavingsError + '_ {
     move |source| SavingsError::Io {
         what: what.to_string(),
-        source,
+        error: source,
     }
 }
 

@@ -141,7 +141,7 @@ impl Server {
             .map_err(|source| ReadError::Io {
                 what: "the object cache".into(),
                 store: store.describe(),
-                source,
+                error: source,
             })?;
         let streams = Arc::new(Semaphore::new(config.max_streams.max(1)));
         Ok(Arc::new(Server {

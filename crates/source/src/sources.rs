@@ -11,8 +11,8 @@ use crate::compression::{decompress, Compression};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("{what}: {source}")]
-    Io { what: String, source: io::Error },
+    #[error("{what}: {error}")]
+    Io { what: String, error: io::Error },
     #[error("{0} is not in the source")]
     NotFound(String),
     #[error("{what}: {why}")]
@@ -21,7 +21,7 @@ pub enum SourceError {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SourceError {
     let what = what.into();
-    move |source| SourceError::Io { what, source }
+    move |source| SourceError::Io { what, error: source }
 }
 
 /// Somewhere store paths can be read from as narinfo + NAR stream.
@@ -236,7 +236,7 @@ impl LocalStore {
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| SourceError::Io {
                 what: path.display().to_string(),
-                source: io::Error::other(e),
+                error: io::Error::other(e),
             })
     }
 
@@ -253,7 +253,7 @@ impl LocalStore {
 fn db_err(e: rusqlite::Error) -> SourceError {
     SourceError::Io {
         what: "Nix database".into(),
-        source: io::Error::other(e),
+        error: io::Error::other(e),
     }
 }
 

@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use refstrip_backend::{
     open_for_writing, pack_key, record_key, Backend, RequestCounts, StoreUrl, MARKER_KEY,
 };
-use refstrip_cas::pack::{decode_index, decompress_bounded, Location, PackWriter};
+use refstrip_cas::pack::{
+    decode_index, decompress_bounded, index_range, Location, PackWriter, FOOTER_LEN,
+};
 use refstrip_cas::{CasError, ObjectId, ObjectWrite};
 use refstrip_read::{marker_contents, PathRecord, ReadError, StoreReader, Visit};
 
@@ -423,15 +425,12 @@ pub fn read_pack_index(
     key: &str,
     size: u64,
 ) -> Result<HashMap<ObjectId, Location>, StoreError> {
-    if size < 32 {
-        return Err(CasError::BadPack(format!("{key} is too short")).into());
-    }
-    let footer = backend.get_range(key, size - 24, 24)?;
-    let offset = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
-    let len = u64::from_le_bytes(footer[8..16].try_into().expect("8 bytes"));
-    if &footer[16..] != b"rspackix" || offset.checked_add(len) != Some(size - 24) {
-        return Err(CasError::BadPack(format!("{key}: bad footer")).into());
-    }
+    let with_key = |e: CasError| CasError::BadPack(format!("{key}: {e}"));
+    let footer = match size.checked_sub(FOOTER_LEN) {
+        Some(at) => backend.get_range(key, at, FOOTER_LEN)?,
+        None => Vec::new(),
+    };
+    let (offset, len) = index_range(&footer, size).map_err(with_key)?;
     let raw = decompress_bounded(&backend.get_range(key, offset, len)?)?;
     Ok(decode_index(&raw, offset)?)
 }

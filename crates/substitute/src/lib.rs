@@ -56,8 +56,8 @@ pub enum Error {
     Db(#[from] DbError),
     #[error(transparent)]
     Read(#[from] ReadError),
-    #[error("{what}: {source}")]
-    Io { what: String, source: io::Error },
+    #[error("{what}: {error}")]
+    Io { what: String, error: io::Error },
     #[error("{path}: {why}")]
     Path { path: String, why: String },
     #[error("{} of the paths to substitute failed, nothing was registered:\n  {}", .0.len(), .0.join("\n  "))]
@@ -66,7 +66,7 @@ pub enum Error {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let what = what.into();
-    move |source| Error::Io { what, source }
+    move |source| Error::Io { what, error: source }
 }
 
 pub struct Options {
@@ -376,7 +376,8 @@ fn restore_path(
         path: p.path.clone(),
         why: e.to_string(),
     })
-    .and_then(|_| writer.finish().map_err(io_err("writing")));
+    .and_then(|_| writer.finish().map_err(io_err("writing")))
+    .and_then(|_| check_content_address(p, &tmp));
     if let Err(e) = restored {
         let _ = remove_tree(&tmp);
         return Err(e);
@@ -388,6 +389,27 @@ fn restore_path(
         shareable: std::mem::take(&mut writer.shareable),
         dest,
     })
+}
+
+/// A path that asserts a content address (`CA:`, which no signature covers) must have that
+/// content, as Nix checks on import: the tree just written is serialised again and hashed.
+fn check_content_address(p: &Planned, tree: &Path) -> Result<(), Error> {
+    let Some((_, ca)) = p.record.manifest.info.iter().find(|(k, _)| k == "CA") else {
+        return Ok(());
+    };
+    let refused = |why: String| Error::Path {
+        path: p.path.clone(),
+        why: format!("refusing it: CA {ca}: {why}"),
+    };
+    let ca = refstrip_nix::ContentAddress::parse(ca).map_err(|e| refused(e.to_string()))?;
+    let (reader, writer) = io::pipe().map_err(io_err("pipe"))?;
+    let tree = tree.to_path_buf();
+    let dumper = std::thread::spawn(move || refstrip_nar::dump(&tree, io::BufWriter::new(writer)));
+    let checked = ca.check_nar(p.record.hash_part(), io::BufReader::new(reader));
+    let dumped = dumper.join().expect("the dump thread does not panic");
+    checked.map_err(|e| refused(e.to_string()))?;
+    dumped.map_err(|e| refused(format!("serialising the written tree: {e}")))?;
+    Ok(())
 }
 
 fn valid_path_info(p: &Planned, store_dir: &str, real_store: &Path) -> ValidPathInfo {

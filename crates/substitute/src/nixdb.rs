@@ -66,8 +66,8 @@ create index if not exists IndexDerivationOutputs on DerivationOutputs(path);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("{what}: {source}")]
-    Io { what: String, source: io::Error },
+    #[error("{what}: {error}")]
+    Io { what: String, error: io::Error },
     #[error("Nix database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("{0}")]
@@ -76,7 +76,7 @@ pub enum DbError {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DbError {
     let what = what.into();
-    move |source| DbError::Io { what, source }
+    move |source| DbError::Io { what, error: source }
 }
 
 /// What Nix records about a valid path (one row of ValidPaths plus its Refs).

@@ -1,0 +1,475 @@
+//! A hostile store (issue: hardening). Each attack is built with the project's own encoders in a
+//! copy of a good store, then every client reads it: substitute (from a directory and over HTTP,
+//! signatures checked and not), serve, mount. Whatever the attack: nothing outside ROOT changes (a
+//! sentinel tree beside it is compared byte for byte), nothing is registered, Nix's own verify of
+//! ROOT stays clean, memory stays bounded, nothing hangs or dies, and the next clean run of the
+//! same path succeeds.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use refstrip_read::PathRecord;
+use refstrip_strip::varint::{put, Cursor};
+use refstrip_tests::{corpus_dir, refstrip_bin, require_nix, run, static_http_server};
+
+/// Peak RSS any client may reach on these attacks (a restore of the small corpus needs ~30 MB).
+const RSS_LIMIT_KB: u64 = 256 * 1024;
+
+fn gen1() -> PathBuf {
+    corpus_dir().join("small").join("gen1")
+}
+
+fn corpus_key() -> String {
+    fs::read_to_string(corpus_dir().join("keys/refstrip-corpus-1.pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn good_store() -> &'static Path {
+    static STORE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    STORE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            run(Command::new(refstrip_bin())
+                .arg("ingest")
+                .arg(gen1())
+                .args(["--all", "--to"])
+                .arg(dir.path().join("store")));
+            dir
+        })
+        .path()
+        .join("store")
+        .leak()
+}
+
+/// The gen1 store path whose name is `name`.
+fn path_named(name: &str) -> String {
+    fs::read_to_string(gen1().join("paths"))
+        .unwrap()
+        .lines()
+        .find(|p| p[44..] == *name)
+        .unwrap_or_else(|| panic!("no {name} in gen1"))
+        .to_string()
+}
+
+fn hash_of(path: &str) -> &str {
+    &path[11..43]
+}
+
+/// A copy of the good store in `dir`, with `attack` applied to it.
+fn hostile_store(dir: &Path, attack: impl FnOnce(&Path)) -> PathBuf {
+    let store = dir.join("store");
+    run(Command::new("cp").arg("-a").arg(good_store()).arg(&store));
+    attack(&store);
+    store
+}
+
+fn record_file(store: &Path, path: &str) -> PathBuf {
+    store.join("paths").join(hash_of(path))
+}
+
+/// Rewrite the record of `path` through its decoded form (for attacks the decoders accept).
+fn edit_record(store: &Path, path: &str, edit: impl FnOnce(&mut PathRecord)) {
+    let file = record_file(store, path);
+    let mut record = PathRecord::decode(&fs::read(&file).unwrap()).unwrap();
+    edit(&mut record);
+    record.manifest_bytes = record.manifest.encode();
+    fs::write(&file, record.encode()).unwrap();
+}
+
+/// Rewrite the decompressed body of `path`'s manifest byte for byte (for attacks the decoders
+/// must refuse, which the typed encoders would not even build).
+fn edit_manifest_body(store: &Path, path: &str, edit: impl FnOnce(&mut Vec<u8>)) {
+    let file = record_file(store, path);
+    let bytes = fs::read(&file).unwrap();
+    let mut cur = Cursor { bytes: &bytes[8..] };
+    let manifest = cur.bytes().unwrap().to_vec();
+    let rest = cur.bytes.to_vec();
+    let mut head = Cursor { bytes: &manifest[8..] };
+    let version = head.varint().unwrap();
+    let mut body = zstd::decode_all(head.bytes).unwrap();
+    edit(&mut body);
+    let mut new_manifest = manifest[..8].to_vec();
+    put(&mut new_manifest, version);
+    new_manifest.extend(zstd::encode_all(&body[..], 3).unwrap());
+    let mut out = bytes[..8].to_vec();
+    put(&mut out, new_manifest.len() as u64);
+    out.extend(new_manifest);
+    out.extend(rest);
+    fs::write(&file, out).unwrap();
+}
+
+fn replace_once(body: &mut [u8], from: &[u8], to: &[u8]) {
+    assert_eq!(from.len(), to.len());
+    let at = body
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("pattern in the manifest");
+    body[at..at + to.len()].copy_from_slice(to);
+}
+
+/// Every file and directory below `dir` with its contents' length and mtime.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            out.insert(e.path(), (m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000));
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// A sentinel tree beside ROOT that a traversal would reach (`ROOT/../victim` and friends).
+fn plant_sentinel(dir: &Path) -> PathBuf {
+    let victim = dir.join("victim");
+    fs::create_dir_all(victim.join("lib")).unwrap();
+    fs::write(victim.join("lib/keep"), b"precious").unwrap();
+    victim
+}
+
+/// Run refstrip under GNU time: its output and peak RSS in KiB. Fails the test if it runs > 60 s.
+fn refstrip_measured(args: &[&str]) -> (Output, u64) {
+    let rss = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new("/usr/bin/time")
+        .args(["-f", "%M", "-o"])
+        .arg(rss.path())
+        .arg(refstrip_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("refstrip {args:?} hung");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let kb = fs::read_to_string(rss.path())
+        .unwrap()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    (out, kb)
+}
+
+fn valid_paths(root: &Path) -> Vec<String> {
+    if !root.join("nix/var/nix/db/db.sqlite").exists() {
+        return Vec::new();
+    }
+    let out = run(Command::new("nix").arg("path-info").arg("--store").arg(root).arg("--all"));
+    String::from_utf8(out).unwrap().lines().map(String::from).collect()
+}
+
+fn nix_verify_clean(root: &Path) {
+    if !root.join("nix/var/nix/db/db.sqlite").exists() {
+        return;
+    }
+    let out = Command::new("nix-store")
+        .arg("--store")
+        .arg(root)
+        .args(["--verify", "--check-contents"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("modified") && !stderr.contains("disappeared"),
+        "nix-store --verify: {stderr}"
+    );
+}
+
+/// Substitute `path` from `from` into a fresh ROOT beside a sentinel, with and without signature
+/// checks: refused with `why`, within the memory bound, leaving nothing behind; then the same
+/// path from the good store into the same ROOT succeeds.
+fn substitute_refuses(from: &str, path: &str, why: &str, with_sigs: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = plant_sentinel(dir.path());
+    let root = dir.path().join("root");
+    let before = snapshot(&victim);
+    let key = corpus_key();
+    let mut modes = vec![vec!["--no-check-sigs"]];
+    if with_sigs {
+        modes.push(vec!["--trusted-public-keys", &key]);
+    }
+    for mode in modes {
+        let mut args = vec!["substitute", "--no-cache", "--from", from, "--store"];
+        args.push(root.to_str().unwrap());
+        args.extend(&mode);
+        args.push(path);
+        let (out, rss) = refstrip_measured(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{mode:?}: substitute accepted the attack");
+        assert_eq!(out.status.code(), Some(1), "{mode:?}: a clean error exit, not a crash: {stderr}");
+        assert!(stderr.contains(why), "{mode:?}: expected {why:?} in: {stderr}");
+        assert!(rss < RSS_LIMIT_KB, "{mode:?}: peak RSS {rss} KiB");
+        assert_eq!(snapshot(&victim), before, "{mode:?}: something outside ROOT changed");
+        assert_eq!(valid_paths(&root), Vec::<String>::new(), "{mode:?}: registered");
+        nix_verify_clean(&root);
+    }
+    // The attack poisoned nothing: the real path goes in cleanly afterwards.
+    let good = good_store().to_str().unwrap().to_string();
+    let (out, _) = refstrip_measured(&[
+        "substitute", "--no-cache", "--from", &good, "--store", root.to_str().unwrap(),
+        "--trusted-public-keys", &key, path,
+    ]);
+    assert!(out.status.success(), "clean rerun: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(valid_paths(&root).contains(&path.to_string()));
+    nix_verify_clean(&root);
+}
+
+/// serve on the hostile store: the attacked path's narinfo or NAR is never a complete 200, the
+/// server survives, and a good path is still served whole.
+fn serve_survives(store: &Path, attacked: &str, good: &str) {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(refstrip_bin())
+        .args(["serve", "--store-dir", "/nix/store", "--from"])
+        .arg(store)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let get = |path: &str| -> (u16, Vec<u8>) {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let end = raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(raw.len(), |p| p + 4);
+        let status = String::from_utf8_lossy(&raw[..end.min(12)])
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, raw[end..].to_vec())
+    };
+    let h = hash_of(attacked);
+    let (info, _) = get(&format!("/{h}.narinfo"));
+    let (nar, body) = get(&format!("/nar/{h}.nar"));
+    let expected: u64 = fs::read_to_string(gen1().join(format!("{h}.narinfo")))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("NarSize: ")?.parse().ok())
+        .unwrap();
+    let complete_and_right = nar == 200 && body.len() as u64 == expected;
+    assert!(
+        info != 200 || !complete_and_right || attacked_content_is_right(attacked, &body),
+        "the attacked path was served complete and wrong (narinfo {info}, nar {nar})"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "serve died");
+    let g = hash_of(good);
+    assert_eq!(get(&format!("/{g}.narinfo")).0, 200, "a good path after the attack");
+    assert_eq!(get(&format!("/nar/{g}.nar")).0, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Whether `nar` is the path's real NAR (its SHA-256 is the NarHash the corpus signed).
+fn attacked_content_is_right(path: &str, nar: &[u8]) -> bool {
+    use sha2::Digest;
+    let info = fs::read_to_string(gen1().join(format!("{}.narinfo", hash_of(path)))).unwrap();
+    let want = info.lines().find_map(|l| l.strip_prefix("NarHash: sha256:")).unwrap().to_string();
+    let got = refstrip_nix::base32::encode(&sha2::Sha256::digest(nar));
+    got == want
+}
+
+/// mount refuses a store whose record for `path` its decoders refuse, before mounting anything.
+fn mount_refuses(store: &Path, path: &str, why: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let (out, rss) = refstrip_measured(&[
+        "mount", "--no-cache", "--from", store.to_str().unwrap(), mnt.to_str().unwrap(), path,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "mount: {stderr}");
+    assert!(stderr.contains(why), "mount: expected {why:?} in {stderr}");
+    assert!(rss < RSS_LIMIT_KB);
+    assert_eq!(fs::read_dir(&mnt).unwrap().count(), 0, "nothing mounted");
+}
+
+/// An attack the decoders refuse: every client, every route.
+fn refused_everywhere(attacked: &str, why: &str, attack: impl FnOnce(&Path)) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = hostile_store(dir.path(), attack);
+    substitute_refuses(store.to_str().unwrap(), attacked, why, true);
+    let (url, _) = static_http_server(store.clone());
+    substitute_refuses(&url, attacked, why, false);
+    serve_survives(&store, attacked, &path_named("dash-0.5.12"));
+    mount_refuses(&store, attacked, why);
+}
+
+#[test]
+fn a_store_path_name_that_climbs_out_of_root_is_refused() {
+    require_nix!();
+    // `<hash>-expat-2.5.0` becomes `<hash>-../../vict0`: same length, so only the name changed.
+    let expat = path_named("expat-2.5.0");
+    refused_everywhere(&expat, "illegal", |store| {
+        edit_manifest_body(store, &expat, |body| replace_once(body, b"-expat-2.5.0", b"-../../vict0"));
+    });
+}
+
+#[test]
+fn a_block_of_a_terabyte_is_refused_before_anything_is_allocated() {
+    require_nix!();
+    let dash = path_named("dash-0.5.12");
+    let zlib = path_named("zlib-1.2.13");
+    let dir = tempfile::tempdir().unwrap();
+    let store = hostile_store(dir.path(), |store| {
+        edit_record(store, &zlib, |r| {
+            for (_, loc) in r.objects.values_mut() {
+                loc.block_len = 1 << 40;
+                loc.block_raw_len = 1 << 40;
+            }
+        })
+    });
+    substitute_refuses(store.to_str().unwrap(), &zlib, "block larger than the limit", true);
+    let (url, _) = static_http_server(store.clone());
+    substitute_refuses(&url, &zlib, "block larger than the limit", false);
+    serve_survives(&store, &zlib, &dash);
+    mount_refuses(&store, &zlib, "block larger than the limit");
+}
+
+#[test]
+fn an_unsigned_deriver_outside_the_store_is_refused() {
+    require_nix!();
+    let lua = path_named("lua-5.4.4");
+    refused_everywhere(&lua, "Deriver", |store| {
+        edit_manifest_body(store, &lua, |body| {
+            // The Deriver line the manifest keeps, `<hash>-lua-5.4.4.drv`, made to climb out.
+            let at = body.windows(8).position(|w| w == b"Deriver\x00" || w.starts_with(b"Deriver")).unwrap();
+            let value = at + 8;
+            let old = &body[value..value + 32 + 14];
+            assert!(old.ends_with(b"lua-5.4.4.drv"), "{}", String::from_utf8_lossy(old));
+            body[value..value + 32 + 14].copy_from_slice(b"../../../../../../../../../../etc/passwd.drv\0\0");
+        });
+    });
+}
+
+#[test]
+fn a_false_content_address_is_refused_even_when_signed() {
+    require_nix!();
+    // Signatures do not cover CA; a path claiming to be the fixed output of other content is
+    // refused as Nix's own import refuses it ("ca hash mismatch").
+    let zlib = path_named("zlib-1.2.13");
+    let dir = tempfile::tempdir().unwrap();
+    let store = hostile_store(dir.path(), |store| {
+        edit_record(store, &zlib, |r| {
+            r.manifest.info.push((
+                "CA".into(),
+                "fixed:r:sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s".into(),
+            ));
+        })
+    });
+    substitute_refuses(store.to_str().unwrap(), &zlib, "CA fixed:r:sha256", true);
+}
+
+#[test]
+fn a_zstd_bomb_costs_what_its_block_declares() {
+    require_nix!();
+    // One object's block is replaced by a frame that inflates to 1 GiB while its record declares
+    // the real block's length.
+    let dash = path_named("dash-0.5.12");
+    let bomb_pack = "f".repeat(64);
+    let dir = tempfile::tempdir().unwrap();
+    let store = hostile_store(dir.path(), |store| {
+        let mut frame = Vec::new();
+        {
+            let mut enc = zstd::stream::write::Encoder::new(&mut frame, 3).unwrap();
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..1024 {
+                enc.write_all(&zeros).unwrap();
+            }
+            enc.finish().unwrap();
+        }
+        let mut pack = b"rspack01".to_vec();
+        pack.extend(&frame);
+        fs::write(store.join("packs").join(format!("{bomb_pack}.pack")), &pack).unwrap();
+        edit_record(store, &dash, |r| {
+            for (pack, loc) in r.objects.values_mut() {
+                *pack = bomb_pack.clone();
+                loc.block_offset = 8;
+                loc.block_len = frame.len() as u64;
+            }
+        })
+    });
+    substitute_refuses(store.to_str().unwrap(), &dash, "corrupt", true);
+    serve_survives(&store, &dash, &path_named("zlib-1.2.13"));
+}
+
+#[test]
+fn the_same_path_twice_is_substituted_once() {
+    require_nix!();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let zlib = path_named("zlib-1.2.13");
+    let (out, _) = refstrip_measured(&[
+        "substitute", "--no-cache", "--no-check-sigs", "--from", good_store().to_str().unwrap(),
+        "--store", root.to_str().unwrap(), &zlib, &zlib, hash_of(&zlib),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(valid_paths(&root), vec![zlib]);
+}
+
+#[test]
+fn a_silent_server_and_a_fifo_cost_an_error_not_a_hang() {
+    require_nix!();
+    // A server that accepts and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/store?stalled-download-timeout=2&connect-timeout=2",
+        silent.local_addr().unwrap()
+    );
+    let _held = std::thread::spawn(move || {
+        let conns: Vec<_> = silent.incoming().take(8).collect();
+        std::thread::sleep(Duration::from_secs(60));
+        drop(conns);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let zlib = path_named("zlib-1.2.13");
+    let start = Instant::now();
+    let (out, _) = refstrip_measured(&[
+        "substitute", "--no-cache", "--no-check-sigs", "--from", &url, "--store",
+        root.to_str().unwrap(), &zlib,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out") || String::from_utf8_lossy(&out.stderr).contains("Timeout"),
+        "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A pack that is a FIFO (nobody will ever write to it).
+    let store = hostile_store(dir.path(), |store| {
+        let record = PathRecord::decode(&fs::read(record_file(store, &zlib)).unwrap()).unwrap();
+        for (pack, _) in record.objects.values() {
+            let file = store.join("packs").join(format!("{pack}.pack"));
+            let _ = fs::remove_file(&file);
+            run(Command::new("mkfifo").arg(&file));
+        }
+    });
+    let start = Instant::now();
+    substitute_refuses(store.to_str().unwrap(), &zlib, "not a regular file", false);
+    assert!(start.elapsed() < Duration::from_secs(60));
+}
