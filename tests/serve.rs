@@ -1132,3 +1132,64 @@ fn idle_and_slowloris_connections_are_bounded_and_closed() {
     quick_get(port, "/nix-cache-info", Duration::from_secs(1));
     server.stop();
 }
+
+/// Graceful shutdown through the connection layer: on SIGTERM the listener closes, an idle
+/// connection is closed at once, a download in flight completes (byte-exact), and the server then
+/// exits 0.
+#[test]
+fn sigterm_finishes_downloads_in_flight_and_closes_idle_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, large) = store_with_a_large_nar(tmp.path(), 24 << 20);
+    let mut server = Serving::start(&store, &[]);
+    let port = server.port;
+    let record =
+        PathRecord::decode(&std::fs::read(store.join("paths").join(&large)).unwrap()).unwrap();
+    let mut idle = connect_from([127, 0, 0, 2], port, None);
+    // A download that reads its first MiB, then waits for the signal, then reads the rest.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /nar/{large}.nar HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = vec![0u8; 1 << 20];
+    s.read_exact(&mut raw).unwrap();
+    assert!(
+        !closed_by_server(&mut idle, Duration::from_millis(300)),
+        "idle connection closed before SIGTERM"
+    );
+    run(Command::new("kill").args(["-TERM", &server.child.id().to_string()]));
+    let signalled = Instant::now();
+    assert!(
+        closed_by_server(&mut idle, Duration::from_secs(2)),
+        "idle connection still open 2 s after SIGTERM"
+    );
+    let closed_in = signalled.elapsed();
+    // No new connections once the listener is closed.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.read_to_end(&mut raw).unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let body = &raw[end..];
+    assert_eq!(body.len() as u64, record.manifest.nar_size, "download cut short");
+    assert_eq!(Hash::digest(body).as_bytes(), &record.manifest.nar_hash);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(30),
+            "refstrip serve did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status} after SIGTERM");
+    eprintln!(
+        "idle connection closed {closed_in:?} after SIGTERM; exit {:?} after it",
+        signalled.elapsed()
+    );
+}
