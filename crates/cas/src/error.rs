@@ -2,7 +2,8 @@ use crate::id::ObjectId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CasError {
-    #[error("I/O error: {0}")]
+    // Transparent: the cause is said once however the error is printed.
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("object {0} not found")]
     NotFound(ObjectId),

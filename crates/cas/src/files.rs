@@ -5,7 +5,7 @@ use std::io::{self, Read};
 use refstrip_strip::varint::{put, Cursor};
 use refstrip_strip::{ContentDigest, ContentSink, ContentSource};
 
-use crate::chunk::{Chunker, CHUNK_THRESHOLD};
+use crate::chunk::{Chunker, CHUNK_MAX, CHUNK_THRESHOLD};
 use crate::error::CasError;
 use crate::id::{Kind, ObjectId};
 
@@ -149,11 +149,16 @@ impl<R: ObjectRead + ?Sized> ContentSource for FileSource<'_, R> {
                 why: "malformed chunk list".into(),
             })
         })?;
-        let total: u64 = chunks.iter().map(|c| c.1).sum();
-        if total != size {
+        // Checked: a hostile list's sizes could overflow (a panic in debug builds, a wrap in release).
+        let total = chunks.iter().try_fold(0u64, |t, c| {
+            (c.1 <= CHUNK_MAX as u64)
+                .then(|| t.checked_add(c.1))
+                .flatten()
+        });
+        if total != Some(size) {
             return Err(CasError::Corrupt {
                 id,
-                why: format!("chunks add up to {total} bytes, not {size}"),
+                why: format!("chunk sizes do not add up to {size} bytes"),
             }
             .into());
         }

@@ -28,8 +28,16 @@ const FOOTER_LEN: u64 = 24;
 /// docs/store.md: 4 MiB is 10 % smaller than 1 MiB on the full corpus) but a client fetching one
 /// object reads its whole block.
 pub const BLOCK_TARGET: usize = 4 << 20;
-/// Largest block or index a reader will decompress (guards against hostile packs).
-const MAX_DECOMPRESSED: u64 = 1 << 30;
+/// Largest decompressed block a reader accepts, checked before anything is allocated. A block is
+/// flushed at [`BLOCK_TARGET`] and objects are at most a 256 KiB chunk, a chunk list (~40 bytes per
+/// 64 KiB of file) or an encoded (compressed) manifest, so real blocks stay far below this;
+/// [`PackWriter::add`] refuses to write a block above it.
+pub const MAX_BLOCK_RAW_LEN: u64 = 256 << 20;
+/// Largest compressed index a reader will read into memory.
+pub const MAX_INDEX_LEN: u64 = 256 << 20;
+/// An index is digests and varints, which zstd cannot shrink much: one that decompresses to more
+/// than 16 times its size plus 1 MiB is a bomb, not an index.
+const INDEX_MAX_RATIO: u64 = 16;
 
 /// Where one object lives in a pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +50,34 @@ pub struct Location {
 }
 
 impl Location {
+    /// Check the lengths a pack index or a record declares before any of them reaches an
+    /// allocator: the block within [`MAX_BLOCK_RAW_LEN`], its compressed length within zstd's bound
+    /// for that, the object inside the block, and the block inside a pack of `pack_len` bytes.
+    pub fn check(&self, pack_len: u64) -> Result<(), &'static str> {
+        if self.block_raw_len > MAX_BLOCK_RAW_LEN {
+            return Err("block larger than the limit for a block");
+        }
+        let bound = zstd::zstd_safe::compress_bound(self.block_raw_len as usize) as u64;
+        if self.block_len > bound {
+            return Err("compressed block longer than any zstd frame of its length");
+        }
+        if self
+            .block_offset
+            .checked_add(self.block_len)
+            .is_none_or(|end| end > pack_len)
+        {
+            return Err("block lies outside the pack");
+        }
+        if self
+            .offset_in_block
+            .checked_add(self.size)
+            .is_none_or(|end| end > self.block_raw_len)
+        {
+            return Err("object lies outside its block");
+        }
+        Ok(())
+    }
+
     /// Cut this object out of its decompressed block (see [`decode_block`]) and check that its
     /// bytes hash to `id`: the one way readers of any pack source hand out an object.
     pub fn object(&self, id: &ObjectId, block: &[u8]) -> Result<Vec<u8>, CasError> {
@@ -60,13 +96,23 @@ impl Location {
 }
 
 /// Decompress one block as read from a pack and check it has the length its index entry declares.
+///
+/// Bounded by the declared length, not by what the frame inflates to: `raw_len` above
+/// [`MAX_BLOCK_RAW_LEN`] is refused before allocating, and decompression goes into a buffer of
+/// exactly `raw_len` bytes in one shot (no window buffer besides), failing as soon as the frame
+/// has more. A bomb declaring 4 MiB that inflates to 1 GiB costs 4 MiB.
 pub fn decode_block(compressed: &[u8], raw_len: u64) -> io::Result<Vec<u8>> {
-    let raw = decompress_bounded(compressed)?;
+    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+    if raw_len > MAX_BLOCK_RAW_LEN {
+        return Err(invalid("block declares more than the block size limit"));
+    }
+    let raw = zstd::bulk::decompress(compressed, raw_len as usize).map_err(|e| {
+        invalid(&format!(
+            "block does not decompress to its declared {raw_len} bytes ({e})"
+        ))
+    })?;
     if raw.len() as u64 != raw_len {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "block has the wrong length",
-        ));
+        return Err(invalid("block has the wrong length"));
     }
     Ok(raw)
 }
@@ -124,6 +170,19 @@ impl<W: Write> PackWriter<W> {
     pub fn add(&mut self, id: ObjectId, bytes: &[u8]) -> io::Result<bool> {
         if self.contains(&id) {
             return Ok(false);
+        }
+        // Never write a block readers would refuse.
+        if bytes.len() as u64 > MAX_BLOCK_RAW_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "object {id} of {} bytes exceeds the block size limit",
+                    bytes.len()
+                ),
+            ));
+        }
+        if (self.block.len() + bytes.len()) as u64 > MAX_BLOCK_RAW_LEN {
+            self.flush_block()?;
         }
         self.pending
             .push((id, self.block.len() as u64, bytes.len() as u64));
@@ -226,14 +285,8 @@ pub fn decode_index(bytes: &[u8], pack_len: u64) -> Result<HashMap<ObjectId, Loc
             offset_in_block: v[4],
             size: v[5],
         };
-        let block_end = loc.block_offset.checked_add(loc.block_len);
-        let object_end = loc.offset_in_block.checked_add(loc.size);
-        if block_end.is_none_or(|e| e > pack_len)
-            || object_end.is_none_or(|e| e > loc.block_raw_len)
-            || loc.block_raw_len > MAX_DECOMPRESSED
-        {
-            return Err(bad("index entry points outside the pack"));
-        }
+        loc.check(pack_len)
+            .map_err(|why| bad(&format!("index entry: {why}")))?;
         index.insert(ObjectId::new(kind, digest), loc);
     }
     if !cur.bytes.is_empty() {
@@ -277,8 +330,11 @@ impl<R: Read + Seek> PackReader<R> {
         if index_offset.checked_add(index_len) != Some(len - FOOTER_LEN) {
             return Err(bad("footer points outside the pack"));
         }
+        if index_len > MAX_INDEX_LEN {
+            return Err(bad("index larger than the limit for an index"));
+        }
         r.seek(SeekFrom::Start(index_offset))?;
-        let mut compressed = vec![0u8; index_len as usize];
+        let mut compressed = vec![0u8; checked_usize(index_len)?];
         r.read_exact(&mut compressed)?;
         let raw = decompress_bounded(&compressed).map_err(|e| bad(&format!("index: {e}")))?;
         let index = decode_index(&raw, index_offset)?;
@@ -299,7 +355,8 @@ impl<R: Read + Seek> ObjectRead for PackReader<R> {
         let loc = *self.index.get(id).ok_or(CasError::NotFound(*id))?;
         if self.cached.as_ref().map(|(o, _)| *o) != Some(loc.block_offset) {
             self.r.seek(SeekFrom::Start(loc.block_offset))?;
-            let mut compressed = vec![0u8; loc.block_len as usize];
+            // The index was checked on open (`Location::check`): block_len is bounded.
+            let mut compressed = vec![0u8; checked_usize(loc.block_len)?];
             self.r.read_exact(&mut compressed)?;
             let raw =
                 decode_block(&compressed, loc.block_raw_len).map_err(|e| CasError::Corrupt {
@@ -324,17 +381,30 @@ pub fn verify(id: &ObjectId, bytes: &[u8]) -> Result<(), CasError> {
     Ok(())
 }
 
-/// Decompress one zstd frame, refusing output beyond a fixed bound.
+/// Decompress a pack index (whose raw length no footer records), refusing output beyond what an
+/// index of that compressed size can be: `16 × compressed + 1 MiB` (see `INDEX_MAX_RATIO`), and
+/// refusing compressed input above [`MAX_INDEX_LEN`]. Stops reading at the bound + 1 byte.
 pub fn decompress_bounded(compressed: &[u8]) -> io::Result<Vec<u8>> {
+    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    if compressed.len() as u64 > MAX_INDEX_LEN {
+        return Err(invalid("index larger than the limit for an index".into()));
+    }
+    let limit = compressed.len() as u64 * INDEX_MAX_RATIO + (1 << 20);
     let mut out = Vec::new();
     zstd::stream::read::Decoder::new(compressed)?
-        .take(MAX_DECOMPRESSED + 1)
+        .take(limit + 1)
         .read_to_end(&mut out)?;
-    if out.len() as u64 > MAX_DECOMPRESSED {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "decompresses to more than 1 GiB",
-        ));
+    if out.len() as u64 > limit {
+        return Err(invalid(format!(
+            "a {}-byte index decompresses to more than {limit} bytes",
+            compressed.len()
+        )));
     }
     Ok(out)
+}
+
+/// A length that is about to size a buffer, as `usize`, or an error (32-bit hosts).
+fn checked_usize(len: u64) -> io::Result<usize> {
+    usize::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "length does not fit in memory"))
 }

@@ -54,9 +54,83 @@ enum Command {
     Explain(savings::ExplainArgs),
 }
 
+/// Exit status when standard output was closed under us (`refstrip … | head -1`): 128 + SIGPIPE,
+/// what a tool killed by SIGPIPE reports, but as a quiet exit after the work was done.
+const EXIT_STDOUT_CLOSED: u8 = 141;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    // Rust ignores SIGPIPE, so writing to a closed pipe is EPIPE, and `println!` panics on it
+    // (exit 101, "Broken pipe"). Subcommands print their results with `println!` after their work
+    // is done (substitute prints after registering), so that panic becomes a quiet exit here;
+    // writers that return errors (nar dump/ls) end the same way through `is_broken_pipe`.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_stdout_closed_panic(info.payload()) {
+            default_hook(info);
+        }
+    }));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli.command)));
+    let result = match result {
+        Ok(result) => result,
+        Err(payload) if is_stdout_closed_panic(&*payload) => {
+            return std::process::ExitCode::from(EXIT_STDOUT_CLOSED)
+        }
+        Err(payload) => std::panic::resume_unwind(payload),
+    };
+    // Buffered output not yet written may still meet the closed pipe.
+    let flushed = std::io::Write::flush(&mut std::io::stdout());
+    match result {
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::from(EXIT_STDOUT_CLOSED),
+        Ok(()) => match flushed {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                std::process::ExitCode::from(EXIT_STDOUT_CLOSED)
+            }
+            _ => std::process::ExitCode::SUCCESS,
+        },
+        Err(e) => {
+            eprintln!("refstrip: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The panic `println!` raises on a closed standard output.
+fn is_stdout_closed_panic(payload: &(dyn std::any::Any + Send)) -> bool {
+    let msg = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    msg.starts_with("failed printing to stdout") && msg.contains("os error 32")
+}
+
+/// Whether an error is, anywhere in its chain, EPIPE from writing our output.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    use refstrip_nar::NarError;
+    use refstrip_strip::StripError;
+    // Transparent variants hide the io::Error from the source chain: look inside them too.
+    fn nar_io(e: &NarError) -> Option<&std::io::Error> {
+        match e {
+            NarError::Io(e) | NarError::PathIo { error: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+    e.chain().any(|cause| {
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .or_else(|| cause.downcast_ref::<NarError>().and_then(nar_io))
+            .or_else(|| match cause.downcast_ref::<StripError>() {
+                Some(StripError::Io(e)) => Some(e),
+                Some(StripError::Nar(e)) => nar_io(e),
+                _ => None,
+            });
+        io.is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Nar(cmd) => nar::run(cmd),
         Command::Narinfo(cmd) => narinfo::run(cmd),
         Command::Strip(args) => strip::strip(args),
@@ -69,12 +143,5 @@ fn main() -> std::process::ExitCode {
         Command::Mount(args) => mount::run(args),
         Command::Savings(args) => savings::savings(args),
         Command::Explain(args) => savings::explain_cmd(args),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("refstrip: error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
     }
 }

@@ -24,7 +24,7 @@ pub enum NarCommand {
 pub fn run(cmd: NarCommand) -> anyhow::Result<()> {
     match cmd {
         NarCommand::Dump { path } => {
-            let stdout = io::stdout().lock();
+            let stdout = Stdout(io::stdout().lock());
             refstrip_nar::dump(&path, BufWriter::with_capacity(1 << 20, stdout))
                 .with_context(|| format!("dumping {}", path.display()))?;
         }
@@ -35,12 +35,29 @@ pub fn run(cmd: NarCommand) -> anyhow::Result<()> {
         }
         NarCommand::Ls { nar } => {
             let mut reader = NarReader::new(open_input(&nar)?);
-            let mut out = BufWriter::new(io::stdout().lock());
+            let mut out = BufWriter::new(Stdout(io::stdout().lock()));
             list(&mut reader, &mut out).with_context(|| format!("listing {}", nar.display()))?;
-            out.flush()?;
+            out.flush().context("listing")?;
         }
     }
     Ok(())
+}
+
+/// Standard output whose write errors say it was standard output (ENOSPC on a redirect names
+/// the file it hit); the error kind is kept, so `main` still recognises a closed pipe.
+struct Stdout<W>(W);
+
+impl<W: Write> Write for Stdout<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf).map_err(named)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush().map_err(named)
+    }
+}
+
+fn named(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("writing standard output: {e}"))
 }
 
 fn open_input(path: &PathBuf) -> anyhow::Result<Box<dyn io::BufRead>> {

@@ -6,10 +6,14 @@ use std::path::PathBuf;
 /// Offsets are byte positions in the archive, so a corrupt NAR can be inspected with `xxd -s`.
 #[derive(Debug, thiserror::Error)]
 pub enum NarError {
-    #[error("I/O error: {0}")]
+    // Transparent so the cause is said once, with or without `{:#}` (a `{0}` in the message plus
+    // `#[from]` made anyhow print it twice).
+    #[error(transparent)]
     Io(#[from] io::Error),
-    #[error("I/O error on {path}: {source}")]
-    PathIo { path: PathBuf, source: io::Error },
+    /// An I/O error on a named file (ENOSPC and friends say which). The error is part of the
+    /// message and deliberately not a `source`, so it is printed once.
+    #[error("{path}: {error}")]
+    PathIo { path: PathBuf, error: io::Error },
     #[error("not a NAR: the archive does not start with \"nix-archive-1\"")]
     BadMagic,
     #[error("NAR truncated at byte {offset}")]
@@ -52,9 +56,9 @@ pub enum NarError {
 
 impl NarError {
     pub(crate) fn at(path: &std::path::Path) -> impl FnOnce(io::Error) -> NarError + '_ {
-        move |source| NarError::PathIo {
+        move |error| NarError::PathIo {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 }

@@ -10,8 +10,11 @@ use crate::read::{Event, NarReader};
 
 /// Unpack a NAR into a new filesystem object at `dest`, as `nix-store --restore` does.
 ///
-/// The tree is built under a temporary sibling of `dest` and renamed into place only once the
-/// whole archive has been read and validated, so a corrupt NAR leaves nothing behind. Entry names
+/// The tree is built inside a fresh temporary directory beside `dest` and renamed into place only
+/// once the whole archive has been read and validated, so a corrupt NAR leaves nothing behind.
+/// The temporary directory is created with `mkdir` under a name nothing holds yet (`mkdtemp`
+/// semantics: `EEXIST` means try another name), so cleanup only ever removes what this call made,
+/// never a pre-existing directory or a symlink someone put at a predictable name. Entry names
 /// are validated by the reader (no `/`, `.`, `..`), files are created with `O_CREAT | O_EXCL`,
 /// and directories only contain what this function made, so nothing is ever written outside `dest`
 /// or through a symlink. Returns the number of filesystem objects created.
@@ -26,21 +29,49 @@ pub fn unpack<R: BufRead>(nar: &mut NarReader<R>, dest: &Path) -> Result<u64, Na
         _ => PathBuf::from("."),
     };
     let file_name = dest.file_name().unwrap_or(OsStr::new("nar"));
-    let mut tmp_name = b".".to_vec();
-    tmp_name.extend_from_slice(file_name.as_bytes());
-    tmp_name.extend_from_slice(format!(".refstrip-unpack-{}", std::process::id()).as_bytes());
-    let tmp = parent.join(OsStr::from_bytes(&tmp_name));
+    let tmp_dir = create_temp_dir(&parent, file_name.as_bytes())?;
+    let tmp = tmp_dir.join("nar");
 
-    match unpack_into(nar, &tmp) {
-        Ok(count) => {
-            fs::rename(&tmp, dest).map_err(NarError::at(dest))?;
-            Ok(count)
-        }
-        Err(e) => {
-            remove_tree(&tmp);
-            Err(e)
+    let result = unpack_into(nar, &tmp).and_then(|count| {
+        fs::rename(&tmp, dest)
+            .map_err(NarError::at(dest))
+            .map(|()| count)
+    });
+    // Everything under tmp_dir is ours: this call created it and only this call writes there.
+    remove_tree(&tmp_dir);
+    result
+}
+
+/// Create a new, private (0700) directory `.<name>.refstrip-unpack-<pid>-<n>` in `parent`, trying
+/// further `n` while the name exists: `mkdir` fails on any existing entry, a symlink included, so
+/// the directory returned is always one this process just made.
+fn create_temp_dir(parent: &Path, name: &[u8]) -> Result<PathBuf, NarError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    for attempt in 0u32..1000 {
+        let mut tmp_name = b".".to_vec();
+        tmp_name.extend_from_slice(name);
+        tmp_name.extend_from_slice(
+            format!(
+                ".refstrip-unpack-{}-{:x}",
+                std::process::id(),
+                nanos.wrapping_add(attempt)
+            )
+            .as_bytes(),
+        );
+        let tmp = parent.join(OsStr::from_bytes(&tmp_name));
+        match fs::DirBuilder::new().mode(0o700).create(&tmp) {
+            Ok(()) => return Ok(tmp),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(NarError::at(&tmp)(e)),
         }
     }
+    Err(NarError::at(parent)(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "no free temporary name for unpacking",
+    )))
 }
 
 fn unpack_into<R: BufRead>(nar: &mut NarReader<R>, root: &Path) -> Result<u64, NarError> {

@@ -318,3 +318,66 @@ fn unpack_refuses_existing_destination_and_cleans_up_on_error() {
         Some("../a")
     );
 }
+
+/// Issue 17: unpack used the fixed temp name `.DEST.refstrip-unpack-PID` and removed whatever was
+/// there on failure. Directories (and a symlink to one) at that name and at likely next names must
+/// survive a failed and a successful unpack, and unpack must leave nothing else behind.
+#[test]
+fn unpack_never_removes_what_it_did_not_create() {
+    let work = tempfile::tempdir().unwrap();
+    let victim_dir = tempfile::tempdir().unwrap();
+    std::fs::write(victim_dir.path().join("keep"), b"x").unwrap();
+    let pid = std::process::id();
+    let mut planted = vec![format!(".out.refstrip-unpack-{pid}")];
+    planted.extend((0..4).map(|n| format!(".out.refstrip-unpack-{pid}-{n}")));
+    for name in &planted {
+        std::fs::create_dir(work.path().join(name)).unwrap();
+        std::fs::write(work.path().join(name).join("keep"), b"x").unwrap();
+    }
+    std::os::unix::fs::symlink(
+        victim_dir.path(),
+        work.path().join(format!(".out.refstrip-unpack-{pid}-link")),
+    )
+    .unwrap();
+    let dest = work.path().join("out");
+    let nar = sample();
+    assert!(unpack(&mut NarReader::new(&nar[..nar.len() / 2]), &dest).is_err());
+    unpack(&mut NarReader::new(&nar[..]), &dest).unwrap();
+    for name in &planted {
+        assert!(
+            work.path().join(name).join("keep").exists(),
+            "{name} was touched"
+        );
+    }
+    assert!(victim_dir.path().join("keep").exists());
+    // Only what was planted, the link and the result remain.
+    assert_eq!(
+        std::fs::read_dir(work.path()).unwrap().count(),
+        planted.len() + 2
+    );
+}
+
+/// An I/O error names the file once; the cause is not repeated in a source chain.
+#[test]
+fn io_errors_name_the_file_and_say_the_cause_once() {
+    let work = tempfile::tempdir().unwrap();
+    let err = unpack(
+        &mut NarReader::new(&sample()[..]),
+        &work.path().join("missing-parent/out"),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("missing-parent"), "{text}");
+    assert!(text.contains("No such file or directory"), "{text}");
+    let mut chain = String::new();
+    let mut e: Option<&dyn std::error::Error> = Some(&err);
+    while let Some(x) = e {
+        chain.push_str(&x.to_string());
+        e = x.source();
+    }
+    assert_eq!(
+        chain.matches("No such file or directory").count(),
+        1,
+        "{chain}"
+    );
+}

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod base32;
+pub mod ca;
 pub mod cache_info;
 pub mod hash;
 pub mod narinfo;
@@ -33,9 +34,10 @@ pub mod nix_conf;
 pub mod signature;
 pub mod store_path;
 
+pub use ca::{CaError, CaMethod, ContentAddress, HashAlgo};
 pub use cache_info::{CacheInfo, CacheInfoError};
 pub use hash::{Hash, HashError, HashingReader, HashingWriter};
-pub use narinfo::{Deriver, NarInfo, NarInfoError, NarInfoErrorKind};
+pub use narinfo::{check_deriver, Deriver, NarInfo, NarInfoError, NarInfoErrorKind};
 pub use nix_conf::NixConf;
 pub use signature::{KeyError, PublicKey, SecretKey, VerifyError};
-pub use store_path::{is_hash_part, StoreDir, StorePath, StorePathError};
+pub use store_path::{check_base_name, is_hash_part, StoreDir, StorePath, StorePathError};

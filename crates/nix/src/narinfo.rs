@@ -16,6 +16,7 @@
 
 use std::fmt;
 
+use crate::ca::{CaError, ContentAddress};
 use crate::hash::{Hash, HashError};
 use crate::signature;
 use crate::store_path::{StoreDir, StorePath, StorePathError};
@@ -28,6 +29,22 @@ pub const DEFAULT_COMPRESSION: &str = "bzip2";
 pub enum Deriver {
     Path(StorePath),
     Unknown,
+}
+
+/// Check a `Deriver` value: `unknown-deriver`, or a store path base name ending in `.drv`.
+///
+/// Stricter than Nix 2.8's narinfo parser (which takes any base name) on purpose: a deriver is
+/// registered in Nix's database and later read as a derivation, so only a `.drv` makes sense.
+/// Every decoder of a deriver (narinfos, manifests' kept narinfo lines) goes through this.
+pub fn check_deriver(value: &str) -> Result<Deriver, StorePathError> {
+    if value == "unknown-deriver" {
+        return Ok(Deriver::Unknown);
+    }
+    let path = StorePath::from_base_name(value)?;
+    if !path.name().ends_with(".drv") {
+        return Err(StorePathError::NotADerivation(value.to_owned()));
+    }
+    Ok(Deriver::Path(path))
 }
 
 /// A parsed `.narinfo`.
@@ -94,6 +111,8 @@ pub enum NarInfoErrorKind {
         field: &'static str,
         error: StorePathError,
     },
+    #[error("bad CA: {0}")]
+    BadCa(CaError),
 }
 
 impl fmt::Display for NarInfoError {
@@ -195,17 +214,21 @@ impl Partial {
                 )
             }
             "Deriver" => {
-                let deriver = match value {
-                    "unknown-deriver" => Deriver::Unknown,
-                    drv => Deriver::Path(base_name("Deriver", drv)?),
-                };
+                let deriver = check_deriver(value).map_err(|error| NarInfoErrorKind::BadPath {
+                    field: "Deriver",
+                    error,
+                })?;
                 set_once(&mut self.deriver, "Deriver", deriver)
             }
             "Sig" => {
                 self.sigs.push(value.to_owned());
                 Ok(())
             }
-            "CA" => set_once(&mut self.ca, "CA", value.to_owned()),
+            // Kept verbatim, but only if Nix would parse it (its narinfo parser refuses garbage).
+            "CA" => {
+                ContentAddress::parse(value).map_err(NarInfoErrorKind::BadCa)?;
+                set_once(&mut self.ca, "CA", value.to_owned())
+            }
             _ => {
                 self.extra.push((name.to_owned(), value.to_owned()));
                 Ok(())
@@ -564,9 +587,46 @@ Sig: test1:UP59+56Q3oWXN3zlKVjjJfnDsULYOx65cqgbZXAbEz0U9bgSTTazYWBQv3D0BvG1VBNQ5
         assert!(info.sigs.windows(2).all(|w| w[0] < w[1]));
     }
 
+    /// Unsigned fields Nix would reject (issue 17: `CA: garbage`, `Deriver: ../../etc/passwd`).
+    #[test]
+    fn refuses_unsigned_fields_nix_would_reject() {
+        let head = "StorePath: /nix/store/dil2h9darmil79ydspmv2cfwxlnfi03z-refstrip-a\n\
+                    URL: nar/x.nar\nNarHash: sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw\n\
+                    NarSize: 120\nReferences: \n";
+        let ok = format!(
+            "{head}CA: fixed:r:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw\n\
+             Deriver: 90gs1s7x8k12jqdiq9h7xcwa1yvygzm9-refstrip-c.drv\n"
+        );
+        assert!(parse(&ok).is_ok());
+        for bad in [
+            "CA: garbage\n",
+            "CA: fixed:r:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dq\n",
+            "Deriver: ../../etc/passwd\n",
+            "Deriver: 90gs1s7x8k12jqdiq9h7xcwa1yvygzm9-refstrip-c\n",
+            "Deriver: 90gs1s7x8k12jqdiq9h7xcwa1yvygzm9-../x.drv\n",
+        ] {
+            let err = parse(&format!("{head}{bad}")).unwrap_err();
+            assert_eq!(err.line, Some(6), "{bad}");
+        }
+        assert_eq!(check_deriver("unknown-deriver").unwrap(), Deriver::Unknown);
+        assert!(check_deriver("unknown").is_err());
+    }
+
     fn arb_path() -> impl Strategy<Value = StorePath> {
-        (any::<[u8; 20]>(), "[0-9A-Za-z+._?=-]{1,20}")
+        (any::<[u8; 20]>(), "[0-9A-Za-z+_?=][0-9A-Za-z+._?=-]{0,19}")
             .prop_map(|(d, n)| StorePath::from_parts(&d, &n).unwrap())
+    }
+
+    fn arb_drv() -> impl Strategy<Value = StorePath> {
+        (any::<[u8; 20]>(), "[0-9A-Za-z+_?=][0-9A-Za-z+._?=-]{0,15}")
+            .prop_map(|(d, n)| StorePath::from_parts(&d, &format!("{n}.drv")).unwrap())
+    }
+
+    fn arb_ca() -> impl Strategy<Value = String> {
+        (any::<[u8; 32]>(), 0..3u8).prop_map(|(d, m)| {
+            let prefix = ["fixed:r:sha256", "fixed:sha256", "text:sha256"][m as usize];
+            format!("{prefix}:{}", crate::base32::encode(&d))
+        })
     }
 
     fn arb_narinfo() -> impl Strategy<Value = NarInfo> {
@@ -583,11 +643,11 @@ Sig: test1:UP59+56Q3oWXN3zlKVjjJfnDsULYOx65cqgbZXAbEz0U9bgSTTazYWBQv3D0BvG1VBNQ5
             (any::<[u8; 32]>(), 1..u64::MAX),
             (
                 proptest::collection::vec(arb_path(), 0..4),
-                proptest::option::of(arb_path()),
+                proptest::option::of(arb_drv()),
             ),
             (
                 proptest::collection::vec("[!-~]{1,20}", 0..3),
-                proptest::option::of("[ -~]{0,30}"),
+                proptest::option::of(arb_ca()),
             ),
             proptest::collection::vec(("[A-Z][a-z]{0,8}", "[ -~]{0,20}"), 0..3),
         )

@@ -1,10 +1,15 @@
 //! Store directories and store paths: `<store dir>/<32-char nix32 hash>-<name>`.
 //!
-//! Validation follows Nix 2.8's `StorePath` constructor: the hash part is 32 characters of the nix32
-//! alphabet (a 20-byte digest), and the name is 1 to 211 characters from `[0-9A-Za-z+-._?=]`.
+//! Validation follows Nix's `StorePath` constructor and `checkName`: the hash part is 32 characters
+//! of the nix32 alphabet (a 20-byte digest), and the name is 1 to 211 characters from
+//! `[0-9A-Za-z+-._?=]`, whose first dash-separated component is not `.` or `..` (the rule Nix added
+//! in 2.20; Nix 2.8 accepted such names, but no real path has one and every later Nix refuses them).
 //! It is deliberately stricter than Nix in two places, both so that text and value correspond one to
 //! one: the 33rd character must be `-` (Nix 2.8 never looks at it), and a full path must be exactly
 //! `<store dir>/<base name>` (Nix canonicalises `//`, `.` and `..` first).
+//!
+//! [`check_base_name`] is the one check every decoder of untrusted basenames (narinfos, manifests,
+//! records) goes through; a basename it accepts is a single, harmless path component.
 //!
 //! The store directory is a value, not a constant: Guix uses `/gnu/store` with the same path format.
 
@@ -37,6 +42,13 @@ pub enum StorePathError {
     NameTooLong { path: String, len: usize },
     #[error("store path {path:?} contains illegal character {ch:?} in its name")]
     BadNameChar { path: String, ch: char },
+    #[error("store path {path:?} has an invalid name: its first dash-separated component is {component:?}")]
+    DotName {
+        path: String,
+        component: &'static str,
+    },
+    #[error("deriver {0:?} is not a derivation (its name does not end in .drv)")]
+    NotADerivation(String),
     #[error("invalid store directory {dir:?}: {reason}")]
     BadStoreDir { dir: String, reason: &'static str },
 }
@@ -68,6 +80,16 @@ fn validate_name_in(name: &str, path: &str) -> Result<(), StorePathError> {
             len: name.len(),
         });
     }
+    // Nix's checkName: the first dash-separated component must not be `.` or `..`.
+    for component in [".", ".."] {
+        let rest = name.strip_prefix(component);
+        if rest.is_some_and(|r| r.is_empty() || r.starts_with('-')) {
+            return Err(StorePathError::DotName {
+                path: path.to_owned(),
+                component,
+            });
+        }
+    }
     if let Some(ch) = name
         .chars()
         .find(|&c| !c.is_ascii() || !is_name_char(c as u8))
@@ -78,6 +100,39 @@ fn validate_name_in(name: &str, path: &str) -> Result<(), StorePathError> {
         });
     }
     Ok(())
+}
+
+/// Check that `base` is a store path base name `<32 nix32 chars>-<name>` with Nix's name rules, as
+/// raw bytes (the form manifests and records carry). The one validator every decoder uses: what it
+/// accepts contains no `/`, NUL or non-ASCII byte and is never `.` or `..`.
+pub fn check_base_name(base: &[u8]) -> Result<&str, StorePathError> {
+    // Non-UTF-8 can only be a bad name character (the hash part is checked byte-wise below).
+    let text = std::str::from_utf8(base).map_err(|_| StorePathError::BadNameChar {
+        path: String::from_utf8_lossy(base).into_owned(),
+        ch: char::REPLACEMENT_CHARACTER,
+    })?;
+    check_base_name_str(text)?;
+    Ok(text)
+}
+
+fn check_base_name_str(base: &str) -> Result<(), StorePathError> {
+    let bytes = base.as_bytes();
+    if bytes.len() < HASH_PART_LEN + 1 {
+        return Err(StorePathError::TooShort(base.to_owned()));
+    }
+    if let Some(&byte) = bytes[..HASH_PART_LEN]
+        .iter()
+        .find(|&&b| !base32::is_base32_char(b))
+    {
+        return Err(StorePathError::BadHashChar {
+            path: base.to_owned(),
+            byte,
+        });
+    }
+    if bytes[HASH_PART_LEN] != b'-' {
+        return Err(StorePathError::MissingDash(base.to_owned()));
+    }
+    validate_name_in(&base[HASH_PART_LEN + 1..], base)
 }
 
 /// The directory store paths live in; `/nix/store` unless configured otherwise.
@@ -168,23 +223,7 @@ pub struct StorePath(String);
 impl StorePath {
     /// Parse a base name `<32-char hash>-<name>`.
     pub fn from_base_name(base: &str) -> Result<Self, StorePathError> {
-        let bytes = base.as_bytes();
-        if bytes.len() < HASH_PART_LEN + 1 {
-            return Err(StorePathError::TooShort(base.to_owned()));
-        }
-        if let Some(&byte) = bytes[..HASH_PART_LEN]
-            .iter()
-            .find(|&&b| !base32::is_base32_char(b))
-        {
-            return Err(StorePathError::BadHashChar {
-                path: base.to_owned(),
-                byte,
-            });
-        }
-        if bytes[HASH_PART_LEN] != b'-' {
-            return Err(StorePathError::MissingDash(base.to_owned()));
-        }
-        validate_name_in(&base[HASH_PART_LEN + 1..], base)?;
+        check_base_name_str(base)?;
         Ok(StorePath(base.to_owned()))
     }
 
@@ -310,7 +349,7 @@ mod tests {
             err(&format!("{HASH}-{long}y")),
             StorePathError::NameTooLong { len: 212, .. }
         ));
-        // Every character Nix allows, including a leading dot (allowed in 2.8).
+        // Every character Nix allows, including a leading dot that does not make `.`/`..`.
         assert!(StorePath::from_base_name(&format!("{HASH}-.aZ09+-._?=")).is_ok());
         for bad in [
             format!("/nix/store//{HASH}-x"),
@@ -322,6 +361,69 @@ mod tests {
         ] {
             assert!(dir.parse_path(&bad).is_err(), "{bad}");
         }
+    }
+
+    /// Nix's checkName, case by case (name, accepted?).
+    #[test]
+    fn name_rules_table() {
+        let long = "x".repeat(MAX_NAME_LEN);
+        let too_long = "x".repeat(MAX_NAME_LEN + 1);
+        let cases: &[(&str, bool)] = &[
+            ("zlib-1.2.13", true),
+            ("a", true),
+            (".", false),
+            ("..", false),
+            (".-foo", false),
+            ("..-foo", false),
+            ("...", true),
+            (".foo", true),
+            ("..foo", true),
+            ("foo-..", true),
+            ("foo-.", true),
+            ("...-x", true),
+            ("", false),
+            (&long, true),
+            (&too_long, false),
+            ("a/b", false),
+            ("../../etc", false),
+            ("a\0b", false),
+            ("a\nb", false),
+            ("a b", false),
+            ("a:b", false),
+            ("a@b", false),
+            ("a%b", false),
+            ("a~b", false),
+            ("+-._?=", true),
+            ("é", false),
+        ];
+        for &(name, ok) in cases {
+            let base = format!("{HASH}-{name}");
+            assert_eq!(validate_name(name).is_ok(), ok, "name {name:?}");
+            assert_eq!(check_base_name(base.as_bytes()).is_ok(), ok, "{base:?}");
+            assert_eq!(StorePath::from_base_name(&base).is_ok(), ok, "{base:?}");
+        }
+        assert!(matches!(
+            validate_name(".-x"),
+            Err(StorePathError::DotName { component: ".", .. })
+        ));
+        assert!(matches!(
+            validate_name(".."),
+            Err(StorePathError::DotName {
+                component: "..",
+                ..
+            })
+        ));
+        // The attack from issue 17: a valid hash, then a traversal in the name.
+        let attack = format!("{HASH}-zlib-1.2.13/../../../../../victim");
+        assert!(check_base_name(attack.as_bytes()).is_err());
+        assert!(check_base_name(format!("{HASH}-lib/x").as_bytes()).is_err());
+        assert!(check_base_name(b"\xff\xfe").is_err());
+        let mut non_utf8 = format!("{HASH}-a").into_bytes();
+        non_utf8.push(0xff);
+        assert!(matches!(
+            check_base_name(&non_utf8),
+            Err(StorePathError::BadNameChar { .. })
+        ));
     }
 
     #[test]
@@ -354,7 +456,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(digest in any::<[u8; 20]>(), name in "[0-9A-Za-z+._?=-]{1,211}") {
+        fn round_trip(digest in any::<[u8; 20]>(), name in "[0-9A-Za-z+_?=][0-9A-Za-z+._?=-]{0,210}") {
             let p = StorePath::from_parts(&digest, &name).unwrap();
             prop_assert_eq!(p.digest(), digest);
             prop_assert_eq!(p.name(), name.as_str());
@@ -367,6 +469,23 @@ mod tests {
         fn never_panics(s in "\\PC{0,80}") {
             let _ = StorePath::from_base_name(&s);
             let _ = StoreDir::default().parse_path(&s);
+        }
+
+        /// Whatever the bytes, an accepted basename is one harmless path component.
+        #[test]
+        fn accepted_basenames_are_single_components(bytes in proptest::collection::vec(any::<u8>(), 0..260), dots in 0usize..3) {
+            let mut b = HASH.as_bytes().to_vec();
+            b.push(b'-');
+            b.extend(std::iter::repeat_n(b'.', dots));
+            b.extend(&bytes);
+            if let Ok(s) = check_base_name(&b) {
+                prop_assert!(!s.contains('/') && !s.contains('\0'));
+                prop_assert!(s != "." && s != "..");
+                prop_assert!(s.len() <= HASH_PART_LEN + 1 + MAX_NAME_LEN);
+                let p = StorePath::from_base_name(s).unwrap();
+                prop_assert_eq!(p.base_name(), s);
+            }
+            prop_assert_eq!(check_base_name(&b).is_ok(), StorePath::from_base_name(&String::from_utf8_lossy(&b)).is_ok() && std::str::from_utf8(&b).is_ok());
         }
     }
 }

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use refstrip_backend::{open_for_reading, record_key, Backend, StoreUrl, UrlError, MARKER_KEY};
 use refstrip_nix::is_hash_part;
 
-pub use record::{PathRecord, MAX_BLOCK_LEN, MAX_BLOCK_RAW, MAX_RECORD_BYTES};
+pub use record::{PathRecord, MAX_RECORD_BYTES};
 
 /// The store format this version reads and writes (spec/normalized-format.md §7).
 pub const STORE_FORMAT: u64 = 1;

@@ -310,15 +310,16 @@ impl ObjectSource for Box<dyn ObjectSource> {
     }
 }
 
-/// A least-recently-used map bounded by the total size of its values.
-struct SizedLru<K: std::hash::Hash + Eq, V> {
+/// A least-recently-used map bounded by the total size of its values (sizes as the caller weighs
+/// them); a value larger than the whole budget is not kept.
+pub struct SizedLru<K: std::hash::Hash + Eq, V> {
     lru: lru::LruCache<K, (V, u64)>,
     used: u64,
     budget: u64,
 }
 
 impl<K: std::hash::Hash + Eq, V: Clone> SizedLru<K, V> {
-    fn new(budget: u64) -> Self {
+    pub fn new(budget: u64) -> Self {
         SizedLru {
             lru: lru::LruCache::unbounded(),
             used: 0,
@@ -326,11 +327,11 @@ impl<K: std::hash::Hash + Eq, V: Clone> SizedLru<K, V> {
         }
     }
 
-    fn get(&mut self, key: &K) -> Option<V> {
+    pub fn get(&mut self, key: &K) -> Option<V> {
         self.lru.get(key).map(|(v, _)| v.clone())
     }
 
-    fn put(&mut self, key: K, value: V, size: u64) {
+    pub fn put(&mut self, key: K, value: V, size: u64) {
         if size > self.budget {
             return;
         }
@@ -346,7 +347,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> SizedLru<K, V> {
         }
     }
 
-    fn remove(&mut self, key: &K) {
+    pub fn remove(&mut self, key: &K) {
         if let Some((_, size)) = self.lru.pop(key) {
             self.used -= size;
         }

@@ -83,7 +83,7 @@ impl NarSource for StoreSource {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        paths.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        paths.sort_by_key(|p| p.to_string());
         Ok(paths)
     }
 

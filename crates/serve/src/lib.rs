@@ -36,7 +36,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use refstrip_cas::FileSource;
 use refstrip_nix::is_hash_part;
-use refstrip_read::objects::{ObjectOptions, Objects};
+use refstrip_read::objects::{ObjectOptions, Objects, SizedLru};
 use refstrip_read::{PathRecord, ReadError, StoreReader};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -116,7 +116,8 @@ pub struct Server {
     store: StoreReader,
     config: Config,
     cache_info: String,
-    records: Mutex<RecordCache>,
+    /// Decoded path records, least recently used evicted first, bounded by approximate size.
+    records: Mutex<SizedLru<String, Arc<PathRecord>>>,
     objects: Objects,
     streams: Arc<Semaphore>,
 }
@@ -134,7 +135,7 @@ impl Server {
             "StoreDir: {store_dir}\nWantMassQuery: 1\nPriority: {}\n",
             config.priority
         );
-        let records = Mutex::new(RecordCache::new(config.record_cache_bytes));
+        let records = Mutex::new(SizedLru::new(config.record_cache_bytes as u64));
         let objects = store
             .objects(&config.objects)
             .map_err(|source| ReadError::Io {
@@ -179,7 +180,7 @@ impl Server {
             .records
             .lock()
             .expect("record cache lock")
-            .get(hash_part)
+            .get(&hash_part.to_string())
         {
             return Ok(Some(record));
         }
@@ -192,7 +193,7 @@ impl Server {
                 self.records
                     .lock()
                     .expect("record cache lock")
-                    .put(hash_part.to_string(), record.clone());
+                    .put(hash_part.to_string(), record.clone(), record_weight(&record));
                 Ok(Some(record))
             }
             Ok(Ok(None)) => Ok(None),
@@ -631,46 +632,9 @@ impl Drop for LoggedBody {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Caches
-
-/// Decoded path records, least recently used evicted first, bounded by approximate size.
-struct RecordCache {
-    lru: lru::LruCache<String, (Arc<PathRecord>, usize)>,
-    bytes: usize,
-    budget: usize,
-}
-
-impl RecordCache {
-    fn new(budget: usize) -> Self {
-        RecordCache {
-            lru: lru::LruCache::unbounded(),
-            bytes: 0,
-            budget,
-        }
-    }
-
-    fn get(&mut self, key: &str) -> Option<Arc<PathRecord>> {
-        self.lru.get(key).map(|(r, _)| r.clone())
-    }
-
-    fn put(&mut self, key: String, record: Arc<PathRecord>) {
-        // The decoded manifest and object map take roughly this much memory.
-        let weight = 256 + record.manifest_bytes.len() * 2 + record.objects.len() * 128;
-        if weight > self.budget {
-            return;
-        }
-        if let Some((_, old)) = self.lru.put(key, (record, weight)) {
-            self.bytes -= old;
-        }
-        self.bytes += weight;
-        while self.bytes > self.budget {
-            match self.lru.pop_lru() {
-                Some((_, (_, w))) => self.bytes -= w,
-                None => break,
-            }
-        }
-    }
+/// Roughly the memory a decoded record takes (manifest and object map), for the record cache.
+fn record_weight(record: &PathRecord) -> u64 {
+    (256 + record.manifest_bytes.len() * 2 + record.objects.len() * 128) as u64
 }
 
 #[cfg(test)]

@@ -6,9 +6,11 @@ use refstrip_nar::NarError;
 pub enum StripError {
     #[error(transparent)]
     Nar(#[from] NarError),
-    #[error("I/O error: {0}")]
+    // Transparent: the cause is said once however the error is printed.
+    #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("invalid store path basename {0:?}: expected <32-char hash>-<name>")]
+    /// The validator's message, which names the basename.
+    #[error("invalid store path basename: {0}")]
     BadBasename(String),
     #[error("manifest: {0}")]
     BadManifest(String),
@@ -29,6 +31,11 @@ pub enum StripError {
         expected: u64,
         actual: u64,
     },
+    /// A hostile or corrupt manifest or object would make restore exceed what NarSize allows.
+    #[error(
+        "restore refused: {what} would exceed the limit of {limit} the manifest's NarSize allows"
+    )]
+    OverBudget { what: &'static str, limit: u64 },
     #[error("restored NAR has SHA-256 {actual} and {actual_size} bytes; expected {expected} and {expected_size} bytes")]
     NarHashMismatch {
         expected: String,

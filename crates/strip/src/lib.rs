@@ -27,7 +27,10 @@ pub mod varint;
 
 pub use elf::{build_id_range, HEAD_LEN};
 pub use error::{Result, StripError};
-pub use manifest::{tree_digest, ContentDigest, Entry, Manifest, Node, MANIFEST_VERSION};
+pub use manifest::{
+    tree_digest, ContentDigest, Entry, Manifest, Node, MANIFEST_VERSION, MAX_NODES, MAX_PATH_LEN,
+    MIN_ENTRY_NAR_BYTES,
+};
 pub use patch::{apply_all, validate, Patch, PatchKind, Patcher};
 pub use refs::{RefTable, HASH_LEN, PLACEHOLDER};
 pub use restore::{restore, restore_nar, ContentSource, MemoryStore, NarDigest, RestoreVisitor};

@@ -5,7 +5,7 @@ use std::fmt;
 use std::io::Read;
 
 use crate::error::{Result, StripError};
-use crate::patch::{validate, Patch, PatchKind};
+use crate::patch::{apply_all, validate, Patch, PatchKind};
 use crate::refs::RefTable;
 use crate::varint::{put, put_bytes, Cursor};
 
@@ -13,6 +13,15 @@ pub const MANIFEST_VERSION: u64 = 1;
 const MAGIC: &[u8; 8] = b"rsmanif\n";
 /// A decoded manifest larger than this is refused (a path with a million files needs ~100 MB).
 const MAX_DECODED: u64 = 1 << 30;
+/// Most tree nodes (files, symlinks, directories) a manifest may declare, whatever its NarSize.
+pub const MAX_NODES: u64 = 1 << 22;
+/// Fewest NAR bytes any entry below the root takes: `entry ( name <n> node ( type directory ) )`
+/// or `… regular contents <0> …`, 184 bytes each (a symlink takes 192). So a manifest declaring more
+/// than `NarSize / 184 + 1` nodes cannot restore to its NarSize and is refused before any restore.
+pub const MIN_ENTRY_NAR_BYTES: u64 = 184;
+/// Longest path of any entry, `<store dir>/<basename>/…` included: Linux `PATH_MAX` minus the NUL.
+/// Nix itself cannot create, check or delete deeper trees, so no valid path has one.
+pub const MAX_PATH_LEN: u64 = 4095;
 
 /// BLAKE3 of a file's normalized contents.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -152,8 +161,18 @@ impl Manifest {
         body
     }
 
+    /// Most tree nodes a restore of this manifest may create: its NarSize cannot hold more.
+    pub fn max_nodes(&self) -> u64 {
+        max_nodes(self.nar_size)
+    }
+
     /// Decode and validate a manifest: every patch is checked against its file, name or target and
     /// against the reference table, so a manifest that decodes can be restored without panics.
+    ///
+    /// Everything that becomes a name on disk or a line in Nix's database is checked with Nix's own
+    /// rules (the path's basename, every reference, `Deriver`, `CA`, entry names after patching),
+    /// and the tree is bounded by what its NarSize can hold: at most [`Manifest::max_nodes`] nodes,
+    /// file and symlink bytes summing to at most NarSize, no path longer than [`MAX_PATH_LEN`].
     pub fn decode(bytes: &[u8]) -> Result<Manifest> {
         let bad = |what: &str| StripError::BadManifest(what.to_string());
         let rest = bytes
@@ -179,6 +198,10 @@ impl Manifest {
         let mut cur = Cursor { bytes: &body };
         let truncated = || bad("truncated body");
         let store_dir = cur.bytes().ok_or_else(truncated)?.to_vec();
+        std::str::from_utf8(&store_dir)
+            .ok()
+            .and_then(|d| refstrip_nix::StoreDir::new(d).ok())
+            .ok_or_else(|| bad("invalid store directory"))?;
         let n = cur.count().ok_or_else(truncated)?;
         let mut table = Vec::with_capacity(n);
         for _ in 0..n {
@@ -196,7 +219,9 @@ impl Manifest {
         let n = cur.count().ok_or_else(truncated)?;
         let mut references = Vec::with_capacity(n);
         for _ in 0..n {
-            references.push(cur.bytes().ok_or_else(truncated)?.to_vec());
+            let r = cur.bytes().ok_or_else(truncated)?;
+            crate::refs::check_basename(r)?;
+            references.push(r.to_vec());
         }
         let nar_hash: [u8; 32] = cur
             .take(32)
@@ -212,9 +237,17 @@ impl Manifest {
             let utf8 = |b: &[u8]| {
                 String::from_utf8(b.to_vec()).map_err(|_| bad("info field is not UTF-8"))
             };
-            info.push((utf8(k)?, utf8(v)?));
+            let (k, v) = (utf8(k)?, utf8(v)?);
+            check_info(&k, &v)?;
+            info.push((k, v));
         }
-        let root = decode_node(&mut cur, &refs, 0)?;
+        // Path of an entry: `<store dir>/<basename>` then `/<name>` per level.
+        let base_len = (store_dir.len() + 1 + refs.basename(0).len()) as u64;
+        let mut budget = TreeBudget {
+            nodes_left: max_nodes(nar_size),
+            bytes_left: nar_size,
+        };
+        let root = decode_node(&mut cur, &refs, 0, base_len, &mut budget)?;
         if !cur.bytes.is_empty() {
             return Err(bad("trailing bytes after the tree"));
         }
@@ -339,15 +372,68 @@ fn decode_patches(cur: &mut Cursor<'_>) -> Result<Vec<Patch>> {
     Ok(patches)
 }
 
-fn decode_node(cur: &mut Cursor<'_>, refs: &RefTable, depth: usize) -> Result<Node> {
+fn max_nodes(nar_size: u64) -> u64 {
+    (nar_size / MIN_ENTRY_NAR_BYTES + 1).min(MAX_NODES)
+}
+
+/// Narinfo lines kept in a manifest go back into narinfos and Nix's database: they must be single
+/// lines, and the fields Nix interprets must be what Nix would accept.
+fn check_info(key: &str, value: &str) -> Result<()> {
+    let bad = |what: String| Err(StripError::BadManifest(what));
+    if key.is_empty() || key.contains([':', '\n', ' ']) || value.contains('\n') {
+        return bad(format!("info field {key:?} is not a single narinfo line"));
+    }
+    match key {
+        "Deriver" => refstrip_nix::check_deriver(value)
+            .map(drop)
+            .or_else(|e| bad(format!("Deriver: {e}"))),
+        "CA" => refstrip_nix::ContentAddress::parse(value)
+            .map(drop)
+            .or_else(|e| bad(format!("CA: {e}"))),
+        _ => Ok(()),
+    }
+}
+
+/// What is left of a manifest's allowance while its tree is decoded.
+struct TreeBudget {
+    nodes_left: u64,
+    /// NAR bytes left for file contents and symlink targets.
+    bytes_left: u64,
+}
+
+impl TreeBudget {
+    fn node(&mut self) -> Result<()> {
+        self.nodes_left = self.nodes_left.checked_sub(1).ok_or_else(|| {
+            StripError::BadManifest("more tree nodes than its NarSize can hold".into())
+        })?;
+        Ok(())
+    }
+
+    fn bytes(&mut self, n: u64) -> Result<()> {
+        self.bytes_left = self.bytes_left.checked_sub(n).ok_or_else(|| {
+            StripError::BadManifest("file and symlink bytes exceed its NarSize".into())
+        })?;
+        Ok(())
+    }
+}
+
+fn decode_node(
+    cur: &mut Cursor<'_>,
+    refs: &RefTable,
+    depth: usize,
+    path_len: u64,
+    budget: &mut TreeBudget,
+) -> Result<Node> {
     let bad = |what: &str| StripError::BadManifest(what.to_string());
     if depth > refstrip_nar::MAX_DEPTH {
         return Err(bad("tree nested too deeply"));
     }
+    budget.node()?;
     let truncated = || bad("truncated tree");
     Ok(match cur.varint().ok_or_else(truncated)? {
         tag @ (TAG_FILE | TAG_EXECUTABLE) => {
             let size = cur.varint().ok_or_else(truncated)?;
+            budget.bytes(size)?;
             let digest = ContentDigest(
                 cur.take(32)
                     .ok_or_else(truncated)?
@@ -365,6 +451,10 @@ fn decode_node(cur: &mut Cursor<'_>, refs: &RefTable, depth: usize) -> Result<No
         }
         TAG_SYMLINK => {
             let target = cur.bytes().ok_or_else(truncated)?.to_vec();
+            if target.len() as u64 > refstrip_nar::MAX_TARGET_LEN {
+                return Err(bad("symlink target too long"));
+            }
+            budget.bytes(target.len() as u64)?;
             let patches = decode_patches(cur)?;
             validate(&patches, target.len() as u64, refs, "symlink target")?;
             Node::Symlink { target, patches }
@@ -376,7 +466,19 @@ fn decode_node(cur: &mut Cursor<'_>, refs: &RefTable, depth: usize) -> Result<No
                 let name = cur.bytes().ok_or_else(truncated)?.to_vec();
                 let name_patches = decode_patches(cur)?;
                 validate(&name_patches, name.len() as u64, refs, "entry name")?;
-                let node = decode_node(cur, refs, depth + 1)?;
+                // The name restore will create, checked as the NAR reader checks names.
+                let real = apply_all(&name, &name_patches, refs);
+                refstrip_nar::validate_name(&real).map_err(|why| {
+                    StripError::BadManifest(format!(
+                        "entry name {:?}: {why}",
+                        String::from_utf8_lossy(&real)
+                    ))
+                })?;
+                let child_len = path_len + 1 + real.len() as u64;
+                if child_len > MAX_PATH_LEN {
+                    return Err(bad("an entry's path would exceed PATH_MAX"));
+                }
+                let node = decode_node(cur, refs, depth + 1, child_len, budget)?;
                 entries.push(Entry {
                     name,
                     name_patches,

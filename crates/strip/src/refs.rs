@@ -67,20 +67,13 @@ impl RefTable {
     }
 }
 
-fn check_basename(b: &[u8]) -> Result<()> {
-    let ok = b.len() > HASH_LEN + 1
-        && b[HASH_LEN] == b'-'
-        && b[..HASH_LEN].iter().all(|c| NIX_BASE32.contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(StripError::BadBasename(
-            String::from_utf8_lossy(b).into_owned(),
-        ))
-    }
+/// Nix's own rules, via the one validator every decoder uses: a basename in the table becomes a
+/// directory name under ROOT on restore, so `<hash>-x/../../victim` must never get this far.
+pub(crate) fn check_basename(b: &[u8]) -> Result<()> {
+    refstrip_nix::check_base_name(b)
+        .map(drop)
+        .map_err(|e| StripError::BadBasename(e.to_string()))
 }
-
-const NIX_BASE32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
 #[cfg(test)]
 mod tests {
@@ -101,5 +94,16 @@ mod tests {
         assert_eq!(c.basename(2), zlib_new.as_slice());
         assert!(RefTable::new(b"short-me", &[]).is_err());
         assert!(RefTable::new(&me, &[b"0000000000000000000000000000000e-bad".to_vec()]).is_err());
+        // Names follow Nix's rules too (issue 17: a traversal after a valid hash part).
+        for bad in [
+            &b"0000000000000000000000000000000z-zlib-1.2.13/../../../../../victim"[..],
+            b"0000000000000000000000000000000z-zlib/lib",
+            b"0000000000000000000000000000000z-..",
+            b"0000000000000000000000000000000z-.",
+            b"0000000000000000000000000000000z-a\0",
+        ] {
+            assert!(RefTable::new(bad, &[]).is_err());
+            assert!(RefTable::new(&me, &[bad.to_vec()]).is_err());
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Manifest + normalized contents + reference table → the exact original NAR (and/or a tree).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 
@@ -60,19 +61,76 @@ pub fn restore_nar<W: Write>(
 /// Restore `manifest`, writing the NAR to `nar_out` (use [`io::sink`] for none) and reporting the
 /// tree to `visitor`. Fails with [`StripError::NarHashMismatch`] at the end when the result is not
 /// byte-exact: callers must treat everything written as provisional until this returns `Ok`.
+///
+/// Budgets from the manifest's NarSize (the signed size, for a manifest checked against its
+/// narinfo) hold throughout, not just at the end: no NAR byte beyond NarSize is ever passed to
+/// `nar_out`, and no file content beyond it to `visitor` (fails with [`StripError::OverBudget`] the
+/// moment a write would cross it); at most [`Manifest::max_nodes`] nodes are reported.
 pub fn restore<W: Write>(
     manifest: &Manifest,
     source: &mut dyn ContentSource,
     nar_out: W,
     visitor: &mut dyn RestoreVisitor,
 ) -> Result<NarDigest> {
+    let tripped = Cell::new(false);
+    let out = BudgetWriter {
+        inner: nar_out,
+        left: manifest.nar_size,
+        tripped: &tripped,
+    };
+    restore_within(manifest, source, out, visitor).map_err(|e| {
+        if tripped.get() {
+            StripError::OverBudget {
+                what: "NAR bytes",
+                limit: manifest.nar_size,
+            }
+        } else {
+            e
+        }
+    })
+}
+
+/// Refuses, before passing anything on, a write that would take the total past `left`.
+struct BudgetWriter<'a, W> {
+    inner: W,
+    left: u64,
+    tripped: &'a Cell<bool>,
+}
+
+impl<W: Write> Write for BudgetWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            self.tripped.set(true);
+            return Err(io::Error::other("restored NAR would exceed its NarSize"));
+        }
+        let n = self.inner.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn restore_within<W: Write>(
+    manifest: &Manifest,
+    source: &mut dyn ContentSource,
+    nar_out: BudgetWriter<'_, W>,
+    visitor: &mut dyn RestoreVisitor,
+) -> Result<NarDigest> {
     let mut w = NarWriter::new(HashingWriter::new(nar_out));
+    let mut nodes_left = manifest.max_nodes();
     let mut buf = vec![0u8; 256 * 1024];
     let mut emit = |w: &mut NarWriter<_>,
                     visitor: &mut dyn RestoreVisitor,
                     name: Option<Vec<u8>>,
                     node: &Node|
      -> Result<()> {
+        nodes_left = nodes_left.checked_sub(1).ok_or(StripError::OverBudget {
+            what: "tree nodes",
+            limit: manifest.max_nodes(),
+        })?;
         let event = match node {
             Node::File {
                 executable, size, ..

@@ -25,6 +25,9 @@
 //! registered only after its contents are complete and durable; leftovers (temporary trees, renamed
 //! but unregistered paths) are invalid paths, which the next run (or Nix) deletes before writing.
 
+// The kernel interfaces this crate needs (see the workspace lint) have no safe wrapper in std.
+#![allow(unsafe_code)]
+
 pub mod nixdb;
 pub mod tree;
 

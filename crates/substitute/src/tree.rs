@@ -440,8 +440,18 @@ fn umask_strips_modes() -> bool {
     mask & 0o555 != 0
 }
 
-/// Remove a tree that may contain read-only directories, never following symlinks.
+/// Remove a tree that may contain read-only directories, never following symlinks, by directory
+/// descriptor (see `remove_dir_at`): depth is not limited by `PATH_MAX` or the fd limit.
+/// A missing `path` is not an error.
 pub fn remove_tree(path: &std::path::Path) -> io::Result<()> {
+    // `Path` hides a trailing `/.`, which would make the parent/name split below wrong.
+    let raw = path.as_os_str().as_bytes();
+    if raw == b"." || raw.ends_with(b"/.") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "refusing to remove a path ending in '.'",
+        ));
+    }
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -450,19 +460,133 @@ pub fn remove_tree(path: &std::path::Path) -> io::Result<()> {
     if !meta.is_dir() {
         return std::fs::remove_file(path);
     }
-    make_writable(path)?;
-    std::fs::remove_dir_all(path)
+    let name = path
+        .file_name()
+        .filter(|n| *n != "..")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no entry name to remove"))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let parent = File::open(parent)?;
+    remove_dir_at(parent.as_raw_fd(), &cstr(name.as_bytes())?)
 }
 
-fn make_writable(dir: &std::path::Path) -> io::Result<()> {
-    std::fs::set_permissions(dir, Permissions::from_mode(0o755))?;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            make_writable(&entry.path())?;
+/// Open directory `name` in `dir` without following a symlink, made writable so its entries can
+/// be unlinked (store directories are 0555).
+fn open_dir_at(dir: RawFd, name: &CString) -> io::Result<OwnedFd> {
+    let fd = check(unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), 0o755) })?;
+    Ok(fd)
+}
+
+fn dev_ino(fd: RawFd) -> io::Result<(u64, u64)> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Unlink every non-directory in `dir`; return the name of one subdirectory left, if any.
+fn clear_files(dir: RawFd) -> io::Result<Option<CString>> {
+    // readdir consumes its own descriptor (closedir closes it), so give it a duplicate.
+    let dup = check(unsafe { libc::fcntl(dir, libc::F_DUPFD_CLOEXEC, 0) })?;
+    let stream = unsafe { libc::fdopendir(dup) };
+    if stream.is_null() {
+        let e = io::Error::last_os_error();
+        unsafe { libc::close(dup) };
+        return Err(e);
+    }
+    struct Dir(*mut libc::DIR);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            unsafe { libc::closedir(self.0) };
         }
     }
-    Ok(())
+    let stream = Dir(stream);
+    let mut subdir = None;
+    loop {
+        // readdir signals errors only through errno.
+        unsafe { *libc::__errno_location() = 0 };
+        let entry = unsafe { libc::readdir(stream.0) };
+        if entry.is_null() {
+            let errno = io::Error::last_os_error();
+            if errno.raw_os_error() != Some(0) {
+                return Err(errno);
+            }
+            return Ok(subdir);
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        let is_dir = match unsafe { (*entry).d_type } {
+            libc::DT_DIR => true,
+            libc::DT_UNKNOWN => {
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                check(unsafe {
+                    libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW)
+                })?;
+                st.st_mode & libc::S_IFMT == libc::S_IFDIR
+            }
+            _ => false,
+        };
+        if is_dir {
+            subdir.get_or_insert_with(|| name.to_owned());
+        } else {
+            check(unsafe { libc::unlinkat(dir, name.as_ptr(), 0) })?;
+        }
+    }
+}
+
+/// Remove directory `name` in `top` and everything below it, by descriptor: each level is opened
+/// relative to the one above with `O_NOFOLLOW` (a symlink is unlinked, never followed), and only
+/// two descriptors are open at a time whatever the depth, so a tree deeper than `PATH_MAX` (which
+/// path-based removal cannot reach) or than the fd limit is removed. Going back up uses `..`,
+/// checked against the device and inode recorded on the way down, so a directory moved meanwhile
+/// stops the removal instead of redirecting it.
+fn remove_dir_at(top: RawFd, name: &CString) -> io::Result<()> {
+    // Names from `top` down to the current directory, and the identity of each one's parent.
+    let mut names: Vec<CString> = vec![name.clone()];
+    let mut parents: Vec<(u64, u64)> = vec![dev_ino(top)?];
+    let mut cur = open_dir_at(top, name)?;
+    loop {
+        if let Some(sub) = clear_files(cur.as_raw_fd())? {
+            let child = open_dir_at(cur.as_raw_fd(), &sub)?;
+            parents.push(dev_ino(cur.as_raw_fd())?);
+            names.push(sub);
+            cur = child;
+            continue;
+        }
+        // `cur` is empty: remove it from its parent.
+        let name = names.pop().expect("one name per open level");
+        let parent_id = parents.pop().expect("one parent per open level");
+        if names.is_empty() {
+            check(unsafe { libc::unlinkat(top, name.as_ptr(), libc::AT_REMOVEDIR) })?;
+            return Ok(());
+        }
+        let up = check(unsafe {
+            libc::openat(
+                cur.as_raw_fd(),
+                c"..".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        })?;
+        let up = unsafe { OwnedFd::from_raw_fd(up) };
+        if dev_ino(up.as_raw_fd())? != parent_id {
+            return Err(io::Error::other(
+                "a directory was moved while its tree was being removed",
+            ));
+        }
+        check(unsafe { libc::unlinkat(up.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })?;
+        cur = up;
+    }
 }
 
 #[cfg(test)]
@@ -605,6 +729,61 @@ mod tests {
         );
         remove_tree(&out).unwrap();
         assert!(!out.exists());
+    }
+
+    /// Issue 17: a 4,096-deep failed temp tree (8 KiB of path, past PATH_MAX) poisoned ROOT because
+    /// path-based removal hit ENAMETOOLONG. Built here by descriptor, with store modes, a file and
+    /// a symlink to outside at every level; removed completely, nothing outside touched.
+    #[test]
+    fn removes_a_4096_deep_tree_by_descriptor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("victim"), b"keep").unwrap();
+        let top = tmp.path().join("deep");
+        std::fs::create_dir(&top).unwrap();
+        let mut cur: OwnedFd = File::open(&top).unwrap().into();
+        let d = CString::new("d").unwrap();
+        let target = CString::new(outside.as_os_str().as_bytes()).unwrap();
+        for level in 0..4096 {
+            let fd = cur.as_raw_fd();
+            check(unsafe { libc::mkdirat(fd, d.as_ptr(), 0o755) }).unwrap();
+            if level % 512 == 0 {
+                let f = check(unsafe {
+                    libc::openat(fd, c"f".as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o444)
+                })
+                .unwrap();
+                unsafe { libc::close(f) };
+                check(unsafe { libc::symlinkat(target.as_ptr(), fd, c"out".as_ptr()) }).unwrap();
+            }
+            let next =
+                check(unsafe { libc::openat(fd, d.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) })
+                    .unwrap();
+            check(unsafe { libc::fchmod(fd, 0o555) }).unwrap();
+            cur = unsafe { OwnedFd::from_raw_fd(next) };
+        }
+        drop(cur);
+        // Path-based removal cannot do this (the removal that poisoned ROOT).
+        let mut deep = top.clone();
+        for _ in 0..4096 {
+            deep.push("d");
+        }
+        assert!(std::fs::symlink_metadata(&deep).is_err());
+        let fds_before = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        remove_tree(&top).unwrap();
+        assert!(!top.exists());
+        assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"keep");
+        assert_eq!(
+            std::fs::read_dir("/proc/self/fd").unwrap().count(),
+            fds_before
+        );
+        // Missing paths are fine; a symlink to a directory is unlinked, not followed.
+        remove_tree(&top).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        remove_tree(&link).unwrap();
+        assert!(outside.join("victim").exists() && !link.exists());
+        assert!(remove_tree(&tmp.path().join("outside/.")).is_err());
     }
 
     #[test]

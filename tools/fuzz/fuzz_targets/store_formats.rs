@@ -6,12 +6,13 @@
 //! `/` (keys are the prefix plus `packs/…`, `paths/…`).
 use libfuzzer_sys::fuzz_target;
 use refstrip_backend::StoreUrl;
-use refstrip_read::{PathRecord, MAX_BLOCK_LEN, MAX_BLOCK_RAW};
+use refstrip_cas::pack::MAX_BLOCK_RAW_LEN;
+use refstrip_read::PathRecord;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(record) = PathRecord::decode(data) {
         for (_, loc) in record.objects.values() {
-            assert!(loc.block_len <= MAX_BLOCK_LEN && loc.block_raw_len <= MAX_BLOCK_RAW);
+            assert!(loc.block_raw_len <= MAX_BLOCK_RAW_LEN && loc.check(u64::MAX).is_ok());
         }
         let _ = record.reference_hash_parts().count();
         let again = PathRecord::decode(&record.encode()).expect("an encoded record decodes");
