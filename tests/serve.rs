@@ -602,54 +602,53 @@ fn tamper_nar_size(store: &Path, hash_part: &str, nar_size: u64) {
 
 /// Issue #17 item 3: a manifest that restores to more than NarSize used to give a `200` with
 /// exactly Content-Length bytes (hyper cut the unchecked first chunk) whose SHA-256 was not
-/// NarHash. Now no response is complete, and where the first chunk already disagrees with NarSize
-/// the answer is a plain `500`.
+/// NarHash. The record decoder now refuses manifests whose file bytes or node count NarSize cannot
+/// hold, so the NARs here overflow NarSize with directory entries (NAR framing, no file bytes),
+/// within what the decoder accepts; the restore, `ChannelWriter` and the response body each
+/// refuse to go past NarSize. No response may be complete, and where the first chunk already
+/// reaches NarSize the answer is a plain `500`.
 #[test]
 fn a_restore_longer_than_nar_size_is_never_a_complete_response() {
     let tmp = tempfile::tempdir().unwrap();
     let chunk = refstrip_serve_chunk();
-    // NARs of more than two chunks: their first chunk goes out before the restore ends.
-    let (big_0, big_1, big_2, untouched) = (
+    let (first, eighth, untouched) = (
         "1arg000000000000000000000000000a",
         "1arg000000000000000000000000000b",
-        "1arg000000000000000000000000000c",
         "1arg000000000000000000000000000d",
     );
-    let store = store_with_large_nars(
+    // 1,400 entries: about 540 KB, more than two chunks, and few enough nodes for a NarSize of
+    // one chunk (NarSize / 184 + 1 = 1,425). 11,000 entries: about 4.2 MB, for 8 chunks.
+    let store = store_with_nars(
         tmp.path(),
         &[
-            (big_0, 1 << 20),
-            (big_1, 1 << 20),
-            (big_2, 1 << 20),
-            (untouched, 1 << 20),
+            (first, nar_of_empty_files(1_400)),
+            (eighth, nar_of_empty_files(11_000)),
+            (untouched, nar_of_a_file(1 << 20, 3)),
         ],
     );
-    let small = SMALL;
-    let real_small = PathRecord::decode(&std::fs::read(store.join("paths").join(small)).unwrap())
+    let real_small = PathRecord::decode(&std::fs::read(store.join("paths").join(SMALL)).unwrap())
         .unwrap()
         .manifest
         .nar_size;
-    // The NAR fits one chunk and is longer than it claims.
-    tamper_nar_size(&store, small, real_small - 8);
-    // The issue's case: NarSize under one chunk (the first chunk used to be cut at
-    // Content-Length and sent as a complete response).
-    tamper_nar_size(&store, big_0, 100_000);
-    // NarSize exactly one chunk (the first chunk would be complete) and two chunks (the second).
-    tamper_nar_size(&store, big_1, chunk);
-    tamper_nar_size(&store, big_2, 2 * chunk);
+    // The whole NAR fits one chunk and is longer than it claims.
+    tamper_nar_size(&store, SMALL, real_small - 8);
+    // NarSize exactly one chunk: the first chunk would be the complete body.
+    tamper_nar_size(&store, first, chunk);
+    // NarSize eight chunks: the eighth chunk would complete the body.
+    tamper_nar_size(&store, eighth, 8 * chunk);
     let server = Serving::start(&store, &[]);
-    for hash_part in [big_0, big_1, big_2] {
-        // The premise: the tampered records are still served (only their NAR is wrong).
+    for hash_part in [SMALL, first, eighth] {
+        // The premise: the decoder accepts the tampered records (only their NARs are wrong).
         assert_eq!(
             http_get(server.port, &format!("/{hash_part}.narinfo")).status,
-            200
+            200,
+            "{hash_part}.narinfo"
         );
     }
     for (hash_part, claimed) in [
-        (small, real_small - 8),
-        (big_0, 100_000),
-        (big_1, chunk),
-        (big_2, 2 * chunk),
+        (SMALL, real_small - 8),
+        (first, chunk),
+        (eighth, 8 * chunk),
     ] {
         for ext in [".nar", ".nar.zst"] {
             let got = http_get(server.port, &format!("/nar/{hash_part}{ext}"));
@@ -843,42 +842,70 @@ fn quick_get(port: u16, path: &str, limit: Duration) -> (Vec<u8>, Duration) {
 /// ingested into `store` (with the corpus's first generation, for small NARs).
 fn store_with_a_large_nar(dir: &Path, size: usize) -> (PathBuf, String) {
     let hash_part = "1arg0000000000000000000000000bbb".to_string();
-    (store_with_large_nars(dir, &[(&hash_part, size)]), hash_part)
+    let store = store_with_nars(dir, &[(&hash_part, nar_of_a_file(size, 0))]);
+    (store, hash_part)
 }
 
-/// A binary cache with paths `hash_part-large` whose NARs are a single file of `size`
-/// pseudo-random bytes each, ingested into `store` with the corpus's first generation.
-fn store_with_large_nars(dir: &Path, paths: &[(&str, usize)]) -> PathBuf {
-    fn string(out: &mut Vec<u8>, s: &[u8]) {
-        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        out.extend_from_slice(s);
-        out.resize(out.len().next_multiple_of(8), 0);
+/// A NAR string: length, bytes, zero padding to 8.
+fn nar_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s);
+    out.resize(out.len().next_multiple_of(8), 0);
+}
+
+/// The NAR of a single regular file of `size` pseudo-random bytes (`seed` picks which).
+fn nar_of_a_file(size: usize, seed: u64) -> Vec<u8> {
+    let mut contents = vec![0u8; size];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 + seed;
+    for chunk in contents.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
+    let mut nar = Vec::with_capacity(size + 256);
+    for s in [&b"nix-archive-1"[..], b"(", b"type", b"regular", b"contents"] {
+        nar_string(&mut nar, s);
+    }
+    nar_string(&mut nar, &contents);
+    nar_string(&mut nar, b")");
+    nar
+}
+
+/// The NAR of a directory of `entries` empty files with 200-character names: about 384 bytes of
+/// NAR per entry and no file bytes at all.
+fn nar_of_empty_files(entries: usize) -> Vec<u8> {
+    let mut nar = Vec::new();
+    for s in [&b"nix-archive-1"[..], b"(", b"type", b"directory"] {
+        nar_string(&mut nar, s);
+    }
+    for i in 0..entries {
+        let name = format!("{i:0>200}");
+        for s in [&b"entry"[..], b"(", b"name", name.as_bytes(), b"node", b"("] {
+            nar_string(&mut nar, s);
+        }
+        for s in [&b"type"[..], b"regular", b"contents", b"", b")", b")"] {
+            nar_string(&mut nar, s);
+        }
+    }
+    nar_string(&mut nar, b")");
+    nar
+}
+
+/// A binary cache with paths `/nix/store/<hash_part>-large` and the given NARs, ingested into
+/// `store` with the corpus's first generation.
+fn store_with_nars(dir: &Path, paths: &[(&str, Vec<u8>)]) -> PathBuf {
     let cache = dir.join("large-cache");
     std::fs::create_dir_all(cache.join("nar")).unwrap();
     std::fs::write(cache.join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
-    for (n, &(hash_part, size)) in paths.iter().enumerate() {
-        let mut contents = vec![0u8; size];
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 + n as u64;
-        for chunk in contents.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-        }
-        let mut nar = Vec::with_capacity(size + 256);
-        for s in [&b"nix-archive-1"[..], b"(", b"type", b"regular", b"contents"] {
-            string(&mut nar, s);
-        }
-        string(&mut nar, &contents);
-        string(&mut nar, b")");
-        std::fs::write(cache.join(format!("nar/{hash_part}.nar")), &nar).unwrap();
+    for (hash_part, nar) in paths {
+        std::fs::write(cache.join(format!("nar/{hash_part}.nar")), nar).unwrap();
         std::fs::write(
             cache.join(format!("{hash_part}.narinfo")),
             format!(
                 "StorePath: /nix/store/{hash_part}-large\nURL: nar/{hash_part}.nar\n\
                  Compression: none\nNarHash: sha256:{}\nNarSize: {}\nReferences: \n",
-                Hash::digest(&nar).to_nix32(),
+                Hash::digest(nar).to_nix32(),
                 nar.len()
             ),
         )
@@ -1131,4 +1158,65 @@ fn idle_and_slowloris_connections_are_bounded_and_closed() {
     assert!(after <= baseline + 2, "{after} fds, baseline {baseline}");
     quick_get(port, "/nix-cache-info", Duration::from_secs(1));
     server.stop();
+}
+
+/// Graceful shutdown through the connection layer: on SIGTERM the listener closes, an idle
+/// connection is closed at once, a download in flight completes (byte-exact), and the server then
+/// exits 0.
+#[test]
+fn sigterm_finishes_downloads_in_flight_and_closes_idle_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, large) = store_with_a_large_nar(tmp.path(), 24 << 20);
+    let mut server = Serving::start(&store, &[]);
+    let port = server.port;
+    let record =
+        PathRecord::decode(&std::fs::read(store.join("paths").join(&large)).unwrap()).unwrap();
+    let mut idle = connect_from([127, 0, 0, 2], port, None);
+    // A download that reads its first MiB, then waits for the signal, then reads the rest.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /nar/{large}.nar HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = vec![0u8; 1 << 20];
+    s.read_exact(&mut raw).unwrap();
+    assert!(
+        !closed_by_server(&mut idle, Duration::from_millis(300)),
+        "idle connection closed before SIGTERM"
+    );
+    run(Command::new("kill").args(["-TERM", &server.child.id().to_string()]));
+    let signalled = Instant::now();
+    assert!(
+        closed_by_server(&mut idle, Duration::from_secs(2)),
+        "idle connection still open 2 s after SIGTERM"
+    );
+    let closed_in = signalled.elapsed();
+    // No new connections once the listener is closed.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.read_to_end(&mut raw).unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let body = &raw[end..];
+    assert_eq!(body.len() as u64, record.manifest.nar_size, "download cut short");
+    assert_eq!(Hash::digest(body).as_bytes(), &record.manifest.nar_hash);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(30),
+            "refstrip serve did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status} after SIGTERM");
+    eprintln!(
+        "idle connection closed {closed_in:?} after SIGTERM; exit {:?} after it",
+        signalled.elapsed()
+    );
 }

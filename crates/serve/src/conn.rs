@@ -186,6 +186,9 @@ async fn connection(
             limits.idle_timeout.saturating_sub(activity.quiet_for())
         };
         tokio::select! {
+            // The connection first: a request head that already arrived starts its request (and
+            // so is not taken for idleness) before the idle check looks.
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     if e.is_timeout() {
