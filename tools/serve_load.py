@@ -190,7 +190,9 @@ def main() -> int:
 
     port = free_port()
     cmd = [args.refstrip, "serve", "--from", args.store, "--listen", f"127.0.0.1:{port}",
-           "--compression", args.compression]
+           "--compression", args.compression,
+           # Every load client connects from 127.0.0.1: let them all in.
+           "--max-connections-per-ip", str(args.clients + 8)]
     if args.server_threads:
         cmd += ["--threads", str(args.server_threads)]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
