@@ -28,6 +28,12 @@ if [ "$(cat "$conf" 2>/dev/null)" != "$want" ]; then
 fi
 as_root mkdir -p /nix/var/nix/gcroots /nix/var/nix/profiles /nix/store
 
+# GNU time measures peak RSS of refstrip under attack (tests/hostile_store.rs).
+if [ ! -x /usr/bin/time ]; then
+  echo "setup: installing time" >&2
+  apt_install time
+fi
+
 # casync cross-checks the CDC row of `refstrip savings` (tools/savings/casync_check.sh); a small package.
 if ! command -v casync >/dev/null 2>&1; then
   echo "setup: installing casync" >&2
