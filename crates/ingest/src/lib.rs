@@ -18,9 +18,10 @@ use refstrip_cas::FileSink;
 use refstrip_nix::{NarInfo, StorePath};
 use refstrip_source::{NarSource, SourceError};
 use refstrip_backend::RequestCounts;
+use refstrip_read::pathinfo::StripNarError;
 use refstrip_read::PathRecord;
 use refstrip_store::{StagingPack, Store, StoreError, PACK_TARGET};
-use refstrip_strip::{strip, Manifest, StripOptions};
+use refstrip_strip::{Manifest, StripOptions};
 
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
@@ -244,29 +245,13 @@ fn strip_path(
     options: &IngestOptions,
     pack: &mut StagingPack<'_>,
 ) -> Result<(Pending, u64, u64), String> {
-    let path_info = refstrip_read::pathinfo::path_info(info).map_err(|e| e.to_string())?;
     let nar = source.nar(info).map_err(|e| e.to_string())?;
     let mut sink = FileSink::new(pack);
-    let stripped = strip(nar, &path_info.refs, &options.strip, &mut sink)
-        .map_err(|e| format!("reading NAR: {e}"))?;
-    if stripped.nar_hash != *info.nar_hash.as_bytes() || stripped.nar_size != info.nar_size {
-        return Err(format!(
-            "NAR has SHA-256 {} and {} bytes, but the narinfo says {} and {} bytes",
-            refstrip_nix::Hash::from_bytes(stripped.nar_hash),
-            stripped.nar_size,
-            info.nar_hash,
-            info.nar_size
-        ));
-    }
-    let manifest = Manifest {
-        store_dir: path_info.store_dir,
-        refs: path_info.refs,
-        references: path_info.references,
-        nar_hash: stripped.nar_hash,
-        nar_size: stripped.nar_size,
-        info: path_info.info,
-        root: stripped.root,
-    };
+    let manifest = refstrip_read::pathinfo::strip_nar(nar, info, &options.strip, &mut sink)
+        .map_err(|e| match e {
+            StripNarError::Strip(e) => format!("reading NAR: {e}"),
+            e => e.to_string(),
+        })?;
     let manifest_bytes = manifest.encode();
     let (new_objects, new_bytes, needed) = (sink.new_objects, sink.new_bytes, sink.needed);
     Ok((

@@ -1,8 +1,54 @@
 //! narinfo ⇄ manifest: which narinfo fields a manifest keeps, and how the narinfo comes back.
 
+use std::io::BufRead;
+
 use refstrip_cas::bundle::PathInfo;
 use refstrip_nix::{Deriver, Hash, NarInfo, StoreDir, StorePath};
-use refstrip_strip::{Manifest, RefTable};
+use refstrip_strip::{ContentSink, Manifest, RefTable, StripError, StripOptions};
+
+/// Why [`strip_nar`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StripNarError {
+    #[error(transparent)]
+    Strip(#[from] StripError),
+    #[error("the NAR has SHA-256 {got_hash} and {got_size} bytes, but the narinfo says {want_hash} and {want_size} bytes")]
+    Mismatch {
+        got_hash: Hash,
+        got_size: u64,
+        want_hash: Hash,
+        want_size: u64,
+    },
+}
+
+/// Strip the NAR of the path `narinfo` describes into `sink`, check it against the narinfo's
+/// NarHash and NarSize (computed over exactly the bytes parsed), and build its manifest: the one
+/// sequence every ingest and measurement runs.
+pub fn strip_nar(
+    nar: impl BufRead,
+    narinfo: &NarInfo,
+    options: &StripOptions,
+    sink: &mut dyn ContentSink,
+) -> Result<Manifest, StripNarError> {
+    let path = path_info(narinfo)?;
+    let stripped = refstrip_strip::strip(nar, &path.refs, options, sink)?;
+    if stripped.nar_hash != *narinfo.nar_hash.as_bytes() || stripped.nar_size != narinfo.nar_size {
+        return Err(StripNarError::Mismatch {
+            got_hash: Hash::from_bytes(stripped.nar_hash),
+            got_size: stripped.nar_size,
+            want_hash: narinfo.nar_hash,
+            want_size: narinfo.nar_size,
+        });
+    }
+    Ok(Manifest {
+        store_dir: path.store_dir,
+        refs: path.refs,
+        references: path.references,
+        nar_hash: stripped.nar_hash,
+        nar_size: stripped.nar_size,
+        info: path.info,
+        root: stripped.root,
+    })
+}
 
 /// Everything a manifest needs from a narinfo besides the NAR: the reference table and the fields
 /// that describe the path rather than the cache's copy of it (Deriver, Sig, CA and unknown fields).

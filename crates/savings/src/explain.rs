@@ -195,17 +195,9 @@ fn strip_tree(
     sink: &mut dyn ContentSink,
 ) -> Result<Node, SavingsError> {
     let what = info.store_path.to_string();
-    let pi = refstrip_read::pathinfo::path_info(info)
-        .map_err(|e| SavingsError::invalid(&what, e.to_string()))?;
-    let stripped = refstrip_strip::strip(source.nar(info)?, &pi.refs, options, sink)
-        .map_err(|e| SavingsError::invalid(&what, e.to_string()))?;
-    if stripped.nar_hash != *info.nar_hash.as_bytes() || stripped.nar_size != info.nar_size {
-        return Err(SavingsError::invalid(
-            what,
-            "the NAR read does not match the narinfo's NarHash/NarSize",
-        ));
-    }
-    Ok(stripped.root)
+    refstrip_read::pathinfo::strip_nar(source.nar(info)?, info, options, sink)
+        .map(|manifest| manifest.root)
+        .map_err(|e| SavingsError::invalid(&what, e.to_string()))
 }
 
 enum Leaf {

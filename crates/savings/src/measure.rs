@@ -10,7 +10,7 @@ use refstrip_cas::{Chunker, CHUNK_THRESHOLD};
 use refstrip_nar::{Event, NarReader};
 use refstrip_nix::{HashingReader, NarInfo};
 use refstrip_source::NarSource;
-use refstrip_strip::{ContentDigest, ContentSink, Manifest, StripOptions};
+use refstrip_strip::{ContentDigest, ContentSink, StripOptions};
 use serde::Serialize;
 
 use crate::codec::{Codec, SizeCache, StreamSize};
@@ -403,21 +403,9 @@ fn strip_pass(
     units: &mut Units,
 ) -> Result<(), SavingsError> {
     let what = info.store_path.to_string();
-    let pi = refstrip_read::pathinfo::path_info(info)
-        .map_err(|e| SavingsError::invalid(&what, e.to_string()))?;
-    let stripped = refstrip_strip::strip(source.nar(info)?, &pi.refs, options, &mut files)
-        .map_err(|e| SavingsError::invalid(&what, e.to_string()))?;
-    check_nar(info, &stripped.nar_hash, stripped.nar_size)?;
-    let manifest = Manifest {
-        store_dir: pi.store_dir,
-        refs: pi.refs,
-        references: pi.references,
-        nar_hash: stripped.nar_hash,
-        nar_size: stripped.nar_size,
-        info: pi.info,
-        root: stripped.root,
-    }
-    .encode();
+    let manifest = refstrip_read::pathinfo::strip_nar(source.nar(info)?, info, options, &mut files)
+        .map_err(|e| SavingsError::invalid(&what, e.to_string()))?
+        .encode();
     let key = *blake3::hash(&manifest).as_bytes();
     let [plain, _, zstd, cdc] = files.methods;
     let zstd_size = if files.sizes {
