@@ -106,6 +106,37 @@ fn edit_manifest_body(store: &Path, path: &str, edit: impl FnOnce(&mut Vec<u8>))
     fs::write(&file, out).unwrap();
 }
 
+/// A zstd frame of `n` MiB of zeros, made without holding them in memory.
+fn zeros_frame(n: usize) -> Vec<u8> {
+    let mut frame = Vec::new();
+    let mut enc = zstd::stream::write::Encoder::new(&mut frame, 3).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..n {
+        enc.write_all(&zeros).unwrap();
+    }
+    enc.finish().unwrap();
+    frame
+}
+
+/// Replace the compressed body of `path`'s manifest with `frame`.
+fn replace_manifest_frame(store: &Path, path: &str, frame: &[u8]) {
+    let file = record_file(store, path);
+    let bytes = fs::read(&file).unwrap();
+    let mut cur = Cursor { bytes: &bytes[8..] };
+    let manifest = cur.bytes().unwrap().to_vec();
+    let rest = cur.bytes.to_vec();
+    let mut head = Cursor { bytes: &manifest[8..] };
+    let version = head.varint().unwrap();
+    let mut new_manifest = manifest[..8].to_vec();
+    put(&mut new_manifest, version);
+    new_manifest.extend(frame);
+    let mut out = bytes[..8].to_vec();
+    put(&mut out, new_manifest.len() as u64);
+    out.extend(new_manifest);
+    out.extend(rest);
+    fs::write(&file, out).unwrap();
+}
+
 fn replace_once(body: &mut [u8], from: &[u8], to: &[u8]) {
     assert_eq!(from.len(), to.len());
     let at = body
@@ -395,15 +426,7 @@ fn a_zstd_bomb_costs_what_its_block_declares() {
     let bomb_pack = "f".repeat(64);
     let dir = tempfile::tempdir().unwrap();
     let store = hostile_store(dir.path(), |store| {
-        let mut frame = Vec::new();
-        {
-            let mut enc = zstd::stream::write::Encoder::new(&mut frame, 3).unwrap();
-            let zeros = vec![0u8; 1 << 20];
-            for _ in 0..1024 {
-                enc.write_all(&zeros).unwrap();
-            }
-            enc.finish().unwrap();
-        }
+        let frame = zeros_frame(1024);
         let mut pack = b"rspack01".to_vec();
         pack.extend(&frame);
         fs::write(store.join("packs").join(format!("{bomb_pack}.pack")), &pack).unwrap();
@@ -473,4 +496,59 @@ fn a_silent_server_and_a_fifo_cost_an_error_not_a_hang() {
     let start = Instant::now();
     substitute_refuses(store.to_str().unwrap(), &zlib, "not a regular file", false);
     assert!(start.elapsed() < Duration::from_secs(60));
+}
+
+/// Peak RSS of a process so far, in KiB.
+fn peak_rss_kb(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_manifest_that_inflates_to_a_gigabyte_is_refused_within_bounded_memory() {
+    require_nix!();
+    let lua = path_named("lua-5.4.4");
+    let dir = tempfile::tempdir().unwrap();
+    let store = hostile_store(dir.path(), |store| replace_manifest_frame(store, &lua, &zeros_frame(1024)));
+    substitute_refuses(store.to_str().unwrap(), &lua, "exceeds", false);
+    mount_refuses(&store, &lua, "exceeds");
+
+    // serve: three clients ask for the bomb at once; decoding is bounded and so is memory.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(refstrip_bin())
+        .args(["serve", "--store-dir", "/nix/store", "--from"])
+        .arg(&store)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let h = hash_of(&lua).to_string();
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let h = h.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                write!(s, "GET /{h}.narinfo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+                let mut raw = Vec::new();
+                let _ = s.read_to_end(&mut raw);
+                String::from_utf8_lossy(&raw).split_whitespace().nth(1).unwrap_or("").to_string()
+            })
+        })
+        .collect();
+    let statuses: Vec<String> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let rss = peak_rss_kb(child.id());
+    assert!(child.try_wait().unwrap().is_none(), "serve died");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(statuses, vec!["500"; 3]);
+    assert!(rss < 512 * 1024, "serve peaked at {rss} KiB");
 }

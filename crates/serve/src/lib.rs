@@ -42,6 +42,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Size of one body chunk handed from the restore thread to the connection.
 pub const CHUNK: usize = 256 * 1024;
+/// Path records fetched and decoded at the same time (each may take up to a manifest's decode
+/// limit of memory, 128 MiB, if the store is hostile).
+pub const RECORD_DECODES: usize = 2;
 /// Chunks in flight per NAR stream (besides the one being filled and the one held back).
 pub const CHANNEL_CHUNKS: usize = 8;
 
@@ -118,6 +121,8 @@ pub struct Server {
     cache_info: String,
     /// Decoded path records, least recently used evicted first, bounded by approximate size.
     records: Mutex<SizedLru<String, Arc<PathRecord>>>,
+    /// Records being fetched and decoded at once.
+    record_decodes: Semaphore,
     objects: Objects,
     streams: Arc<Semaphore>,
 }
@@ -149,6 +154,7 @@ impl Server {
             config,
             cache_info,
             records,
+            record_decodes: Semaphore::new(RECORD_DECODES),
             objects,
             streams,
         }))
@@ -184,6 +190,11 @@ impl Server {
         {
             return Ok(Some(record));
         }
+        // Decoding a record may take up to a manifest's limit of memory: a few at a time, so that
+        // concurrent requests for hostile records cannot add up.
+        let Ok(_decoding) = self.record_decodes.acquire().await else {
+            return Err(server_error());
+        };
         let server = self.clone();
         let key = hash_part.to_string();
         let read = tokio::task::spawn_blocking(move || server.store.try_record(&key)).await;

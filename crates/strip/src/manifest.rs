@@ -11,8 +11,9 @@ use crate::varint::{put, put_bytes, Cursor};
 
 pub const MANIFEST_VERSION: u64 = 1;
 const MAGIC: &[u8; 8] = b"rsmanif\n";
-/// A decoded manifest larger than this is refused (a path with a million files needs ~100 MB).
-const MAX_DECODED: u64 = 1 << 30;
+/// A decoded manifest larger than this is refused: the largest path in the corpora decodes to well
+/// under 1 MiB, and one with a million files to ~100 MB; more is a decompression bomb.
+const MAX_DECODED: u64 = 128 << 20;
 /// Most tree nodes (files, symlinks, directories) a manifest may declare, whatever its NarSize.
 pub const MAX_NODES: u64 = 1 << 22;
 /// Fewest NAR bytes any entry below the root takes: `entry ( name <n> node ( type directory ) )`
@@ -193,7 +194,7 @@ impl Manifest {
             .read_to_end(&mut body)
             .map_err(|e| bad(&format!("zstd: {e}")))?;
         if body.len() as u64 > MAX_DECODED {
-            return Err(bad("decoded manifest exceeds 1 GiB"));
+            return Err(bad("decoded manifest exceeds 128 MiB"));
         }
         let mut cur = Cursor { bytes: &body };
         let truncated = || bad("truncated body");
