@@ -310,6 +310,23 @@ fn serve_survives(store: &Path, attacked: &str, good: &str) {
         "the attacked path was served complete and wrong (narinfo {info}, nar {nar})"
     );
     assert!(child.try_wait().unwrap().is_none(), "serve died");
+    // Stock Nix as the client: the attacked path is refused, a good one still copies.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let nix_copy = |path: &str| {
+        Command::new("nix")
+            .args(["copy", "--no-check-sigs", "--from", &format!("http://127.0.0.1:{port}"), "--to"])
+            .arg(&root)
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let out = nix_copy(attacked);
+    assert!(!out.status.success(), "nix copy accepted the attacked path");
+    assert!(!valid_paths(&root).contains(&attacked.to_string()));
+    let out = nix_copy(good);
+    assert!(out.status.success(), "nix copy of a good path: {}", String::from_utf8_lossy(&out.stderr));
+    nix_verify_clean(&root);
     let g = hash_of(good);
     assert_eq!(get(&format!("/{g}.narinfo")).0, 200, "a good path after the attack");
     assert_eq!(get(&format!("/nar/{g}.nar")).0, 200);

@@ -293,8 +293,12 @@ fn gc_refuses_a_path_to_keep_that_the_store_lacks_and_dry_run_removes_nothing() 
     assert_eq!(packs_and_paths(&store), before, "--dry-run removed something");
     let would: Vec<&str> = dry.lines().filter_map(|l| l.strip_prefix("would remove /")).collect();
     assert!(!would.is_empty(), "{dry}");
+    // A killed ingest's staging pack: only a real gc (no ingest running) removes it.
+    let leftover = store.join("tmp/pack-killed");
+    fs::write(&leftover, b"half a pack").unwrap();
     let out = gc_out(&store, &["--force", "--keep", &lib, typo]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!leftover.exists(), "gc left a killed ingest's staging pack");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in the store"));
     let removed = before.len() - packs_and_paths(&store).len();
     let summary = dry.lines().last().unwrap();

@@ -324,6 +324,12 @@ pub fn gc_cmd(args: GcArgs) -> anyhow::Result<()> {
         bytes(r.freed_bytes),
         plan.keep.len()
     );
+    if r.removed_scratch_files > 0 {
+        println!(
+            "removed {} staging packs left by killed ingests",
+            r.removed_scratch_files
+        );
+    }
     if r.condemned_packs > 0 {
         println!(
             "condemned {} unreferenced packs: a gc at least {} s from now deletes them if still unreferenced",

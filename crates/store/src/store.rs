@@ -33,6 +33,8 @@ pub struct GcReport {
     pub freed_bytes: u64,
     /// Shared stores: packs newly marked for deletion by a gc after the grace period.
     pub condemned_packs: u64,
+    /// Staging packs left in the scratch space by killed ingests.
+    pub removed_scratch_files: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -359,6 +361,15 @@ impl Store {
         })?;
         let shared = self.backend.is_shared();
         let mut report = GcReport::default();
+        // No ingest on this machine holds the write lock, so every staging pack in the scratch
+        // space is a leftover of a killed one.
+        for entry in std::fs::read_dir(self.backend.scratch_dir())?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("pack-")
+                && std::fs::remove_file(entry.path()).is_ok()
+            {
+                report.removed_scratch_files += 1;
+            }
+        }
         // Collect first: a guard in the loop head would live through the loop and deadlock.
         let paths = self.catalog().paths()?;
         for (hash_part, _) in paths {
