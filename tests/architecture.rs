@@ -12,11 +12,21 @@ fn workspace() -> std::path::PathBuf {
 fn from_cargo() -> BTreeMap<String, BTreeSet<String>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(workspace())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut crates = BTreeMap::new();
     for package in meta["packages"].as_array().unwrap() {
@@ -56,7 +66,10 @@ fn from_docs() -> BTreeMap<String, BTreeSet<String>> {
                 .map(String::from)
                 .collect()
         };
-        assert!(crates.insert(name.clone(), deps).is_none(), "{name} listed twice");
+        assert!(
+            crates.insert(name.clone(), deps).is_none(),
+            "{name} listed twice"
+        );
     }
     crates
 }
@@ -74,6 +87,9 @@ fn the_crate_table_matches_cargo_metadata() {
     let cli = docs.remove("refstrip").unwrap();
     assert_eq!(cli, BTreeSet::from(["*".to_string()]));
     for (name, deps) in docs {
-        assert_eq!(cargo[&name], deps, "{name}: docs/architecture.md vs Cargo.toml");
+        assert_eq!(
+            cargo[&name], deps,
+            "{name}: docs/architecture.md vs Cargo.toml"
+        );
     }
 }

@@ -5,48 +5,25 @@
 //! ROOT stays clean, memory stays bounded, nothing hangs or dies, and the next clean run of the
 //! same path succeeds.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use refstrip_read::PathRecord;
 use refstrip_strip::varint::{put, Cursor};
-use refstrip_tests::{corpus_dir, refstrip_bin, require_nix, run, static_http_server};
+use refstrip_tests::{
+    corpus_dir, corpus_key, gen1_store, refstrip_bin, require_nix, run, snapshot,
+    static_http_server,
+};
 
 /// Peak RSS any client may reach on these attacks (a restore of the small corpus needs ~30 MB).
 const RSS_LIMIT_KB: u64 = 256 * 1024;
 
 fn gen1() -> PathBuf {
     corpus_dir().join("small").join("gen1")
-}
-
-fn corpus_key() -> String {
-    fs::read_to_string(corpus_dir().join("keys/refstrip-corpus-1.pub"))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
-fn good_store() -> &'static Path {
-    static STORE: OnceLock<tempfile::TempDir> = OnceLock::new();
-    STORE
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            run(Command::new(refstrip_bin())
-                .arg("ingest")
-                .arg(gen1())
-                .args(["--all", "--to"])
-                .arg(dir.path().join("store")));
-            dir
-        })
-        .path()
-        .join("store")
-        .leak()
 }
 
 /// The gen1 store path whose name is `name`.
@@ -66,7 +43,7 @@ fn hash_of(path: &str) -> &str {
 /// A copy of the good store in `dir`, with `attack` applied to it.
 fn hostile_store(dir: &Path, attack: impl FnOnce(&Path)) -> PathBuf {
     let store = dir.join("store");
-    run(Command::new("cp").arg("-a").arg(good_store()).arg(&store));
+    run(Command::new("cp").arg("-a").arg(gen1_store()).arg(&store));
     attack(&store);
     store
 }
@@ -92,7 +69,9 @@ fn edit_manifest_body(store: &Path, path: &str, edit: impl FnOnce(&mut Vec<u8>))
     let mut cur = Cursor { bytes: &bytes[8..] };
     let manifest = cur.bytes().unwrap().to_vec();
     let rest = cur.bytes.to_vec();
-    let mut head = Cursor { bytes: &manifest[8..] };
+    let mut head = Cursor {
+        bytes: &manifest[8..],
+    };
     let version = head.varint().unwrap();
     let mut body = zstd::decode_all(head.bytes).unwrap();
     edit(&mut body);
@@ -125,7 +104,9 @@ fn replace_manifest_frame(store: &Path, path: &str, frame: &[u8]) {
     let mut cur = Cursor { bytes: &bytes[8..] };
     let manifest = cur.bytes().unwrap().to_vec();
     let rest = cur.bytes.to_vec();
-    let mut head = Cursor { bytes: &manifest[8..] };
+    let mut head = Cursor {
+        bytes: &manifest[8..],
+    };
     let version = head.varint().unwrap();
     let mut new_manifest = manifest[..8].to_vec();
     put(&mut new_manifest, version);
@@ -144,24 +125,6 @@ fn replace_once(body: &mut [u8], from: &[u8], to: &[u8]) {
         .position(|w| w == from)
         .expect("pattern in the manifest");
     body[at..at + to.len()].copy_from_slice(to);
-}
-
-/// Every file and directory below `dir` with its contents' length and mtime.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, i64)> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = fs::symlink_metadata(e.path()).unwrap();
-            out.insert(e.path(), (m.len(), m.mtime_nsec() + m.mtime() * 1_000_000_000));
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    out
 }
 
 /// A sentinel tree beside ROOT that a traversal would reach (`ROOT/../victim` and friends).
@@ -206,8 +169,16 @@ fn valid_paths(root: &Path) -> Vec<String> {
     if !root.join("nix/var/nix/db/db.sqlite").exists() {
         return Vec::new();
     }
-    let out = run(Command::new("nix").arg("path-info").arg("--store").arg(root).arg("--all"));
-    String::from_utf8(out).unwrap().lines().map(String::from).collect()
+    let out = run(Command::new("nix")
+        .arg("path-info")
+        .arg("--store")
+        .arg(root)
+        .arg("--all"));
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
 }
 
 fn nix_verify_clean(root: &Path) {
@@ -247,21 +218,50 @@ fn substitute_refuses(from: &str, path: &str, why: &str, with_sigs: bool) {
         args.push(path);
         let (out, rss) = refstrip_measured(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{mode:?}: substitute accepted the attack");
-        assert_eq!(out.status.code(), Some(1), "{mode:?}: a clean error exit, not a crash: {stderr}");
-        assert!(stderr.contains(why), "{mode:?}: expected {why:?} in: {stderr}");
+        assert!(
+            !out.status.success(),
+            "{mode:?}: substitute accepted the attack"
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{mode:?}: a clean error exit, not a crash: {stderr}"
+        );
+        assert!(
+            stderr.contains(why),
+            "{mode:?}: expected {why:?} in: {stderr}"
+        );
         assert!(rss < RSS_LIMIT_KB, "{mode:?}: peak RSS {rss} KiB");
-        assert_eq!(snapshot(&victim), before, "{mode:?}: something outside ROOT changed");
-        assert_eq!(valid_paths(&root), Vec::<String>::new(), "{mode:?}: registered");
+        assert_eq!(
+            snapshot(&victim),
+            before,
+            "{mode:?}: something outside ROOT changed"
+        );
+        assert_eq!(
+            valid_paths(&root),
+            Vec::<String>::new(),
+            "{mode:?}: registered"
+        );
         nix_verify_clean(&root);
     }
     // The attack poisoned nothing: the real path goes in cleanly afterwards.
-    let good = good_store().to_str().unwrap().to_string();
+    let good = gen1_store().to_str().unwrap().to_string();
     let (out, _) = refstrip_measured(&[
-        "substitute", "--no-cache", "--from", &good, "--store", root.to_str().unwrap(),
-        "--trusted-public-keys", &key, path,
+        "substitute",
+        "--no-cache",
+        "--from",
+        &good,
+        "--store",
+        root.to_str().unwrap(),
+        "--trusted-public-keys",
+        &key,
+        path,
     ]);
-    assert!(out.status.success(), "clean rerun: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "clean rerun: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(valid_paths(&root).contains(&path.to_string()));
     nix_verify_clean(&root);
 }
@@ -269,7 +269,11 @@ fn substitute_refuses(from: &str, path: &str, why: &str, with_sigs: bool) {
 /// serve on the hostile store: the attacked path's narinfo or NAR is never a complete 200, the
 /// server survives, and a good path is still served whole.
 fn serve_survives(store: &Path, attacked: &str, good: &str) {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(refstrip_bin())
         .args(["serve", "--store-dir", "/nix/store", "--from"])
         .arg(store)
@@ -285,10 +289,17 @@ fn serve_survives(store: &Path, attacked: &str, good: &str) {
     let get = |path: &str| -> (u16, Vec<u8>) {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut raw = Vec::new();
         let _ = s.read_to_end(&mut raw);
-        let end = raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(raw.len(), |p| p + 4);
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(raw.len(), |p| p + 4);
         let status = String::from_utf8_lossy(&raw[..end.min(12)])
             .split_whitespace()
             .nth(1)
@@ -315,7 +326,13 @@ fn serve_survives(store: &Path, attacked: &str, good: &str) {
     let root = dir.path().join("root");
     let nix_copy = |path: &str| {
         Command::new("nix")
-            .args(["copy", "--no-check-sigs", "--from", &format!("http://127.0.0.1:{port}"), "--to"])
+            .args([
+                "copy",
+                "--no-check-sigs",
+                "--from",
+                &format!("http://127.0.0.1:{port}"),
+                "--to",
+            ])
             .arg(&root)
             .arg(path)
             .output()
@@ -325,10 +342,18 @@ fn serve_survives(store: &Path, attacked: &str, good: &str) {
     assert!(!out.status.success(), "nix copy accepted the attacked path");
     assert!(!valid_paths(&root).contains(&attacked.to_string()));
     let out = nix_copy(good);
-    assert!(out.status.success(), "nix copy of a good path: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "nix copy of a good path: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     nix_verify_clean(&root);
     let g = hash_of(good);
-    assert_eq!(get(&format!("/{g}.narinfo")).0, 200, "a good path after the attack");
+    assert_eq!(
+        get(&format!("/{g}.narinfo")).0,
+        200,
+        "a good path after the attack"
+    );
     assert_eq!(get(&format!("/nar/{g}.nar")).0, 200);
     let _ = child.kill();
     let _ = child.wait();
@@ -338,7 +363,11 @@ fn serve_survives(store: &Path, attacked: &str, good: &str) {
 fn attacked_content_is_right(path: &str, nar: &[u8]) -> bool {
     use sha2::Digest;
     let info = fs::read_to_string(gen1().join(format!("{}.narinfo", hash_of(path)))).unwrap();
-    let want = info.lines().find_map(|l| l.strip_prefix("NarHash: sha256:")).unwrap().to_string();
+    let want = info
+        .lines()
+        .find_map(|l| l.strip_prefix("NarHash: sha256:"))
+        .unwrap()
+        .to_string();
     let got = refstrip_nix::base32::encode(&sha2::Sha256::digest(nar));
     got == want
 }
@@ -349,7 +378,12 @@ fn mount_refuses(store: &Path, path: &str, why: &str) {
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let (out, rss) = refstrip_measured(&[
-        "mount", "--no-cache", "--from", store.to_str().unwrap(), mnt.to_str().unwrap(), path,
+        "mount",
+        "--no-cache",
+        "--from",
+        store.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+        path,
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "mount: {stderr}");
@@ -375,7 +409,9 @@ fn a_store_path_name_that_climbs_out_of_root_is_refused() {
     // `<hash>-expat-2.5.0` becomes `<hash>-../../vict0`: same length, so only the name changed.
     let expat = path_named("expat-2.5.0");
     refused_everywhere(&expat, "illegal", |store| {
-        edit_manifest_body(store, &expat, |body| replace_once(body, b"-expat-2.5.0", b"-../../vict0"));
+        edit_manifest_body(store, &expat, |body| {
+            replace_once(body, b"-expat-2.5.0", b"-../../vict0")
+        });
     });
 }
 
@@ -393,7 +429,12 @@ fn a_block_of_a_terabyte_is_refused_before_anything_is_allocated() {
             }
         })
     });
-    substitute_refuses(store.to_str().unwrap(), &zlib, "block larger than the limit", true);
+    substitute_refuses(
+        store.to_str().unwrap(),
+        &zlib,
+        "block larger than the limit",
+        true,
+    );
     let (url, _) = static_http_server(store.clone());
     substitute_refuses(&url, &zlib, "block larger than the limit", false);
     serve_survives(&store, &zlib, &dash);
@@ -407,11 +448,19 @@ fn an_unsigned_deriver_outside_the_store_is_refused() {
     refused_everywhere(&lua, "Deriver", |store| {
         edit_manifest_body(store, &lua, |body| {
             // The Deriver line the manifest keeps, `<hash>-lua-5.4.4.drv`, made to climb out.
-            let at = body.windows(8).position(|w| w == b"Deriver\x00" || w.starts_with(b"Deriver")).unwrap();
+            let at = body
+                .windows(8)
+                .position(|w| w == b"Deriver\x00" || w.starts_with(b"Deriver"))
+                .unwrap();
             let value = at + 8;
             let old = &body[value..value + 32 + 14];
-            assert!(old.ends_with(b"lua-5.4.4.drv"), "{}", String::from_utf8_lossy(old));
-            body[value..value + 32 + 14].copy_from_slice(b"../../../../../../../../../../etc/passwd.drv\0\0");
+            assert!(
+                old.ends_with(b"lua-5.4.4.drv"),
+                "{}",
+                String::from_utf8_lossy(old)
+            );
+            body[value..value + 32 + 14]
+                .copy_from_slice(b"../../../../../../../../../../etc/passwd.drv\0\0");
         });
     });
 }
@@ -466,10 +515,22 @@ fn the_same_path_twice_is_substituted_once() {
     let root = dir.path().join("root");
     let zlib = path_named("zlib-1.2.13");
     let (out, _) = refstrip_measured(&[
-        "substitute", "--no-cache", "--no-check-sigs", "--from", good_store().to_str().unwrap(),
-        "--store", root.to_str().unwrap(), &zlib, &zlib, hash_of(&zlib),
+        "substitute",
+        "--no-cache",
+        "--no-check-sigs",
+        "--from",
+        gen1_store().to_str().unwrap(),
+        "--store",
+        root.to_str().unwrap(),
+        &zlib,
+        &zlib,
+        hash_of(&zlib),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(valid_paths(&root), vec![zlib]);
 }
 
@@ -492,14 +553,33 @@ fn a_silent_server_and_a_fifo_cost_an_error_not_a_hang() {
     let zlib = path_named("zlib-1.2.13");
     let start = Instant::now();
     let (out, _) = refstrip_measured(&[
-        "substitute", "--no-cache", "--no-check-sigs", "--from", &url, "--store",
-        root.to_str().unwrap(), &zlib,
+        "substitute",
+        "--no-cache",
+        "--no-check-sigs",
+        "--from",
+        &url,
+        "--store",
+        root.to_str().unwrap(),
+        &zlib,
     ]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        start.elapsed()
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("timeout"), "{stderr}");
-    assert_eq!(stderr.matches("timeout").count(), 1, "the cause is said once: {stderr}");
+    assert_eq!(
+        stderr.matches("timeout").count(),
+        1,
+        "the cause is said once: {stderr}"
+    );
 
     // A pack that is a FIFO (nobody will ever write to it).
     let store = hostile_store(dir.path(), |store| {
@@ -520,7 +600,14 @@ fn peak_rss_kb(pid: u32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("VmHWM:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap()
 }
 
@@ -529,12 +616,18 @@ fn a_manifest_that_inflates_to_a_gigabyte_is_refused_within_bounded_memory() {
     require_nix!();
     let lua = path_named("lua-5.4.4");
     let dir = tempfile::tempdir().unwrap();
-    let store = hostile_store(dir.path(), |store| replace_manifest_frame(store, &lua, &zeros_frame(1024)));
+    let store = hostile_store(dir.path(), |store| {
+        replace_manifest_frame(store, &lua, &zeros_frame(1024))
+    });
     substitute_refuses(store.to_str().unwrap(), &lua, "exceeds", false);
     mount_refuses(&store, &lua, "exceeds");
 
     // serve: three clients ask for the bomb at once; decoding is bounded and so is memory.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(refstrip_bin())
         .args(["serve", "--store-dir", "/nix/store", "--from"])
         .arg(&store)
@@ -554,10 +647,18 @@ fn a_manifest_that_inflates_to_a_gigabyte_is_refused_within_bounded_memory() {
             std::thread::spawn(move || {
                 let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-                write!(s, "GET /{h}.narinfo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+                write!(
+                    s,
+                    "GET /{h}.narinfo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
                 let mut raw = Vec::new();
                 let _ = s.read_to_end(&mut raw);
-                String::from_utf8_lossy(&raw).split_whitespace().nth(1).unwrap_or("").to_string()
+                String::from_utf8_lossy(&raw)
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string()
             })
         })
         .collect();

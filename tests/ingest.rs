@@ -523,7 +523,13 @@ fn ingests_from_a_local_nix_store() {
         let mut nar = Vec::new();
         restore_nar(
             &record.manifest,
-            &mut FileSource::new(&mut store.reader().objects(&Default::default()).unwrap().of(&record)),
+            &mut FileSource::new(
+                &mut store
+                    .reader()
+                    .objects(&Default::default())
+                    .unwrap()
+                    .of(&record),
+            ),
             &mut nar,
         )
         .unwrap();

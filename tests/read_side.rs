@@ -2,59 +2,17 @@
 //! it, the wrong kind of location gets its own clear error, every client refuses a record filed
 //! under another path's hash, and gc refuses to keep what the store does not have.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use refstrip_tests::{corpus_dir, refstrip_bin, require_nix, run};
+use refstrip_tests::{corpus_dir, gen1_store, refstrip_bin, require_nix, run, snapshot};
 
 fn gen1() -> PathBuf {
     corpus_dir().join("small").join("gen1")
-}
-
-/// A store of corpus/small gen1, ingested once per test process.
-fn gen1_store() -> &'static Path {
-    static STORE: OnceLock<tempfile::TempDir> = OnceLock::new();
-    STORE
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            run(Command::new(refstrip_bin())
-                .arg("ingest")
-                .arg(gen1())
-                .args(["--all", "--to"])
-                .arg(dir.path().join("store")));
-            dir
-        })
-        .path()
-        .join("store")
-        .leak()
-}
-
-/// Every file and directory under `dir` with its size and mtime: what "unchanged" means.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u64, i64, i64)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = fs::symlink_metadata(e.path()).unwrap();
-            out.insert(e.path(), (m.len(), m.mtime(), m.mtime_nsec()));
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-        }
-    }
-    out.insert(dir.to_path_buf(), {
-        let m = fs::metadata(dir).unwrap();
-        (m.len(), m.mtime(), m.mtime_nsec())
-    });
-    out
 }
 
 /// Run a refstrip command that must fail within 30 s (serve would otherwise serve for ever).
@@ -84,7 +42,16 @@ fn reading_commands(location: &str, root: &str, mnt: &str) -> Vec<Vec<String>> {
     let hash = "1avrvw4574jhm9g7j8y0y9a6qzakr6nj";
     let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     vec![
-        s(&["substitute", "--no-check-sigs", "--no-cache", "--from", location, "--store", root, hash]),
+        s(&[
+            "substitute",
+            "--no-check-sigs",
+            "--no-cache",
+            "--from",
+            location,
+            "--store",
+            root,
+            hash,
+        ]),
         s(&["serve", "--from", location, "--listen", "127.0.0.1:0"]),
         s(&["mount", "--no-cache", "--from", location, mnt, hash]),
         s(&["stats", location]),
@@ -105,7 +72,10 @@ fn the_wrong_kind_of_location_gets_its_own_error_and_is_left_as_it_was() {
     let root = tmp.path().join("root");
     let cases: Vec<(String, &str)> = vec![
         (missing.display().to_string(), "no normalized store at"),
-        (empty.display().to_string(), "is an empty directory, not a normalized store"),
+        (
+            empty.display().to_string(),
+            "is an empty directory, not a normalized store",
+        ),
         (cache.display().to_string(), "is a Nix binary cache"),
         (format!("file://{}", cache.display()), "refstrip ingest"),
         (format!("file:{}", empty.display()), "three slashes"),
@@ -116,13 +86,20 @@ fn the_wrong_kind_of_location_gets_its_own_error_and_is_left_as_it_was() {
             let before = snapshot(tmp.path());
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let stderr = refstrip_fails(&args, tmp.path());
-            assert!(stderr.contains(why), "{args:?}: expected {why:?} in {stderr}");
+            assert!(
+                stderr.contains(why),
+                "{args:?}: expected {why:?} in {stderr}"
+            );
             assert_eq!(
                 stderr.matches(why).count(),
                 1,
                 "{args:?}: the cause is said once: {stderr}"
             );
-            assert_eq!(snapshot(tmp.path()), before, "{args:?} changed the filesystem");
+            assert_eq!(
+                snapshot(tmp.path()),
+                before,
+                "{args:?} changed the filesystem"
+            );
         }
     }
 }
@@ -143,7 +120,11 @@ fn opening_a_store_to_read_it_writes_nothing_there() {
         .arg("--store")
         .arg(&root)
         .arg(roots.trim()));
-    assert_eq!(snapshot(&store), before, "substitute wrote into the store it read");
+    assert_eq!(
+        snapshot(&store),
+        before,
+        "substitute wrote into the store it read"
+    );
 }
 
 /// Put path `other`'s record where path `victim`'s belongs, in a copy of the gen1 store.
@@ -156,7 +137,11 @@ fn store_with_renamed_record(tmp: &Path) -> (PathBuf, String) {
         .map(|p| p.rsplit('/').next().unwrap()[..32].to_string());
     let victim = hashes.next().unwrap();
     let other = hashes.next().unwrap();
-    fs::copy(store.join("paths").join(&other), store.join("paths").join(&victim)).unwrap();
+    fs::copy(
+        store.join("paths").join(&other),
+        store.join("paths").join(&victim),
+    )
+    .unwrap();
     (store, victim)
 }
 
@@ -180,7 +165,13 @@ fn substitute_refuses_a_record_filed_under_another_hash() {
         tmp.path(),
     );
     assert!(stderr.contains("describes"), "{stderr}");
-    assert!(!root.join("nix/store").exists() || fs::read_dir(root.join("nix/store")).unwrap().next().is_none());
+    assert!(
+        !root.join("nix/store").exists()
+            || fs::read_dir(root.join("nix/store"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
 }
 
 #[test]
@@ -191,13 +182,26 @@ fn mount_refuses_a_record_filed_under_another_hash() {
     let mnt = tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let stderr = refstrip_fails(
-        &["mount", "--no-cache", "--from", store.to_str().unwrap(), mnt.to_str().unwrap(), &victim],
+        &[
+            "mount",
+            "--no-cache",
+            "--from",
+            store.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+            &victim,
+        ],
         tmp.path(),
     );
     assert!(stderr.contains("describes"), "{stderr}");
     // Every path, as the default mount shows them, is refused the same way.
     let stderr = refstrip_fails(
-        &["mount", "--no-cache", "--from", store.to_str().unwrap(), mnt.to_str().unwrap()],
+        &[
+            "mount",
+            "--no-cache",
+            "--from",
+            store.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+        ],
         tmp.path(),
     );
     assert!(stderr.contains("describes"), "{stderr}");
@@ -206,7 +210,11 @@ fn mount_refuses_a_record_filed_under_another_hash() {
 fn http_status(port: u16, path: &str) -> u16 {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut head = [0u8; 12];
     s.read_exact(&mut head).unwrap();
     String::from_utf8_lossy(&head[9..12]).parse().unwrap()
@@ -243,7 +251,11 @@ fn serve_refuses_a_record_filed_under_another_hash() {
     );
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(statuses, (500, 500, 200), "refused, refused, and a good path still served");
+    assert_eq!(
+        statuses,
+        (500, 500, 200),
+        "refused, refused, and a good path still served"
+    );
 }
 
 fn gc_out(store: &Path, args: &[&str]) -> Output {
@@ -278,31 +290,63 @@ fn gc_refuses_a_path_to_keep_that_the_store_lacks_and_dry_run_removes_nothing() 
     let out = gc_out(&store, &["--keep", typo]);
     assert!(!out.status.success(), "gc with an unknown --keep succeeded");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not in the store") && stderr.contains("00000000000000000000000000000000"), "{stderr}");
+    assert!(
+        stderr.contains("not in the store") && stderr.contains("00000000000000000000000000000000"),
+        "{stderr}"
+    );
     assert_eq!(packs_and_paths(&store), before, "gc removed something");
     let out = gc_out(&store, &["--keep", keep, typo]);
-    assert!(!out.status.success(), "one unknown path among known ones still stops gc");
+    assert!(
+        !out.status.success(),
+        "one unknown path among known ones still stops gc"
+    );
     assert_eq!(packs_and_paths(&store), before);
 
     // A dry run lists what would go and removes nothing; the real run removes exactly that.
     let lib = fs::read_to_string(gen1().join("paths")).unwrap();
-    let lib = lib.lines().find(|p| p.contains("zlib")).unwrap().to_string();
+    let lib = lib
+        .lines()
+        .find(|p| p.contains("zlib"))
+        .unwrap()
+        .to_string();
     let out = gc_out(&store, &["--dry-run", "--keep", &lib]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dry = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(packs_and_paths(&store), before, "--dry-run removed something");
-    let would: Vec<&str> = dry.lines().filter_map(|l| l.strip_prefix("would remove /")).collect();
+    assert_eq!(
+        packs_and_paths(&store),
+        before,
+        "--dry-run removed something"
+    );
+    let would: Vec<&str> = dry
+        .lines()
+        .filter_map(|l| l.strip_prefix("would remove /"))
+        .collect();
     assert!(!would.is_empty(), "{dry}");
     // A killed ingest's staging pack: only a real gc (no ingest running) removes it.
     let leftover = store.join("tmp/pack-killed");
     fs::write(&leftover, b"half a pack").unwrap();
     let out = gc_out(&store, &["--force", "--keep", &lib, typo]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!leftover.exists(), "gc left a killed ingest's staging pack");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in the store"));
     let removed = before.len() - packs_and_paths(&store).len();
     let summary = dry.lines().last().unwrap();
-    assert!(summary.starts_with(&format!("would remove {} paths and ", would.len())), "{summary}");
-    assert!(removed >= would.len(), "removed {removed} files, dry run said {} paths", would.len());
+    assert!(
+        summary.starts_with(&format!("would remove {} paths and ", would.len())),
+        "{summary}"
+    );
+    assert!(
+        removed >= would.len(),
+        "removed {removed} files, dry run said {} paths",
+        would.len()
+    );
     assert!(fs::read_dir(store.join("paths")).unwrap().count() >= 1);
 }

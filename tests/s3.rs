@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use refstrip_read::PathRecord;
-use refstrip_tests::{corpus_dir, nix_available, refstrip_bin, run};
+use refstrip_tests::{corpus_dir, corpus_key, nix_available, refstrip_bin, run};
 
 /// boto3 with moto's dummy credentials, for the helper snippets below.
 const PY_CLIENT: &str = "import boto3, os, sys\n\
@@ -378,13 +378,6 @@ fn sharded_ingest_into_a_bucket_equals_one_local_ingest() {
         .args(["stats", "--json"])
         .arg(moto.url("store", "refstrip"))));
     assert_eq!(stats["paths"].as_u64(), Some(28), "{stats}");
-}
-
-fn corpus_key() -> String {
-    fs::read_to_string(corpus_dir().join("keys/refstrip-corpus-1.pub"))
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 /// (narHash, narSize, references) of every path in `root`'s closure, as Nix reports them.

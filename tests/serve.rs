@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use refstrip_nix::{Hash, NarInfo, StoreDir};
 use refstrip_read::PathRecord;
-use refstrip_tests::{corpus_dir, refstrip_bin, require_nix, run, GENERATIONS};
+use refstrip_tests::{corpus_dir, corpus_key, refstrip_bin, require_nix, run, GENERATIONS};
 
 /// A normalized store holding every corpus generation.
 fn corpus_store(dir: &Path) -> PathBuf {
@@ -24,13 +24,6 @@ fn corpus_store(dir: &Path) -> PathBuf {
             .arg(&store));
     }
     store
-}
-
-fn corpus_key() -> String {
-    std::fs::read_to_string(corpus_dir().join("keys/refstrip-corpus-1.pub"))
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 fn root_of(generation: &str) -> String {
@@ -645,11 +638,7 @@ fn a_restore_longer_than_nar_size_is_never_a_complete_response() {
             "{hash_part}.narinfo"
         );
     }
-    for (hash_part, claimed) in [
-        (SMALL, real_small - 8),
-        (first, chunk),
-        (eighth, 8 * chunk),
-    ] {
+    for (hash_part, claimed) in [(SMALL, real_small - 8), (first, chunk), (eighth, 8 * chunk)] {
         for ext in [".nar", ".nar.zst"] {
             let got = http_get(server.port, &format!("/nar/{hash_part}{ext}"));
             assert!(
@@ -667,7 +656,10 @@ fn a_restore_longer_than_nar_size_is_never_a_complete_response() {
         PathRecord::decode(&std::fs::read(store.join("paths").join(untouched)).unwrap()).unwrap();
     let got = http_get(server.port, &format!("/nar/{untouched}.nar"));
     assert!(got.status == 200 && got.complete);
-    assert_eq!(Hash::digest(&got.body).as_bytes(), &record.manifest.nar_hash);
+    assert_eq!(
+        Hash::digest(&got.body).as_bytes(),
+        &record.manifest.nar_hash
+    );
     server.stop();
 }
 
@@ -795,7 +787,9 @@ fn connect_from(source: [u8; 4], port: u16, recv_buffer: Option<usize>) -> TcpSt
 
 /// Open file descriptors of a process.
 fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 /// Whether the server has closed `s` (end of stream or reset), reading and discarding whatever
@@ -864,7 +858,13 @@ fn nar_of_a_file(size: usize, seed: u64) -> Vec<u8> {
         chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
     let mut nar = Vec::with_capacity(size + 256);
-    for s in [&b"nix-archive-1"[..], b"(", b"type", b"regular", b"contents"] {
+    for s in [
+        &b"nix-archive-1"[..],
+        b"(",
+        b"type",
+        b"regular",
+        b"contents",
+    ] {
         nar_string(&mut nar, s);
     }
     nar_string(&mut nar, &contents);
@@ -989,11 +989,7 @@ fn slow_readers_lose_their_stream_slots_to_the_send_timeout() {
     std::thread::sleep(Duration::from_millis(1000));
     // Every stream slot is held by a client that does not read: this NAR request waits until the
     // send timeout frees a slot (without one it would wait forever).
-    let (body, took) = quick_get(
-        port,
-        &small_nar,
-        Duration::from_secs(send_timeout + 6),
-    );
+    let (body, took) = quick_get(port, &small_nar, Duration::from_secs(send_timeout + 6));
     assert_eq!(body.len(), 7960);
     eprintln!(
         "a NAR request with every stream slot held by slow readers: {took:?} (at {:?})",
@@ -1013,7 +1009,10 @@ fn slow_readers_lose_their_stream_slots_to_the_send_timeout() {
         );
     }
     let timed_out = log_lines_with(&server, "within the send timeout");
-    assert!(timed_out >= 4, "{timed_out} send timeouts logged, expected 4");
+    assert!(
+        timed_out >= 4,
+        "{timed_out} send timeouts logged, expected 4"
+    );
     // The slots are free again: NAR requests are answered at once, and the descriptors of the
     // slow readers are closed.
     for _ in 0..3 {
@@ -1202,7 +1201,11 @@ fn sigterm_finishes_downloads_in_flight_and_closes_idle_connections() {
     s.read_to_end(&mut raw).unwrap();
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let body = &raw[end..];
-    assert_eq!(body.len() as u64, record.manifest.nar_size, "download cut short");
+    assert_eq!(
+        body.len() as u64,
+        record.manifest.nar_size,
+        "download cut short"
+    );
     assert_eq!(Hash::digest(body).as_bytes(), &record.manifest.nar_hash);
     let status = loop {
         if let Some(status) = server.child.try_wait().unwrap() {

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use refstrip_read::PathRecord;
-use refstrip_tests::{corpus_dir, refstrip_bin, require_nix, run, GENERATIONS};
+use refstrip_tests::{corpus_dir, corpus_key, refstrip_bin, require_nix, run, GENERATIONS};
 
 fn gen_dir(generation: &str) -> PathBuf {
     corpus_dir().join("small").join(generation)
@@ -21,13 +21,6 @@ fn gen_dir(generation: &str) -> PathBuf {
 
 fn root_path(generation: &str) -> String {
     fs::read_to_string(gen_dir(generation).join("roots"))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
-fn corpus_key() -> String {
-    fs::read_to_string(corpus_dir().join("keys/refstrip-corpus-1.pub"))
         .unwrap()
         .trim()
         .to_string()
@@ -440,7 +433,6 @@ fn unpatched_files_are_hard_links_that_nix_verifies_and_collects() {
     assert_eq!(links(), 0, "every .links entry was collected");
     assert!(valid_paths(root.path()).is_empty());
 }
-
 
 #[test]
 fn http_store_with_ranged_block_reads() {

@@ -104,6 +104,63 @@ pub fn corpus_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../corpus"))
 }
 
+/// The public key that signed the committed corpus (`name:base64`).
+pub fn corpus_key() -> String {
+    fs::read_to_string(corpus_dir().join("keys/refstrip-corpus-1.pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// One generation of the small corpus (a binary cache directory).
+pub fn generation_dir(generation: &str) -> PathBuf {
+    corpus_dir().join("small").join(generation)
+}
+
+/// A normalized store of corpus/small gen1, ingested once per test process.
+pub fn gen1_store() -> &'static std::path::Path {
+    static STORE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    STORE.get_or_init(|| {
+        // Kept for the life of the test process.
+        let dir = tempfile::tempdir().unwrap().keep();
+        run(Command::new(refstrip_bin())
+            .arg("ingest")
+            .arg(generation_dir("gen1"))
+            .args(["--all", "--to"])
+            .arg(dir.join("store")));
+        dir.join("store")
+    })
+}
+
+/// Every file and directory below `dir` (and `dir` itself) with its size and mtime in ns: what
+/// "left unchanged" means in tests.
+pub fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<PathBuf, (u64, i128)> {
+    use std::os::unix::fs::MetadataExt;
+    let stamp = |m: &fs::Metadata| {
+        (
+            m.len(),
+            m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        )
+    };
+    let mut out = std::collections::BTreeMap::new();
+    out.insert(
+        dir.to_path_buf(),
+        stamp(&fs::symlink_metadata(dir).unwrap()),
+    );
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            out.insert(e.path(), stamp(&m));
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
 /// The generations of the small corpus, oldest first.
 pub const GENERATIONS: [&str; 4] = ["gen1", "mass", "single", "bump"];
 

@@ -105,7 +105,10 @@ impl Backend for LocalDir {
     fn get_range(&self, key: &str, offset: u64, len: u64) -> io::Result<Vec<u8>> {
         let path = self.path(key)?;
         let (mut f, size) = open_regular(&path)?.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file", path.display()))
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: no such file", path.display()),
+            )
         })?;
         // Lengths come from records, which a hostile store controls: check them against the file
         // before they reach the allocator.
@@ -168,4 +171,3 @@ impl Backend for LocalDir {
         self.root.join("catalog.sqlite")
     }
 }
-

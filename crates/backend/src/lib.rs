@@ -103,7 +103,6 @@ pub fn check_key(key: &str) -> io::Result<()> {
     Ok(())
 }
 
-
 /// Open the backend `url` names, for reading: nothing is created, written or cached in its place.
 pub fn open_for_reading(url: &StoreUrl) -> io::Result<Box<dyn Backend>> {
     Ok(match url {

@@ -127,7 +127,12 @@ impl S3Url {
 
 impl std::fmt::Display for S3Url {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "s3://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))?;
+        write!(
+            f,
+            "s3://{}/{}",
+            self.bucket,
+            self.prefix.trim_end_matches('/')
+        )?;
         let params: Vec<String> = [("endpoint", &self.endpoint), ("region", &self.region)]
             .iter()
             .filter_map(|(k, v)| Some(format!("{k}={}", v.as_ref()?)))

@@ -12,7 +12,10 @@ pub enum StoreUrl {
     /// A local directory: a plain path or `file:///dir`.
     Dir(PathBuf),
     /// A static HTTP(S) server publishing a store's directory (read-only).
-    Http { base: String, timeouts: HttpTimeouts },
+    Http {
+        base: String,
+        timeouts: HttpTimeouts,
+    },
     /// An S3-compatible bucket: `s3://bucket/prefix?endpoint=…&region=…`.
     S3(S3Url),
 }
@@ -53,7 +56,9 @@ impl StoreUrl {
             return Err(bad("empty"));
         }
         if url.starts_with("s3://") {
-            return S3Url::parse(url).map(StoreUrl::S3).map_err(|e| bad(&e.to_string()));
+            return S3Url::parse(url)
+                .map(StoreUrl::S3)
+                .map_err(|e| bad(&e.to_string()));
         }
         let (location, query) = url.split_once('?').unwrap_or((url, ""));
         let params = parse_query(query).map_err(|why| bad(&why))?;
@@ -102,7 +107,9 @@ impl StoreUrl {
             )));
         }
         if !query.is_empty() {
-            return Err(bad("a directory path takes no parameters; use file:///dir?… for those"));
+            return Err(bad(
+                "a directory path takes no parameters; use file:///dir?… for those",
+            ));
         }
         Ok(StoreUrl::Dir(PathBuf::from(location)))
     }
@@ -121,7 +128,10 @@ fn parse_query(query: &str) -> Result<Vec<(&str, &str)>, String> {
 }
 
 fn check_only_nix_parameters(params: &[(&str, &str)]) -> Result<(), String> {
-    match params.iter().find(|(k, _)| !NIX_WRITE_PARAMETERS.contains(k)) {
+    match params
+        .iter()
+        .find(|(k, _)| !NIX_WRITE_PARAMETERS.contains(k))
+    {
         Some((k, _)) => Err(format!("unknown parameter {k:?}")),
         None => Ok(()),
     }
@@ -162,10 +172,16 @@ mod tests {
             ("file:///srv/store?compression=zstd", Ok(dir("/srv/store"))),
             ("file:/srv/store", Err("three slashes")),
             ("file://srv/store", Err("hosts are not supported")),
-            ("file:///srv/store?colour=red", Err("unknown parameter \"colour\"")),
+            (
+                "file:///srv/store?colour=red",
+                Err("unknown parameter \"colour\""),
+            ),
             ("/srv/store?compression=zstd", Err("takes no parameters")),
             ("http://h:8080/s/", Ok(http("http://h:8080/s", 10, 60))),
-            ("https://h/s?connect-timeout=3&stalled-download-timeout=7", Ok(http("https://h/s", 3, 7))),
+            (
+                "https://h/s?connect-timeout=3&stalled-download-timeout=7",
+                Ok(http("https://h/s", 3, 7)),
+            ),
             ("https://h/s?priority=30", Ok(http("https://h/s", 10, 60))),
             ("https://h/s?connect-timeout=0", Err("seconds > 0")),
             ("https://h/s?connect-timeout=x", Err("seconds > 0")),
@@ -190,7 +206,8 @@ mod tests {
                 (want, got) => panic!("{url}: wanted {want:?}, got {got:?}"),
             }
         }
-        let StoreUrl::S3(s3) = StoreUrl::parse("s3://b-1/p/q?region=eu&endpoint=http://h:9/").unwrap()
+        let StoreUrl::S3(s3) =
+            StoreUrl::parse("s3://b-1/p/q?region=eu&endpoint=http://h:9/").unwrap()
         else {
             panic!("not s3")
         };

@@ -6,11 +6,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use refstrip_backend::RequestCounts;
 use refstrip_ingest::{ingest, select, IngestOptions};
 use refstrip_nix::{StoreDir, StorePath};
-use refstrip_source::open_source;
-use refstrip_backend::RequestCounts;
 use refstrip_read::{hash_part_of, StoreReader};
+use refstrip_source::open_source;
 use refstrip_store::Store;
 use refstrip_strip::StripOptions;
 

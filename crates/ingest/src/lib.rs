@@ -14,12 +14,12 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use indicatif::ProgressBar;
+use refstrip_backend::RequestCounts;
 use refstrip_cas::FileSink;
 use refstrip_nix::{NarInfo, StorePath};
-use refstrip_source::{NarSource, SourceError};
-use refstrip_backend::RequestCounts;
 use refstrip_read::pathinfo::StripNarError;
 use refstrip_read::PathRecord;
+use refstrip_source::{NarSource, SourceError};
 use refstrip_store::{StagingPack, Store, StoreError, PACK_TARGET};
 use refstrip_strip::{Manifest, StripOptions};
 

@@ -14,8 +14,8 @@ use fuser::{
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
 use refstrip_cas::{decode_chunk_list, Kind, ObjectId, ObjectRead, CHUNK_THRESHOLD};
-use refstrip_strip::{ContentDigest, Patcher};
 use refstrip_read::objects::{FetchCounters, Objects, RecordObjects};
+use refstrip_strip::{ContentDigest, Patcher};
 
 use crate::tree::{FileNode, Inode, Tree};
 use crate::Stats;

@@ -48,7 +48,10 @@ pub enum Error {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let what = what.into();
-    move |source| Error::Io { what, error: source }
+    move |source| Error::Io {
+        what,
+        error: source,
+    }
 }
 
 pub struct Options {

@@ -17,7 +17,8 @@ pub struct NixConf {
 impl NixConf {
     /// `$NIX_CONF_DIR/nix.conf`, else `/etc/nix/nix.conf`; a missing file sets nothing.
     pub fn read_default() -> std::io::Result<NixConf> {
-        let dir = std::env::var_os("NIX_CONF_DIR").map_or_else(|| PathBuf::from("/etc/nix"), PathBuf::from);
+        let dir = std::env::var_os("NIX_CONF_DIR")
+            .map_or_else(|| PathBuf::from("/etc/nix"), PathBuf::from);
         NixConf::read(&dir.join("nix.conf"))
     }
 
@@ -28,7 +29,10 @@ impl NixConf {
                 path: path.to_path_buf(),
                 settings: Vec::new(),
             }),
-            Err(e) => Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            )),
         }
     }
 
@@ -49,7 +53,11 @@ impl NixConf {
     /// `trusted-public-keys` (Nix's default when unset) plus `extra-trusted-public-keys`, and a
     /// phrase saying where they came from.
     pub fn trusted_public_keys(&self) -> (String, String) {
-        let own = self.settings.iter().rev().find(|(k, _)| k == "trusted-public-keys");
+        let own = self
+            .settings
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "trusted-public-keys");
         let extra: Vec<&str> = self
             .settings
             .iter()
@@ -58,7 +66,10 @@ impl NixConf {
             .collect();
         let source = match own.is_some() || !extra.is_empty() {
             true => self.path.display().to_string(),
-            false => format!("Nix's default ({} sets no trusted-public-keys)", self.path.display()),
+            false => format!(
+                "Nix's default ({} sets no trusted-public-keys)",
+                self.path.display()
+            ),
         };
         let mut all = own.map_or(NIX_DEFAULT_KEYS.to_owned(), |(_, v)| v.clone());
         for e in extra {
@@ -70,7 +81,11 @@ impl NixConf {
 
     /// Whether a boolean setting is `true` (its last occurrence wins).
     pub fn is_true(&self, name: &str) -> bool {
-        self.settings.iter().rev().find(|(k, _)| k == name).is_some_and(|(_, v)| v == "true")
+        self.settings
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .is_some_and(|(_, v)| v == "true")
     }
 }
 

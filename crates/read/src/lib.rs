@@ -146,7 +146,11 @@ impl StoreReader {
                     }
                 }
                 _ => {
-                    if backend.get("nix-cache-info", 1 << 16).map_err(io_err)?.is_some() {
+                    if backend
+                        .get("nix-cache-info", 1 << 16)
+                        .map_err(io_err)?
+                        .is_some()
+                    {
                         return Err(OpenError::BinaryCache { location });
                     }
                     return Err(OpenError::Missing {
@@ -250,11 +254,14 @@ impl StoreReader {
 
     /// The hash parts of every path in the store (not over HTTP, which cannot list).
     pub fn list_paths(&self) -> Result<Vec<String>, ReadError> {
-        let keys = self.backend.list("paths/").map_err(|source| ReadError::Io {
-            what: "the list of paths/".into(),
-            store: self.describe(),
-            error: source,
-        })?;
+        let keys = self
+            .backend
+            .list("paths/")
+            .map_err(|source| ReadError::Io {
+                what: "the list of paths/".into(),
+                store: self.describe(),
+                error: source,
+            })?;
         Ok(keys
             .iter()
             .filter_map(|k| k.strip_prefix("paths/"))
@@ -331,7 +338,10 @@ mod tests {
     #[test]
     fn hash_parts_of_arguments() {
         let h = "0f5bgkfh71dppnqaaxc3xq0vbm4dn1xp";
-        assert_eq!(hash_part_of(&format!("/nix/store/{h}-hello")).as_deref(), Some(h));
+        assert_eq!(
+            hash_part_of(&format!("/nix/store/{h}-hello")).as_deref(),
+            Some(h)
+        );
         assert_eq!(hash_part_of(&format!("{h}-hello")).as_deref(), Some(h));
         assert_eq!(hash_part_of(h).as_deref(), Some(h));
         assert_eq!(hash_part_of(&format!("{h}x")), None);

@@ -52,7 +52,11 @@ impl BlockKey {
 pub fn blocks_of<'r>(records: impl IntoIterator<Item = &'r PathRecord>) -> Vec<BlockKey> {
     let mut blocks: Vec<BlockKey> = records
         .into_iter()
-        .flat_map(|r| r.objects.values().map(|(pack, loc)| BlockKey::of(pack, loc)))
+        .flat_map(|r| {
+            r.objects
+                .values()
+                .map(|(pack, loc)| BlockKey::of(pack, loc))
+        })
         .collect();
     blocks.sort();
     blocks.dedup();
@@ -110,7 +114,9 @@ impl BlockSource for BackendBlocks {
                 format!("short read of a block of pack {}", key.pack),
             ));
         }
-        self.counters.fetched_bytes.fetch_add(key.len, Ordering::Relaxed);
+        self.counters
+            .fetched_bytes
+            .fetch_add(key.len, Ordering::Relaxed);
         self.counters.fetched_blocks.fetch_add(1, Ordering::Relaxed);
         Ok(bytes)
     }
@@ -261,7 +267,9 @@ impl BlockSource for DiskCache {
                         .write(true)
                         .open(&file)
                         .and_then(|f| f.set_modified(SystemTime::now()));
-                    self.counters.reused_bytes.fetch_add(key.len, Ordering::Relaxed);
+                    self.counters
+                        .reused_bytes
+                        .fetch_add(key.len, Ordering::Relaxed);
                     self.counters.reused_blocks.fetch_add(1, Ordering::Relaxed);
                     Ok(())
                 }
@@ -275,8 +283,12 @@ impl BlockSource for DiskCache {
 /// one that has it hands out bytes that hash to its name, or an error.
 pub trait ObjectSource: Send + Sync {
     /// The object `id`, which the store keeps in block `loc` of pack `pack`.
-    fn object(&self, id: &ObjectId, pack: &str, loc: &Location)
-        -> Result<Option<Vec<u8>>, CasError>;
+    fn object(
+        &self,
+        id: &ObjectId,
+        pack: &str,
+        loc: &Location,
+    ) -> Result<Option<Vec<u8>>, CasError>;
 }
 
 /// A near source tried before a far one (snix's combinator of the same name and idea).
@@ -383,7 +395,10 @@ impl PackBlocks {
                 decode_block(&self.blocks.fetch(key)?, key.raw_len).map_err(|e| {
                     io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("block at {} of pack {} is corrupt: {e}", key.offset, key.pack),
+                        format!(
+                            "block at {} of pack {} is corrupt: {e}",
+                            key.offset, key.pack
+                        ),
                     )
                 })?
             }
@@ -456,10 +471,11 @@ impl<F: ObjectSource> ObjectSource for MemoryObjects<F> {
         let found = self.far.object(id, pack, loc)?;
         if let Some(bytes) = &found {
             if bytes.len() as u64 <= self.largest {
-                self.memory
-                    .lock()
-                    .expect("poisoned")
-                    .put(*id, Arc::from(bytes.as_slice()), bytes.len() as u64);
+                self.memory.lock().expect("poisoned").put(
+                    *id,
+                    Arc::from(bytes.as_slice()),
+                    bytes.len() as u64,
+                );
             }
         }
         Ok(found)
@@ -523,7 +539,12 @@ impl Objects {
         let counters = Arc::new(FetchCounters::default());
         let far = Box::new(BackendBlocks::new(backend, counters.clone()));
         let blocks: Arc<dyn BlockSource> = match &opts.cache_dir {
-            Some(dir) => Arc::new(DiskCache::open(dir, opts.cache_bytes, far, counters.clone())?),
+            Some(dir) => Arc::new(DiskCache::open(
+                dir,
+                opts.cache_bytes,
+                far,
+                counters.clone(),
+            )?),
             None => Arc::from(far as Box<dyn BlockSource>),
         };
         let packs = PackBlocks::new(blocks.clone(), opts.block_memory);
@@ -592,11 +613,20 @@ mod tests {
         for i in 0..n {
             // Incompressible, so that blocks on disk are as large as the objects.
             let mut bytes = vec![0u8; size];
-            blake3::Hasher::new().update(&[i]).finalize_xof().fill(&mut bytes);
+            blake3::Hasher::new()
+                .update(&[i])
+                .finalize_xof()
+                .fill(&mut bytes);
             w.add(ObjectId::blob(&bytes), &bytes).unwrap();
         }
         let (bytes, index) = w.finish().unwrap();
-        (Arc::new(MemoryPack { bytes, fetches: AtomicU64::new(0) }), index)
+        (
+            Arc::new(MemoryPack {
+                bytes,
+                fetches: AtomicU64::new(0),
+            }),
+            index,
+        )
     }
 
     struct Shared(Arc<MemoryPack>);
@@ -612,14 +642,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let counters = Arc::new(FetchCounters::default());
         let cap = 24 << 20;
-        let cache = DiskCache::open(dir.path(), cap, Box::new(Shared(far.clone())), counters).unwrap();
+        let cache =
+            DiskCache::open(dir.path(), cap, Box::new(Shared(far.clone())), counters).unwrap();
         let keys: Vec<BlockKey> = {
             let mut k: Vec<_> = index.values().map(|l| BlockKey::of("p", l)).collect();
             k.sort();
             k.dedup();
             k
         };
-        let on_disk = || cached_blocks(dir.path()).unwrap().iter().map(|b| b.1).sum::<u64>();
+        let on_disk = || {
+            cached_blocks(dir.path())
+                .unwrap()
+                .iter()
+                .map(|b| b.1)
+                .sum::<u64>()
+        };
         for key in &keys {
             cache.fetch(key).unwrap();
             assert!(on_disk() <= cap, "{} bytes on disk", on_disk());
@@ -629,11 +666,25 @@ mod tests {
         }
         let fetched = far.fetches.load(Ordering::Relaxed);
         cache.fetch(&keys[0]).unwrap();
-        assert_eq!(far.fetches.load(Ordering::Relaxed), fetched, "the hot block was kept");
+        assert_eq!(
+            far.fetches.load(Ordering::Relaxed),
+            fetched,
+            "the hot block was kept"
+        );
         cache.fetch(&keys[1]).unwrap();
-        assert_eq!(far.fetches.load(Ordering::Relaxed), fetched + 1, "a cold one was evicted");
+        assert_eq!(
+            far.fetches.load(Ordering::Relaxed),
+            fetched + 1,
+            "a cold one was evicted"
+        );
         // Another process (a second cache over the same directory) sees the same blocks.
-        let other = DiskCache::open(dir.path(), cap, Box::new(Shared(far.clone())), Arc::default()).unwrap();
+        let other = DiskCache::open(
+            dir.path(),
+            cap,
+            Box::new(Shared(far.clone())),
+            Arc::default(),
+        )
+        .unwrap();
         other.fetch(&keys[0]).unwrap();
         assert_eq!(far.fetches.load(Ordering::Relaxed), fetched + 1);
     }
@@ -667,14 +718,25 @@ mod tests {
         let blocks = PackBlocks::new(Arc::new(Shared(far.clone())), 1 << 20);
         let memory = MemoryObjects::new(blocks, 16 * 100);
         for (id, loc) in &index {
-            assert_eq!(memory.object(id, "p", loc).unwrap().map(|b| ObjectId::blob(&b)), Some(*id));
+            assert_eq!(
+                memory
+                    .object(id, "p", loc)
+                    .unwrap()
+                    .map(|b| ObjectId::blob(&b)),
+                Some(*id)
+            );
             assert!(memory.used() <= 1600);
         }
 
         /// A near source that has exactly one object (and says so for no other).
         struct One(ObjectId, Vec<u8>);
         impl ObjectSource for One {
-            fn object(&self, id: &ObjectId, _: &str, _: &Location) -> Result<Option<Vec<u8>>, CasError> {
+            fn object(
+                &self,
+                id: &ObjectId,
+                _: &str,
+                _: &Location,
+            ) -> Result<Option<Vec<u8>>, CasError> {
                 Ok((*id == self.0).then(|| self.1.clone()))
             }
         }
@@ -685,8 +747,15 @@ mod tests {
             far: PackBlocks::new(Arc::new(Shared(far.clone())), 0),
         };
         let before = far.fetches.load(Ordering::Relaxed);
-        assert_eq!(layered.object(id, "p", loc).unwrap().as_deref(), Some(&b"near"[..]));
-        assert_eq!(far.fetches.load(Ordering::Relaxed), before, "the near hit fetched nothing");
+        assert_eq!(
+            layered.object(id, "p", loc).unwrap().as_deref(),
+            Some(&b"near"[..])
+        );
+        assert_eq!(
+            far.fetches.load(Ordering::Relaxed),
+            before,
+            "the near hit fetched nothing"
+        );
         let got = layered.object(other, "p", other_loc).unwrap().unwrap();
         assert_eq!(ObjectId::blob(&got), *other);
         assert_eq!(far.fetches.load(Ordering::Relaxed), before + 1);

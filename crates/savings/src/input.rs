@@ -25,12 +25,13 @@ pub fn open_input(spec: &str, store_dir: StoreDir) -> Result<Box<dyn NarSource>,
                 why: e.to_string(),
             })?
             .expect_store_dir(store_dir.as_str());
-        let objects = store
-            .objects(&ObjectOptions::default())
-            .map_err(|source| SourceError::Io {
-                what: spec.into(),
-                error: source,
-            })?;
+        let objects =
+            store
+                .objects(&ObjectOptions::default())
+                .map_err(|source| SourceError::Io {
+                    what: spec.into(),
+                    error: source,
+                })?;
         return Ok(Box::new(StoreSource {
             store,
             objects: Arc::new(objects),
@@ -95,9 +96,9 @@ impl NarSource for StoreSource {
         let info =
             refstrip_read::pathinfo::narinfo(&record.manifest, "local".into(), None, None, None)
                 .map_err(|e| SourceError::Invalid {
-                what: path.to_string(),
-                why: e.to_string(),
-            })?;
+                    what: path.to_string(),
+                    why: e.to_string(),
+                })?;
         if info.store_path != *path {
             return Err(SourceError::Invalid {
                 what: path.to_string(),

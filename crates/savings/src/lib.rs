@@ -22,10 +22,7 @@ pub enum SavingsError {
     #[error("{what}: {why}")]
     Invalid { what: String, why: String },
     #[error("{what}: {error}")]
-    Io {
-        what: String,
-        error: std::io::Error,
-    },
+    Io { what: String, error: std::io::Error },
 }
 
 impl SavingsError {

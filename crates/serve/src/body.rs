@@ -264,7 +264,10 @@ mod tests {
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap().len(), 100);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending(), "held back");
+        assert!(
+            Pin::new(&mut body).poll_frame(&mut cx).is_pending(),
+            "held back"
+        );
         drop(tx);
         assert_eq!(collect(body).await, (100, true));
     }
@@ -273,16 +276,28 @@ mod tests {
     async fn lengths_that_disagree_with_nar_size_abort() {
         // Too long in a later chunk.
         let (rx, _) = channel(vec![bytes(100), bytes(150)], false);
-        assert_eq!(collect(start(rx, Some(200)).await.unwrap()).await, (100, false));
+        assert_eq!(
+            collect(start(rx, Some(200)).await.unwrap()).await,
+            (100, false)
+        );
         // Too short.
         let (rx, _) = channel(vec![bytes(100), bytes(50)], false);
-        assert_eq!(collect(start(rx, Some(200)).await.unwrap()).await, (150, false));
+        assert_eq!(
+            collect(start(rx, Some(200)).await.unwrap()).await,
+            (150, false)
+        );
         // Error after some chunks.
         let (rx, _) = channel(vec![bytes(100), Err(io::Error::other("x"))], false);
-        assert_eq!(collect(start(rx, Some(200)).await.unwrap()).await, (100, false));
+        assert_eq!(
+            collect(start(rx, Some(200)).await.unwrap()).await,
+            (100, false)
+        );
         // Exact, in several chunks.
         let (rx, _) = channel(vec![bytes(100), bytes(60), bytes(40)], false);
-        assert_eq!(collect(start(rx, Some(200)).await.unwrap()).await, (200, true));
+        assert_eq!(
+            collect(start(rx, Some(200)).await.unwrap()).await,
+            (200, true)
+        );
         // Unknown length (zstd): whatever arrives, ended by the clean end.
         let (rx, _) = channel(vec![bytes(100), bytes(60)], false);
         assert_eq!(collect(start(rx, None).await.unwrap()).await, (160, true));

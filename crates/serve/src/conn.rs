@@ -497,7 +497,10 @@ mod tests {
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
         let held: Vec<IpSlot> = (0..3).map(|_| per_ip.try_add(a, 3).unwrap()).collect();
-        assert!(per_ip.try_add(a, 3).is_none(), "fourth connection of one IP");
+        assert!(
+            per_ip.try_add(a, 3).is_none(),
+            "fourth connection of one IP"
+        );
         let other = per_ip.try_add(b, 3).expect("another IP is not affected");
         // The IPv4-mapped IPv6 form of an address counts as that address.
         let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();

@@ -201,10 +201,11 @@ impl Server {
         match read {
             Ok(Ok(Some((record, _)))) => {
                 let record = Arc::new(record);
-                self.records
-                    .lock()
-                    .expect("record cache lock")
-                    .put(hash_part.to_string(), record.clone(), record_weight(&record));
+                self.records.lock().expect("record cache lock").put(
+                    hash_part.to_string(),
+                    record.clone(),
+                    record_weight(&record),
+                );
                 Ok(Some(record))
             }
             Ok(Ok(None)) => Ok(None),
@@ -233,7 +234,9 @@ fn store_dir_of(store: &StoreReader) -> Result<String, ReadError> {
     match first {
         Some(hash_part) => Ok(store.record(&hash_part)?.0.store_dir()),
         None => {
-            tracing::warn!("no record to take StoreDir from; assuming /nix/store (set --store-dir)");
+            tracing::warn!(
+                "no record to take StoreDir from; assuming /nix/store (set --store-dir)"
+            );
             Ok("/nix/store".to_string())
         }
     }
@@ -267,7 +270,10 @@ async fn cache_info(State(server): State<Arc<Server>>) -> Response {
 }
 
 async fn narinfo(State(server): State<Arc<Server>>, Path(file): Path<String>) -> Response {
-    let Some(hash_part) = file.strip_suffix(".narinfo").filter(|h| is_hash_part(h.as_bytes())) else {
+    let Some(hash_part) = file
+        .strip_suffix(".narinfo")
+        .filter(|h| is_hash_part(h.as_bytes()))
+    else {
         return not_found();
     };
     let record = match server.record(hash_part).await {
@@ -529,7 +535,10 @@ impl Write for ChannelWriter {
             ));
         }
         let n = data.len().min(CHUNK - self.buf.len());
-        if self.limit.is_some_and(|limit| self.written + n as u64 > limit) {
+        if self
+            .limit
+            .is_some_and(|limit| self.written + n as u64 > limit)
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "the restore produced more than NarSize",
@@ -714,7 +723,11 @@ mod tests {
 
     #[test]
     fn writing_past_the_limit_fails_and_never_delivers_the_excess() {
-        for (limit, len) in [(400, 1000), (CHUNK, 3 * CHUNK), (2 * CHUNK + 5, 2 * CHUNK + 6)] {
+        for (limit, len) in [
+            (400, 1000),
+            (CHUNK, 3 * CHUNK),
+            (2 * CHUNK + 5, 2 * CHUNK + 6),
+        ] {
             let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
             let producer = std::thread::spawn(move || {
                 let mut w = ChannelWriter::with_limit(tx, Some(limit as u64));

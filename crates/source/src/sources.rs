@@ -4,8 +4,8 @@ use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use refstrip_nix::{NarInfo, StoreDir, StorePath};
 use refstrip_backend::{Backend, Http, RequestCounts, StoreUrl, S3};
+use refstrip_nix::{NarInfo, StoreDir, StorePath};
 
 use crate::compression::{decompress, Compression};
 
@@ -21,7 +21,10 @@ pub enum SourceError {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SourceError {
     let what = what.into();
-    move |source| SourceError::Io { what, error: source }
+    move |source| SourceError::Io {
+        what,
+        error: source,
+    }
 }
 
 /// Somewhere store paths can be read from as narinfo + NAR stream.

@@ -205,7 +205,6 @@ impl Store {
         Ok(self.catalog().locate(id)?)
     }
 
-
     pub fn totals(&self) -> Result<Totals, StoreError> {
         Ok(self.catalog().totals()?)
     }

@@ -66,7 +66,10 @@ pub enum Error {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let what = what.into();
-    move |source| Error::Io { what, error: source }
+    move |source| Error::Io {
+        what,
+        error: source,
+    }
 }
 
 pub struct Options {
@@ -157,7 +160,10 @@ fn substitute_in_pool(
     if store.expected_store_dir() != Some(opts.store_dir.as_str()) {
         return Err(Error::Path {
             path: store.describe(),
-            why: format!("must be opened expecting store directory {}", opts.store_dir),
+            why: format!(
+                "must be opened expecting store directory {}",
+                opts.store_dir
+            ),
         });
     }
     let mut report = Report::default();

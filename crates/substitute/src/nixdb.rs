@@ -76,7 +76,10 @@ pub enum DbError {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DbError {
     let what = what.into();
-    move |source| DbError::Io { what, error: source }
+    move |source| DbError::Io {
+        what,
+        error: source,
+    }
 }
 
 /// What Nix records about a valid path (one row of ValidPaths plus its Refs).
