@@ -25,7 +25,7 @@
 //! executable (Nix 2.8 does not check those on import either).
 
 use std::fmt;
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::str::FromStr;
 
 use base64::engine::general_purpose::STANDARD;
@@ -190,59 +190,24 @@ impl ContentAddress {
 
     /// Check the content of a restored path, given as its NAR, against this content address.
     /// `self_hash_part` is the path's own 32-character hash part (see the module docs).
-    pub fn check_nar(&self, self_hash_part: &str, nar: impl BufRead) -> Result<(), CaError> {
-        let mut hasher = ModuloHasher::new(self.algo, self_hash_part);
-        let nar_err = |e: &dyn fmt::Display| CaError::Nar(e.to_string());
-        match self.method {
-            CaMethod::Recursive => {
-                let mut nar = nar;
-                loop {
-                    let buf = nar.fill_buf().map_err(|e| nar_err(&e))?;
-                    if buf.is_empty() {
-                        break;
-                    }
-                    hasher.update(buf);
-                    let n = buf.len();
-                    nar.consume(n);
-                }
-            }
-            CaMethod::Flat | CaMethod::Text => {
-                let mut reader = refstrip_nar::NarReader::new(nar);
-                let not_a_file = || CaError::NotAFile {
-                    ca: self.to_string(),
-                    method: if self.method == CaMethod::Text {
-                        "text"
-                    } else {
-                        "flat"
-                    },
-                };
-                match reader.next_event().map_err(|e| nar_err(&e))? {
-                    Some(refstrip_nar::Event::File { .. }) => {}
-                    _ => return Err(not_a_file()),
-                }
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut contents = reader.contents();
-                loop {
-                    let n = contents.read(&mut buf).map_err(|e| nar_err(&e))?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                }
-                // The archive must end here (a valid NAR holding one file).
-                if reader.next_event().map_err(|e| nar_err(&e))?.is_some() {
-                    return Err(not_a_file());
-                }
-            }
+    pub fn check_nar(&self, self_hash_part: &str, mut nar: impl Read) -> Result<(), CaError> {
+        let mut verifier = self.verifier(self_hash_part);
+        std::io::copy(&mut nar, &mut verifier).map_err(|e| CaError::Nar(e.to_string()))?;
+        verifier.finish()
+    }
+
+    /// A writer to pass the restored NAR through (e.g. as restore's NAR output, or teed beside
+    /// it), whose [`CaVerifier::finish`] says whether the content matches; nothing is buffered
+    /// beyond a flat NAR's 128-byte header.
+    pub fn verifier(&self, self_hash_part: &str) -> CaVerifier {
+        CaVerifier {
+            ca: self.clone(),
+            hasher: ModuloHasher::new(self.algo, self_hash_part),
+            state: match self.method {
+                CaMethod::Recursive => Flat::Recursive,
+                CaMethod::Flat | CaMethod::Text => Flat::Header(Vec::new()),
+            },
         }
-        let actual = hasher.finish();
-        if actual != self.digest {
-            return Err(CaError::Mismatch {
-                expected: self.to_string(),
-                actual: self.with_digest(actual).to_string(),
-            });
-        }
-        Ok(())
     }
 
     fn with_digest(&self, digest: Vec<u8>) -> Self {
@@ -250,6 +215,156 @@ impl ContentAddress {
             digest,
             ..self.clone()
         }
+    }
+}
+
+/// Checks a NAR streamed through it against a content address (see [`ContentAddress::verifier`]).
+/// Writes never fail; a NAR that is not what the method needs is reported by `finish`.
+pub struct CaVerifier {
+    ca: ContentAddress,
+    hasher: ModuloHasher,
+    state: Flat,
+}
+
+/// Where a flat (single-file) NAR stream is; the whole NAR is hashed for `fixed:r:`.
+enum Flat {
+    Recursive,
+    /// Collecting the header up to and including the contents length.
+    Header(Vec<u8>),
+    /// `left` content bytes to hash, then `padding` zero bytes and `)`.
+    Contents {
+        left: u64,
+        padding: usize,
+    },
+    Trailer {
+        expected: Vec<u8>,
+        got: Vec<u8>,
+    },
+    /// Not a NAR of one regular file.
+    NotAFile,
+}
+
+/// A NAR string: length (u64 le), bytes, zero padding to 8.
+fn nar_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s);
+    out.resize(out.len().div_ceil(8) * 8, 0);
+}
+
+/// The header of a one-file NAR before the contents length, without and with `executable`.
+fn flat_headers() -> (Vec<u8>, Vec<u8>) {
+    let mut start = Vec::new();
+    for s in ["nix-archive-1", "(", "type", "regular"] {
+        nar_str(&mut start, s.as_bytes());
+    }
+    let mut plain = start.clone();
+    nar_str(&mut plain, b"contents");
+    let mut exec = start;
+    nar_str(&mut exec, b"executable");
+    nar_str(&mut exec, b"");
+    nar_str(&mut exec, b"contents");
+    (plain, exec)
+}
+
+impl std::io::Write for CaVerifier {
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len();
+        while !buf.is_empty() {
+            match &mut self.state {
+                Flat::Recursive => {
+                    self.hasher.update(buf);
+                    buf = &[];
+                }
+                Flat::NotAFile => buf = &[],
+                Flat::Header(h) => {
+                    // The header is `plain` or `exec` (they differ from byte 64 on), then the
+                    // 8-byte contents length. Take no byte past it: the contents follow.
+                    let (plain, exec) = flat_headers();
+                    let is_prefix = |p: &[u8]| {
+                        let k = h.len().min(p.len());
+                        h[..k] == p[..k]
+                    };
+                    let full = if is_prefix(&plain) {
+                        plain.len()
+                    } else if is_prefix(&exec) {
+                        exec.len()
+                    } else {
+                        self.state = Flat::NotAFile;
+                        continue;
+                    };
+                    if h.len() == full + 8 {
+                        let left = u64::from_le_bytes(h[full..].try_into().expect("8 bytes"));
+                        self.state = Flat::Contents {
+                            left,
+                            padding: ((8 - left % 8) % 8) as usize,
+                        };
+                        continue;
+                    }
+                    let take = (full + 8 - h.len()).min(buf.len());
+                    h.extend_from_slice(&buf[..take]);
+                    buf = &buf[take..];
+                }
+                Flat::Contents { left, padding } => {
+                    let take = (*left).min(buf.len() as u64) as usize;
+                    self.hasher.update(&buf[..take]);
+                    *left -= take as u64;
+                    buf = &buf[take..];
+                    if *left == 0 {
+                        // The contents' padding, then the closing `)` string.
+                        let mut expected = vec![0u8; *padding];
+                        let mut close = Vec::new();
+                        nar_str(&mut close, b")");
+                        expected.extend(close);
+                        self.state = Flat::Trailer {
+                            expected,
+                            got: Vec::new(),
+                        };
+                    }
+                }
+                Flat::Trailer { expected, got } => {
+                    if got.len() + buf.len() > expected.len() {
+                        self.state = Flat::NotAFile;
+                    } else {
+                        got.extend_from_slice(buf);
+                        buf = &[];
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CaVerifier {
+    /// Whether the NAR written was content the content address describes.
+    pub fn finish(self) -> Result<(), CaError> {
+        let complete = match &self.state {
+            Flat::Recursive => true,
+            Flat::Trailer { expected, got } => expected == got,
+            _ => false,
+        };
+        if !complete {
+            return Err(CaError::NotAFile {
+                ca: self.ca.to_string(),
+                method: if self.ca.method == CaMethod::Text {
+                    "text"
+                } else {
+                    "flat"
+                },
+            });
+        }
+        let actual = self.hasher.finish();
+        if actual != self.ca.digest {
+            return Err(CaError::Mismatch {
+                expected: self.ca.to_string(),
+                actual: self.ca.with_digest(actual).to_string(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -546,6 +661,51 @@ mod tests {
         ))
         .unwrap();
         assert!(plain.check_nar(SELF, &nar[..]).is_err());
+    }
+
+    /// The streaming verifier gives the same answer however the NAR is split, refuses truncated
+    /// or extended NARs, and reads an executable file's header too.
+    #[test]
+    fn verifier_is_split_independent_and_strict() {
+        use std::io::Write;
+        for (contents, executable) in [
+            (&b""[..], false),
+            (b"x", true),
+            (b"12345678", false),
+            (b"hello, world\n", true),
+        ] {
+            let nar = file_nar(contents, executable);
+            let flat = ContentAddress::parse(&format!(
+                "fixed:sha256:{}",
+                base32::encode(&Sha256::digest(contents))
+            ))
+            .unwrap();
+            let rec = ContentAddress::parse(&format!(
+                "fixed:r:sha256:{}",
+                base32::encode(&Sha256::digest(&nar))
+            ))
+            .unwrap();
+            for ca in [&flat, &rec] {
+                for step in [1, 3, 7, 8, 64, nar.len()] {
+                    let mut v = ca.verifier(SELF);
+                    for chunk in nar.chunks(step) {
+                        v.write_all(chunk).unwrap();
+                    }
+                    v.finish()
+                        .unwrap_or_else(|e| panic!("{ca} step {step}: {e}"));
+                }
+            }
+            // Truncated anywhere, or followed by anything: not one complete file.
+            for cut in [0, 8, 72, 95, nar.len() - 16, nar.len() - 1] {
+                assert!(flat.check_nar(SELF, &nar[..cut]).is_err(), "cut at {cut}");
+            }
+            let mut longer = nar.clone();
+            longer.extend_from_slice(&[0; 8]);
+            assert!(matches!(
+                flat.check_nar(SELF, &longer[..]),
+                Err(CaError::NotAFile { .. })
+            ));
+        }
     }
 
     fn modulo_whole(data: &[u8], modulus: &str) -> Vec<u8> {

@@ -381,7 +381,8 @@ fn max_nodes(nar_size: u64) -> u64 {
 /// lines, and the fields Nix interprets must be what Nix would accept.
 fn check_info(key: &str, value: &str) -> Result<()> {
     let bad = |what: String| Err(StripError::BadManifest(what));
-    if key.is_empty() || key.contains([':', '\n', ' ']) || value.contains('\n') {
+    // Exactly what NarInfo::parse can have produced: a non-empty name without ':', one line.
+    if key.is_empty() || key.contains([':', '\n']) || value.contains('\n') {
         return bad(format!("info field {key:?} is not a single narinfo line"));
     }
     match key {
