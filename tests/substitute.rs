@@ -692,3 +692,74 @@ fn untouched_helper_reads_nix_state() {
     f.read_to_string(&mut s).unwrap();
     assert_eq!(s, "10");
 }
+
+#[test]
+fn content_addressed_paths_keep_their_ca_and_a_wrong_one_is_refused() {
+    require_nix!();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let file = tmp.path().join("hello.txt");
+    fs::write(&file, b"hello, content addressing\n").unwrap();
+    let dir = tmp.path().join("tree");
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("sub/a"), b"a").unwrap();
+    let add = |args: &[&str], what: &Path| -> String {
+        let out = run(Command::new("nix-store")
+            .arg("--store")
+            .arg(&src)
+            .arg("--add-fixed")
+            .args(args)
+            .arg(what));
+        String::from_utf8(out).unwrap().trim().to_string()
+    };
+    let flat = add(&["sha256"], &file);
+    let recursive = add(&["--recursive", "sha1"], &dir);
+    let store = tmp.path().join("store");
+    run(Command::new(refstrip_bin())
+        .arg("ingest")
+        .arg(&src)
+        .args(["--all", "--to"])
+        .arg(&store));
+    let root = tmp.path().join("root");
+    let out = substitute(
+        store.to_str().unwrap(),
+        &root,
+        None,
+        &["--no-check-sigs"],
+        &[flat.clone(), recursive.clone()],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    nix_verify(&root).unwrap();
+    let ca_of = |root: &Path, path: &str| {
+        let out = run(Command::new("nix")
+            .args(["path-info", "--json", "--store"])
+            .arg(root)
+            .arg(path));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        v[0]["ca"].as_str().unwrap_or_default().to_string()
+    };
+    for path in [&flat, &recursive] {
+        let ca = ca_of(&src, path);
+        assert!(ca.starts_with("fixed:"), "{path}: {ca}");
+        assert_eq!(ca_of(&root, path), ca, "{path}: CA registered as Nix registered it");
+    }
+
+    // The same record claiming the other path's content address: refused, nothing registered.
+    let key = store.join("paths").join(&flat[11..43]);
+    let mut record = PathRecord::decode(&fs::read(&key).unwrap()).unwrap();
+    let other_ca = ca_of(&src, &recursive);
+    for (k, v) in &mut record.manifest.info {
+        if k == "CA" {
+            *v = other_ca.clone();
+        }
+    }
+    record.manifest_bytes = record.manifest.encode();
+    fs::write(&key, record.encode()).unwrap();
+    let root = tmp.path().join("root2");
+    refused(
+        &substitute(store.to_str().unwrap(), &root, None, &["--no-check-sigs"], &[flat]),
+        "wrong CA",
+        "refusing it: CA",
+    );
+    assert_untouched(&root, "wrong CA");
+}

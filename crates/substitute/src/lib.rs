@@ -366,16 +366,35 @@ fn restore_path(
     let dest = real_store.join(&p.basename);
     let tmp_name = format!(".{}.refstrip-tmp", p.basename);
     let tmp = real_store.join(&tmp_name);
+    // A content address (`CA:`, which no signature covers) must hold for the NAR restored, as
+    // Nix checks on import; the NAR stream passes through the check on its way to the hash.
+    let ca = p.record.manifest.info.iter().find(|(k, _)| k == "CA");
+    let refused = |ca: &str, why: String| Error::Path {
+        path: p.path.clone(),
+        why: format!("refusing it: CA {ca}: {why}"),
+    };
+    let mut verifier = match ca {
+        Some((_, ca)) => Some(
+            refstrip_nix::ContentAddress::parse(ca)
+                .map_err(|e| refused(ca, e.to_string()))?
+                .verifier(p.record.hash_part()),
+        ),
+        None => None,
+    };
     // We hold the path's lock and it is not valid: anything under either name is a leftover.
     remove_tree(&tmp).map_err(io_err(format!("removing stale {}", tmp.display())))?;
     remove_tree(&dest).map_err(io_err(format!("removing invalid {}", dest.display())))?;
     let mut writer =
         TreeWriter::new(store_fd, tmp_name.as_bytes(), links).map_err(io_err("temporary name"))?;
     let mut objects = objects.of(&p.record);
+    let nar_out: Box<dyn io::Write + '_> = match verifier.as_mut() {
+        Some(v) => Box::new(v),
+        None => Box::new(io::sink()),
+    };
     let restored = refstrip_strip::restore(
         &p.record.manifest,
         &mut FileSource::new(&mut objects),
-        io::sink(),
+        nar_out,
         &mut writer,
     )
     .map_err(|e| Error::Path {
@@ -383,7 +402,10 @@ fn restore_path(
         why: e.to_string(),
     })
     .and_then(|_| writer.finish().map_err(io_err("writing")))
-    .and_then(|_| check_content_address(p, &tmp));
+    .and_then(|_| match (verifier, ca) {
+        (Some(v), Some((_, ca))) => v.finish().map_err(|e| refused(ca, e.to_string())),
+        _ => Ok(()),
+    });
     if let Err(e) = restored {
         let _ = remove_tree(&tmp);
         return Err(e);
@@ -395,27 +417,6 @@ fn restore_path(
         shareable: std::mem::take(&mut writer.shareable),
         dest,
     })
-}
-
-/// A path that asserts a content address (`CA:`, which no signature covers) must have that
-/// content, as Nix checks on import: the tree just written is serialised again and hashed.
-fn check_content_address(p: &Planned, tree: &Path) -> Result<(), Error> {
-    let Some((_, ca)) = p.record.manifest.info.iter().find(|(k, _)| k == "CA") else {
-        return Ok(());
-    };
-    let refused = |why: String| Error::Path {
-        path: p.path.clone(),
-        why: format!("refusing it: CA {ca}: {why}"),
-    };
-    let ca = refstrip_nix::ContentAddress::parse(ca).map_err(|e| refused(e.to_string()))?;
-    let (reader, writer) = io::pipe().map_err(io_err("pipe"))?;
-    let tree = tree.to_path_buf();
-    let dumper = std::thread::spawn(move || refstrip_nar::dump(&tree, io::BufWriter::new(writer)));
-    let checked = ca.check_nar(p.record.hash_part(), io::BufReader::new(reader));
-    let dumped = dumper.join().expect("the dump thread does not panic");
-    checked.map_err(|e| refused(e.to_string()))?;
-    dumped.map_err(|e| refused(format!("serialising the written tree: {e}")))?;
-    Ok(())
 }
 
 fn valid_path_info(p: &Planned, store_dir: &str, real_store: &Path) -> ValidPathInfo {
