@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use refstrip_cas::pack::Location;
 use refstrip_cas::{decode_chunk_list, CasError, Kind, ObjectId};
-use refstrip_read::objects::{ObjectSource, SizedLru};
+use refstrip_read::objects::{NearSource, ObjectSource, SizedLru};
 use refstrip_strip::{ContentDigest, RefTable, Scanner};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -262,17 +262,14 @@ impl ObjectSource for LocalStore {
     }
 }
 
-/// A shared [`LocalStore`] as a layer (`Objects::with_near` takes a box; reports keep the `Arc`).
-pub struct Shared(pub Arc<LocalStore>);
+impl NearSource for LocalStore {
+    fn may_have(&self, id: &ObjectId) -> bool {
+        LocalStore::may_have(self, id)
+    }
 
-impl ObjectSource for Shared {
-    fn object(
-        &self,
-        id: &ObjectId,
-        pack: &str,
-        loc: &Location,
-    ) -> Result<Option<Vec<u8>>, CasError> {
-        self.0.object(id, pack, loc)
+    fn served(&self) -> (u64, u64) {
+        let (objects, bytes, _) = self.counters.get();
+        (objects, bytes)
     }
 }
 
