@@ -228,7 +228,8 @@ fn mass_rebuild_fetches_under_five_percent_of_nar_xz() {
         &store,
         root.path(),
         Some(cache.path()),
-        &[],
+        // The block cache is what this measures; tests/local_store.rs measures the local store.
+        &["--no-local-store"],
         &[root_path("mass")],
     ));
     check_like_nix(root.path(), "mass");

@@ -179,6 +179,15 @@ pub fn corpus_packages(generation: &str) -> std::collections::BTreeMap<(String, 
 
 /// A static file server that honours `Range: bytes=a-b` (206) and counts ranged answers.
 pub fn static_http_server(dir: PathBuf) -> (String, Arc<AtomicU64>) {
+    let (url, ranged, _) = static_http_server_counting(dir);
+    (url, ranged)
+}
+
+/// [`static_http_server`], also counting the body bytes it sent (what a client fetched from the
+/// origin, measured there rather than taken from the client's own report).
+pub fn static_http_server_counting(dir: PathBuf) -> (String, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let sent = Arc::new(AtomicU64::new(0));
+    let sent_counter = sent.clone();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let ranged = Arc::new(AtomicU64::new(0));
@@ -188,6 +197,7 @@ pub fn static_http_server(dir: PathBuf) -> (String, Arc<AtomicU64>) {
             let Ok(mut stream) = stream else { continue };
             let dir = dir.clone();
             let counter = counter.clone();
+            let sent = sent_counter.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 loop {
@@ -229,12 +239,15 @@ pub fn static_http_server(dir: PathBuf) -> (String, Arc<AtomicU64>) {
                     if stream.write_all(header.as_bytes()).is_err() {
                         return;
                     }
-                    if !head && stream.write_all(&body).is_err() {
-                        return;
+                    if !head {
+                        if stream.write_all(&body).is_err() {
+                            return;
+                        }
+                        sent.fetch_add(body.len() as u64, Ordering::Relaxed);
                     }
                 }
             });
         }
     });
-    (url, ranged)
+    (url, ranged, sent)
 }

@@ -1,5 +1,6 @@
 //! The `refstrip` command: a thin layer that parses arguments and calls the library crates.
 
+mod local_store;
 mod mount;
 mod nar;
 mod narinfo;
@@ -42,6 +43,9 @@ enum Command {
     Gc(store_cmd::GcArgs),
     /// Substitute store paths and their closure from a normalized store into a Nix store.
     Substitute(substitute::SubstituteArgs),
+    /// Index the objects in a local Nix store's valid paths, so that substitute and serve
+    /// (`--local-store`) take them from there instead of the network.
+    Index(local_store::IndexArgs),
     /// Serve a normalized store as a standard Nix binary cache over HTTP (NARs restored on the fly).
     Serve(serve::ServeArgs),
     /// Mount store paths read-only with FUSE: the whole closure listed from manifests, file
@@ -139,6 +143,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Stats(args) => store_cmd::stats_cmd(args),
         Command::Gc(args) => store_cmd::gc_cmd(args),
         Command::Substitute(args) => substitute::run(args),
+        Command::Index(args) => local_store::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Mount(args) => mount::run(args),
         Command::Savings(args) => savings::savings(args),

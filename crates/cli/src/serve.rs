@@ -64,6 +64,14 @@ pub struct ServeArgs {
     /// After SIGINT/SIGTERM, how long requests in flight may take to finish, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     grace: u64,
+    /// A Nix store whose valid paths are the nearest source of objects (`/`, or a chroot root):
+    /// files whose normalized contents are there are read from it, re-normalized and checked,
+    /// instead of fetched. Its index is brought up to date at start (see `refstrip index`).
+    #[arg(long, value_name = "ROOT")]
+    local_store: Option<std::path::PathBuf>,
+    /// Where the local store's index lives [default: ROOT/nix/var/refstrip].
+    #[arg(long, value_name = "DIR", requires = "local_store")]
+    local_state: Option<std::path::PathBuf>,
     /// Worker threads for connections [default: one per core].
     #[arg(long)]
     threads: Option<usize>,
@@ -101,7 +109,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             send_timeout: Duration::from_secs(args.send_timeout),
         },
     };
-    let server = Server::new(store, config).context("reading the store")?;
+    let local = match &args.local_store {
+        None => None,
+        Some(root) => {
+            let store_dir = config.store_dir.as_deref().unwrap_or("/nix/store");
+            let (local, r) = crate::local_store::open_updated(
+                root,
+                store_dir,
+                args.local_state.as_deref(),
+                !std::io::stderr().is_terminal(),
+            )?;
+            tracing::info!(
+                root = %root.display(),
+                new_paths = r.paths,
+                nar_bytes = r.nar_bytes,
+                "local store indexed"
+            );
+            Some(local)
+        }
+    };
+    let near = local
+        .clone()
+        .map(|l| Box::new(l as std::sync::Arc<dyn refstrip_read::objects::NearSource>) as _);
+    let server = Server::with_near(store, config, near).context("reading the store")?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {
         builder.worker_threads(n.max(1));
@@ -125,6 +155,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("serving")
     });
+    if let Some(local) = &local {
+        let (objects, bytes, stale) = local.counters.get();
+        tracing::info!(objects, bytes, stale, "served from the local store");
+    }
     // Restore threads of aborted responses stop at their next write; do not wait long for them.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result

@@ -63,6 +63,18 @@ pub struct SubstituteArgs {
     /// Write every file, whatever nix.conf's `auto-optimise-store` says.
     #[arg(long)]
     no_links: bool,
+    /// A Nix store whose valid paths are the nearest source of objects: files whose normalized
+    /// contents are there are read from it (re-normalized and checked) instead of fetched. Its
+    /// index is brought up to date first (see `refstrip index`) [default: the --store ROOT, when it
+    /// has a Nix db].
+    #[arg(long, value_name = "ROOT")]
+    local_store: Option<PathBuf>,
+    /// Take nothing from a local store.
+    #[arg(long, conflicts_with = "local_store")]
+    no_local_store: bool,
+    /// Where the local store's index lives [default: ROOT/nix/var/refstrip].
+    #[arg(long, value_name = "DIR")]
+    local_state: Option<PathBuf>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -155,6 +167,33 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
         .expect("valid template")
         .progress_chars("=> "),
     );
+    let local_root = match (args.no_local_store, args.local_store) {
+        (true, _) => None,
+        (false, Some(root)) => Some(root),
+        // A target without a db yet has nothing to give.
+        (false, None) => Some(args.root.clone())
+            .filter(|r| r.join("nix/var/nix/db/db.sqlite").exists()),
+    };
+    let near = match local_root {
+        None => None,
+        Some(root) => {
+            let (local, r) = crate::local_store::open_updated(
+                &root,
+                &args.store_dir,
+                args.local_state.as_deref(),
+                args.json,
+            )?;
+            if !args.json {
+                println!(
+                    "local store {}: indexed {} new paths ({} NAR bytes)",
+                    root.display(),
+                    r.paths,
+                    r.nar_bytes
+                );
+            }
+            Some(local as std::sync::Arc<dyn refstrip_read::objects::NearSource>)
+        }
+    };
     let opts = Options {
         root: args.root,
         store_dir: args.store_dir,
@@ -163,6 +202,7 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
         jobs: args.jobs,
         links: args.links || (!args.no_links && auto_optimise_store()?),
         progress,
+        near,
     };
     let report = substitute(&store, &roots, &opts)?;
     if args.json {
@@ -184,6 +224,10 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
             report.fetched_blocks,
             report.reused_bytes,
             report.reused_blocks
+        );
+        println!(
+            "took {} objects ({} bytes) from the local store",
+            report.local_objects, report.local_bytes
         );
         let t = &report.phases;
         println!(

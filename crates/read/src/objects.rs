@@ -291,6 +291,26 @@ pub trait ObjectSource: Send + Sync {
     ) -> Result<Option<Vec<u8>>, CasError>;
 }
 
+/// A source put in front of a store's (the local Nix store) that can tell cheaply whether it may
+/// have an object, so that prefetching leaves those blocks alone, and that counts what it served.
+pub trait NearSource: ObjectSource {
+    /// Whether an object might be had here (a later read may still miss).
+    fn may_have(&self, id: &ObjectId) -> bool;
+    /// Objects and bytes handed out so far.
+    fn served(&self) -> (u64, u64);
+}
+
+impl ObjectSource for Arc<dyn NearSource> {
+    fn object(
+        &self,
+        id: &ObjectId,
+        pack: &str,
+        loc: &Location,
+    ) -> Result<Option<Vec<u8>>, CasError> {
+        (**self).object(id, pack, loc)
+    }
+}
+
 /// A near source tried before a far one (snix's combinator of the same name and idea).
 pub struct Layered<N, F> {
     pub near: N,

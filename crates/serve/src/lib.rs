@@ -7,7 +7,7 @@
 //! ```text
 //! GET      /nix-cache-info               StoreDir, WantMassQuery: 1, Priority
 //! GET|HEAD /<hash part>.narinfo          the original path fields and Sig lines, URL and
-//!                                        Compression as served, no FileHash/FileSize
+//!                                        Compression as served, FileSize when uncompressed
 //! GET|HEAD /nar/<hash part>.nar[.zst]    the NAR restored on the fly (zstd-compressed on the fly)
 //! ```
 //! A NAR is streamed with bounded memory (a restore thread writes into a small bounded channel)
@@ -36,7 +36,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use refstrip_cas::FileSource;
 use refstrip_nix::is_hash_part;
-use refstrip_read::objects::{ObjectOptions, Objects, SizedLru};
+use refstrip_read::objects::{ObjectOptions, ObjectSource, Objects, SizedLru};
 use refstrip_read::{PathRecord, ReadError, StoreReader};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -131,6 +131,15 @@ impl Server {
     /// Wrap a store opened for reading. Takes the store directory from a record unless configured,
     /// and refuses records of any other.
     pub fn new(store: StoreReader, config: Config) -> Result<Arc<Server>, ReadError> {
+        Server::with_near(store, config, None)
+    }
+
+    /// As [`Server::new`], with `near` (the local Nix store) tried before the store for every object.
+    pub fn with_near(
+        store: StoreReader,
+        config: Config,
+        near: Option<Box<dyn ObjectSource>>,
+    ) -> Result<Arc<Server>, ReadError> {
         let store_dir = match &config.store_dir {
             Some(dir) => dir.clone(),
             None => store_dir_of(&store)?,
@@ -148,6 +157,10 @@ impl Server {
                 store: store.describe(),
                 error: source,
             })?;
+        let objects = match near {
+            Some(near) => objects.with_near(near),
+            None => objects,
+        };
         let streams = Arc::new(Semaphore::new(config.max_streams.max(1)));
         Ok(Arc::new(Server {
             store,
@@ -283,13 +296,15 @@ async fn narinfo(State(server): State<Arc<Server>>, Path(file): Path<String>) ->
     };
     let compression = server.config.compression;
     let url = format!("nar/{hash_part}{}", compression.extension());
-    // No FileHash/FileSize: the file is made on the fly (Nix treats both as optional).
+    // No FileHash: the file is made on the fly (Nix treats it as optional). Uncompressed, the file
+    // is the NAR, so its size is known and Nix can show a download size.
+    let file_size = (compression == Compression::None).then_some(record.manifest.nar_size);
     match refstrip_read::pathinfo::narinfo(
         &record.manifest,
         url,
         Some(compression.name().to_string()),
         None,
-        None,
+        file_size,
     ) {
         Ok(info) => (
             [(header::CONTENT_TYPE, "text/x-nix-narinfo")],

@@ -36,14 +36,14 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use refstrip_cas::FileSource;
 use refstrip_nix::{signature, PublicKey};
-use refstrip_read::objects::{blocks_of, FetchCounters, ObjectOptions, Objects};
+use refstrip_read::objects::{blocks_of, BlockKey, FetchCounters, NearSource, ObjectOptions, Objects};
 use refstrip_read::{PathRecord, ReadError, StoreReader, Visit};
 use refstrip_strip::ContentDigest;
 
@@ -87,6 +87,8 @@ pub struct Options {
     /// Hard-link unpatched files from copies in `<store>/.links` and share the ones written.
     pub links: bool,
     pub progress: ProgressBar,
+    /// A source tried before the store for every object (the local Nix store), or none.
+    pub near: Option<Arc<dyn NearSource>>,
 }
 
 /// What a run did.
@@ -110,6 +112,9 @@ pub struct Report {
     /// Pack blocks found in the local cache instead.
     pub reused_blocks: u64,
     pub reused_bytes: u64,
+    /// Objects (and their bytes) taken from the near source (the local Nix store) instead.
+    pub local_objects: u64,
+    pub local_bytes: u64,
     pub seconds: f64,
     /// Where the time went: planning (reading records), fetching blocks, writing the trees
     /// (decompress, patch, hash, write), making them durable (`syncfs`), registering.
@@ -237,13 +242,31 @@ fn substitute_in_pool(
     };
 
     // 4. Fetch the missing blocks.
-    let objects = store
+    let mut objects = store
         .objects(&opts.objects)
         .map_err(io_err("opening the object cache"))?;
+    let near_before = opts.near.as_ref().map(|n| n.served());
+    let blocks = match &opts.near {
+        None => blocks_of(plan.iter().map(|p| &p.record)),
+        Some(near) => {
+            objects = objects.with_near(Box::new(near.clone()));
+            // Only the blocks of objects the near source cannot give; one it turns out not to
+            // have after all is fetched when read.
+            let mut blocks: Vec<BlockKey> = plan
+                .iter()
+                .flat_map(|p| p.record.objects.iter())
+                .filter(|(id, _)| !near.may_have(id))
+                .map(|(_, (pack, loc))| BlockKey::of(pack, loc))
+                .collect();
+            blocks.sort();
+            blocks.dedup();
+            blocks
+        }
+    };
     opts.progress.set_length(total_nar);
     opts.progress.set_message("fetching");
     objects
-        .prefetch(&blocks_of(plan.iter().map(|p| &p.record)))
+        .prefetch(&blocks)
         .map_err(io_err(format!("fetching blocks from {}", store.describe())))?;
 
     report.phases.fetch = lap();
@@ -341,6 +364,11 @@ fn substitute_in_pool(
     report.reused_blocks = FetchCounters::get(&counters.reused_blocks);
     report.reused_bytes = FetchCounters::get(&counters.reused_bytes);
     report.fetched_bytes = report.record_bytes + report.fetched_block_bytes;
+    if let (Some(near), Some((objects, bytes))) = (&opts.near, near_before) {
+        let (o, b) = near.served();
+        report.local_objects = o - objects;
+        report.local_bytes = b - bytes;
+    }
     report.seconds = start.elapsed().as_secs_f64();
     opts.progress.finish_and_clear();
     Ok(report)

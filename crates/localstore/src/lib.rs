@@ -1,0 +1,277 @@
+//! The local Nix store as the nearest object source.
+//!
+//! After a mass rebuild most normalized objects a client needs are already on its disk, inside
+//! the files of paths it has installed (from refstrip or from anywhere else). [`LocalStore`]
+//! keeps an index (SQLite, in a state directory the caller names) from object name to a file of
+//! a valid path and a byte range in it, filled by stripping valid paths with the references Nix
+//! recorded for them in `db.sqlite` ([`LocalStore::update`], incremental by `ValidPaths.id`).
+//! As an [`ObjectSource`] it reads the range back (opened below the store directory following no
+//! symlink), re-normalizes it with the path's reference table, and hands it out only if its BLAKE3
+//! is the object's name. The index is a cache, never the truth: a garbage-collected path, a
+//! modified file, a stale row are all misses (`Ok(None)`), and the next layer fetches the object.
+//!
+//! ```text
+//! ROOT/nix/var/nix/db/db.sqlite     read-only: ValidPaths (id, path, hash), Refs
+//! STATE/local-objects.sqlite        paths (id = ValidPaths.id, basename, references)
+//!                                   objects (kind, digest → path, file, range, build-id range)
+//! ```
+
+mod index;
+mod renorm;
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use refstrip_cas::pack::Location;
+use refstrip_cas::{decode_chunk_list, CasError, Kind, ObjectId};
+use refstrip_read::objects::{NearSource, ObjectSource, SizedLru};
+use refstrip_strip::{ContentDigest, RefTable, Scanner};
+use rusqlite::{params, Connection, OptionalExtension};
+
+pub use index::UpdateReport;
+pub use renorm::{open_beneath, renormalize};
+
+/// The index's file name inside the state directory.
+pub const INDEX_FILE: &str = "local-objects.sqlite";
+/// Version of the index's tables; an index of another version is rebuilt.
+const INDEX_VERSION: i64 = 1;
+/// Candidate copies tried per object before giving up (a popular file is in many paths).
+const MAX_CANDIDATES: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {error}")]
+    Io { what: String, error: io::Error },
+    #[error("{what}: {error}")]
+    Db {
+        what: String,
+        error: rusqlite::Error,
+    },
+}
+
+fn db_err(what: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
+    let what = what.into();
+    move |error| Error::Db { what, error }
+}
+
+/// What the source handed out, for reports.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Objects served from store files, and their bytes.
+    pub objects: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Objects the index named but no copy of which checked out (modified, removed, GC'd).
+    pub stale: AtomicU64,
+}
+
+impl Counters {
+    /// (objects, bytes, stale) now.
+    pub fn get(&self) -> (u64, u64, u64) {
+        (
+            self.objects.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+            self.stale.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A local Nix store (`ROOT/<store dir>` plus `ROOT/nix/var/nix/db/db.sqlite`) and its object index.
+pub struct LocalStore {
+    root: PathBuf,
+    store_dir: String,
+    real_store: PathBuf,
+    /// The store directory, opened once: every file is opened below it.
+    store_fd: File,
+    index: Mutex<Connection>,
+    /// Scanners by path id (building one hashes every reference).
+    scanners: Mutex<SizedLru<i64, Arc<Scanner>>>,
+    pub counters: Arc<Counters>,
+}
+
+/// One copy of an object as the index records it.
+struct Candidate {
+    path: i64,
+    basename: String,
+    refs: String,
+    file: Vec<u8>,
+    file_size: u64,
+    offset: u64,
+    size: u64,
+    zero: Option<(u64, u64)>,
+    list: Option<Vec<u8>>,
+}
+
+impl LocalStore {
+    /// The state directory used when none is given: beside Nix's own state in ROOT.
+    pub fn default_state_dir(root: &Path) -> PathBuf {
+        root.join("nix/var/refstrip")
+    }
+
+    /// Open the store at `root` (logical store directory `store_dir`) and the index in `state`
+    /// (created if missing). Nothing of Nix's is written.
+    pub fn open(root: &Path, store_dir: &str, state: &Path) -> Result<LocalStore, Error> {
+        let real_store = root.join(store_dir.trim_start_matches('/'));
+        let store_fd = File::open(&real_store).map_err(|error| Error::Io {
+            what: format!("opening {}", real_store.display()),
+            error,
+        })?;
+        std::fs::create_dir_all(state).map_err(|error| Error::Io {
+            what: format!("creating {}", state.display()),
+            error,
+        })?;
+        let file = state.join(INDEX_FILE);
+        let conn = index::open_index(&file)
+            .map_err(db_err(format!("opening {}", file.display())))?;
+        Ok(LocalStore {
+            root: root.to_path_buf(),
+            store_dir: store_dir.trim_end_matches('/').to_string(),
+            real_store,
+            store_fd,
+            index: Mutex::new(conn),
+            scanners: Mutex::new(SizedLru::new(16 << 20)),
+            counters: Arc::default(),
+        })
+    }
+
+    /// Whether the index names a copy of `id` (which may still turn out stale when read).
+    pub fn may_have(&self, id: &ObjectId) -> bool {
+        let conn = self.index.lock().expect("poisoned");
+        conn.query_row(
+            "SELECT 1 FROM objects WHERE digest = ?1 AND kind = ?2 LIMIT 1",
+            params![&id.digest.0[..], id.kind.code() as i64],
+            |_| Ok(()),
+        )
+        .optional()
+        .ok()
+        .flatten()
+        .is_some()
+    }
+
+    fn candidates(&self, id: &ObjectId) -> rusqlite::Result<Vec<Candidate>> {
+        let conn = self.index.lock().expect("poisoned");
+        let mut stmt = conn.prepare_cached(
+            "SELECT o.path, p.basename, p.refs, o.file, o.file_size, o.offset, o.size,
+                    o.zero_start, o.zero_end, o.list
+             FROM objects o JOIN paths p ON p.id = o.path
+             WHERE o.digest = ?1 AND o.kind = ?2 ORDER BY o.path DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![&id.digest.0[..], id.kind.code() as i64, MAX_CANDIDATES as i64],
+            |r| {
+                let zs: Option<i64> = r.get(7)?;
+                let ze: Option<i64> = r.get(8)?;
+                Ok(Candidate {
+                    path: r.get(0)?,
+                    basename: r.get(1)?,
+                    refs: r.get(2)?,
+                    file: r.get(3)?,
+                    file_size: r.get::<_, i64>(4)? as u64,
+                    offset: r.get::<_, i64>(5)? as u64,
+                    size: r.get::<_, i64>(6)? as u64,
+                    zero: zs.zip(ze).map(|(s, e)| (s as u64, e as u64)),
+                    list: r.get(9)?,
+                })
+            },
+        )?;
+        rows.collect()
+    }
+
+    fn scanner(&self, c: &Candidate) -> Option<Arc<Scanner>> {
+        if let Some(s) = self.scanners.lock().expect("poisoned").get(&c.path) {
+            return Some(s);
+        }
+        let refs: Vec<Vec<u8>> = c
+            .refs
+            .split('\n')
+            .filter(|r| !r.is_empty())
+            .map(|r| r.as_bytes().to_vec())
+            .collect();
+        let table = RefTable::new(c.basename.as_bytes(), &refs).ok()?;
+        let scanner = Arc::new(Scanner::new(&table));
+        let weight = 64 * (refs.len() as u64 + 1);
+        self.scanners
+            .lock()
+            .expect("poisoned")
+            .put(c.path, scanner.clone(), weight);
+        Some(scanner)
+    }
+
+    /// One candidate's bytes, if they are the object `id`.
+    fn read(&self, id: &ObjectId, c: &Candidate) -> Option<Vec<u8>> {
+        let file = open_beneath(&self.store_fd, c.basename.as_bytes(), &c.file, c.file_size).ok()?;
+        match id.kind {
+            Kind::Blob => {
+                let scanner = self.scanner(c)?;
+                let end = c.offset.checked_add(c.size)?;
+                let zero = c.zero.map(|(s, e)| s..e);
+                let bytes = renormalize(&file, c.file_size, c.offset..end, &scanner, zero).ok()?;
+                (ContentDigest::of(&bytes) == id.digest).then_some(bytes)
+            }
+            // A chunk list is named by the whole file, which only reading it all could check;
+            // as for a list out of a pack, the reader checks the chunks against the name. Here
+            // it must at least describe a file of this size that is still there.
+            Kind::ChunkList => {
+                let list = c.list.clone()?;
+                let total = decode_chunk_list(&list)?
+                    .iter()
+                    .try_fold(0u64, |t, (_, s)| t.checked_add(*s))?;
+                (total == c.file_size).then_some(list)
+            }
+            Kind::Manifest => None,
+        }
+    }
+
+    /// The store root this source reads.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The store directory as found on disk (`ROOT/nix/store`).
+    pub fn real_store(&self) -> &Path {
+        &self.real_store
+    }
+}
+
+impl ObjectSource for LocalStore {
+    fn object(
+        &self,
+        id: &ObjectId,
+        _pack: &str,
+        _loc: &Location,
+    ) -> Result<Option<Vec<u8>>, CasError> {
+        // An unreadable index is a miss like any other: the far layers have every object.
+        let Ok(candidates) = self.candidates(id) else {
+            return Ok(None);
+        };
+        for c in &candidates {
+            if let Some(bytes) = self.read(id, c) {
+                self.counters.objects.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                return Ok(Some(bytes));
+            }
+        }
+        if !candidates.is_empty() {
+            self.counters.stale.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(None)
+    }
+}
+
+impl NearSource for LocalStore {
+    fn may_have(&self, id: &ObjectId) -> bool {
+        LocalStore::may_have(self, id)
+    }
+
+    fn served(&self) -> (u64, u64) {
+        let (objects, bytes, _) = self.counters.get();
+        (objects, bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests;
