@@ -14,7 +14,10 @@ fn gen_dir(generation: &str) -> PathBuf {
 }
 
 fn root_path(generation: &str) -> String {
-    fs::read_to_string(gen_dir(generation).join("roots")).unwrap().trim().to_string()
+    fs::read_to_string(gen_dir(generation).join("roots"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 /// A chroot Nix store with gen1, as stock Nix installs it from the plain binary cache.
@@ -28,22 +31,41 @@ fn gen1_by_nix(root: &Path) {
 }
 
 fn index(root: &Path) -> String {
-    let out = run(Command::new(refstrip_bin()).args(["index", "--store"]).arg(root));
+    let out = run(Command::new(refstrip_bin())
+        .args(["index", "--store"])
+        .arg(root));
     String::from_utf8(out).unwrap()
 }
 
 /// Substitute the mass generation into `root` from `url`; the JSON report and the bytes the origin
 /// sent during the run.
-fn substitute_mass(url: &str, sent: &std::sync::atomic::AtomicU64, root: &Path, extra: &[&str]) -> (serde_json::Value, u64) {
+fn substitute_mass(
+    url: &str,
+    sent: &std::sync::atomic::AtomicU64,
+    root: &Path,
+    extra: &[&str],
+) -> (serde_json::Value, u64) {
     let before = sent.load(Ordering::Relaxed);
     let out = Command::new(refstrip_bin())
-        .args(["substitute", "--json", "--no-cache", "--no-check-sigs", "--from", url, "--store"])
+        .args([
+            "substitute",
+            "--json",
+            "--no-cache",
+            "--no-check-sigs",
+            "--from",
+            url,
+            "--store",
+        ])
         .arg(root)
         .args(extra)
         .arg(root_path("mass"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "substitute failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "substitute failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = serde_json::from_slice(&out.stdout).unwrap();
     (report, sent.load(Ordering::Relaxed) - before)
 }
@@ -80,7 +102,11 @@ fn mass_hashes_match(root: &Path) {
     for info in fs::read_dir(gen_dir("mass")).unwrap().flatten() {
         let text = fs::read_to_string(info.path()).unwrap_or_default();
         if let Some(hash) = text.lines().find_map(|l| l.strip_prefix("NarHash: ")) {
-            assert!(got.contains(hash), "{} missing in {got}", info.path().display());
+            assert!(
+                got.contains(hash),
+                "{} missing in {got}",
+                info.path().display()
+            );
         }
     }
 }
@@ -133,8 +159,13 @@ fn the_local_store_saves_the_download_and_stale_copies_are_only_misses() {
     nix_verify(&local);
     mass_hashes_match(&local);
     assert!(r["local_objects"].as_u64().unwrap() > 50, "{r}");
-    assert_eq!(r["fetched_blocks"], 0, "every object was in the local store: {r}");
-    eprintln!("origin bytes for the mass generation: {without} without the local store, {with} with it");
+    assert_eq!(
+        r["fetched_blocks"], 0,
+        "every object was in the local store: {r}"
+    );
+    eprintln!(
+        "origin bytes for the mass generation: {without} without the local store, {with} with it"
+    );
     // Measured: 823,397 without, 14,640 with (the path records; every object was local).
     assert!(with * 20 < without, "{with} vs {without}");
 
@@ -152,15 +183,24 @@ fn the_local_store_saves_the_download_and_stale_copies_are_only_misses() {
     let (r, fetched) = substitute_mass(&url, &sent, &altered, &[]);
     nix_verify_mass_only(&altered, &victim);
     mass_hashes_match(&altered);
-    assert!(fetched > with, "the altered chunk came from the origin: {fetched} vs {with}");
+    assert!(
+        fetched > with,
+        "the altered chunk came from the origin: {fetched} vs {with}"
+    );
     assert!(r["local_objects"].as_u64().unwrap() > 50, "{r}");
 
     // Paths garbage-collected after indexing: misses, not errors.
     let collected = dir.path().join("collected");
     gen1_by_nix(&collected);
     index(&collected);
-    run(Command::new("nix-store").arg("--store").arg(&collected).arg("--gc"));
-    assert!(!collected.join("nix/store").join(root_path("gen1").trim_start_matches("/nix/store/")).exists());
+    run(Command::new("nix-store")
+        .arg("--store")
+        .arg(&collected)
+        .arg("--gc"));
+    assert!(!collected
+        .join("nix/store")
+        .join(root_path("gen1").trim_start_matches("/nix/store/"))
+        .exists());
     let (r, fetched) = substitute_mass(&url, &sent, &collected, &[]);
     nix_verify(&collected);
     mass_hashes_match(&collected);
@@ -188,6 +228,9 @@ fn nix_verify_mass_only(root: &Path, altered: &Path) {
         .to_string_lossy()
         .into_owned();
     for line in stderr.lines().filter(|l| l.contains("modified")) {
-        assert!(line.contains(&name), "only the altered path may be reported: {line}");
+        assert!(
+            line.contains(&name),
+            "only the altered path may be reported: {line}"
+        );
     }
 }

@@ -357,7 +357,10 @@ fn narinfos_and_nars_are_the_originals() {
             assert_eq!(served.url, format!("nar/{hash_part}.nar"));
             assert_eq!(served.compression.as_deref(), Some("none"));
             // Uncompressed, the file is the NAR: FileSize so that Nix shows a download size.
-            assert_eq!((served.file_hash, served.file_size), (None, Some(original.nar_size)));
+            assert_eq!(
+                (served.file_hash, served.file_size),
+                (None, Some(original.nar_size))
+            );
             assert_eq!(served.store_path, original.store_path);
             assert_eq!(served.nar_hash, original.nar_hash);
             assert_eq!(served.nar_size, original.nar_size);

@@ -729,7 +729,11 @@ fn content_addressed_paths_keep_their_ca_and_a_wrong_one_is_refused() {
         &["--no-check-sigs"],
         &[flat.clone(), recursive.clone()],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     nix_verify(&root).unwrap();
     let ca_of = |root: &Path, path: &str| {
         let out = run(Command::new("nix")
@@ -742,7 +746,11 @@ fn content_addressed_paths_keep_their_ca_and_a_wrong_one_is_refused() {
     for path in [&flat, &recursive] {
         let ca = ca_of(&src, path);
         assert!(ca.starts_with("fixed:"), "{path}: {ca}");
-        assert_eq!(ca_of(&root, path), ca, "{path}: CA registered as Nix registered it");
+        assert_eq!(
+            ca_of(&root, path),
+            ca,
+            "{path}: CA registered as Nix registered it"
+        );
     }
 
     // The same record claiming the other path's content address: refused, nothing registered.
@@ -758,7 +766,13 @@ fn content_addressed_paths_keep_their_ca_and_a_wrong_one_is_refused() {
     fs::write(&key, record.encode()).unwrap();
     let root = tmp.path().join("root2");
     refused(
-        &substitute(store.to_str().unwrap(), &root, None, &["--no-check-sigs"], &[flat]),
+        &substitute(
+            store.to_str().unwrap(),
+            &root,
+            None,
+            &["--no-check-sigs"],
+            &[flat],
+        ),
         "wrong CA",
         "refusing it: CA",
     );

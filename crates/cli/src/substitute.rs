@@ -171,8 +171,9 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
         (true, _) => None,
         (false, Some(root)) => Some(root),
         // A target without a db yet has nothing to give.
-        (false, None) => Some(args.root.clone())
-            .filter(|r| r.join("nix/var/nix/db/db.sqlite").exists()),
+        (false, None) => {
+            Some(args.root.clone()).filter(|r| r.join("nix/var/nix/db/db.sqlite").exists())
+        }
     };
     let near = match local_root {
         None => None,

@@ -36,9 +36,7 @@ pub(crate) fn open_index(file: &Path) -> rusqlite::Result<Connection> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version != INDEX_VERSION {
         // A cache: another version is simply rebuilt.
-        conn.execute_batch(
-            "DROP TABLE IF EXISTS objects; DROP TABLE IF EXISTS paths;",
-        )?;
+        conn.execute_batch("DROP TABLE IF EXISTS objects; DROP TABLE IF EXISTS paths;")?;
     }
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS paths (
@@ -102,7 +100,8 @@ impl LocalStore {
         let what = format!("reading {}", db_file.display());
         let nix = Connection::open_with_flags(&db_file, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(db_err(what.clone()))?;
-        nix.busy_timeout(Duration::from_secs(60)).map_err(db_err(what.clone()))?;
+        nix.busy_timeout(Duration::from_secs(60))
+            .map_err(db_err(what.clone()))?;
         let mut report = UpdateReport::default();
         let prefix = format!("{}/", self.store_dir);
 
@@ -147,10 +146,8 @@ impl LocalStore {
         progress.set_length(new.len() as u64);
         progress.set_message("indexing the local store");
         for batch in new.chunks(BATCH) {
-            let stripped: Vec<(&ValidPath, Stripped)> = batch
-                .par_iter()
-                .map(|p| (p, self.strip_path(p)))
-                .collect();
+            let stripped: Vec<(&ValidPath, Stripped)> =
+                batch.par_iter().map(|p| (p, self.strip_path(p))).collect();
             let mut conn = self.index.lock().expect("poisoned");
             let tx = conn.transaction().map_err(db_err("updating the index"))?;
             for (p, result) in stripped {
@@ -167,9 +164,8 @@ impl LocalStore {
                         insert_rows(&tx, p.id, &rows).map_err(db_err("writing the index"))?;
                     }
                     Err(why) => {
-                        progress.suspend(|| {
-                            eprintln!("refstrip: not indexing {}: {why}", p.basename)
-                        });
+                        progress
+                            .suspend(|| eprintln!("refstrip: not indexing {}: {why}", p.basename));
                         report.skipped += 1;
                     }
                 }
@@ -181,7 +177,11 @@ impl LocalStore {
     }
 
     /// Hash and references of the paths `todo` (id, full path) of this store directory.
-    fn new_paths(&self, nix: &Connection, todo: Vec<(i64, String)>) -> rusqlite::Result<Vec<ValidPath>> {
+    fn new_paths(
+        &self,
+        nix: &Connection,
+        todo: Vec<(i64, String)>,
+    ) -> rusqlite::Result<Vec<ValidPath>> {
         let prefix = format!("{}/", self.store_dir);
         let mut refs_of = nix.prepare(
             "SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer = ?1",
@@ -236,10 +236,16 @@ impl LocalStore {
             )
         };
         // The reader is gone (dropped by strip), so a dumper still writing sees a broken pipe.
-        let dumped = dumper.join().map_err(|_| "the dumping thread panicked".to_string())?;
+        let dumped = dumper
+            .join()
+            .map_err(|_| "the dumping thread panicked".to_string())?;
         let stripped = stripped.map_err(|e| e.to_string())?;
         dumped.map_err(|e| e.to_string())?;
-        let hex: String = stripped.nar_hash.iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = stripped
+            .nar_hash
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         if let Some(expected) = p.hash.strip_prefix("sha256:").filter(|h| h.len() == 64) {
             if expected != hex {
                 return Err("its contents do not match the NarHash Nix recorded".into());
@@ -298,7 +304,12 @@ impl ObjectWrite for Recorder {
 type FileEntry = (Vec<u8>, u64, Vec<Patch>);
 
 /// Regular files in the order strip met them: the NAR's, i.e. each directory sorted by real name.
-fn files_in_nar_order(node: &Node, refs: &RefTable, prefix: &mut Vec<u8>, out: &mut Vec<FileEntry>) {
+fn files_in_nar_order(
+    node: &Node,
+    refs: &RefTable,
+    prefix: &mut Vec<u8>,
+    out: &mut Vec<FileEntry>,
+) {
     match node {
         Node::File { size, patches, .. } => out.push((prefix.clone(), *size, patches.clone())),
         Node::Symlink { .. } => {}
@@ -323,7 +334,10 @@ fn files_in_nar_order(node: &Node, refs: &RefTable, prefix: &mut Vec<u8>, out: &
 
 /// Split the objects strip made among the files: one blob per small file; chunks and then the
 /// chunk list per large one, the chunks at consecutive offsets.
-fn rows_of(files: &[FileEntry], objects: Vec<(ObjectId, u64, Option<Vec<u8>>)>) -> Option<Vec<Row>> {
+fn rows_of(
+    files: &[FileEntry],
+    objects: Vec<(ObjectId, u64, Option<Vec<u8>>)>,
+) -> Option<Vec<Row>> {
     let mut objects = objects.into_iter();
     let mut rows = Vec::new();
     for (file, size, patches) in files {
@@ -342,7 +356,11 @@ fn rows_of(files: &[FileEntry], objects: Vec<(ObjectId, u64, Option<Vec<u8>>)>) 
                 file: file.clone(),
                 file_size: *size,
                 offset: if whole { 0 } else { offset },
-                size: if id.kind == Kind::ChunkList { *size } else { len },
+                size: if id.kind == Kind::ChunkList {
+                    *size
+                } else {
+                    len
+                },
                 zero: if whole { zero } else { in_range(offset, len) },
                 list,
             });

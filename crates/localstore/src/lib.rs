@@ -123,8 +123,8 @@ impl LocalStore {
             error,
         })?;
         let file = state.join(INDEX_FILE);
-        let conn = index::open_index(&file)
-            .map_err(db_err(format!("opening {}", file.display())))?;
+        let conn =
+            index::open_index(&file).map_err(db_err(format!("opening {}", file.display())))?;
         Ok(LocalStore {
             root: root.to_path_buf(),
             store_dir: store_dir.trim_end_matches('/').to_string(),
@@ -159,7 +159,11 @@ impl LocalStore {
              WHERE o.digest = ?1 AND o.kind = ?2 ORDER BY o.path DESC LIMIT ?3",
         )?;
         let rows = stmt.query_map(
-            params![&id.digest.0[..], id.kind.code() as i64, MAX_CANDIDATES as i64],
+            params![
+                &id.digest.0[..],
+                id.kind.code() as i64,
+                MAX_CANDIDATES as i64
+            ],
             |r| {
                 let zs: Option<i64> = r.get(7)?;
                 let ze: Option<i64> = r.get(8)?;
@@ -201,7 +205,8 @@ impl LocalStore {
 
     /// One candidate's bytes, if they are the object `id`.
     fn read(&self, id: &ObjectId, c: &Candidate) -> Option<Vec<u8>> {
-        let file = open_beneath(&self.store_fd, c.basename.as_bytes(), &c.file, c.file_size).ok()?;
+        let file =
+            open_beneath(&self.store_fd, c.basename.as_bytes(), &c.file, c.file_size).ok()?;
         match id.kind {
             Kind::Blob => {
                 let scanner = self.scanner(c)?;

@@ -32,7 +32,11 @@ pub fn open_beneath(store: &File, basename: &[u8], rel: &[u8], size: u64) -> io:
         let at: &File = dir.as_ref().unwrap_or(store);
         let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         // NONBLOCK: opening a FIFO planted in the store must not hang; it has no effect on files.
-        flags |= if i == last { OFlags::NONBLOCK } else { OFlags::DIRECTORY };
+        flags |= if i == last {
+            OFlags::NONBLOCK
+        } else {
+            OFlags::DIRECTORY
+        };
         let fd = openat(at, OsStr::from_bytes(name), flags, Mode::empty())?;
         dir = Some(File::from(fd));
     }
@@ -63,7 +67,10 @@ pub fn renormalize(
     zero: Option<Range<u64>>,
 ) -> io::Result<Vec<u8>> {
     if range.start > range.end || range.end > file_size {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "range outside the file"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range outside the file",
+        ));
     }
     let margin = (HASH_LEN - 1) as u64;
     let start = range.start.saturating_sub(margin);

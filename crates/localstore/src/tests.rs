@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
+use indicatif::ProgressBar;
 use refstrip_cas::{FileSink, ObjectId, ObjectWrite};
 use refstrip_read::objects::ObjectSource;
 use refstrip_strip::{strip, RefTable, Scanner, StripOptions, PLACEHOLDER};
-use indicatif::ProgressBar;
 use sha2::Digest;
 
 use super::*;
@@ -45,7 +45,9 @@ fn renormalizing_any_range_gives_the_bytes_of_the_whole_file_scan() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("f"), &original).unwrap();
     let file = fs::File::open(dir.path().join("f")).unwrap();
-    let cuts = [0u64, 1, 31, 32, 33, 990, 1000, 1010, 1037, 3999, 4000, 4031, 8160, 8191, 8192];
+    let cuts = [
+        0u64, 1, 31, 32, 33, 990, 1000, 1010, 1037, 3999, 4000, 4031, 8160, 8191, 8192,
+    ];
     for &s in &cuts {
         for &e in cuts.iter().filter(|&&e| e >= s) {
             let got = renormalize(&file, 8192, s..e, &scanner, None).unwrap();
@@ -72,12 +74,30 @@ fn opening_follows_no_symlink_and_takes_only_regular_files_of_the_recorded_size(
     std::os::unix::fs::symlink("f", store.join(ME).join("lib/g")).unwrap();
     let fd = fs::File::open(&store).unwrap();
     assert!(open_beneath(&fd, ME.as_bytes(), b"lib/f", 3).is_ok());
-    assert!(open_beneath(&fd, ME.as_bytes(), b"lib/f", 4).is_err(), "size differs");
-    assert!(open_beneath(&fd, DEP.as_bytes(), b"lib/f", 3).is_err(), "symlinked directory");
-    assert!(open_beneath(&fd, ME.as_bytes(), b"lib/g", 3).is_err(), "symlinked file");
-    assert!(open_beneath(&fd, ME.as_bytes(), b"lib", 3).is_err(), "a directory");
+    assert!(
+        open_beneath(&fd, ME.as_bytes(), b"lib/f", 4).is_err(),
+        "size differs"
+    );
+    assert!(
+        open_beneath(&fd, DEP.as_bytes(), b"lib/f", 3).is_err(),
+        "symlinked directory"
+    );
+    assert!(
+        open_beneath(&fd, ME.as_bytes(), b"lib/g", 3).is_err(),
+        "symlinked file"
+    );
+    assert!(
+        open_beneath(&fd, ME.as_bytes(), b"lib", 3).is_err(),
+        "a directory"
+    );
     assert!(open_beneath(&fd, ME.as_bytes(), b"lib/../lib/f", 3).is_err());
-    assert!(open_beneath(&fd, b"..", b"store/0000000000000000000000000000000z-me/lib/f", 3).is_err());
+    assert!(open_beneath(
+        &fd,
+        b"..",
+        b"store/0000000000000000000000000000000z-me/lib/f",
+        3
+    )
+    .is_err());
 }
 
 /// Objects kept with their bytes: what an ingest of the same path would store.
@@ -109,10 +129,17 @@ fn nix_store(root: &Path, paths: &[(&str, &[&str])]) {
     for (basename, refs) in paths {
         let mut nar = Vec::new();
         refstrip_nar::dump(&root.join("nix/store").join(basename), &mut nar).unwrap();
-        let hash: String = sha2::Sha256::digest(&nar).iter().map(|b| format!("{b:02x}")).collect();
+        let hash: String = sha2::Sha256::digest(&nar)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         db.execute(
             "INSERT INTO ValidPaths (path, hash, registrationTime, narSize) VALUES (?1, ?2, 0, ?3)",
-            params![format!("/nix/store/{basename}"), format!("sha256:{hash}"), nar.len() as i64],
+            params![
+                format!("/nix/store/{basename}"),
+                format!("sha256:{hash}"),
+                nar.len() as i64
+            ],
         )
         .unwrap();
         for r in *refs {
@@ -133,7 +160,13 @@ fn objects_of(root: &Path, basename: &str, refs: &[&str]) -> HashMap<ObjectId, V
     let refs: Vec<Vec<u8>> = refs.iter().map(|r| r.as_bytes().to_vec()).collect();
     let table = RefTable::new(basename.as_bytes(), &refs).unwrap();
     let mut kept = Kept::default();
-    strip(&nar[..], &table, &StripOptions::default(), &mut FileSink::new(&mut kept)).unwrap();
+    strip(
+        &nar[..],
+        &table,
+        &StripOptions::default(),
+        &mut FileSink::new(&mut kept),
+    )
+    .unwrap();
     kept.0
 }
 
@@ -181,7 +214,11 @@ fn indexed_paths_serve_every_object_exactly_and_changes_are_misses() {
     let mut bytes = fs::read(&small).unwrap();
     bytes[100] ^= 1;
     fs::write(&small, &bytes).unwrap();
-    let small_id = ObjectId::blob(&Scanner::new(&RefTable::new(ME.as_bytes(), &[DEP.as_bytes().to_vec()]).unwrap()).strip_bytes(&contents(3000, &[DEP], &[2900])).0);
+    let small_id = ObjectId::blob(
+        &Scanner::new(&RefTable::new(ME.as_bytes(), &[DEP.as_bytes().to_vec()]).unwrap())
+            .strip_bytes(&contents(3000, &[DEP], &[2900]))
+            .0,
+    );
     assert!(wanted.contains_key(&small_id));
     assert_eq!(get(&local, &small_id), None);
     assert_eq!(local.counters.get().2, 1, "counted as stale");
@@ -197,7 +234,8 @@ fn indexed_paths_serve_every_object_exactly_and_changes_are_misses() {
     // Nix forgets the path (garbage collection): the next update drops it from the index.
     let db = Connection::open(root.path().join("nix/var/nix/db/db.sqlite")).unwrap();
     db.execute("DELETE FROM Refs", []).unwrap();
-    db.execute("DELETE FROM ValidPaths WHERE path LIKE '%-me'", []).unwrap();
+    db.execute("DELETE FROM ValidPaths WHERE path LIKE '%-me'", [])
+        .unwrap();
     let report = local.update(&ProgressBar::hidden()).unwrap();
     assert_eq!((report.paths, report.dropped), (0, 1));
     assert!(!local.may_have(&small_id));

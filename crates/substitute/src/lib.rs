@@ -43,7 +43,9 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 use refstrip_cas::FileSource;
 use refstrip_nix::{signature, PublicKey};
-use refstrip_read::objects::{blocks_of, BlockKey, FetchCounters, NearSource, ObjectOptions, Objects};
+use refstrip_read::objects::{
+    blocks_of, BlockKey, FetchCounters, NearSource, ObjectOptions, Objects,
+};
 use refstrip_read::{PathRecord, ReadError, StoreReader, Visit};
 use refstrip_strip::ContentDigest;
 
