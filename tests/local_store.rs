@@ -234,3 +234,101 @@ fn nix_verify_mass_only(root: &Path, altered: &Path) {
         );
     }
 }
+
+/// `refstrip serve` running, stopped when dropped.
+struct Serve(std::process::Child, u16);
+
+impl Serve {
+    fn start(from: &str, local_store: &Path) -> Serve {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(refstrip_bin())
+            .args(["serve", "--store-dir", "/nix/store", "--from", from, "--local-store"])
+            .arg(local_store)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "serve did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Serve(child, port)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.1)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Stock `nix copy` of `path` from the cache at `url` into `root`, signatures checked against the
+/// corpus key; the bytes the origin sent meanwhile.
+fn nix_copy(url: &str, root: &Path, path: &str, sent: &std::sync::atomic::AtomicU64) -> u64 {
+    let before = sent.load(Ordering::Relaxed);
+    run(Command::new("nix")
+        .args(["copy", "--option", "trusted-public-keys"])
+        .arg(refstrip_tests::corpus_key())
+        .args(["--from", url, "--to"])
+        .arg(root)
+        .arg(path));
+    sent.load(Ordering::Relaxed) - before
+}
+
+#[test]
+fn stock_nix_updates_through_serve_drawing_on_the_local_store() {
+    refstrip_tests::require_nix!();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("normalized");
+    for g in ["gen1", "mass"] {
+        run(Command::new(refstrip_bin())
+            .arg("ingest")
+            .arg(gen_dir(g))
+            .args(["--all", "--to"])
+            .arg(&store));
+    }
+    let (origin, _, sent) = static_http_server_counting(store.clone());
+
+    // The peer in the same run: stock Nix from the plain binary cache of the mass generation.
+    let (plain_cache, _, plain_sent) = static_http_server_counting(gen_dir("mass"));
+    let plain = dir.path().join("plain");
+    gen1_by_nix(&plain);
+    let baseline = nix_copy(&plain_cache, &plain, &root_path("mass"), &plain_sent);
+
+    // gen1 installed by plain nix copy (no refstrip); the local substituter started afterwards.
+    let root = dir.path().join("root");
+    gen1_by_nix(&root);
+    let serve = Serve::start(&origin, &root);
+    let fetched = nix_copy(&serve.url(), &root, &root_path("mass"), &sent);
+    drop(serve);
+    nix_verify(&root);
+    mass_hashes_match(&root);
+    eprintln!("mass through the local substituter: {fetched} bytes from the origin; plain cache: {baseline}");
+    // Measured: the 14 path records (~14.6 KB) against ~888 KB.
+    assert!(fetched * 20 < baseline, "{fetched} vs {baseline}");
+
+    // gen1 installed through the substituter itself, which is then restarted before the update.
+    let root = dir.path().join("through");
+    // An empty Nix store, as on a fresh machine (Nix creates it on first use).
+    run(Command::new("nix").args(["path-info", "--all", "--store"]).arg(&root));
+    let serve = Serve::start(&origin, &root);
+    nix_copy(&serve.url(), &root, &root_path("gen1"), &sent);
+    drop(serve);
+    let serve = Serve::start(&origin, &root);
+    let fetched_after_restart = nix_copy(&serve.url(), &root, &root_path("mass"), &sent);
+    drop(serve);
+    nix_verify(&root);
+    mass_hashes_match(&root);
+    eprintln!("after a restart: {fetched_after_restart} bytes from the origin");
+    assert!(fetched_after_restart * 20 < baseline, "{fetched_after_restart} vs {baseline}");
+}
