@@ -240,15 +240,27 @@ struct Serve(std::process::Child, u16);
 
 impl Serve {
     fn start(from: &str, local_store: &Path) -> Serve {
+        Serve::start_with(from, local_store, &[])
+    }
+
+    fn start_with(from: &str, local_store: &Path, extra: &[&str]) -> Serve {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let child = Command::new(refstrip_bin())
-            .args(["serve", "--store-dir", "/nix/store", "--from", from, "--local-store"])
+            .args([
+                "serve",
+                "--store-dir",
+                "/nix/store",
+                "--from",
+                from,
+                "--local-store",
+            ])
             .arg(local_store)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
@@ -320,7 +332,9 @@ fn stock_nix_updates_through_serve_drawing_on_the_local_store() {
     // gen1 installed through the substituter itself, which is then restarted before the update.
     let root = dir.path().join("through");
     // An empty Nix store, as on a fresh machine (Nix creates it on first use).
-    run(Command::new("nix").args(["path-info", "--all", "--store"]).arg(&root));
+    run(Command::new("nix")
+        .args(["path-info", "--all", "--store"])
+        .arg(&root));
     let serve = Serve::start(&origin, &root);
     nix_copy(&serve.url(), &root, &root_path("gen1"), &sent);
     drop(serve);
@@ -330,5 +344,26 @@ fn stock_nix_updates_through_serve_drawing_on_the_local_store() {
     nix_verify(&root);
     mass_hashes_match(&root);
     eprintln!("after a restart: {fetched_after_restart} bytes from the origin");
-    assert!(fetched_after_restart * 20 < baseline, "{fetched_after_restart} vs {baseline}");
+    assert!(
+        fetched_after_restart * 20 < baseline,
+        "{fetched_after_restart} vs {baseline}"
+    );
+
+    // A daemon that keeps running picks up what Nix installed through it without a restart.
+    let root = dir.path().join("running");
+    run(Command::new("nix")
+        .args(["path-info", "--all", "--store"])
+        .arg(&root));
+    let serve = Serve::start_with(&origin, &root, &["--local-refresh", "1"]);
+    nix_copy(&serve.url(), &root, &root_path("gen1"), &sent);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let fetched_running = nix_copy(&serve.url(), &root, &root_path("mass"), &sent);
+    drop(serve);
+    nix_verify(&root);
+    mass_hashes_match(&root);
+    eprintln!("without a restart: {fetched_running} bytes from the origin");
+    assert!(
+        fetched_running * 20 < baseline,
+        "{fetched_running} vs {baseline}"
+    );
 }

@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// Where the local store's index lives [default: ROOT/nix/var/refstrip].
     #[arg(long, value_name = "DIR", requires = "local_store")]
     local_state: Option<std::path::PathBuf>,
+    /// How often the local store's index picks up paths Nix registered since, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10, requires = "local_store",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    local_refresh: u64,
     /// Worker threads for connections [default: one per core].
     #[arg(long)]
     threads: Option<usize>,
@@ -124,6 +128,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 new_paths = r.paths,
                 nar_bytes = r.nar_bytes,
                 "local store indexed"
+            );
+            local.keep_updated(
+                Duration::from_secs(args.local_refresh),
+                |e| tracing::warn!(error = %e, "updating the local store's index"),
             );
             Some(local)
         }

@@ -91,6 +91,27 @@ type Stripped = Result<(Vec<Row>, u64), String>;
 const BATCH: usize = 64;
 
 impl LocalStore {
+    /// Keep the index up to date while a long-running client (serve) uses it: an update every
+    /// `every`, on a thread of its own, so that paths Nix installs meanwhile (through this very
+    /// substituter, or from anywhere else) serve the next request. Failures are reported through
+    /// `on_error` and retried at the next tick; the thread ends with the process.
+    pub fn keep_updated(
+        self: &std::sync::Arc<Self>,
+        every: Duration,
+        on_error: impl Fn(&Error) + Send + 'static,
+    ) {
+        let local = std::sync::Arc::downgrade(self);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(every);
+            let Some(local) = local.upgrade() else {
+                return;
+            };
+            if let Err(e) = local.update(&ProgressBar::hidden()) {
+                on_error(&e);
+            }
+        });
+    }
+
     /// Bring the index up to date with Nix's db: drop paths no longer valid, and strip every valid
     /// path not indexed yet (the ones registered since the last update), in parallel. Incremental by
     /// `ValidPaths.id` set rather than by the highest id: a path registered while an update ran, or
