@@ -367,3 +367,61 @@ fn stock_nix_updates_through_serve_drawing_on_the_local_store() {
         "{fetched_running} vs {baseline}"
     );
 }
+
+/// Bytes of the block files under a disk cache.
+fn cached_bytes(cache: &Path) -> u64 {
+    let mut total = 0;
+    let blocks = cache.join("blocks");
+    for pack in fs::read_dir(&blocks).into_iter().flatten().flatten() {
+        for file in fs::read_dir(pack.path()).unwrap().flatten() {
+            total += file.metadata().unwrap().len();
+        }
+    }
+    total
+}
+
+#[test]
+fn serve_keeps_its_disk_cache_under_the_cap_and_reuses_it() {
+    refstrip_tests::require_nix!();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("normalized");
+    run(Command::new(refstrip_bin())
+        .arg("ingest")
+        .arg(gen_dir("gen1"))
+        .args(["--all", "--to"])
+        .arg(&store));
+    let (origin, _, sent) = static_http_server_counting(store.clone());
+    let cache = dir.path().join("cache");
+    let cap: u64 = 400 << 10;
+    let cache_args = ["--cache", cache.to_str().unwrap(), "--cache-size", "400K"];
+    // Nothing local: every object comes through the cache.
+    let empty = dir.path().join("empty");
+    run(Command::new("nix")
+        .args(["path-info", "--all", "--store"])
+        .arg(&empty));
+    let root = dir.path().join("root");
+    let serve = Serve::start_with(&origin, &empty, &cache_args);
+    let first = nix_copy(&serve.url(), &root, &root_path("gen1"), &sent);
+    drop(serve);
+    nix_verify(&root);
+    let kept = cached_bytes(&cache);
+    assert!(kept > 0 && kept <= cap, "{kept} bytes cached, cap {cap}");
+    // With room for all of it, a second process fetches no block again, only the path records.
+    let big = dir.path().join("big-cache");
+    let big_args = ["--cache", big.to_str().unwrap(), "--cache-size", "64M"];
+    let copy = |name: &str| {
+        let serve = Serve::start_with(&origin, &empty, &big_args);
+        let root = dir.path().join(name);
+        let fetched = nix_copy(&serve.url(), &root, &root_path("gen1"), &sent);
+        drop(serve);
+        nix_verify(&root);
+        fetched
+    };
+    let cold = copy("cold");
+    let warm = copy("warm");
+    eprintln!(
+        "cap {cap}: {first} bytes from the origin, {kept} cached; 64M: cold {cold}, warm {warm}"
+    );
+    assert!(warm * 20 < cold, "warm {warm} vs cold {cold}");
+    assert!(cached_bytes(&cache) <= cap);
+}

@@ -43,6 +43,16 @@ pub struct ServeArgs {
     /// Memory for verified file objects shared by all downloads, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     object_cache_mib: usize,
+    /// Keep pack blocks fetched from the store in this directory (for a store behind HTTP or S3,
+    /// e.g. serve as a machine's local substituter); shared with `refstrip substitute` and `mount`,
+    /// safe for several processes [default: no disk cache].
+    #[arg(long, value_name = "DIR")]
+    cache: Option<std::path::PathBuf>,
+    /// Largest size of the disk cache: least recently used blocks are evicted beyond it (bytes, or
+    /// with a suffix K, M, G, T).
+    #[arg(long, value_name = "SIZE", default_value = "8G", requires = "cache",
+          value_parser = crate::substitute::parse_size)]
+    cache_size: u64,
     /// Client connections open at once; at the cap, new clients wait in the listen queue (keep it
     /// well under the process's file-descriptor limit, often 1,024).
     #[arg(long, value_name = "N", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
@@ -102,6 +112,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         record_cache_bytes: args.record_cache_mib << 20,
         objects: refstrip_read::objects::ObjectOptions {
             object_memory: (args.object_cache_mib as u64) << 20,
+            cache_dir: args.cache,
+            cache_bytes: args.cache_size,
             ..Default::default()
         },
         limits: Limits {
