@@ -425,3 +425,27 @@ fn serve_keeps_its_disk_cache_under_the_cap_and_reuses_it() {
     assert!(warm * 20 < cold, "warm {warm} vs cold {cold}");
     assert!(cached_bytes(&cache) <= cap);
 }
+
+/// The deployment files in deploy/ use only flags `refstrip serve` has, and the NixOS module parses.
+#[test]
+fn deployment_files_match_the_command_line() {
+    refstrip_tests::require_nix!();
+    let deploy = corpus_dir().join("../deploy");
+    let help = String::from_utf8(run(Command::new(refstrip_bin()).args(["serve", "--help"]))).unwrap();
+    for file in ["refstrip-substituter.service", "nixos-module.nix"] {
+        let text = fs::read_to_string(deploy.join(file)).unwrap();
+        let flags: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(|l| l.split(|c: char| c.is_whitespace() || c == '"'))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .collect();
+        assert!(flags.len() >= 6, "{file}: {flags:?}");
+        for flag in flags {
+            assert!(help.contains(&format!("{flag} ")), "{file}: serve has no {flag}");
+        }
+    }
+    run(Command::new("nix-instantiate")
+        .arg("--parse")
+        .arg(deploy.join("nixos-module.nix")));
+}
