@@ -431,7 +431,8 @@ fn serve_keeps_its_disk_cache_under_the_cap_and_reuses_it() {
 fn deployment_files_match_the_command_line() {
     refstrip_tests::require_nix!();
     let deploy = corpus_dir().join("../deploy");
-    let help = String::from_utf8(run(Command::new(refstrip_bin()).args(["serve", "--help"]))).unwrap();
+    let help =
+        String::from_utf8(run(Command::new(refstrip_bin()).args(["serve", "--help"]))).unwrap();
     for file in ["refstrip-substituter.service", "nixos-module.nix"] {
         let text = fs::read_to_string(deploy.join(file)).unwrap();
         let flags: Vec<&str> = text
@@ -442,7 +443,10 @@ fn deployment_files_match_the_command_line() {
             .collect();
         assert!(flags.len() >= 6, "{file}: {flags:?}");
         for flag in flags {
-            assert!(help.contains(&format!("{flag} ")), "{file}: serve has no {flag}");
+            assert!(
+                help.contains(&format!("{flag} ")),
+                "{file}: serve has no {flag}"
+            );
         }
     }
     run(Command::new("nix-instantiate")

@@ -391,7 +391,13 @@ impl<K: std::hash::Hash + Eq, V: Clone> SizedLru<K, V> {
 pub struct PackBlocks {
     blocks: Arc<dyn BlockSource>,
     memory: Mutex<SizedLru<BlockKey, Arc<Vec<u8>>>>,
+    /// Threads wanting the same block at once: one fetches it, the others find it in memory
+    /// (without this, parallel restores fetched shared blocks two or three times over HTTP).
+    fetching: [Mutex<()>; FETCH_STRIPES],
 }
+
+/// Blocks being fetched at once map onto this many locks (two blocks sharing one just wait).
+const FETCH_STRIPES: usize = 64;
 
 impl PackBlocks {
     /// `memory`: bytes of decoded blocks kept (a few blocks per thread suffice; this bounds RSS
@@ -400,10 +406,22 @@ impl PackBlocks {
         PackBlocks {
             blocks,
             memory: Mutex::new(SizedLru::new(memory)),
+            fetching: std::array::from_fn(|_| Mutex::new(())),
         }
     }
 
     fn decoded(&self, key: &BlockKey) -> io::Result<Arc<Vec<u8>>> {
+        if let Some(block) = self.memory.lock().expect("poisoned").get(key) {
+            return Ok(block);
+        }
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut h);
+            h.finish() as usize % FETCH_STRIPES
+        };
+        let _fetching = self.fetching[stripe].lock().expect("poisoned");
+        // Another thread may have fetched it while this one waited.
         if let Some(block) = self.memory.lock().expect("poisoned").get(key) {
             return Ok(block);
         }
@@ -730,6 +748,35 @@ mod tests {
         let got = source.object(id, "p", loc).unwrap().unwrap();
         assert_eq!(ObjectId::blob(&got), *id);
         assert_eq!(far.fetches.load(Ordering::Relaxed), 2, "fetched again once");
+    }
+
+    #[test]
+    fn threads_wanting_one_block_fetch_it_once() {
+        /// A far end slow enough that every thread misses memory before the first fetch lands.
+        struct Slow(Arc<MemoryPack>);
+        impl BlockSource for Slow {
+            fn fetch(&self, key: &BlockKey) -> io::Result<Vec<u8>> {
+                std::thread::sleep(Duration::from_millis(50));
+                self.0.fetch(key)
+            }
+        }
+        let (far, index) = pack(4, 1000);
+        let source = PackBlocks::new(Arc::new(Slow(far.clone())), 1 << 20);
+        let objects: Vec<_> = index.iter().collect();
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for (id, loc) in &objects {
+                        source.object(id, "p", loc).unwrap().unwrap();
+                    }
+                });
+            }
+        });
+        let blocks = index
+            .values()
+            .map(|l| l.block_offset)
+            .collect::<std::collections::HashSet<_>>();
+        assert_eq!(far.fetches.load(Ordering::Relaxed), blocks.len() as u64);
     }
 
     #[test]
