@@ -94,6 +94,9 @@ pub struct Config {
     pub objects: ObjectOptions,
     /// Connection bounds and timeouts (see [`Limits`]).
     pub limits: Limits,
+    /// The operator's key: every narinfo served gets its signature (computed per request, next to
+    /// the stored `Sig` lines), for stores ingested without `--sign-key`.
+    pub sign_key: Option<refstrip_nix::SecretKey>,
 }
 
 impl Default for Config {
@@ -110,6 +113,7 @@ impl Default for Config {
                 ..ObjectOptions::default()
             },
             limits: Limits::default(),
+            sign_key: None,
         }
     }
 }
@@ -285,11 +289,16 @@ async fn narinfo(State(server): State<Arc<Server>>, Path(file): Path<String>) ->
         None,
         None,
     ) {
-        Ok(info) => (
+        Ok(mut info) => {
+            if let Some(key) = &server.config.sign_key {
+                refstrip_nix::signature::add_signature(&mut info, key);
+            }
+            (
             [(header::CONTENT_TYPE, "text/x-nix-narinfo")],
             info.to_string(),
         )
-            .into_response(),
+            .into_response()
+        }
         Err(e) => {
             tracing::error!(hash_part, error = %e, "making narinfo");
             server_error()
