@@ -2,6 +2,7 @@
 
 mod mount;
 mod nar;
+mod push;
 mod narinfo;
 mod savings;
 mod serve;
@@ -36,6 +37,9 @@ enum Command {
     Restore(strip::RestoreArgs),
     /// Normalize a binary cache or Nix store into a normalized store (the cache-side job).
     Ingest(store_cmd::IngestArgs),
+    /// Push store paths built on this machine, with their closure, to a normalized store (what
+    /// the store lacks only); --watch keeps pushing what the local Nix store gains.
+    Push(push::PushArgs),
     /// Show what a normalized store holds and how much it saves.
     Stats(store_cmd::StatsArgs),
     /// Remove paths not kept (with their closure) and the packs nothing needs any more.
@@ -136,6 +140,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Strip(args) => strip::strip(args),
         Command::Restore(args) => strip::restore(args),
         Command::Ingest(args) => store_cmd::ingest_cmd(args),
+        Command::Push(args) => push::run(args),
         Command::Stats(args) => store_cmd::stats_cmd(args),
         Command::Gc(args) => store_cmd::gc_cmd(args),
         Command::Substitute(args) => substitute::run(args),

@@ -8,6 +8,7 @@
 //! and sealed packs behind, and a rerun skips exactly the paths that have records. Memory per
 //! worker is bounded by a pack block, one chunk and the NAR reader's buffer, whatever the sizes.
 
+pub mod push;
 mod sign;
 
 use std::collections::{HashMap, HashSet, VecDeque};
