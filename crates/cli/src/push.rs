@@ -41,12 +41,13 @@ pub struct PushArgs {
     /// With --watch: seconds between polls of the local store's database (one indexed query each).
     #[arg(long, value_name = "SECS", default_value_t = 5.0, requires = "watch", value_parser = parse_interval)]
     interval: f64,
-    /// Parallel workers [default: 2, leaving the build machine's other cores to builds].
+    /// Parallel workers (few by default, leaving the build machine's other cores to builds).
     #[arg(long, short, default_value_t = 2)]
     jobs: usize,
     /// zstd level of pack blocks.
     #[arg(long, default_value_t = 12)]
     level: i32,
+    /// The local store's store directory.
     #[arg(long, default_value = "/nix/store")]
     store_dir: String,
     /// Print each push's summary as one line of JSON.
