@@ -15,9 +15,11 @@
 
 mod body;
 mod conn;
+pub mod metrics;
 
 pub use body::{BodyError, NarBody};
 pub use conn::{serve, Limits};
+pub use metrics::Metrics;
 
 use std::io::{self, Write};
 use std::pin::Pin;
@@ -129,6 +131,7 @@ pub struct Server {
     record_decodes: Semaphore,
     objects: Objects,
     streams: Arc<Semaphore>,
+    metrics: Metrics,
 }
 
 impl Server {
@@ -161,6 +164,7 @@ impl Server {
             record_decodes: Semaphore::new(RECORD_DECODES),
             objects,
             streams,
+            metrics: Metrics::new(),
         }))
     }
 
@@ -169,14 +173,15 @@ impl Server {
         &self.cache_info
     }
 
-    /// The HTTP routes, with the request log.
+    /// The HTTP routes, with the request log and metrics.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
+            .route("/metrics", get(metrics_text))
             .route("/nix-cache-info", get(cache_info))
             .route("/{file}", get(narinfo))
             .route("/nar/{file}", get(nar))
             .fallback(|| async { not_found() })
-            .layer(axum::middleware::from_fn(log_request))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), log_request))
             .with_state(self.clone())
     }
 
@@ -261,6 +266,14 @@ pub async fn shutdown_signal() {
 
 // ---------------------------------------------------------------------------------------------
 // Handlers
+
+async fn metrics_text(State(server): State<Arc<Server>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        server.metrics.encode(&server.objects.counters),
+    )
+        .into_response()
+}
 
 async fn cache_info(State(server): State<Arc<Server>>) -> Response {
     (
@@ -357,15 +370,18 @@ async fn nar(
     let level = server.config.zstd_level;
     let name = hash_part.to_string();
     tokio::task::spawn_blocking(move || {
+        server.metrics.stream(1);
         restore_to_channel(
             &server.objects,
+            &server.metrics,
             &record,
             compression,
             level,
             tx,
             permit,
             &name,
-        )
+        );
+        server.metrics.stream(-1);
     });
 
     // Wait for the first chunk before sending headers: a NAR smaller than two chunks is then
@@ -385,6 +401,7 @@ async fn nar(
 #[allow(clippy::too_many_arguments)]
 fn restore_to_channel(
     objects: &Objects,
+    metrics: &Metrics,
     record: &PathRecord,
     compression: Compression,
     level: i32,
@@ -395,6 +412,7 @@ fn restore_to_channel(
     // An uncompressed NAR may not pass NarSize (its Content-Length): stop at the first byte over.
     let limit = (compression == Compression::None).then_some(record.manifest.nar_size);
     let mut out = ChannelWriter::with_limit(tx, limit);
+    let started = Instant::now();
     let result = (|| -> Result<(), String> {
         let mut objects = objects.of(record);
         let mut source = FileSource::new(&mut objects);
@@ -414,7 +432,10 @@ fn restore_to_channel(
         Ok(())
     })();
     match result {
-        Ok(()) => out.finish(),
+        Ok(()) => {
+            metrics.restored(started.elapsed().as_secs_f64());
+            out.finish()
+        }
         Err(why) => {
             if out.receiver_gone {
                 tracing::debug!(hash_part, "client went away during restore");
@@ -566,9 +587,10 @@ impl Write for ChannelWriter {
 
 /// Logs one line per request when its response body ends (or is abandoned): method, path,
 /// status, body bytes sent, duration, and whether the body completed.
-async fn log_request(request: Request, next: Next) -> Response {
+async fn log_request(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let kind = metrics::Kind::of_path(&path);
     let start = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
@@ -581,6 +603,7 @@ async fn log_request(request: Request, next: Next) -> Response {
         start,
         bytes: 0,
         outcome: None,
+        metrics: kind.map(|kind| (server, kind)),
     };
     Response::from_parts(parts, Body::new(logged))
 }
@@ -593,6 +616,8 @@ struct LoggedBody {
     start: Instant,
     bytes: u64,
     outcome: Option<&'static str>,
+    /// Where to count the response when it ends (none for `/metrics` itself).
+    metrics: Option<(Arc<Server>, metrics::Kind)>,
 }
 
 impl http_body::Body for LoggedBody {
@@ -639,6 +664,14 @@ impl Drop for LoggedBody {
             }
             None => "aborted (client went away)",
         };
+        if let Some((server, kind)) = &self.metrics {
+            server.metrics.response_done(
+                *kind,
+                self.status,
+                self.bytes,
+                outcome == "aborted (error)",
+            );
+        }
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(
             target: "refstrip_serve::access",
