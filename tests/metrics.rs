@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use refstrip_read::PathRecord;
 use refstrip_tests::operator::{corpus_root, http_get, Serving};
 use refstrip_tests::{corpus_dir, refstrip_bin, run, run_with_stdin};
 
@@ -160,5 +161,29 @@ fn metrics_count_exactly_the_requests_made() {
     }
     // The histogram's buckets are cumulative and end with +Inf = count.
     assert_eq!(get(&after, "refstrip_serve_nar_restore_seconds_bucket", "le=+Inf"), 2.0);
+
+    // A path whose record lies about its NarHash: the restore fails its final check, the download
+    // fails (a 500, or an aborted body for a large NAR), and that is one error.
+    let third = std::fs::read_to_string(corpus_dir().join("small/gen1/packages"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split('\t').nth(3).unwrap().rsplit('/').next().unwrap()[..32].to_string())
+        .find(|h| h != hash && h != dep_hash)
+        .unwrap();
+    let record_path = store.join("paths").join(&third);
+    let mut record = PathRecord::decode(&std::fs::read(&record_path).unwrap()).unwrap();
+    record.manifest.nar_hash[0] ^= 1;
+    record.manifest_bytes = record.manifest.encode();
+    std::fs::write(&record_path, record.encode()).unwrap();
+    let (status, _) = http_get(port, &format!("/nar/{third}.nar"));
+    let failed = settled(port, 8.0);
+    let nar_requests: f64 = failed
+        .iter()
+        .filter(|((n, l), _)| n == "refstrip_serve_requests_total" && l.starts_with("kind=nar,"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(nar_requests, 3.0, "{failed:?}");
+    assert_eq!(get(&failed, "refstrip_serve_errors_total", "kind=nar"), 1.0, "status {status}: {failed:?}");
+    assert_eq!(get(&failed, "refstrip_serve_nar_restore_seconds_count", ""), 2.0);
     server.stop();
 }

@@ -370,7 +370,6 @@ async fn nar(
     let level = server.config.zstd_level;
     let name = hash_part.to_string();
     tokio::task::spawn_blocking(move || {
-        server.metrics.stream(1);
         restore_to_channel(
             &server.objects,
             &server.metrics,
@@ -381,7 +380,6 @@ async fn nar(
             permit,
             &name,
         );
-        server.metrics.stream(-1);
     });
 
     // Wait for the first chunk before sending headers: a NAR smaller than two chunks is then
@@ -413,6 +411,7 @@ fn restore_to_channel(
     let limit = (compression == Compression::None).then_some(record.manifest.nar_size);
     let mut out = ChannelWriter::with_limit(tx, limit);
     let started = Instant::now();
+    metrics.stream(1);
     let result = (|| -> Result<(), String> {
         let mut objects = objects.of(record);
         let mut source = FileSource::new(&mut objects);
@@ -431,6 +430,8 @@ fn restore_to_channel(
         }
         Ok(())
     })();
+    // Before the rest of the body goes out, so that a client that has it all sees the gauge back.
+    metrics.stream(-1);
     match result {
         Ok(()) => {
             metrics.restored(started.elapsed().as_secs_f64());
