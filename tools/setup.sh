@@ -45,6 +45,14 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+# The Prometheus project's Python client, whose OpenMetrics parser reads serve's /metrics in
+# tests/metrics.rs, from PyPI.
+if ! python3 -c 'import prometheus_client.openmetrics.parser' >/dev/null 2>&1; then
+  echo "setup: installing prometheus-client (the /metrics parser of tests/metrics.rs)" >&2
+  python3 -m pip install --quiet 'prometheus-client==0.26.0' 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages 'prometheus-client==0.26.0'
+fi
+
 # moto's S3-compatible server (and boto3) for tests/s3.rs, from PyPI.
 if ! python3 -c 'import moto.server, boto3, flask' >/dev/null 2>&1; then
   echo "setup: installing moto[server] (the S3 server of tests/s3.rs)" >&2

@@ -1,5 +1,7 @@
 //! Shared helpers for the end-to-end tests: finding real Nix (the oracle) and the built binary.
 
+pub mod operator;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;

@@ -2,6 +2,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::{check_key, Backend};
@@ -34,6 +35,29 @@ pub(crate) fn too_large(what: &dyn std::fmt::Display, size: u64, limit: u64) -> 
         io::ErrorKind::InvalidData,
         format!("{what}: {size} bytes, more than the {limit} allowed"),
     )
+}
+
+/// A temporary file that will be published into the store: created with mode 0666 minus the
+/// umask (0644 under the usual 022), as any program's new file is, instead of tempfile's 0600. A
+/// store is often served as static files by a web server running as another user, which must be
+/// able to read it; an operator who wants it private says so with the umask (077).
+pub fn published_tempfile() -> tempfile::Builder<'static, 'static> {
+    let mut builder = tempfile::Builder::new();
+    builder.permissions(fs::Permissions::from_mode(0o666));
+    builder
+}
+
+/// The mode [`published_tempfile`] gives files: 0666 minus the process's umask, found once by
+/// making such a file in `dir` (reading the umask means changing it, which is racy in a threaded
+/// process).
+fn published_file_mode(dir: &Path) -> io::Result<u32> {
+    static MODE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    if let Some(mode) = MODE.get() {
+        return Ok(*mode);
+    }
+    let probe = published_tempfile().tempfile_in(dir)?;
+    let mode = probe.as_file().metadata()?.permissions().mode() & 0o777;
+    Ok(*MODE.get_or_init(|| mode))
 }
 
 /// The embedded default: a directory on the local filesystem.
@@ -73,7 +97,7 @@ impl Backend for LocalDir {
     }
 
     fn put(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
-        let tmp = tempfile::NamedTempFile::new_in(self.scratch_dir())?;
+        let tmp = published_tempfile().tempfile_in(self.scratch_dir())?;
         tmp.as_file().write_all(bytes)?;
         tmp.as_file().sync_all()?;
         tmp.persist(self.path(key)?).map_err(|e| e.error)?;
@@ -81,7 +105,13 @@ impl Backend for LocalDir {
     }
 
     fn put_file(&self, key: &str, path: &Path) -> io::Result<()> {
-        File::open(path)?.sync_all()?;
+        let file = File::open(path)?;
+        file.sync_all()?;
+        // Scratch files may have been made private (tempfile's 0600): published, they are
+        // readable as any new file is under the umask.
+        file.set_permissions(fs::Permissions::from_mode(published_file_mode(
+            &self.scratch_dir(),
+        )?))?;
         fs::rename(path, self.path(key)?)
     }
 

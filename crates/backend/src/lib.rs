@@ -16,7 +16,7 @@ mod url;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use dir::LocalDir;
+pub use dir::{published_tempfile, LocalDir};
 pub use http::{Http, HttpTimeouts};
 pub use s3::{S3Url, S3};
 pub use url::{StoreUrl, UrlError};

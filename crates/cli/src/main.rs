@@ -4,6 +4,7 @@ mod local_store;
 mod mount;
 mod nar;
 mod narinfo;
+mod push;
 mod savings;
 mod serve;
 mod store_cmd;
@@ -37,6 +38,9 @@ enum Command {
     Restore(strip::RestoreArgs),
     /// Normalize a binary cache or Nix store into a normalized store (the cache-side job).
     Ingest(store_cmd::IngestArgs),
+    /// Push store paths built on this machine, with their closure, to a normalized store (what
+    /// the store lacks only); --watch keeps pushing what the local Nix store gains.
+    Push(push::PushArgs),
     /// Show what a normalized store holds and how much it saves.
     Stats(store_cmd::StatsArgs),
     /// Remove paths not kept (with their closure) and the packs nothing needs any more.
@@ -140,6 +144,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Strip(args) => strip::strip(args),
         Command::Restore(args) => strip::restore(args),
         Command::Ingest(args) => store_cmd::ingest_cmd(args),
+        Command::Push(args) => push::run(args),
         Command::Stats(args) => store_cmd::stats_cmd(args),
         Command::Gc(args) => store_cmd::gc_cmd(args),
         Command::Substitute(args) => substitute::run(args),

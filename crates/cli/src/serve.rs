@@ -89,6 +89,12 @@ pub struct ServeArgs {
     /// Worker threads for connections [default: one per core].
     #[arg(long)]
     threads: Option<usize>,
+    /// Sign every narinfo served with this secret key file (as `nix-store
+    /// --generate-binary-cache-key NAME SECRET-FILE PUBLIC-FILE` writes it), next to the stored
+    /// signatures: for stores ingested without `--sign-key`, e.g. from a local Nix store. Clients
+    /// then need only the public key in `trusted-public-keys`.
+    #[arg(long, value_name = "FILE")]
+    sign_key: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -99,6 +105,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
+    let sign_key = args
+        .sign_key
+        .as_deref()
+        .map(refstrip_nix::SecretKey::read_file)
+        .transpose()?;
     let store = refstrip_read::StoreReader::open(&args.from)?;
     let config = Config {
         store_dir: args.store_dir,
@@ -124,6 +135,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             idle_timeout: Duration::from_secs(args.idle_timeout),
             send_timeout: Duration::from_secs(args.send_timeout),
         },
+        sign_key,
     };
     let local = match &args.local_store {
         None => None,

@@ -47,6 +47,13 @@ pub struct IngestArgs {
     no_build_id: bool,
     #[arg(long, default_value = "/nix/store")]
     store_dir: String,
+    /// Sign every path with this secret key file (as `nix-store --generate-binary-cache-key NAME
+    /// SECRET-FILE PUBLIC-FILE` writes it), next to the upstream signatures, which stay. Paths the
+    /// store already has are re-signed if they lack this key's signature. Clients then need only
+    /// the public key in `trusted-public-keys`. The signature vouches for the paths: use it on
+    /// sources you trust (a build machine's own store, a cache whose signatures you checked).
+    #[arg(long, value_name = "FILE")]
+    sign_key: Option<PathBuf>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -155,6 +162,11 @@ pub fn ingest_cmd(args: IngestArgs) -> anyhow::Result<()> {
             normalize_build_id: !args.no_build_id,
         },
         closure: !args.no_closure,
+        sign_key: args
+            .sign_key
+            .as_deref()
+            .map(refstrip_nix::SecretKey::read_file)
+            .transpose()?,
     };
     let paths = select(&*source, roots, &options).context("listing paths")?;
     let progress = ProgressBar::new(0).with_style(
@@ -167,6 +179,7 @@ pub fn ingest_cmd(args: IngestArgs) -> anyhow::Result<()> {
         let json = serde_json::json!({
             "source": source.describe(), "store": store.describe(),
             "paths": report.paths, "ingested": report.ingested, "skipped": report.skipped,
+            "resigned": report.resigned,
             "failed": report.failed.iter().map(|(p, why)| serde_json::json!({"path": p, "error": why})).collect::<Vec<_>>(),
             "nar_bytes": report.nar_bytes, "source_file_bytes": report.source_file_bytes,
             "new_objects": report.new_objects, "new_object_bytes": report.new_object_bytes,
@@ -191,6 +204,13 @@ pub fn ingest_cmd(args: IngestArgs) -> anyhow::Result<()> {
             report.packs,
             report.seconds
         );
+        if report.resigned > 0 {
+            println!(
+                "signed {} paths the store already had with {}",
+                report.resigned,
+                options.sign_key.as_ref().map_or("", |k| k.name())
+            );
+        }
         for (which, r) in [
             ("store", report.store_requests),
             ("source", report.source_requests),

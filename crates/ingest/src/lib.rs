@@ -8,6 +8,9 @@
 //! and sealed packs behind, and a rerun skips exactly the paths that have records. Memory per
 //! worker is bounded by a pack block, one chunk and the NAR reader's buffer, whatever the sizes.
 
+pub mod push;
+mod sign;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -16,7 +19,7 @@ use std::time::Instant;
 use indicatif::ProgressBar;
 use refstrip_backend::RequestCounts;
 use refstrip_cas::FileSink;
-use refstrip_nix::{NarInfo, StorePath};
+use refstrip_nix::{NarInfo, SecretKey, StorePath};
 use refstrip_read::pathinfo::StripNarError;
 use refstrip_read::PathRecord;
 use refstrip_source::{NarSource, SourceError};
@@ -33,6 +36,9 @@ pub struct IngestOptions {
     pub strip: StripOptions,
     /// Follow references from the given paths.
     pub closure: bool,
+    /// The operator's key: every path's record gets its signature (next to the upstream ones), and
+    /// records already in the store that lack it are re-signed (one record read each).
+    pub sign_key: Option<SecretKey>,
 }
 
 impl Default for IngestOptions {
@@ -43,6 +49,7 @@ impl Default for IngestOptions {
             shard: None,
             strip: StripOptions::default(),
             closure: true,
+            sign_key: None,
         }
     }
 }
@@ -54,6 +61,8 @@ pub struct IngestReport {
     pub ingested: u64,
     /// Already in the store.
     pub skipped: u64,
+    /// Of those, records that lacked the `sign_key` signature and were rewritten with it.
+    pub resigned: u64,
     pub failed: Vec<(String, String)>,
     /// NAR bytes of the ingested paths.
     pub nar_bytes: u64,
@@ -206,7 +215,13 @@ fn worker(
         let Some(info) = next else { break };
         let hash_part = info.store_path.hash_part().to_string();
         if store.has_path(&hash_part)? {
-            report.lock().expect("report lock").skipped += 1;
+            let resigned = match &options.sign_key {
+                Some(key) => sign::sign_existing(store, &hash_part, key)?,
+                None => false,
+            };
+            let mut r = report.lock().expect("report lock");
+            r.skipped += 1;
+            r.resigned += u64::from(resigned);
             progress.inc(info.nar_size);
             continue;
         }
@@ -246,6 +261,16 @@ fn strip_path(
     pack: &mut StagingPack<'_>,
 ) -> Result<(Pending, u64, u64), String> {
     let nar = source.nar(info).map_err(|e| e.to_string())?;
+    // Signed before the NarHash/NarSize check below, which fails the path (and drops the
+    // signature) if the NAR does not match what the signature covers.
+    let signed_info;
+    let info = match &options.sign_key {
+        Some(key) => {
+            signed_info = sign::signed(info, key);
+            &signed_info
+        }
+        None => info,
+    };
     let mut sink = FileSink::new(pack);
     let manifest = refstrip_read::pathinfo::strip_nar(nar, info, &options.strip, &mut sink)
         .map_err(|e| match e {

@@ -39,5 +39,5 @@ pub use cache_info::{CacheInfo, CacheInfoError};
 pub use hash::{Hash, HashError, HashingReader, HashingWriter};
 pub use narinfo::{check_deriver, Deriver, NarInfo, NarInfoError, NarInfoErrorKind};
 pub use nix_conf::NixConf;
-pub use signature::{KeyError, PublicKey, SecretKey, VerifyError};
+pub use signature::{KeyError, KeyFileError, PublicKey, SecretKey, VerifyError};
 pub use store_path::{check_base_name, is_hash_part, StoreDir, StorePath, StorePathError};

@@ -196,6 +196,34 @@ impl FromStr for SecretKey {
     }
 }
 
+/// Why a secret key file cannot be used for signing.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("reading secret key file {path}: {error} (make a key pair with `nix-store --generate-binary-cache-key NAME SECRET-FILE PUBLIC-FILE`)")]
+    Io { path: String, error: std::io::Error },
+    #[error("{path} holds a public key; signing needs the secret key file (the first file `nix-store --generate-binary-cache-key NAME SECRET-FILE PUBLIC-FILE` wrote)")]
+    PublicKey { path: String },
+    #[error("{path} is not a secret key file as `nix-store --generate-binary-cache-key` writes it: {error}")]
+    Key { path: String, error: KeyError },
+}
+
+impl SecretKey {
+    /// Read a secret key file as `nix-store --generate-binary-cache-key NAME SECRET PUBLIC` writes
+    /// it (`<name>:<base64 of 64 bytes>`, with or without a final newline). A public key file given
+    /// by mistake gets its own error.
+    pub fn read_file(path: &std::path::Path) -> Result<SecretKey, KeyFileError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| KeyFileError::Io {
+            path: shown.clone(),
+            error,
+        })?;
+        text.parse().map_err(|error| match error {
+            KeyError::WrongLength { got: 32, .. } => KeyFileError::PublicKey { path: shown },
+            error => KeyFileError::Key { path: shown, error },
+        })
+    }
+}
+
 /// `<name>:<base64>`, the secret key file format. Deliberately the only way to print the key.
 impl fmt::Display for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -244,6 +272,23 @@ pub fn fingerprint<'a>(
 /// The `Sig` value `key` gives `narinfo` (add it with [`NarInfo::add_sig`]).
 pub fn sign(narinfo: &NarInfo, key: &SecretKey) -> String {
     key.sign_detached(narinfo.fingerprint().as_bytes())
+}
+
+/// Add `key`'s signature to `narinfo` unless it already carries it; the other `Sig` lines stay.
+/// Returns whether a signature was added.
+pub fn add_signature(narinfo: &mut NarInfo, key: &SecretKey) -> bool {
+    let sig = sign(narinfo, key);
+    if narinfo.sigs.contains(&sig) {
+        return false;
+    }
+    narinfo.add_sig(sig);
+    true
+}
+
+/// True when `narinfo` carries a valid signature by `key`.
+pub fn is_signed_by(narinfo: &NarInfo, key: &PublicKey) -> bool {
+    let fingerprint = narinfo.fingerprint();
+    narinfo.sigs.iter().any(|sig| key.verify(&fingerprint, sig))
 }
 
 /// Check that at least one `Sig` of `narinfo` is by a key in `trusted` (matched by name) and
@@ -397,6 +442,48 @@ Sig: test1:s6U2gyWcy0pqaWiVqUlDTC5xQguJr+HEIS8a0Jdh4YLOi9kE2dRy03ussTmhjbTIe8nQ2
         let mut i = info();
         i.add_sig("test1:AAAA".into());
         assert!(verify(&i, &public).is_ok());
+    }
+
+    #[test]
+    fn adding_a_signature_keeps_the_others_and_is_idempotent() {
+        let secret: SecretKey = SECRET.parse().unwrap();
+        let other: SecretKey = "other-1:eiDXXbzXZlFSQEbTUaEk2yPT0ZPWfFhs0EwhgZg3fgnrBQU3IUUzg6W88O2GdXDt1W2xdoWaheigiOe/bAZ/uw=="
+            .parse()
+            .unwrap();
+        let mut i = info();
+        i.sigs.clear();
+        assert!(!is_signed_by(&i, &secret.public_key()));
+        assert!(add_signature(&mut i, &other));
+        assert!(add_signature(&mut i, &secret));
+        assert!(!add_signature(&mut i, &secret), "the same signature twice");
+        assert_eq!(i.sigs.len(), 2);
+        assert!(is_signed_by(&i, &secret.public_key()));
+        assert!(is_signed_by(&i, &other.public_key()));
+        // Ed25519 is deterministic: the signature Nix made with this key, byte for byte.
+        assert!(i.sigs.contains(&info().sigs[0]));
+        i.nar_size += 1;
+        assert!(!is_signed_by(&i, &secret.public_key()));
+    }
+
+    #[test]
+    fn key_files() {
+        let dir = std::env::temp_dir().join(format!("refstrip-keyfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (sec, public) = (dir.join("sec"), dir.join("pub"));
+        std::fs::write(&sec, SECRET).unwrap();
+        std::fs::write(&public, format!("{PUBLIC}\n")).unwrap();
+        assert_eq!(SecretKey::read_file(&sec).unwrap().to_string(), SECRET);
+        let e = SecretKey::read_file(&public).unwrap_err();
+        assert!(matches!(e, KeyFileError::PublicKey { .. }), "{e}");
+        assert!(e.to_string().contains("secret key file"), "{e}");
+        let e = SecretKey::read_file(&dir.join("missing")).unwrap_err();
+        assert!(e.to_string().contains("--generate-binary-cache-key"), "{e}");
+        std::fs::write(&sec, "nonsense").unwrap();
+        assert!(matches!(
+            SecretKey::read_file(&sec),
+            Err(KeyFileError::Key { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

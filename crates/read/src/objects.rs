@@ -71,6 +71,10 @@ pub struct FetchCounters {
     pub fetched_bytes: AtomicU64,
     pub reused_blocks: AtomicU64,
     pub reused_bytes: AtomicU64,
+    /// Objects the in-memory object layer ([`ObjectOptions::object_memory`]) answered, and those
+    /// it had to read from the layers below.
+    pub object_memory_hits: AtomicU64,
+    pub object_memory_misses: AtomicU64,
 }
 
 impl FetchCounters {
@@ -479,6 +483,7 @@ pub struct MemoryObjects<F> {
     memory: Mutex<SizedLru<ObjectId, Arc<[u8]>>>,
     /// Objects larger than this are not kept: they would evict many small ones for little gain.
     largest: u64,
+    counters: Option<Arc<FetchCounters>>,
 }
 
 impl<F: ObjectSource> MemoryObjects<F> {
@@ -487,6 +492,26 @@ impl<F: ObjectSource> MemoryObjects<F> {
             far,
             memory: Mutex::new(SizedLru::new(budget)),
             largest: budget / 16,
+            counters: None,
+        }
+    }
+
+    /// Count hits and misses in `counters` ([`FetchCounters::object_memory_hits`]).
+    pub fn counting(self, counters: Arc<FetchCounters>) -> Self {
+        MemoryObjects {
+            counters: Some(counters),
+            ..self
+        }
+    }
+
+    fn count(&self, hit: bool) {
+        if let Some(c) = &self.counters {
+            let counter = if hit {
+                &c.object_memory_hits
+            } else {
+                &c.object_memory_misses
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -504,8 +529,10 @@ impl<F: ObjectSource> ObjectSource for MemoryObjects<F> {
         loc: &Location,
     ) -> Result<Option<Vec<u8>>, CasError> {
         if let Some(bytes) = self.memory.lock().expect("poisoned").get(id) {
+            self.count(true);
             return Ok(Some(bytes.to_vec()));
         }
+        self.count(false);
         let found = self.far.object(id, pack, loc)?;
         if let Some(bytes) = &found {
             if bytes.len() as u64 <= self.largest {
@@ -588,7 +615,7 @@ impl Objects {
         let packs = PackBlocks::new(blocks.clone(), opts.block_memory);
         let source: Box<dyn ObjectSource> = match opts.object_memory {
             0 => Box::new(packs),
-            n => Box::new(MemoryObjects::new(packs, n)),
+            n => Box::new(MemoryObjects::new(packs, n).counting(counters.clone())),
         };
         Ok(Objects {
             source,

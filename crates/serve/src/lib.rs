@@ -15,9 +15,11 @@
 
 mod body;
 mod conn;
+pub mod metrics;
 
 pub use body::{BodyError, NarBody};
 pub use conn::{serve, Limits};
+pub use metrics::Metrics;
 
 use std::io::{self, Write};
 use std::pin::Pin;
@@ -94,6 +96,9 @@ pub struct Config {
     pub objects: ObjectOptions,
     /// Connection bounds and timeouts (see [`Limits`]).
     pub limits: Limits,
+    /// The operator's key: every narinfo served gets its signature (computed per request, next to
+    /// the stored `Sig` lines), for stores ingested without `--sign-key`.
+    pub sign_key: Option<refstrip_nix::SecretKey>,
 }
 
 impl Default for Config {
@@ -110,6 +115,7 @@ impl Default for Config {
                 ..ObjectOptions::default()
             },
             limits: Limits::default(),
+            sign_key: None,
         }
     }
 }
@@ -125,6 +131,7 @@ pub struct Server {
     record_decodes: Semaphore,
     objects: Objects,
     streams: Arc<Semaphore>,
+    metrics: Metrics,
 }
 
 impl Server {
@@ -170,6 +177,7 @@ impl Server {
             record_decodes: Semaphore::new(RECORD_DECODES),
             objects,
             streams,
+            metrics: Metrics::new(),
         }))
     }
 
@@ -178,14 +186,18 @@ impl Server {
         &self.cache_info
     }
 
-    /// The HTTP routes, with the request log.
+    /// The HTTP routes, with the request log and metrics.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
+            .route("/metrics", get(metrics_text))
             .route("/nix-cache-info", get(cache_info))
             .route("/{file}", get(narinfo))
             .route("/nar/{file}", get(nar))
             .fallback(|| async { not_found() })
-            .layer(axum::middleware::from_fn(log_request))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                log_request,
+            ))
             .with_state(self.clone())
     }
 
@@ -274,6 +286,14 @@ pub async fn shutdown_signal() {
 // ---------------------------------------------------------------------------------------------
 // Handlers
 
+async fn metrics_text(State(server): State<Arc<Server>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        server.metrics.encode(&server.objects.counters),
+    )
+        .into_response()
+}
+
 async fn cache_info(State(server): State<Arc<Server>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/x-nix-cache-info")],
@@ -306,11 +326,16 @@ async fn narinfo(State(server): State<Arc<Server>>, Path(file): Path<String>) ->
         None,
         file_size,
     ) {
-        Ok(info) => (
-            [(header::CONTENT_TYPE, "text/x-nix-narinfo")],
-            info.to_string(),
-        )
-            .into_response(),
+        Ok(mut info) => {
+            if let Some(key) = &server.config.sign_key {
+                refstrip_nix::signature::add_signature(&mut info, key);
+            }
+            (
+                [(header::CONTENT_TYPE, "text/x-nix-narinfo")],
+                info.to_string(),
+            )
+                .into_response()
+        }
         Err(e) => {
             tracing::error!(hash_part, error = %e, "making narinfo");
             server_error()
@@ -371,13 +396,14 @@ async fn nar(
     tokio::task::spawn_blocking(move || {
         restore_to_channel(
             &server.objects,
+            &server.metrics,
             &record,
             compression,
             level,
             tx,
             permit,
             &name,
-        )
+        );
     });
 
     // Wait for the first chunk before sending headers: a NAR smaller than two chunks is then
@@ -397,6 +423,7 @@ async fn nar(
 #[allow(clippy::too_many_arguments)]
 fn restore_to_channel(
     objects: &Objects,
+    metrics: &Metrics,
     record: &PathRecord,
     compression: Compression,
     level: i32,
@@ -407,6 +434,8 @@ fn restore_to_channel(
     // An uncompressed NAR may not pass NarSize (its Content-Length): stop at the first byte over.
     let limit = (compression == Compression::None).then_some(record.manifest.nar_size);
     let mut out = ChannelWriter::with_limit(tx, limit);
+    let started = Instant::now();
+    metrics.stream(1);
     let result = (|| -> Result<(), String> {
         let mut objects = objects.of(record);
         let mut source = FileSource::new(&mut objects);
@@ -425,8 +454,13 @@ fn restore_to_channel(
         }
         Ok(())
     })();
+    // Before the rest of the body goes out, so that a client that has it all sees the gauge back.
+    metrics.stream(-1);
     match result {
-        Ok(()) => out.finish(),
+        Ok(()) => {
+            metrics.restored(started.elapsed().as_secs_f64());
+            out.finish()
+        }
         Err(why) => {
             if out.receiver_gone {
                 tracing::debug!(hash_part, "client went away during restore");
@@ -581,9 +615,10 @@ impl Write for ChannelWriter {
 
 /// Logs one line per request when its response body ends (or is abandoned): method, path,
 /// status, body bytes sent, duration, and whether the body completed.
-async fn log_request(request: Request, next: Next) -> Response {
+async fn log_request(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let kind = metrics::Kind::of_path(&path);
     let start = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
@@ -596,6 +631,7 @@ async fn log_request(request: Request, next: Next) -> Response {
         start,
         bytes: 0,
         outcome: None,
+        metrics: kind.map(|kind| (server, kind)),
     };
     Response::from_parts(parts, Body::new(logged))
 }
@@ -608,6 +644,8 @@ struct LoggedBody {
     start: Instant,
     bytes: u64,
     outcome: Option<&'static str>,
+    /// Where to count the response when it ends (none for `/metrics` itself).
+    metrics: Option<(Arc<Server>, metrics::Kind)>,
 }
 
 impl http_body::Body for LoggedBody {
@@ -654,6 +692,14 @@ impl Drop for LoggedBody {
             }
             None => "aborted (client went away)",
         };
+        if let Some((server, kind)) = &self.metrics {
+            server.metrics.response_done(
+                *kind,
+                self.status,
+                self.bytes,
+                outcome == "aborted (error)",
+            );
+        }
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(
             target: "refstrip_serve::access",

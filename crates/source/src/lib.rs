@@ -4,6 +4,7 @@
 
 mod compression;
 mod sources;
+pub mod watch;
 
 pub use compression::{decompress, Compression};
 pub use sources::{open_source, BinaryCache, LocalStore, NarSource, SourceError};

@@ -160,7 +160,8 @@ impl Store {
     }
 
     fn pack_file(&self, level: i32) -> Result<(PackWriter<HashingFile>, PathBuf), StoreError> {
-        let tmp = tempfile::Builder::new()
+        // Mode 0666 minus the umask, like the store's other files (see `published_tempfile`).
+        let tmp = refstrip_backend::published_tempfile()
             .prefix("pack-")
             .tempfile_in(self.backend.scratch_dir())?;
         let (file, path) = tmp.keep().map_err(|e| e.error)?;
