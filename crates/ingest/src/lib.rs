@@ -216,12 +216,19 @@ fn worker(
         let hash_part = info.store_path.hash_part().to_string();
         if store.has_path(&hash_part)? {
             let resigned = match &options.sign_key {
-                Some(key) => sign::sign_existing(store, &hash_part, key)?,
-                None => false,
+                Some(key) => sign::sign_existing(store, &hash_part, key),
+                None => Ok(false),
             };
             let mut r = report.lock().expect("report lock");
             r.skipped += 1;
-            r.resigned += u64::from(resigned);
+            match resigned {
+                Ok(resigned) => r.resigned += u64::from(resigned),
+                // A record that cannot be read (or rewritten) fails this path, not the job.
+                Err(e) => {
+                    progress.println(format!("refstrip: not re-signing {}: {e}", info.store_path));
+                    r.failed.push((info.store_path.to_string(), format!("re-signing: {e}")));
+                }
+            }
             progress.inc(info.nar_size);
             continue;
         }
