@@ -672,25 +672,57 @@ fn push_to_a_bucket_signed_and_incremental_served_to_stock_nix() {
     assert_eq!(first["pushed"], 14, "{first}");
     let keys = moto.keys("pushed", "store/");
     let again = push();
-    assert_eq!((again["pushed"].as_u64(), again["packs"].as_u64()), (Some(0), Some(0)));
-    assert_eq!(moto.keys("pushed", "store/"), keys, "a second push wrote to the bucket");
+    assert_eq!(
+        (again["pushed"].as_u64(), again["packs"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(
+        moto.keys("pushed", "store/"),
+        keys,
+        "a second push wrote to the bucket"
+    );
 
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut serve = refstrip(&tmp.path().join("server"))
-        .args(["serve", "--from", &url, "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--from",
+            &url,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(serve.try_wait().unwrap().is_none(), "refstrip serve exited early");
-        assert!(Instant::now() < deadline, "refstrip serve did not start listening");
+        assert!(
+            serve.try_wait().unwrap().is_none(),
+            "refstrip serve exited early"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "refstrip serve did not start listening"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let dest = tmp.path().join("dest");
-    let out = nix_copy_from(&format!("http://127.0.0.1:{port}"), &dest, &public, &corpus_root("gen1"));
+    let out = nix_copy_from(
+        &format!("http://127.0.0.1:{port}"),
+        &dest,
+        &public,
+        &corpus_root("gen1"),
+    );
     run(Command::new("kill").args(["-TERM", &serve.id().to_string()]));
     assert!(serve.wait().unwrap().success());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     verify_contents(&dest);
 }

@@ -226,7 +226,8 @@ fn worker(
                 // A record that cannot be read (or rewritten) fails this path, not the job.
                 Err(e) => {
                     progress.println(format!("refstrip: not re-signing {}: {e}", info.store_path));
-                    r.failed.push((info.store_path.to_string(), format!("re-signing: {e}")));
+                    r.failed
+                        .push((info.store_path.to_string(), format!("re-signing: {e}")));
                 }
             }
             progress.inc(info.nar_size);
