@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use refstrip_read::PathRecord;
 use refstrip_strip::varint::{put, Cursor};
+use refstrip_tests::operator::Serving;
 use refstrip_tests::{
     corpus_dir, corpus_key, gen1_store, refstrip_bin, require_nix, run, snapshot,
     static_http_server,
@@ -269,23 +270,8 @@ fn substitute_refuses(from: &str, path: &str, why: &str, with_sigs: bool) {
 /// serve on the hostile store: the attacked path's narinfo or NAR is never a complete 200, the
 /// server survives, and a good path is still served whole.
 fn serve_survives(store: &Path, attacked: &str, good: &str) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(refstrip_bin())
-        .args(["serve", "--store-dir", "/nix/store", "--from"])
-        .arg(store)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut serving = Serving::start(store, &["--store-dir", "/nix/store"]);
+    let port = serving.port;
     let get = |path: &str| -> (u16, Vec<u8>) {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -320,7 +306,7 @@ fn serve_survives(store: &Path, attacked: &str, good: &str) {
         info != 200 || !complete_and_right || attacked_content_is_right(attacked, &body),
         "the attacked path was served complete and wrong (narinfo {info}, nar {nar})"
     );
-    assert!(child.try_wait().unwrap().is_none(), "serve died");
+    assert!(serving.is_running(), "serve died");
     // Stock Nix as the client: the attacked path is refused, a good one still copies.
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
@@ -355,8 +341,7 @@ fn serve_survives(store: &Path, attacked: &str, good: &str) {
         "a good path after the attack"
     );
     assert_eq!(get(&format!("/nar/{g}.nar")).0, 200);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(serving);
 }
 
 /// Whether `nar` is the path's real NAR (its SHA-256 is the NarHash the corpus signed).
@@ -623,23 +608,8 @@ fn a_manifest_that_inflates_to_a_gigabyte_is_refused_within_bounded_memory() {
     mount_refuses(&store, &lua, "exceeds");
 
     // serve: three clients ask for the bomb at once; decoding is bounded and so is memory.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(refstrip_bin())
-        .args(["serve", "--store-dir", "/nix/store", "--from"])
-        .arg(&store)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut serving = Serving::start(&store, &["--store-dir", "/nix/store"]);
+    let port = serving.port;
     let h = hash_of(&lua).to_string();
     let clients: Vec<_> = (0..3)
         .map(|_| {
@@ -663,10 +633,9 @@ fn a_manifest_that_inflates_to_a_gigabyte_is_refused_within_bounded_memory() {
         })
         .collect();
     let statuses: Vec<String> = clients.into_iter().map(|c| c.join().unwrap()).collect();
-    let rss = peak_rss_kb(child.id());
-    assert!(child.try_wait().unwrap().is_none(), "serve died");
-    let _ = child.kill();
-    let _ = child.wait();
+    let rss = peak_rss_kb(serving.pid());
+    assert!(serving.is_running(), "serve died");
+    drop(serving);
     assert_eq!(statuses, vec!["500"; 3]);
     assert!(rss < 512 * 1024, "serve peaked at {rss} KiB");
 }

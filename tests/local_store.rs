@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
+use refstrip_tests::operator::Serving;
 use refstrip_tests::{corpus_dir, refstrip_bin, run, static_http_server_counting};
 
 fn gen_dir(generation: &str) -> PathBuf {
@@ -235,53 +236,16 @@ fn nix_verify_mass_only(root: &Path, altered: &Path) {
     }
 }
 
-/// `refstrip serve` running, stopped when dropped.
-struct Serve(std::process::Child, u16);
-
-impl Serve {
-    fn start(from: &str, local_store: &Path) -> Serve {
-        Serve::start_with(from, local_store, &[])
-    }
-
-    fn start_with(from: &str, local_store: &Path, extra: &[&str]) -> Serve {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(refstrip_bin())
-            .args([
-                "serve",
-                "--store-dir",
-                "/nix/store",
-                "--from",
-                from,
-                "--local-store",
-            ])
-            .arg(local_store)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "serve did not start");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Serve(child, port)
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.1)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The local substituter: `refstrip serve --from FROM --local-store ROOT`.
+fn local_substituter(from: &str, root: &Path, extra: &[&str]) -> Serving {
+    let mut args = vec![
+        "--store-dir",
+        "/nix/store",
+        "--local-store",
+        root.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    Serving::start_from(from, &args)
 }
 
 /// Stock `nix copy` of `path` from the cache at `url` into `root`, signatures checked against the
@@ -320,7 +284,7 @@ fn stock_nix_updates_through_serve_drawing_on_the_local_store() {
     // gen1 installed by plain nix copy (no refstrip); the local substituter started afterwards.
     let root = dir.path().join("root");
     gen1_by_nix(&root);
-    let serve = Serve::start(&origin, &root);
+    let serve = local_substituter(&origin, &root, &[]);
     let fetched = nix_copy(&serve.url(), &root, &root_path("mass"), &sent);
     drop(serve);
     nix_verify(&root);
@@ -335,10 +299,10 @@ fn stock_nix_updates_through_serve_drawing_on_the_local_store() {
     run(Command::new("nix")
         .args(["path-info", "--all", "--store"])
         .arg(&root));
-    let serve = Serve::start(&origin, &root);
+    let serve = local_substituter(&origin, &root, &[]);
     nix_copy(&serve.url(), &root, &root_path("gen1"), &sent);
     drop(serve);
-    let serve = Serve::start(&origin, &root);
+    let serve = local_substituter(&origin, &root, &[]);
     let fetched_after_restart = nix_copy(&serve.url(), &root, &root_path("mass"), &sent);
     drop(serve);
     nix_verify(&root);
@@ -354,7 +318,7 @@ fn stock_nix_updates_through_serve_drawing_on_the_local_store() {
     run(Command::new("nix")
         .args(["path-info", "--all", "--store"])
         .arg(&root));
-    let serve = Serve::start_with(&origin, &root, &["--local-refresh", "1"]);
+    let serve = local_substituter(&origin, &root, &["--local-refresh", "1"]);
     nix_copy(&serve.url(), &root, &root_path("gen1"), &sent);
     std::thread::sleep(std::time::Duration::from_secs(3));
     let fetched_running = nix_copy(&serve.url(), &root, &root_path("mass"), &sent);
@@ -400,7 +364,7 @@ fn serve_keeps_its_disk_cache_under_the_cap_and_reuses_it() {
         .args(["path-info", "--all", "--store"])
         .arg(&empty));
     let root = dir.path().join("root");
-    let serve = Serve::start_with(&origin, &empty, &cache_args);
+    let serve = local_substituter(&origin, &empty, &cache_args);
     let first = nix_copy(&serve.url(), &root, &root_path("gen1"), &sent);
     drop(serve);
     nix_verify(&root);
@@ -410,7 +374,7 @@ fn serve_keeps_its_disk_cache_under_the_cap_and_reuses_it() {
     let big = dir.path().join("big-cache");
     let big_args = ["--cache", big.to_str().unwrap(), "--cache-size", "64M"];
     let copy = |name: &str| {
-        let serve = Serve::start_with(&origin, &empty, &big_args);
+        let serve = local_substituter(&origin, &empty, &big_args);
         let root = dir.path().join(name);
         let fetched = nix_copy(&serve.url(), &root, &root_path("gen1"), &sent);
         drop(serve);

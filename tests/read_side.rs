@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use refstrip_tests::operator::Serving;
 use refstrip_tests::{corpus_dir, gen1_store, refstrip_bin, require_nix, run, snapshot};
 
 fn gen1() -> PathBuf {
@@ -225,23 +226,8 @@ fn serve_refuses_a_record_filed_under_another_hash() {
     require_nix!();
     let tmp = tempfile::tempdir().unwrap();
     let (store, victim) = store_with_renamed_record(tmp.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(refstrip_bin())
-        .args(["serve", "--store-dir", "/nix/store", "--from"])
-        .arg(&store)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let serving = Serving::start(&store, &["--store-dir", "/nix/store"]);
+    let port = serving.port;
     let other = fs::read_to_string(gen1().join("paths")).unwrap();
     let other = other.lines().nth(2).unwrap().rsplit('/').next().unwrap()[..32].to_string();
     let statuses = (
@@ -249,8 +235,7 @@ fn serve_refuses_a_record_filed_under_another_hash() {
         http_status(port, &format!("/nar/{victim}.nar")),
         http_status(port, &format!("/{other}.narinfo")),
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(serving);
     assert_eq!(
         statuses,
         (500, 500, 200),

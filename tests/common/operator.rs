@@ -128,15 +128,19 @@ pub struct Serving {
 
 impl Serving {
     pub fn start(store: &Path, extra: &[&str]) -> Serving {
+        Serving::start_from(store.to_str().expect("UTF-8 test path"), extra)
+    }
+
+    /// `refstrip serve --from FROM` (a store path or URL) on a free loopback port.
+    pub fn start_from(from: &str, extra: &[&str]) -> Serving {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let log = store.with_file_name(format!("serve-{port}.log"));
+        let log = std::env::temp_dir().join(format!("refstrip-serve-{port}.log"));
         let child = Command::new(refstrip_bin())
-            .args(["serve", "--from"])
-            .arg(store)
+            .args(["serve", "--from", from])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             .stderr(std::fs::File::create(&log).unwrap())
@@ -162,6 +166,15 @@ impl Serving {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the server is still running (it must survive whatever clients do).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     pub fn log_text(&self) -> String {
@@ -195,6 +208,7 @@ impl Drop for Serving {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
