@@ -4,13 +4,14 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use refstrip_nix::{Hash, NarInfo, StoreDir};
 use refstrip_read::PathRecord;
+use refstrip_tests::operator::Serving;
 use refstrip_tests::{corpus_dir, corpus_key, refstrip_bin, require_nix, run, GENERATIONS};
 
 /// A normalized store holding every corpus generation.
@@ -31,91 +32,6 @@ fn root_of(generation: &str) -> String {
         .unwrap()
         .trim()
         .to_string()
-}
-
-/// A running `refstrip serve`, stopped (SIGTERM, then checked to exit cleanly) on drop.
-struct Serving {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Serving {
-    fn start(store: &Path, extra: &[&str]) -> Serving {
-        Serving::start_on(store, |port| format!("127.0.0.1:{port}"), extra)
-    }
-
-    /// Start with `--listen listen(port)`, `port` a free one; clients connect to 127.0.0.1.
-    fn start_on(store: &Path, listen: impl Fn(u16) -> String, extra: &[&str]) -> Serving {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = store.with_file_name(format!("serve-{port}.log"));
-        let child = Command::new(refstrip_bin())
-            .args(["serve", "--from"])
-            .arg(store)
-            .args(["--listen", &listen(port)])
-            .args(extra)
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting refstrip serve");
-        let mut serving = Serving { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                serving.child.try_wait().unwrap().is_none(),
-                "refstrip serve exited early"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "refstrip serve did not start listening"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        serving
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGTERM and wait: graceful shutdown must exit 0.
-    fn stop(mut self) {
-        let status = self.terminate();
-        assert!(
-            status.success(),
-            "refstrip serve exited with {status} after SIGTERM"
-        );
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "refstrip serve ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- refstrip serve log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// One HTTP/1.1 GET over a fresh connection: status, body, and whether the body arrived complete
@@ -759,7 +675,7 @@ fn listen_with_only_a_port_means_all_interfaces() {
         .arg(corpus_dir().join("small/single"))
         .args(["--all", "--to"])
         .arg(&store));
-    let server = Serving::start_on(&store, |port| format!(":{port}"), &[]);
+    let server = Serving::start_on(store.to_str().unwrap(), |port| format!(":{port}"), &[]);
     let got = http_get(server.port, "/nix-cache-info");
     assert_eq!(got.status, 200);
     assert!(String::from_utf8_lossy(&got.body).contains("StoreDir: /nix/store"));

@@ -121,9 +121,10 @@ pub fn closure_in(root: &Path, path: &str) -> Vec<String> {
 /// A running `refstrip serve`, stopped with SIGTERM (and checked to exit 0) by [`Serving::stop`],
 /// killed on drop otherwise.
 pub struct Serving {
-    child: Child,
+    pub child: Child,
     pub port: u16,
-    log: PathBuf,
+    /// Where its stderr (the request log) goes.
+    pub log: PathBuf,
 }
 
 impl Serving {
@@ -133,6 +134,11 @@ impl Serving {
 
     /// `refstrip serve --from FROM` (a store path or URL) on a free loopback port.
     pub fn start_from(from: &str, extra: &[&str]) -> Serving {
+        Serving::start_on(from, |port| format!("127.0.0.1:{port}"), extra)
+    }
+
+    /// Start with `--listen listen(port)`, `port` a free one; clients connect to 127.0.0.1.
+    pub fn start_on(from: &str, listen: impl Fn(u16) -> String, extra: &[&str]) -> Serving {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -141,7 +147,7 @@ impl Serving {
         let log = std::env::temp_dir().join(format!("refstrip-serve-{port}.log"));
         let child = Command::new(refstrip_bin())
             .args(["serve", "--from", from])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", &listen(port)])
             .args(extra)
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -183,19 +189,24 @@ impl Serving {
 
     /// SIGTERM and wait: graceful shutdown must exit 0.
     pub fn stop(mut self) {
-        run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "refstrip serve ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = self.terminate();
         assert!(
             status.success(),
             "refstrip serve exited with {status} after SIGTERM"
         );
+    }
+
+    /// SIGTERM and wait (at most 30 s) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "refstrip serve ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
