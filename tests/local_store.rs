@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
-use refstrip_tests::operator::Serving;
+use refstrip_tests::operator::{verify_contents, Serving};
 use refstrip_tests::{corpus_dir, refstrip_bin, run, static_http_server_counting};
 
 fn gen_dir(generation: &str) -> PathBuf {
@@ -69,20 +69,6 @@ fn substitute_mass(
     );
     let report = serde_json::from_slice(&out.stdout).unwrap();
     (report, sent.load(Ordering::Relaxed) - before)
-}
-
-fn nix_verify(root: &Path) {
-    let out = Command::new("nix-store")
-        .arg("--store")
-        .arg(root)
-        .args(["--verify", "--check-contents"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !stderr.contains("modified") && !stderr.contains("disappeared"),
-        "{stderr}"
-    );
 }
 
 /// The mass generation's NAR hashes as the corpus cache records them, and as the store reports them.
@@ -148,7 +134,7 @@ fn the_local_store_saves_the_download_and_stale_copies_are_only_misses() {
     gen1_by_nix(&plain);
     let (r, without) = substitute_mass(&url, &sent, &plain, &["--no-local-store"]);
     assert_eq!(r["local_objects"], 0);
-    nix_verify(&plain);
+    verify_contents(&plain);
 
     // With it (the default for --store's ROOT): indexed ahead by `refstrip index`.
     let local = dir.path().join("local");
@@ -157,7 +143,7 @@ fn the_local_store_saves_the_download_and_stale_copies_are_only_misses() {
     assert!(said.contains("indexed 14 new paths"), "{said}");
     assert!(index(&local).contains("indexed 0 new paths"), "incremental");
     let (r, with) = substitute_mass(&url, &sent, &local, &[]);
-    nix_verify(&local);
+    verify_contents(&local);
     mass_hashes_match(&local);
     assert!(r["local_objects"].as_u64().unwrap() > 50, "{r}");
     assert_eq!(
@@ -203,7 +189,7 @@ fn the_local_store_saves_the_download_and_stale_copies_are_only_misses() {
         .join(root_path("gen1").trim_start_matches("/nix/store/"))
         .exists());
     let (r, fetched) = substitute_mass(&url, &sent, &collected, &[]);
-    nix_verify(&collected);
+    verify_contents(&collected);
     mass_hashes_match(&collected);
     assert_eq!(r["local_objects"], 0);
     assert!(fetched * 10 > without * 9, "{fetched} vs {without}");
@@ -287,7 +273,7 @@ fn stock_nix_updates_through_serve_drawing_on_the_local_store() {
     let serve = local_substituter(&origin, &root, &[]);
     let fetched = nix_copy(&serve.url(), &root, &root_path("mass"), &sent);
     drop(serve);
-    nix_verify(&root);
+    verify_contents(&root);
     mass_hashes_match(&root);
     eprintln!("mass through the local substituter: {fetched} bytes from the origin; plain cache: {baseline}");
     // Measured: the 14 path records (~14.6 KB) against ~888 KB.
@@ -305,7 +291,7 @@ fn stock_nix_updates_through_serve_drawing_on_the_local_store() {
     let serve = local_substituter(&origin, &root, &[]);
     let fetched_after_restart = nix_copy(&serve.url(), &root, &root_path("mass"), &sent);
     drop(serve);
-    nix_verify(&root);
+    verify_contents(&root);
     mass_hashes_match(&root);
     eprintln!("after a restart: {fetched_after_restart} bytes from the origin");
     assert!(
@@ -323,7 +309,7 @@ fn stock_nix_updates_through_serve_drawing_on_the_local_store() {
     std::thread::sleep(std::time::Duration::from_secs(3));
     let fetched_running = nix_copy(&serve.url(), &root, &root_path("mass"), &sent);
     drop(serve);
-    nix_verify(&root);
+    verify_contents(&root);
     mass_hashes_match(&root);
     eprintln!("without a restart: {fetched_running} bytes from the origin");
     assert!(
@@ -356,8 +342,25 @@ fn serve_keeps_its_disk_cache_under_the_cap_and_reuses_it() {
         .arg(&store));
     let (origin, _, sent) = static_http_server_counting(store.clone());
     let cache = dir.path().join("cache");
-    let cap: u64 = 400 << 10;
-    let cache_args = ["--cache", cache.to_str().unwrap(), "--cache-size", "400K"];
+    // A cap that holds the largest block (a block over the cap is evicted as soon as it is kept)
+    // but not all of them, so eviction must happen; how ingest groups objects into blocks varies.
+    let mut blocks = std::collections::BTreeMap::new();
+    for e in fs::read_dir(store.join("paths")).unwrap() {
+        let record =
+            refstrip_read::PathRecord::decode(&fs::read(e.unwrap().path()).unwrap()).unwrap();
+        for (pack, loc) in record.objects.values() {
+            blocks.insert((pack.clone(), loc.block_offset), loc.block_len);
+        }
+    }
+    let largest = *blocks.values().max().unwrap();
+    let all: u64 = blocks.values().sum();
+    let cap = largest + (all - largest) / 4;
+    assert!(
+        cap < all,
+        "a cap of {cap} would hold all {all} bytes of blocks"
+    );
+    let cap_arg = cap.to_string();
+    let cache_args = ["--cache", cache.to_str().unwrap(), "--cache-size", &cap_arg];
     // Nothing local: every object comes through the cache.
     let empty = dir.path().join("empty");
     run(Command::new("nix")
@@ -367,7 +370,7 @@ fn serve_keeps_its_disk_cache_under_the_cap_and_reuses_it() {
     let serve = local_substituter(&origin, &empty, &cache_args);
     let first = nix_copy(&serve.url(), &root, &root_path("gen1"), &sent);
     drop(serve);
-    nix_verify(&root);
+    verify_contents(&root);
     let kept = cached_bytes(&cache);
     assert!(kept > 0 && kept <= cap, "{kept} bytes cached, cap {cap}");
     // With room for all of it, a second process fetches no block again, only the path records.
@@ -378,7 +381,7 @@ fn serve_keeps_its_disk_cache_under_the_cap_and_reuses_it() {
         let root = dir.path().join(name);
         let fetched = nix_copy(&serve.url(), &root, &root_path("gen1"), &sent);
         drop(serve);
-        nix_verify(&root);
+        verify_contents(&root);
         fetched
     };
     let cold = copy("cold");
