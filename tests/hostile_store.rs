@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use refstrip_read::PathRecord;
 use refstrip_strip::varint::{put, Cursor};
-use refstrip_tests::operator::Serving;
+use refstrip_tests::operator::{verify_contents, Serving};
 use refstrip_tests::{
     corpus_dir, corpus_key, gen1_store, refstrip_bin, require_nix, run, snapshot,
     static_http_server,
@@ -65,25 +65,25 @@ fn edit_record(store: &Path, path: &str, edit: impl FnOnce(&mut PathRecord)) {
 /// Rewrite the decompressed body of `path`'s manifest byte for byte (for attacks the decoders
 /// must refuse, which the typed encoders would not even build).
 fn edit_manifest_body(store: &Path, path: &str, edit: impl FnOnce(&mut Vec<u8>)) {
-    let file = record_file(store, path);
-    let bytes = fs::read(&file).unwrap();
+    let (_, _, frame, _) = split_record(&fs::read(record_file(store, path)).unwrap());
+    let mut body = zstd::decode_all(&frame[..]).unwrap();
+    edit(&mut body);
+    replace_manifest_frame(store, path, &zstd::encode_all(&body[..], 3).unwrap());
+}
+
+/// A record's bytes as (record magic, manifest head: magic + version, manifest's zstd frame, the
+/// rest: pack ids and object table).
+fn split_record(bytes: &[u8]) -> (&[u8], Vec<u8>, Vec<u8>, Vec<u8>) {
     let mut cur = Cursor { bytes: &bytes[8..] };
-    let manifest = cur.bytes().unwrap().to_vec();
+    let manifest = cur.bytes().unwrap();
     let rest = cur.bytes.to_vec();
     let mut head = Cursor {
         bytes: &manifest[8..],
     };
     let version = head.varint().unwrap();
-    let mut body = zstd::decode_all(head.bytes).unwrap();
-    edit(&mut body);
-    let mut new_manifest = manifest[..8].to_vec();
-    put(&mut new_manifest, version);
-    new_manifest.extend(zstd::encode_all(&body[..], 3).unwrap());
-    let mut out = bytes[..8].to_vec();
-    put(&mut out, new_manifest.len() as u64);
-    out.extend(new_manifest);
-    out.extend(rest);
-    fs::write(&file, out).unwrap();
+    let mut manifest_head = manifest[..8].to_vec();
+    put(&mut manifest_head, version);
+    (&bytes[..8], manifest_head, head.bytes.to_vec(), rest)
 }
 
 /// A zstd frame of `n` MiB of zeros, made without holding them in memory.
@@ -102,19 +102,11 @@ fn zeros_frame(n: usize) -> Vec<u8> {
 fn replace_manifest_frame(store: &Path, path: &str, frame: &[u8]) {
     let file = record_file(store, path);
     let bytes = fs::read(&file).unwrap();
-    let mut cur = Cursor { bytes: &bytes[8..] };
-    let manifest = cur.bytes().unwrap().to_vec();
-    let rest = cur.bytes.to_vec();
-    let mut head = Cursor {
-        bytes: &manifest[8..],
-    };
-    let version = head.varint().unwrap();
-    let mut new_manifest = manifest[..8].to_vec();
-    put(&mut new_manifest, version);
-    new_manifest.extend(frame);
-    let mut out = bytes[..8].to_vec();
-    put(&mut out, new_manifest.len() as u64);
-    out.extend(new_manifest);
+    let (magic, mut manifest, _, rest) = split_record(&bytes);
+    manifest.extend(frame);
+    let mut out = magic.to_vec();
+    put(&mut out, manifest.len() as u64);
+    out.extend(manifest);
     out.extend(rest);
     fs::write(&file, out).unwrap();
 }
@@ -186,17 +178,7 @@ fn nix_verify_clean(root: &Path) {
     if !root.join("nix/var/nix/db/db.sqlite").exists() {
         return;
     }
-    let out = Command::new("nix-store")
-        .arg("--store")
-        .arg(root)
-        .args(["--verify", "--check-contents"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !stderr.contains("modified") && !stderr.contains("disappeared"),
-        "nix-store --verify: {stderr}"
-    );
+    verify_contents(root);
 }
 
 /// Substitute `path` from `from` into a fresh ROOT beside a sentinel, with and without signature

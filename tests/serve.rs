@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use refstrip_nix::{Hash, NarInfo, StoreDir};
 use refstrip_read::PathRecord;
-use refstrip_tests::operator::Serving;
+use refstrip_tests::operator::{verify_contents, Serving};
 use refstrip_tests::{corpus_dir, corpus_key, refstrip_bin, require_nix, run, GENERATIONS};
 
 /// A normalized store holding every corpus generation.
@@ -149,24 +149,6 @@ fn corpus_paths(generation: &str) -> BTreeSet<String> {
         .lines()
         .map(str::to_string)
         .collect()
-}
-
-fn verify_contents(root: &Path) {
-    let out = Command::new("nix-store")
-        .arg("--store")
-        .arg(root)
-        .args(["--verify", "--check-contents"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "nix-store --verify --check-contents failed: {stderr}"
-    );
-    assert!(
-        !stderr.contains("error") && !stderr.contains("modified"),
-        "verify complained: {stderr}"
-    );
 }
 
 #[test]
