@@ -16,8 +16,8 @@ use refstrip_read::PathRecord;
 use refstrip_strip::varint::{put, Cursor};
 use refstrip_tests::operator::{verify_contents, Serving};
 use refstrip_tests::{
-    corpus_dir, corpus_key, gen1_store, refstrip_bin, require_nix, run, snapshot,
-    static_http_server,
+    corpus_dir, corpus_key, edit_objects, gen1_store, read_record, refstrip_bin, require_nix, run,
+    snapshot, static_http_server, write_record_v1,
 };
 
 /// Peak RSS any client may reach on these attacks (a restore of the small corpus needs ~30 MB).
@@ -55,20 +55,23 @@ fn record_file(store: &Path, path: &str) -> PathBuf {
 
 /// Rewrite the record of `path` through its decoded form (for attacks the decoders accept).
 fn edit_record(store: &Path, path: &str, edit: impl FnOnce(&mut PathRecord)) {
-    let file = record_file(store, path);
-    let mut record = PathRecord::decode(&fs::read(&file).unwrap()).unwrap();
+    let mut record = read_record(store, hash_of(path));
     edit(&mut record);
-    record.manifest_bytes = record.manifest.encode();
-    fs::write(&file, record.encode()).unwrap();
+    write_record_v1(store, &record);
 }
 
 /// Rewrite the decompressed body of `path`'s manifest byte for byte (for attacks the decoders
 /// must refuse, which the typed encoders would not even build).
 fn edit_manifest_body(store: &Path, path: &str, edit: impl FnOnce(&mut Vec<u8>)) {
-    let (_, _, frame, _) = split_record(&fs::read(record_file(store, path)).unwrap());
+    let (_, _, frame, _) = split_record(&record_v1(store, path));
     let mut body = zstd::decode_all(&frame[..]).unwrap();
     edit(&mut body);
     replace_manifest_frame(store, path, &zstd::encode_all(&body[..], 3).unwrap());
+}
+
+/// The record of `path` in format 1 (one file), whose bytes these tests take apart.
+fn record_v1(store: &Path, path: &str) -> Vec<u8> {
+    read_record(store, hash_of(path)).encode_v1()
 }
 
 /// A record's bytes as (record magic, manifest head: magic + version, manifest's zstd frame, the
@@ -101,7 +104,7 @@ fn zeros_frame(n: usize) -> Vec<u8> {
 /// Replace the compressed body of `path`'s manifest with `frame`.
 fn replace_manifest_frame(store: &Path, path: &str, frame: &[u8]) {
     let file = record_file(store, path);
-    let bytes = fs::read(&file).unwrap();
+    let bytes = record_v1(store, path);
     let (magic, mut manifest, _, rest) = split_record(&bytes);
     manifest.extend(frame);
     let mut out = magic.to_vec();
@@ -390,10 +393,12 @@ fn a_block_of_a_terabyte_is_refused_before_anything_is_allocated() {
     let dir = tempfile::tempdir().unwrap();
     let store = hostile_store(dir.path(), |store| {
         edit_record(store, &zlib, |r| {
-            for (_, loc) in r.objects.values_mut() {
-                loc.block_len = 1 << 40;
-                loc.block_raw_len = 1 << 40;
-            }
+            edit_objects(r, |objects| {
+                for (_, loc) in objects.values_mut() {
+                    loc.block_len = 1 << 40;
+                    loc.block_raw_len = 1 << 40;
+                }
+            })
         })
     });
     substitute_refuses(
@@ -464,11 +469,13 @@ fn a_zstd_bomb_costs_what_its_block_declares() {
         pack.extend(&frame);
         fs::write(store.join("packs").join(format!("{bomb_pack}.pack")), &pack).unwrap();
         edit_record(store, &dash, |r| {
-            for (pack, loc) in r.objects.values_mut() {
-                *pack = bomb_pack.clone();
-                loc.block_offset = 8;
-                loc.block_len = frame.len() as u64;
-            }
+            edit_objects(r, |objects| {
+                for (pack, loc) in objects.values_mut() {
+                    *pack = bomb_pack.clone();
+                    loc.block_offset = 8;
+                    loc.block_len = frame.len() as u64;
+                }
+            })
         })
     });
     substitute_refuses(store.to_str().unwrap(), &dash, "corrupt", true);
@@ -550,8 +557,8 @@ fn a_silent_server_and_a_fifo_cost_an_error_not_a_hang() {
 
     // A pack that is a FIFO (nobody will ever write to it).
     let store = hostile_store(dir.path(), |store| {
-        let record = PathRecord::decode(&fs::read(record_file(store, &zlib)).unwrap()).unwrap();
-        for (pack, _) in record.objects.values() {
+        let record = read_record(store, hash_of(&zlib));
+        for (pack, _) in record.objects.map().unwrap().values() {
             let file = store.join("packs").join(format!("{pack}.pack"));
             let _ = fs::remove_file(&file);
             run(Command::new("mkfifo").arg(&file));

@@ -256,7 +256,7 @@ fn corrupt_nars_are_skipped_and_leave_nothing_half_written() {
 }
 
 /// Manifests of every path in a store: what "the same store" means (pack layout may differ).
-fn manifests(store_dir: &Path) -> Vec<(String, Vec<u8>)> {
+fn manifests(store_dir: &Path) -> Vec<(String, refstrip_strip::Manifest)> {
     let store = Store::open(store_dir.to_str().unwrap()).unwrap();
     let mut out: Vec<_> = store
         .catalog()
@@ -265,10 +265,10 @@ fn manifests(store_dir: &Path) -> Vec<(String, Vec<u8>)> {
         .into_iter()
         .map(|(hash, _)| {
             let (r, _) = store.reader().record(&hash).unwrap();
-            (hash, r.manifest_bytes)
+            (hash, r.manifest)
         })
         .collect();
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
 

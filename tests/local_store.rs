@@ -346,9 +346,9 @@ fn serve_keeps_its_disk_cache_under_the_cap_and_reuses_it() {
     // but not all of them, so eviction must happen; how ingest groups objects into blocks varies.
     let mut blocks = std::collections::BTreeMap::new();
     for e in fs::read_dir(store.join("paths")).unwrap() {
-        let record =
-            refstrip_read::PathRecord::decode(&fs::read(e.unwrap().path()).unwrap()).unwrap();
-        for (pack, loc) in record.objects.values() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        let record = refstrip_tests::read_record(&store, &name);
+        for (pack, loc) in record.objects.map().unwrap().values() {
             blocks.insert((pack.clone(), loc.block_offset), loc.block_len);
         }
     }

@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use refstrip_read::PathRecord;
 use refstrip_tests::operator::{corpus_root, http_get, Serving};
-use refstrip_tests::{corpus_dir, refstrip_bin, run, run_with_stdin};
+use refstrip_tests::{corpus_dir, read_record, refstrip_bin, run, run_with_stdin, write_record_v1};
 
 /// `(name, sorted labels) -> value` of every sample of a text exposition, as the reference parser
 /// reads it (it refuses malformed text).
@@ -236,11 +235,9 @@ fn metrics_count_exactly_the_requests_made() {
         .map(|l| l.split('\t').nth(3).unwrap().rsplit('/').next().unwrap()[..32].to_string())
         .find(|h| h != hash && h != dep_hash)
         .unwrap();
-    let record_path = store.join("paths").join(&third);
-    let mut record = PathRecord::decode(&std::fs::read(&record_path).unwrap()).unwrap();
+    let mut record = read_record(&store, &third);
     record.manifest.nar_hash[0] ^= 1;
-    record.manifest_bytes = record.manifest.encode();
-    std::fs::write(&record_path, record.encode()).unwrap();
+    write_record_v1(&store, &record);
     let (status, _) = http_get(port, &format!("/nar/{third}.nar"));
     let failed = settled(port, 8.0);
     let nar_requests: f64 = failed

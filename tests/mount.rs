@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use refstrip_cas::{Kind, ObjectId};
 use refstrip_read::PathRecord;
 use refstrip_strip::{ContentDigest, Node};
-use refstrip_tests::{corpus_dir, corpus_packages, refstrip_bin, require_nix, run};
+use refstrip_tests::{corpus_dir, corpus_packages, read_record, refstrip_bin, require_nix, run};
 
 const HEADER: &str = "include/zlib.h";
 
@@ -152,7 +152,7 @@ fn package(name: &str, output: &str) -> String {
 }
 
 fn record(store: &Path, basename: &str) -> PathRecord {
-    PathRecord::decode(&fs::read(store.join("paths").join(&basename[..32])).unwrap()).unwrap()
+    read_record(store, &basename[..32])
 }
 
 /// The digest of the file at `rel` (names without hashes) in a record's manifest.
@@ -245,7 +245,7 @@ fn listing_fetches_nothing_and_a_read_fetches_only_its_block() {
     assert!(header.starts_with(b"/* zlib.h"));
     let rec = record(&store, &zlib_dev);
     let id = ObjectId::new(Kind::Blob, file_digest(&rec, HEADER));
-    let (_, loc) = &rec.objects[&id];
+    let (_, loc) = &rec.objects.map().unwrap()[&id];
     assert_eq!(m.fetched(), (loc.block_len, 1), "one block: the header's");
     // The block is in the object cache now: it is exactly what was fetched.
     let cached: u64 = walkdir_sizes(&cache.join("blocks"));
@@ -336,6 +336,8 @@ fn a_read_in_a_large_file_fetches_only_the_chunks_it_touches() {
     let rec = record(&store, big);
     let mut blocks: Vec<_> = rec
         .objects
+        .map()
+        .unwrap()
         .values()
         .map(|(p, l)| (p.clone(), l.block_offset, l.block_len))
         .collect();
@@ -395,7 +397,7 @@ fn a_corrupt_pack_gives_eio_not_wrong_bytes() {
     let zlib_dev = package("zlib", "dev");
     let rec = record(&store, &zlib_dev);
     let id = ObjectId::new(Kind::Blob, file_digest(&rec, HEADER));
-    let (pack, loc) = &rec.objects[&id];
+    let (pack, loc) = &rec.objects.map().unwrap()[&id];
     let pack = store.join("packs").join(format!("{pack}.pack"));
     let original = fs::read(&pack).unwrap();
     let block = original[loc.block_offset as usize..][..loc.block_len as usize].to_vec();

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use refstrip_read::PathRecord;
-use refstrip_tests::{corpus_dir, corpus_key, nix_available, refstrip_bin, run};
+use refstrip_tests::{corpus_dir, corpus_key, nix_available, read_record, refstrip_bin, run};
 
 /// boto3 with moto's dummy credentials, for the helper snippets below.
 const PY_CLIENT: &str = "import boto3, os, sys\n\
@@ -175,7 +175,7 @@ fn records(store: &Path) -> BTreeMap<String, PathRecord> {
         .map(|e| {
             let e = e.unwrap();
             let name = e.file_name().to_string_lossy().into_owned();
-            let record = PathRecord::decode(&fs::read(e.path()).unwrap()).unwrap();
+            let record = read_record(store, &name);
             (name, record)
         })
         .collect()
@@ -193,18 +193,22 @@ fn assert_same_store(got: &Path, want: &Path) {
     );
     for (hash, g) in &got {
         let w = &want[hash];
-        assert!(
-            g.manifest_bytes == w.manifest_bytes,
-            "{hash}: manifests differ"
-        );
-        let objects = |r: &PathRecord| r.objects.keys().copied().collect::<HashSet<_>>();
+        assert!(g.manifest == w.manifest, "{hash}: manifests differ");
+        let objects = |r: &PathRecord| {
+            r.objects
+                .map()
+                .unwrap()
+                .keys()
+                .copied()
+                .collect::<HashSet<_>>()
+        };
         assert_eq!(objects(g), objects(w), "{hash}: objects differ");
     }
 }
 
 fn assert_packs_present(store: &Path) {
     for (hash, r) in records(store) {
-        for (pack, _) in r.objects.values() {
+        for (pack, _) in r.objects.map().unwrap().values() {
             assert!(
                 store.join(format!("packs/{pack}.pack")).exists(),
                 "{hash} points into missing pack {pack}"
@@ -368,7 +372,10 @@ fn sharded_ingest_into_a_bucket_equals_one_local_ingest() {
     // No scratch or catalog files in the bucket: only the marker, packs and records.
     for key in moto.keys("store", "refstrip/") {
         assert!(
-            key == "refstrip-store" || key.starts_with("packs/") || key.starts_with("paths/"),
+            key == "refstrip-store"
+                || key.starts_with("packs/")
+                || key.starts_with("paths/")
+                || key.starts_with("shapes/"),
             "{key}"
         );
     }

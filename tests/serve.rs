@@ -10,9 +10,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use refstrip_nix::{Hash, NarInfo, StoreDir};
-use refstrip_read::PathRecord;
 use refstrip_tests::operator::{verify_contents, Serving};
-use refstrip_tests::{corpus_dir, corpus_key, refstrip_bin, require_nix, run, GENERATIONS};
+use refstrip_tests::{
+    corpus_dir, corpus_key, read_record, refstrip_bin, require_nix, run, write_record_v1,
+    GENERATIONS,
+};
 
 /// A normalized store holding every corpus generation.
 fn corpus_store(dir: &Path) -> PathBuf {
@@ -292,10 +294,8 @@ fn largest_and_smallest(store: &Path) -> (String, String) {
         .unwrap()
         .filter_map(|e| {
             let name = e.unwrap().file_name().to_string_lossy().into_owned();
-            let record =
-                PathRecord::decode(&std::fs::read(store.join("paths").join(&name)).unwrap())
-                    .unwrap();
-            (!record.objects.is_empty()).then_some((record.manifest.nar_size, name))
+            let record = read_record(store, &name);
+            (!record.manifest.objects().is_empty()).then_some((record.manifest.nar_size, name))
         })
         .collect();
     sizes.sort();
@@ -315,10 +315,11 @@ fn refstrip_serve_chunk() -> u64 {
 /// Flip bytes all over the pack block holding the largest object of `hash_part` (one flipped
 /// byte may land in a part of the block that another object uses).
 fn tamper_pack(store: &Path, hash_part: &str) {
-    let record =
-        PathRecord::decode(&std::fs::read(store.join("paths").join(hash_part)).unwrap()).unwrap();
+    let record = read_record(store, hash_part);
     let (pack, loc) = record
         .objects
+        .map()
+        .unwrap()
         .values()
         .max_by_key(|(_, loc)| loc.size)
         .expect("a path with files");
@@ -333,11 +334,9 @@ fn tamper_pack(store: &Path, hash_part: &str) {
 /// Make the record claim a different NarHash: the restore then produces every byte and fails only
 /// at its final SHA-256 check, the case where holding back the last chunk matters.
 fn tamper_nar_hash(store: &Path, hash_part: &str) {
-    let path = store.join("paths").join(hash_part);
-    let mut record = PathRecord::decode(&std::fs::read(&path).unwrap()).unwrap();
+    let mut record = read_record(store, hash_part);
     record.manifest.nar_hash[0] ^= 1;
-    record.manifest_bytes = record.manifest.encode();
-    std::fs::write(&path, record.encode()).unwrap();
+    write_record_v1(store, &record);
 }
 
 #[test]
@@ -377,8 +376,7 @@ fn a_nar_hash_mismatch_at_the_end_is_never_a_complete_response() {
     let (big, small) = largest_and_smallest(&store);
     tamper_nar_hash(&store, &big);
     tamper_nar_hash(&store, &small);
-    let record =
-        PathRecord::decode(&std::fs::read(store.join("paths").join(&big)).unwrap()).unwrap();
+    let record = read_record(&store, &big);
     for compression in ["none", "zstd"] {
         let server = Serving::start(&store, &["--compression", compression]);
         let ext = if compression == "zstd" {
@@ -488,11 +486,9 @@ fn short_load_test() {
 /// Make the record claim NarSize `nar_size`: a restore of it then produces more (or fewer) bytes
 /// than the Content-Length it is announced with.
 fn tamper_nar_size(store: &Path, hash_part: &str, nar_size: u64) {
-    let path = store.join("paths").join(hash_part);
-    let mut record = PathRecord::decode(&std::fs::read(&path).unwrap()).unwrap();
+    let mut record = read_record(store, hash_part);
     record.manifest.nar_size = nar_size;
-    record.manifest_bytes = record.manifest.encode();
-    std::fs::write(&path, record.encode()).unwrap();
+    write_record_v1(store, &record);
 }
 
 /// Issue #17 item 3: a manifest that restores to more than NarSize used to give a `200` with
@@ -521,10 +517,7 @@ fn a_restore_longer_than_nar_size_is_never_a_complete_response() {
             (untouched, nar_of_a_file(1 << 20, 3)),
         ],
     );
-    let real_small = PathRecord::decode(&std::fs::read(store.join("paths").join(SMALL)).unwrap())
-        .unwrap()
-        .manifest
-        .nar_size;
+    let real_small = read_record(&store, SMALL).manifest.nar_size;
     // The whole NAR fits one chunk and is longer than it claims.
     tamper_nar_size(&store, SMALL, real_small - 8);
     // NarSize exactly one chunk: the first chunk would be the complete body.
@@ -554,8 +547,7 @@ fn a_restore_longer_than_nar_size_is_never_a_complete_response() {
         }
     }
     // An untouched path is still served completely.
-    let record =
-        PathRecord::decode(&std::fs::read(store.join("paths").join(untouched)).unwrap()).unwrap();
+    let record = read_record(&store, untouched);
     let got = http_get(server.port, &format!("/nar/{untouched}.nar"));
     assert!(got.status == 200 && got.complete);
     assert_eq!(
@@ -1070,8 +1062,7 @@ fn sigterm_finishes_downloads_in_flight_and_closes_idle_connections() {
     let (store, large) = store_with_a_large_nar(tmp.path(), 24 << 20);
     let mut server = Serving::start(&store, &[]);
     let port = server.port;
-    let record =
-        PathRecord::decode(&std::fs::read(store.join("paths").join(&large)).unwrap()).unwrap();
+    let record = read_record(&store, &large);
     let mut idle = connect_from([127, 0, 0, 2], port, None);
     // A download that reads its first MiB, then waits for the signal, then reads the rest.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -12,8 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use refstrip_read::PathRecord;
-use refstrip_tests::{corpus_dir, corpus_key, refstrip_bin, require_nix, run, GENERATIONS};
+use refstrip_tests::{
+    corpus_dir, corpus_key, read_record, refstrip_bin, require_nix, run, write_record_v1,
+    GENERATIONS,
+};
 
 fn gen_dir(generation: &str) -> PathBuf {
     corpus_dir().join("small").join(generation)
@@ -491,9 +493,15 @@ fn tampered_inputs_are_refused_and_nothing_is_registered() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     copy_store(&store);
-    let record =
-        PathRecord::decode(&fs::read(store.join("paths").join(hash_of(&gen1))).unwrap()).unwrap();
-    let (pack, loc) = record.objects.values().next().unwrap().clone();
+    let record = read_record(&store, &hash_of(&gen1));
+    let (pack, loc) = record
+        .objects
+        .map()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .clone();
     let pack_file = store.join("packs").join(format!("{pack}.pack"));
     let mut bytes = fs::read(&pack_file).unwrap();
     bytes[(loc.block_offset + loc.block_len / 2) as usize] ^= 0x40;
@@ -517,11 +525,9 @@ fn tampered_inputs_are_refused_and_nothing_is_registered() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     copy_store(&store);
-    let key = store.join("paths").join(hash_of(&gen1));
-    let mut record = PathRecord::decode(&fs::read(&key).unwrap()).unwrap();
+    let mut record = read_record(&store, &hash_of(&gen1));
     record.manifest.nar_hash[0] ^= 1;
-    record.manifest_bytes = record.manifest.encode();
-    fs::write(&key, record.encode()).unwrap();
+    write_record_v1(&store, &record);
     let root = tmp.path().join("root");
     refused(
         &substitute(
@@ -555,7 +561,11 @@ fn tampered_inputs_are_refused_and_nothing_is_registered() {
         .find(|p| *p != gen1)
         .unwrap()
         .to_string();
-    fs::copy(store.join("paths").join(hash_of(&other)), &key).unwrap();
+    fs::copy(
+        store.join("paths").join(hash_of(&other)),
+        store.join("paths").join(hash_of(&gen1)),
+    )
+    .unwrap();
     refused(
         &substitute(
             store.to_str().unwrap(),
@@ -754,16 +764,14 @@ fn content_addressed_paths_keep_their_ca_and_a_wrong_one_is_refused() {
     }
 
     // The same record claiming the other path's content address: refused, nothing registered.
-    let key = store.join("paths").join(&flat[11..43]);
-    let mut record = PathRecord::decode(&fs::read(&key).unwrap()).unwrap();
+    let mut record = read_record(&store, &flat[11..43]);
     let other_ca = ca_of(&src, &recursive);
     for (k, v) in &mut record.manifest.info {
         if k == "CA" {
             *v = other_ca.clone();
         }
     }
-    record.manifest_bytes = record.manifest.encode();
-    fs::write(&key, record.encode()).unwrap();
+    write_record_v1(&store, &record);
     let root = tmp.path().join("root2");
     refused(
         &substitute(

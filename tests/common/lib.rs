@@ -253,3 +253,32 @@ pub fn static_http_server_counting(dir: PathBuf) -> (String, Arc<AtomicU64>, Arc
     });
     (url, ranged, sent)
 }
+
+/// The record of `hash_part` in the directory store `store`, read as every client reads it (a
+/// format 2 binding joined with its shape, or a format 1 record), its object table loaded.
+pub fn read_record(store: &std::path::Path, hash_part: &str) -> refstrip_read::PathRecord {
+    let reader = refstrip_read::StoreReader::open(store.to_str().unwrap()).unwrap();
+    let (record, _) = reader.record(hash_part).unwrap();
+    record.objects.map().unwrap();
+    record
+}
+
+/// Replace the record of a path with `record` in format 1 (one file, which every client still
+/// reads): how tests plant a record the writer would never write.
+pub fn write_record_v1(store: &std::path::Path, record: &refstrip_read::PathRecord) {
+    fs::write(
+        store.join("paths").join(record.hash_part()),
+        record.encode_v1(),
+    )
+    .unwrap();
+}
+
+/// Change a record's object table.
+pub fn edit_objects(
+    record: &mut refstrip_read::PathRecord,
+    edit: impl FnOnce(&mut refstrip_read::ObjectMap),
+) {
+    let mut map = record.objects.map().unwrap().clone();
+    edit(&mut map);
+    record.objects = map.into();
+}

@@ -75,7 +75,7 @@ impl LocalDir {
 
     /// The store at `root`, with its directories created if missing (for writers).
     pub fn create(root: &Path) -> io::Result<Self> {
-        for sub in ["packs", "paths", "tmp"] {
+        for sub in ["packs", "paths", "shapes", "tmp"] {
             fs::create_dir_all(root.join(sub))?;
         }
         Ok(LocalDir::open(root))

@@ -26,6 +26,11 @@ pub fn record_key(hash_part: &str) -> String {
     format!("paths/{hash_part}")
 }
 
+/// The key of the shape (format version 2) with this BLAKE3 digest, hex.
+pub fn shape_key(digest_hex: &str) -> String {
+    format!("shapes/{digest_hex}")
+}
+
 /// The key of the pack with this id (its BLAKE3, hex).
 pub fn pack_key(id: &str) -> String {
     format!("packs/{id}.pack")

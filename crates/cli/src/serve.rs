@@ -160,9 +160,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             Some(local)
         }
     };
+    // The local store's paths also give the shapes of their rebuilt successors (spec §8).
+    let store = match &local {
+        Some(local) => store.with_near_shapes(local.clone()),
+        None => store,
+    };
     let near = local
         .clone()
-        .map(|l| Box::new(l as std::sync::Arc<dyn refstrip_read::objects::NearSource>) as _);
+        .map(|l| l as std::sync::Arc<dyn refstrip_read::objects::NearSource>);
     let server = Server::with_near(store, config, near).context("reading the store")?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {

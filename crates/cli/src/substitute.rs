@@ -192,9 +192,15 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
                     r.nar_bytes
                 );
             }
-            Some(local as std::sync::Arc<dyn refstrip_read::objects::NearSource>)
+            Some(local)
         }
     };
+    // The local store's paths also give the shapes of their rebuilt successors (spec §8).
+    let store = match &near {
+        Some(local) => store.with_near_shapes(local.clone()),
+        None => store,
+    };
+    let near = near.map(|l| l as std::sync::Arc<dyn refstrip_read::objects::NearSource>);
     let opts = Options {
         root: args.root,
         store_dir: args.store_dir,

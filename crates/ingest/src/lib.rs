@@ -151,10 +151,10 @@ pub fn select(
     Ok(infos)
 }
 
-/// A path stripped into a staging pack, waiting for the pack to be sealed.
+/// A path stripped into a staging pack, waiting for the packs holding its objects to be sealed
+/// (its worker's, and those of other workers that claimed an object first).
 struct Pending {
     manifest: Manifest,
-    manifest_bytes: Vec<u8>,
     needed: Vec<refstrip_cas::ObjectId>,
 }
 
@@ -177,11 +177,18 @@ pub fn ingest(
         ..IngestReport::default()
     });
     let stored = AtomicU64::new(0);
+    let waiting = Mutex::new(Vec::new());
 
     std::thread::scope(|scope| -> Result<(), IngestError> {
         let workers: Vec<_> = (0..options.jobs.max(1))
             .map(|_| {
-                scope.spawn(|| worker(source, store, &queue, options, progress, &report, &stored))
+                let shared = Shared {
+                    queue: &queue,
+                    report: &report,
+                    stored: &stored,
+                    waiting: &waiting,
+                };
+                scope.spawn(move || worker(source, store, shared, options, progress))
             })
             .collect();
         for w in workers {
@@ -189,6 +196,15 @@ pub fn ingest(
         }
         Ok(())
     })?;
+    // Every pack is sealed now, so every claimed object is catalogued.
+    for p in waiting.into_inner().expect("waiting lock") {
+        let objects =
+            locate_all(store, &p, "", &HashMap::new())?.ok_or_else(|| StoreError::BadRecord {
+                key: String::from_utf8_lossy(p.manifest.basename()).into_owned(),
+                why: "an object vanished before its record was written".into(),
+            })?;
+        stored.fetch_add(write_record(store, p, objects)?, Ordering::Relaxed);
+    }
 
     let mut report = report.into_inner().expect("report lock");
     report.stored_bytes = stored.into_inner();
@@ -199,15 +215,24 @@ pub fn ingest(
     Ok(report)
 }
 
+/// What the workers of one ingest share.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    queue: &'a Mutex<VecDeque<NarInfo>>,
+    report: &'a Mutex<IngestReport>,
+    stored: &'a AtomicU64,
+    /// Paths whose objects include some in another worker's pack, not sealed yet.
+    waiting: &'a Mutex<Vec<Pending>>,
+}
+
 fn worker(
     source: &dyn NarSource,
     store: &Store,
-    queue: &Mutex<VecDeque<NarInfo>>,
+    shared: Shared<'_>,
     options: &IngestOptions,
     progress: &ProgressBar,
-    report: &Mutex<IngestReport>,
-    stored: &AtomicU64,
 ) -> Result<(), IngestError> {
+    let Shared { queue, report, .. } = shared;
     let mut pack = store.new_pack(options.level)?;
     let mut pending = Vec::new();
     loop {
@@ -255,10 +280,10 @@ fn worker(
         }
         progress.inc(info.nar_size);
         if pack.written_bytes() >= PACK_TARGET {
-            publish(store, &mut pack, &mut pending, report, stored)?;
+            publish(store, &mut pack, &mut pending, shared)?;
         }
     }
-    publish(store, &mut pack, &mut pending, report, stored)
+    publish(store, &mut pack, &mut pending, shared)
 }
 
 /// Strip one path into the staging pack, checking the NAR against its narinfo.
@@ -285,52 +310,68 @@ fn strip_path(
             StripNarError::Strip(e) => format!("reading NAR: {e}"),
             e => e.to_string(),
         })?;
-    let manifest_bytes = manifest.encode();
     let (new_objects, new_bytes, needed) = (sink.new_objects, sink.new_bytes, sink.needed);
-    Ok((
-        Pending {
-            manifest,
-            manifest_bytes,
-            needed,
-        },
-        new_objects,
-        new_bytes,
-    ))
+    Ok((Pending { manifest, needed }, new_objects, new_bytes))
 }
 
-/// Seal the staging pack, then write the records of the paths waiting on it.
+/// Seal the staging pack, then write the records of the paths waiting on it whose objects are
+/// all sealed now; the others wait for another worker's seal.
 fn publish(
     store: &Store,
     pack: &mut StagingPack<'_>,
     pending: &mut Vec<Pending>,
-    report: &Mutex<IngestReport>,
-    stored: &AtomicU64,
+    shared: Shared<'_>,
 ) -> Result<(), IngestError> {
     if !pack.is_empty() {
-        report.lock().expect("report lock").packs += 1;
+        shared.report.lock().expect("report lock").packs += 1;
     }
     let (pack_id, index, pack_bytes) = pack.seal()?;
-    stored.fetch_add(pack_bytes, Ordering::Relaxed);
-    for p in pending.drain(..) {
-        let mut objects = HashMap::new();
-        for id in p.needed {
-            let location = match index.get(&id) {
-                Some(loc) => (pack_id.clone(), *loc),
-                None => store.locate(&id)?.ok_or_else(|| StoreError::BadRecord {
-                    key: String::from_utf8_lossy(p.manifest.basename()).into_owned(),
-                    why: format!("object {id} vanished before its record was written"),
-                })?,
-            };
-            objects.insert(id, location);
+    shared.stored.fetch_add(pack_bytes, Ordering::Relaxed);
+    let waiting = std::mem::take(&mut *shared.waiting.lock().expect("waiting lock"));
+    for p in pending.drain(..).chain(waiting) {
+        match locate_all(store, &p, &pack_id, &index)? {
+            Some(objects) => {
+                let size = write_record(store, p, objects)?;
+                shared.stored.fetch_add(size, Ordering::Relaxed);
+            }
+            None => shared.waiting.lock().expect("waiting lock").push(p),
         }
-        let record = PathRecord {
-            manifest: p.manifest,
-            manifest_bytes: p.manifest_bytes,
-            objects,
-        };
-        stored.fetch_add(store.add_record(&record)?, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Where every object of `p` lives: in the pack just sealed, or per the catalog. `None` while one
+/// is claimed by a pack not sealed yet.
+fn locate_all(
+    store: &Store,
+    p: &Pending,
+    pack_id: &str,
+    index: &HashMap<refstrip_cas::ObjectId, refstrip_cas::pack::Location>,
+) -> Result<Option<refstrip_read::ObjectMap>, IngestError> {
+    let mut objects = HashMap::new();
+    for id in &p.needed {
+        let location = match index.get(id) {
+            Some(loc) => (pack_id.to_string(), *loc),
+            None => match store.locate(id)? {
+                Some(location) => location,
+                None => return Ok(None),
+            },
+        };
+        objects.insert(*id, location);
+    }
+    Ok(Some(objects))
+}
+
+fn write_record(
+    store: &Store,
+    p: Pending,
+    objects: refstrip_read::ObjectMap,
+) -> Result<u64, IngestError> {
+    let record = PathRecord {
+        manifest: p.manifest,
+        objects: objects.into(),
+    };
+    Ok(store.add_record(&record)?)
 }
 
 #[cfg(test)]

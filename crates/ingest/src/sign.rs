@@ -42,7 +42,6 @@ pub(crate) fn sign_existing(
     let mut manifest = record.manifest;
     manifest.info = path.info;
     let record = PathRecord {
-        manifest_bytes: manifest.encode(),
         manifest,
         objects: record.objects,
     };

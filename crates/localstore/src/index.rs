@@ -8,7 +8,9 @@ use std::time::Duration;
 use indicatif::ProgressBar;
 use rayon::prelude::*;
 use refstrip_cas::{FileSink, Kind, ObjectId, ObjectWrite, CHUNK_THRESHOLD};
-use refstrip_strip::{apply_all, strip, Node, Patch, PatchKind, RefTable, StripOptions};
+use refstrip_strip::{
+    apply_all, compress_shape, shape_body, strip, Node, Patch, PatchKind, RefTable, StripOptions,
+};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::{db_err, Error, LocalStore, INDEX_VERSION};
@@ -36,7 +38,9 @@ pub(crate) fn open_index(file: &Path) -> rusqlite::Result<Connection> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version != INDEX_VERSION {
         // A cache: another version is simply rebuilt.
-        conn.execute_batch("DROP TABLE IF EXISTS objects; DROP TABLE IF EXISTS paths;")?;
+        conn.execute_batch(
+            "DROP TABLE IF EXISTS objects; DROP TABLE IF EXISTS shapes; DROP TABLE IF EXISTS paths;",
+        )?;
     }
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS paths (
@@ -56,6 +60,13 @@ pub(crate) fn open_index(file: &Path) -> rusqlite::Result<Connection> {
              zero_end INTEGER,
              list BLOB                      -- a chunk list's bytes
          );
+         CREATE TABLE IF NOT EXISTS shapes (   -- format 2 shapes of the indexed paths
+             digest BLOB NOT NULL,
+             path INTEGER NOT NULL REFERENCES paths(id) ON DELETE CASCADE,
+             body BLOB NOT NULL,            -- zstd
+             PRIMARY KEY (digest, path)
+         );
+         CREATE INDEX IF NOT EXISTS shapes_by_path ON shapes (path);
          CREATE UNIQUE INDEX IF NOT EXISTS objects_by_name ON objects (digest, kind, path, file, offset);
          CREATE INDEX IF NOT EXISTS objects_by_path ON objects (path);",
     )?;
@@ -84,8 +95,16 @@ struct Row {
     list: Option<Vec<u8>>,
 }
 
-/// A path's rows and NAR size, or why it was not indexed.
-type Stripped = Result<(Vec<Row>, u64), String>;
+/// What indexing found in one path.
+struct Indexed {
+    rows: Vec<Row>,
+    nar_size: u64,
+    /// Its format 2 shape body.
+    shape: Vec<u8>,
+}
+
+/// A path's objects and shape, or why it was not indexed.
+type Stripped = Result<Indexed, String>;
 
 /// Paths stripped per transaction: progress survives an interruption at this granularity.
 const BATCH: usize = 64;
@@ -149,6 +168,7 @@ impl LocalStore {
                     continue;
                 }
                 tx.execute("DELETE FROM objects WHERE path = ?1", [id])
+                    .and_then(|_| tx.execute("DELETE FROM shapes WHERE path = ?1", [id]))
                     .and_then(|_| tx.execute("DELETE FROM paths WHERE id = ?1", [id]))
                     .map_err(db_err("dropping a path from the index"))?;
                 report.dropped += 1;
@@ -178,11 +198,13 @@ impl LocalStore {
                 )
                 .map_err(db_err("writing the index"))?;
                 match result {
-                    Ok((rows, nar_bytes)) => {
+                    Ok(indexed) => {
                         report.paths += 1;
-                        report.nar_bytes += nar_bytes;
-                        report.objects += rows.len() as u64;
-                        insert_rows(&tx, p.id, &rows).map_err(db_err("writing the index"))?;
+                        report.nar_bytes += indexed.nar_size;
+                        report.objects += indexed.rows.len() as u64;
+                        insert_rows(&tx, p.id, &indexed.rows)
+                            .and_then(|_| insert_shape(&tx, p.id, &indexed.shape))
+                            .map_err(db_err("writing the index"))?;
                     }
                     Err(why) => {
                         progress
@@ -237,8 +259,8 @@ impl LocalStore {
     }
 
     /// Strip one path as ingest would (same reference table, same options), keeping only where
-    /// each object's bytes lie. Returns the rows and the NAR size.
-    fn strip_path(&self, p: &ValidPath) -> Result<(Vec<Row>, u64), String> {
+    /// each object's bytes lie, and its shape.
+    fn strip_path(&self, p: &ValidPath) -> Stripped {
         let refs: Vec<Vec<u8>> = p.refs.iter().map(|r| r.as_bytes().to_vec()).collect();
         let table = RefTable::new(p.basename.as_bytes(), &refs).map_err(|e| e.to_string())?;
         let path = self.real_store.join(&p.basename);
@@ -275,8 +297,22 @@ impl LocalStore {
         let mut files = Vec::new();
         files_in_nar_order(&stripped.root, &table, &mut Vec::new(), &mut files);
         let rows = rows_of(&files, recorder.objects).ok_or("objects do not match the files")?;
-        Ok((rows, stripped.nar_size))
+        let shape = shape_body(self.store_dir.as_bytes(), &table, &stripped.root);
+        Ok(Indexed {
+            rows,
+            nar_size: stripped.nar_size,
+            shape,
+        })
     }
+}
+
+fn insert_shape(tx: &rusqlite::Transaction, path: i64, body: &[u8]) -> rusqlite::Result<()> {
+    let digest = blake3::hash(body);
+    tx.execute(
+        "INSERT OR IGNORE INTO shapes (digest, path, body) VALUES (?1, ?2, ?3)",
+        params![&digest.as_bytes()[..], path, compress_shape(body)],
+    )?;
+    Ok(())
 }
 
 fn insert_rows(tx: &rusqlite::Transaction, path: i64, rows: &[Row]) -> rusqlite::Result<()> {

@@ -25,9 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use refstrip_cas::pack::Location;
 use refstrip_cas::{decode_chunk_list, CasError, Kind, ObjectId};
-use refstrip_read::objects::{NearSource, ObjectSource, SizedLru};
+use refstrip_read::objects::{NearSource, SizedLru};
+use refstrip_read::ShapeSource;
 use refstrip_strip::{ContentDigest, RefTable, Scanner};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -37,7 +37,7 @@ pub use renorm::{open_beneath, renormalize};
 /// The index's file name inside the state directory.
 pub const INDEX_FILE: &str = "local-objects.sqlite";
 /// Version of the index's tables; an index of another version is rebuilt.
-const INDEX_VERSION: i64 = 1;
+const INDEX_VERSION: i64 = 2;
 /// Candidate copies tried per object before giving up (a popular file is in many paths).
 const MAX_CANDIDATES: usize = 4;
 
@@ -240,13 +240,8 @@ impl LocalStore {
     }
 }
 
-impl ObjectSource for LocalStore {
-    fn object(
-        &self,
-        id: &ObjectId,
-        _pack: &str,
-        _loc: &Location,
-    ) -> Result<Option<Vec<u8>>, CasError> {
+impl NearSource for LocalStore {
+    fn object(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, CasError> {
         // An unreadable index is a miss like any other: the far layers have every object.
         let Ok(candidates) = self.candidates(id) else {
             return Ok(None);
@@ -265,9 +260,7 @@ impl ObjectSource for LocalStore {
         }
         Ok(None)
     }
-}
 
-impl NearSource for LocalStore {
     fn may_have(&self, id: &ObjectId) -> bool {
         LocalStore::may_have(self, id)
     }
@@ -275,6 +268,23 @@ impl NearSource for LocalStore {
     fn served(&self) -> (u64, u64) {
         let (objects, bytes, _) = self.counters.get();
         (objects, bytes)
+    }
+}
+
+/// The shapes of the indexed paths: a mass rebuild's new paths have the old paths' shapes, so a
+/// client need not fetch them (spec §8). The reader checks the digest of what this returns.
+impl ShapeSource for LocalStore {
+    fn shape(&self, digest: &ContentDigest) -> Option<Vec<u8>> {
+        let conn = self.index.lock().expect("poisoned");
+        let frame: Vec<u8> = conn
+            .query_row(
+                "SELECT body FROM shapes WHERE digest = ?1 LIMIT 1",
+                [&digest.0[..]],
+                |r| r.get(0),
+            )
+            .ok()?;
+        drop(conn);
+        refstrip_strip::inflate_shape(&frame).ok()
     }
 }
 

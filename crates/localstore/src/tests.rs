@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use indicatif::ProgressBar;
 use refstrip_cas::{FileSink, ObjectId, ObjectWrite};
-use refstrip_read::objects::ObjectSource;
+use refstrip_read::objects::NearSource;
 use refstrip_strip::{strip, RefTable, Scanner, StripOptions, PLACEHOLDER};
 use sha2::Digest;
 
@@ -171,14 +171,7 @@ fn objects_of(root: &Path, basename: &str, refs: &[&str]) -> HashMap<ObjectId, V
 }
 
 fn get(local: &LocalStore, id: &ObjectId) -> Option<Vec<u8>> {
-    let loc = Location {
-        block_offset: 0,
-        block_len: 0,
-        block_raw_len: 0,
-        offset_in_block: 0,
-        size: 0,
-    };
-    local.object(id, "pack", &loc).unwrap()
+    local.object(id).unwrap()
 }
 
 #[test]

@@ -160,8 +160,7 @@ mod tests {
         };
         PathRecord {
             manifest,
-            manifest_bytes: Vec::new(),
-            objects: Default::default(),
+            objects: refstrip_read::ObjectMap::new().into(),
         }
     }
 

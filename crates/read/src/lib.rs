@@ -19,16 +19,32 @@ mod record;
 
 use std::collections::HashSet;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
-use refstrip_backend::{open_for_reading, record_key, Backend, StoreUrl, UrlError, MARKER_KEY};
+use refstrip_backend::{
+    open_for_reading, record_key, shape_key, Backend, StoreUrl, UrlError, MARKER_KEY,
+};
 use refstrip_nix::is_hash_part;
+use refstrip_strip::ContentDigest;
 
-pub use record::{PathRecord, MAX_RECORD_BYTES};
+pub use record::{
+    EncodedRecord, Locations, ObjectMap, PathRecord, ShapeFile, StoredRecord, MAX_RECORD_BYTES,
+};
 
-/// The store format this version reads and writes (spec/normalized-format.md §7).
-pub const STORE_FORMAT: u64 = 1;
+/// The store format this version reads and writes (spec/normalized-format.md §7): 2 since path
+/// records are split into bindings and shapes (§8). Format 1 stores are read as well.
+pub const STORE_FORMAT: u64 = 2;
+
+/// Shape bodies a reader keeps in memory (a shape is a few hundred bytes to a few MB).
+const SHAPE_MEMORY: u64 = 32 << 20;
+
+/// A source of version 2 shape bodies nearer than the store, such as the shapes of the paths in
+/// the client's own Nix store (a mass rebuild's new paths have the old paths' shapes).
+pub trait ShapeSource: Send + Sync {
+    /// The body of the shape with this digest, if known here (the reader checks the digest).
+    fn shape(&self, digest: &ContentDigest) -> Option<Vec<u8>>;
+}
 
 /// The contents of a store's marker file ([`MARKER_KEY`]) for [`STORE_FORMAT`].
 pub fn marker_contents() -> String {
@@ -80,7 +96,13 @@ pub struct StoreReader {
     backend: Arc<dyn Backend>,
     url: StoreUrl,
     store_dir: Option<String>,
+    near_shapes: Option<Arc<dyn ShapeSource>>,
+    /// Shape bodies with their object tables (known, or fetched when first used).
+    shapes: Mutex<objects::SizedLru<ContentDigest, KnownShape>>,
 }
+
+/// A shape's body and its object table (known, or fetched when first used).
+type KnownShape = (Arc<Vec<u8>>, Locations);
 
 /// What [`StoreReader::closure`] should do with a record it reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,11 +182,7 @@ impl StoreReader {
                 }
             },
         }
-        Ok(StoreReader {
-            backend,
-            url,
-            store_dir: None,
-        })
+        Ok(StoreReader::from_backend(backend, url))
     }
 
     /// A reader over a backend that a writer has just opened (and marked) itself.
@@ -173,7 +191,15 @@ impl StoreReader {
             backend,
             url,
             store_dir: None,
+            near_shapes: None,
+            shapes: Mutex::new(objects::SizedLru::new(SHAPE_MEMORY)),
         }
+    }
+
+    /// Look for shapes in `near` before fetching them from the store.
+    pub fn with_near_shapes(mut self, near: Arc<dyn ShapeSource>) -> Self {
+        self.near_shapes = Some(near);
+        self
     }
 
     /// Refuse records of paths in any other store directory than `dir` (e.g. `/nix/store`).
@@ -227,7 +253,15 @@ impl StoreReader {
             store: self.describe(),
             why,
         };
-        let record = PathRecord::decode(&bytes).map_err(bad)?;
+        let mut size = bytes.len() as u64;
+        let record = match StoredRecord::decode(&bytes).map_err(bad)? {
+            StoredRecord::V1(record) => record,
+            StoredRecord::V2(binding) => {
+                let (body, objects, shape_size) = self.shape(&binding.shape)?;
+                size += shape_size;
+                PathRecord::join(&body, &binding, objects).map_err(bad)?
+            }
+        };
         // A record filed under another path's hash would install or serve the wrong path.
         if record.hash_part() != hash_part {
             return Err(bad(format!("describes {}", record.basename())));
@@ -240,7 +274,67 @@ impl StoreReader {
                 )));
             }
         }
-        Ok(Some((record, bytes.len() as u64)))
+        Ok(Some((record, size)))
+    }
+
+    /// The body of the shape `digest` and its object table: the body from memory, the near source
+    /// or the store's shape file (whose size is returned, 0 if it was not read); the object table
+    /// is then fetched only when first used.
+    fn shape(&self, digest: &ContentDigest) -> Result<(Arc<Vec<u8>>, Locations, u64), ReadError> {
+        let key = shape_key(&digest.to_hex());
+        if let Some((body, objects)) = self.shapes.lock().expect("shape cache lock").get(digest) {
+            return Ok((body, objects, 0));
+        }
+        let near = self
+            .near_shapes
+            .as_ref()
+            .and_then(|near| near.shape(digest))
+            .filter(|body| ContentDigest::of(body) == *digest);
+        if let Some(body) = near {
+            let body = Arc::new(body);
+            let (backend, store, key) = (self.backend.clone(), self.describe(), key.clone());
+            let objects = Locations::deferred(move || {
+                let bytes = backend
+                    .get(&key, MAX_RECORD_BYTES)
+                    .map_err(|e| format!("reading {key} from {store}: {e}"))?
+                    .ok_or_else(|| format!("{key} is not in {store}"))?;
+                ShapeFile::decode_objects(&bytes).map_err(|e| format!("{key} in {store}: {e}"))
+            });
+            self.remember_shape(digest, &body, &objects);
+            return Ok((body, objects, 0));
+        }
+        let io = |error| ReadError::Io {
+            what: key.clone(),
+            store: self.describe(),
+            error,
+        };
+        let bytes = self
+            .backend
+            .get(&key, MAX_RECORD_BYTES)
+            .map_err(io)?
+            .ok_or_else(|| ReadError::BadRecord {
+                key: key.clone(),
+                store: self.describe(),
+                why: "its shape is missing".into(),
+            })?;
+        let file = ShapeFile::decode(&bytes, digest).map_err(|why| ReadError::BadRecord {
+            key: key.clone(),
+            store: self.describe(),
+            why,
+        })?;
+        let body = Arc::new(file.body);
+        let objects = Locations::from(file.objects);
+        self.remember_shape(digest, &body, &objects);
+        Ok((body, objects, bytes.len() as u64))
+    }
+
+    fn remember_shape(&self, digest: &ContentDigest, body: &Arc<Vec<u8>>, objects: &Locations) {
+        // Weighed by the body; an object table is about as large.
+        self.shapes.lock().expect("shape cache lock").put(
+            *digest,
+            (body.clone(), objects.clone()),
+            2 * body.len() as u64,
+        );
     }
 
     /// Like [`try_record`](Self::try_record), with a missing record an error.
@@ -315,7 +409,8 @@ pub fn hash_part_of(arg: &str) -> Option<String> {
         .then(|| hash.to_string())
 }
 
-fn check_marker(location: &str, bytes: &[u8]) -> Result<(), OpenError> {
+/// Refuse a store whose marker names a format newer than [`STORE_FORMAT`].
+pub fn check_marker(location: &str, bytes: &[u8]) -> Result<(), OpenError> {
     let text = String::from_utf8_lossy(bytes);
     let found = text
         .lines()

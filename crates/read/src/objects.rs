@@ -9,8 +9,8 @@
 //!                  └─ BackendBlocks   ranged reads of the store's packs
 //! ```
 //! [`ObjectSource`] is the object-level trait: a layer answers `Ok(None)` for an object it does
-//! not have, and [`Layered`] tries a near source before a far one, so a nearer source (the local
-//! Nix store) slots in above the packs without changing anything below. [`BlockSource`] is the
+//! not have. A [`NearSource`] (the local Nix store) is asked first, by object name alone, so a
+//! record's object table is needed only for what it lacks. [`BlockSource`] is the
 //! block-level trait under [`PackBlocks`]. Nothing any layer hands out is trusted from disk or
 //! network: blocks are length-checked when decoded and every object is checked against its name.
 
@@ -48,19 +48,29 @@ impl BlockKey {
     }
 }
 
-/// Every block the objects of `records` live in, each once, sorted.
-pub fn blocks_of<'r>(records: impl IntoIterator<Item = &'r PathRecord>) -> Vec<BlockKey> {
-    let mut blocks: Vec<BlockKey> = records
-        .into_iter()
-        .flat_map(|r| {
-            r.objects
-                .values()
-                .map(|(pack, loc)| BlockKey::of(pack, loc))
-        })
-        .collect();
+/// Every block the objects of `records` that `wanted` selects live in, each once, sorted.
+/// Fetches the object table of a record only if `wanted` selects one of its objects.
+pub fn blocks_of<'r>(
+    records: impl IntoIterator<Item = &'r PathRecord>,
+    wanted: impl Fn(&ObjectId) -> bool,
+) -> Result<Vec<BlockKey>, String> {
+    let mut blocks = Vec::new();
+    for r in records {
+        if !r.manifest.objects().iter().any(|(d, _)| {
+            wanted(&ObjectId::new(refstrip_cas::Kind::Blob, *d))
+                || wanted(&ObjectId::new(refstrip_cas::Kind::ChunkList, *d))
+        }) {
+            continue;
+        }
+        for (id, (pack, loc)) in r.objects.map()? {
+            if wanted(id) {
+                blocks.push(BlockKey::of(pack, loc));
+            }
+        }
+    }
     blocks.sort();
     blocks.dedup();
-    blocks
+    Ok(blocks)
 }
 
 /// What the block layers did, for reports: blocks read from the store, and blocks a prefetch
@@ -295,44 +305,16 @@ pub trait ObjectSource: Send + Sync {
     ) -> Result<Option<Vec<u8>>, CasError>;
 }
 
-/// A source put in front of a store's (the local Nix store) that can tell cheaply whether it may
-/// have an object, so that prefetching leaves those blocks alone, and that counts what it served.
-pub trait NearSource: ObjectSource {
+/// A source put in front of a store's (the local Nix store): it finds objects by name alone, so
+/// a record's object table is fetched only for what it lacks; it can tell cheaply whether it may
+/// have an object, so that prefetching leaves those blocks alone, and it counts what it served.
+pub trait NearSource: Send + Sync {
+    /// The object `id` (verified), or `Ok(None)`.
+    fn object(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, CasError>;
     /// Whether an object might be had here (a later read may still miss).
     fn may_have(&self, id: &ObjectId) -> bool;
     /// Objects and bytes handed out so far.
     fn served(&self) -> (u64, u64);
-}
-
-impl ObjectSource for Arc<dyn NearSource> {
-    fn object(
-        &self,
-        id: &ObjectId,
-        pack: &str,
-        loc: &Location,
-    ) -> Result<Option<Vec<u8>>, CasError> {
-        (**self).object(id, pack, loc)
-    }
-}
-
-/// A near source tried before a far one (snix's combinator of the same name and idea).
-pub struct Layered<N, F> {
-    pub near: N,
-    pub far: F,
-}
-
-impl<N: ObjectSource, F: ObjectSource> ObjectSource for Layered<N, F> {
-    fn object(
-        &self,
-        id: &ObjectId,
-        pack: &str,
-        loc: &Location,
-    ) -> Result<Option<Vec<u8>>, CasError> {
-        match self.near.object(id, pack, loc)? {
-            Some(bytes) => Ok(Some(bytes)),
-            None => self.far.object(id, pack, loc),
-        }
-    }
 }
 
 impl ObjectSource for Box<dyn ObjectSource> {
@@ -550,12 +532,22 @@ impl<F: ObjectSource> ObjectSource for MemoryObjects<F> {
 /// The objects of one path record, read through a source: what `restore` consumes.
 pub struct RecordObjects<'a> {
     pub record: &'a PathRecord,
+    pub near: Option<&'a dyn NearSource>,
     pub source: &'a dyn ObjectSource,
 }
 
 impl ObjectRead for RecordObjects<'_> {
     fn get(&mut self, id: &ObjectId) -> Result<Vec<u8>, CasError> {
-        let (pack, loc) = self.record.objects.get(id).ok_or(CasError::NotFound(*id))?;
+        if let Some(bytes) = self.near.map(|n| n.object(id)).transpose()?.flatten() {
+            return Ok(bytes);
+        }
+        let objects = self.record.objects.map().map_err(|why| {
+            CasError::Io(io::Error::other(format!(
+                "the object table of {}: {why}",
+                self.record.basename()
+            )))
+        })?;
+        let (pack, loc) = objects.get(id).ok_or(CasError::NotFound(*id))?;
         self.source
             .object(id, pack, loc)?
             .ok_or(CasError::NotFound(*id))
@@ -594,6 +586,7 @@ impl Default for ObjectOptions {
 
 /// A store's objects through the layers [`ObjectOptions`] asks for, with their counters.
 pub struct Objects {
+    near: Option<Arc<dyn NearSource>>,
     source: Box<dyn ObjectSource>,
     blocks: Arc<dyn BlockSource>,
     pub counters: Arc<FetchCounters>,
@@ -618,6 +611,7 @@ impl Objects {
             n => Box::new(MemoryObjects::new(packs, n).counting(counters.clone())),
         };
         Ok(Objects {
+            near: None,
             source,
             blocks,
             counters,
@@ -625,12 +619,9 @@ impl Objects {
     }
 
     /// Put a nearer source in front of the store's (e.g. the local Nix store).
-    pub fn with_near(self, near: Box<dyn ObjectSource>) -> Objects {
+    pub fn with_near(self, near: Arc<dyn NearSource>) -> Objects {
         Objects {
-            source: Box::new(Layered {
-                near,
-                far: self.source,
-            }),
+            near: Some(near),
             ..self
         }
     }
@@ -643,6 +634,7 @@ impl Objects {
     pub fn of<'a>(&'a self, record: &'a PathRecord) -> RecordObjects<'a> {
         RecordObjects {
             record,
+            near: self.near.as_deref(),
             source: &*self.source,
         }
     }
@@ -824,34 +816,83 @@ mod tests {
 
         /// A near source that has exactly one object (and says so for no other).
         struct One(ObjectId, Vec<u8>);
-        impl ObjectSource for One {
-            fn object(
-                &self,
-                id: &ObjectId,
-                _: &str,
-                _: &Location,
-            ) -> Result<Option<Vec<u8>>, CasError> {
+        impl NearSource for One {
+            fn object(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, CasError> {
                 Ok((*id == self.0).then(|| self.1.clone()))
+            }
+            fn may_have(&self, id: &ObjectId) -> bool {
+                *id == self.0
+            }
+            fn served(&self) -> (u64, u64) {
+                (0, 0)
             }
         }
         let (id, loc) = index.iter().next().unwrap();
-        let (other, other_loc) = index.iter().nth(1).unwrap();
-        let layered = Layered {
-            near: One(*id, b"near".to_vec()),
-            far: PackBlocks::new(Arc::new(Shared(far.clone())), 0),
+        let (other, _) = index.iter().nth(1).unwrap();
+        let table: crate::ObjectMap = index
+            .iter()
+            .map(|(id, loc)| (*id, ("p".to_string(), *loc)))
+            .collect();
+        let table_reads = Arc::new(AtomicU64::new(0));
+        let reads = table_reads.clone();
+        let record = record_of(
+            *id,
+            loc.size,
+            crate::Locations::deferred(move || {
+                reads.fetch_add(1, Ordering::Relaxed);
+                Ok(table.clone())
+            }),
+        );
+        let near = One(*id, b"near".to_vec());
+        let packs = PackBlocks::new(Arc::new(Shared(far.clone())), 0);
+        let mut objects = RecordObjects {
+            record: &record,
+            near: Some(&near),
+            source: &packs,
         };
         let before = far.fetches.load(Ordering::Relaxed);
-        assert_eq!(
-            layered.object(id, "p", loc).unwrap().as_deref(),
-            Some(&b"near"[..])
-        );
+        assert_eq!(objects.get(id).unwrap(), b"near");
         assert_eq!(
             far.fetches.load(Ordering::Relaxed),
             before,
             "the near hit fetched nothing"
         );
-        let got = layered.object(other, "p", other_loc).unwrap().unwrap();
+        assert_eq!(
+            table_reads.load(Ordering::Relaxed),
+            0,
+            "nor the object table"
+        );
+        let got = objects.get(other).unwrap();
         assert_eq!(ObjectId::blob(&got), *other);
         assert_eq!(far.fetches.load(Ordering::Relaxed), before + 1);
+        assert_eq!(table_reads.load(Ordering::Relaxed), 1);
+        objects.get(other).unwrap();
+        assert_eq!(
+            table_reads.load(Ordering::Relaxed),
+            1,
+            "the table is fetched once"
+        );
+    }
+
+    /// A record of one file made of the object `id`.
+    fn record_of(id: ObjectId, size: u64, objects: crate::Locations) -> PathRecord {
+        use refstrip_strip::{Manifest, Node, RefTable};
+        PathRecord {
+            manifest: Manifest {
+                store_dir: b"/nix/store".to_vec(),
+                refs: RefTable::new(b"0000000000000000000000000000000z-x", &[]).unwrap(),
+                references: Vec::new(),
+                nar_hash: [0; 32],
+                nar_size: 1 << 20,
+                info: Vec::new(),
+                root: Node::File {
+                    executable: false,
+                    size,
+                    digest: id.digest,
+                    patches: Vec::new(),
+                },
+            },
+            objects,
+        }
     }
 }

@@ -38,7 +38,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use refstrip_cas::FileSource;
 use refstrip_nix::is_hash_part;
-use refstrip_read::objects::{ObjectOptions, ObjectSource, Objects, SizedLru};
+use refstrip_read::objects::{NearSource, ObjectOptions, Objects, SizedLru};
 use refstrip_read::{PathRecord, ReadError, StoreReader};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
@@ -145,7 +145,7 @@ impl Server {
     pub fn with_near(
         store: StoreReader,
         config: Config,
-        near: Option<Box<dyn ObjectSource>>,
+        near: Option<Arc<dyn NearSource>>,
     ) -> Result<Arc<Server>, ReadError> {
         let store_dir = match &config.store_dir {
             Some(dir) => dir.clone(),
@@ -715,7 +715,8 @@ impl Drop for LoggedBody {
 
 /// Roughly the memory a decoded record takes (manifest and object map), for the record cache.
 fn record_weight(record: &PathRecord) -> u64 {
-    (256 + record.manifest_bytes.len() * 2 + record.objects.len() * 128) as u64
+    let objects = record.manifest.objects().len() + record.objects.loaded().map_or(0, |m| m.len());
+    (512 + objects * 160) as u64
 }
 
 #[cfg(test)]

@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use refstrip_backend::{
-    open_for_writing, pack_key, record_key, Backend, RequestCounts, StoreUrl, MARKER_KEY,
+    open_for_writing, pack_key, record_key, shape_key, Backend, RequestCounts, StoreUrl, MARKER_KEY,
 };
 use refstrip_cas::pack::{
     decode_index, decompress_bounded, index_range, Location, PackWriter, FOOTER_LEN,
 };
 use refstrip_cas::{CasError, ObjectId, ObjectWrite};
-use refstrip_read::{marker_contents, PathRecord, ReadError, StoreReader, Visit};
+use refstrip_read::{check_marker, marker_contents, PathRecord, ReadError, StoreReader, Visit};
 
 use crate::catalog::{Catalog, Totals};
 
@@ -35,6 +35,8 @@ pub struct GcReport {
     pub condemned_packs: u64,
     /// Staging packs left in the scratch space by killed ingests.
     pub removed_scratch_files: u64,
+    /// Shape files no remaining path names.
+    pub removed_shapes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,8 @@ pub enum StoreError {
     Url(#[from] refstrip_backend::UrlError),
     #[error(transparent)]
     Read(#[from] ReadError),
+    #[error(transparent)]
+    Open(#[from] refstrip_read::OpenError),
     #[error("catalog: {0}")]
     Catalog(#[from] rusqlite::Error),
     #[error(transparent)]
@@ -61,6 +65,9 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     reader: StoreReader,
     catalog: Mutex<Catalog>,
+    /// Objects some staging pack of this process holds, not yet sealed: every other pack leaves
+    /// them out, so concurrent workers never store an object twice (records wait for the seal).
+    claims: Mutex<HashSet<ObjectId>>,
 }
 
 /// What gc removes (or, on a dry run, would remove).
@@ -74,6 +81,8 @@ pub struct GcPlan {
     pub remove_paths: Vec<(String, String)>,
     /// `(pack id, size)` of every pack no kept path needs.
     pub remove_packs: Vec<(String, u64)>,
+    /// Shapes (hex digests) the kept paths have: other shape files go (local stores only).
+    pub keep_shapes: HashSet<String>,
 }
 
 impl Store {
@@ -82,7 +91,13 @@ impl Store {
     pub fn open(url: &str) -> Result<Store, StoreError> {
         let url = StoreUrl::parse(url)?;
         let backend: Arc<dyn Backend> = open_for_writing(&url)?.into();
-        if backend.get(MARKER_KEY, 4096)?.is_none() {
+        // A store of an older format is upgraded in place (readers take every older record
+        // version); one of a newer format is refused.
+        let marker = backend.get(MARKER_KEY, 4096)?;
+        if let Some(bytes) = &marker {
+            check_marker(&url.to_string(), bytes)?;
+        }
+        if marker.as_deref() != Some(marker_contents().as_bytes()) {
             backend.put(MARKER_KEY, marker_contents().as_bytes())?;
         }
         std::fs::create_dir_all(backend.scratch_dir())?;
@@ -104,6 +119,7 @@ impl Store {
             reader: StoreReader::from_backend(backend.clone(), url),
             backend,
             catalog: Mutex::new(catalog),
+            claims: Mutex::new(HashSet::new()),
         };
         // Other machines write to a shared store: catch up with what they added or removed.
         if store.backend.is_shared() {
@@ -141,10 +157,10 @@ impl Store {
         }
         // A record without a catalog entry was written by an ingest killed before it catalogued the
         // path; catalog it now, or stats and gc (which work from the catalog) would never see it.
-        let Some((record, size)) = self.reader.try_record(hash_part)? else {
+        let Some((record, _)) = self.reader.try_record(hash_part)? else {
             return Ok(false);
         };
-        self.catalog_record(&record, size)?;
+        self.catalog_record(&record)?;
         Ok(true)
     }
 
@@ -174,15 +190,43 @@ impl Store {
 
     /// Make a path available: write its record and catalog it. Its objects must be in sealed packs.
     /// Returns the record's size in bytes.
+    ///
+    /// Writes the shape file before the binding that names it (spec §8), so a reader that finds
+    /// the binding finds its shape. A shape file already there is kept (a mass rebuild's paths
+    /// share their predecessors'): its object table names copies of the same objects, as valid as
+    /// this record's.
     pub fn add_record(&self, record: &PathRecord) -> Result<u64, StoreError> {
-        let hash_part = String::from_utf8_lossy(&record.manifest.basename()[..32]).into_owned();
-        let bytes = record.encode();
-        self.backend.put(&record_key(&hash_part), &bytes)?;
-        self.catalog_record(record, bytes.len() as u64)?;
-        Ok(bytes.len() as u64)
+        self.write_record(record, false)
     }
 
-    fn catalog_record(&self, record: &PathRecord, record_size: u64) -> Result<(), StoreError> {
+    /// As [`add_record`](Self::add_record), rewriting the shape file too: for a writer that moved
+    /// the record's objects (its object table must name the new copies).
+    pub fn replace_record(&self, record: &PathRecord) -> Result<u64, StoreError> {
+        self.write_record(record, true)
+    }
+
+    fn write_record(&self, record: &PathRecord, replace_shape: bool) -> Result<u64, StoreError> {
+        let hash_part = record.hash_part().to_string();
+        let encoded = record.encode().map_err(|why| StoreError::BadRecord {
+            key: record_key(&hash_part),
+            why,
+        })?;
+        let shape_key = shape_key(&encoded.shape.to_hex());
+        let mut size = encoded.binding.len() as u64;
+        if replace_shape || self.backend.size(&shape_key)?.is_none() {
+            self.backend.put(&shape_key, &encoded.shape_file)?;
+            size += encoded.shape_file.len() as u64;
+        }
+        self.backend
+            .put(&record_key(&hash_part), &encoded.binding)?;
+        self.catalog_record(record)?;
+        Ok(size)
+    }
+
+    /// Catalog a path. Its record size is its binding's (format 2), whichever format its file has:
+    /// shapes are shared between paths and not counted per path.
+    fn catalog_record(&self, record: &PathRecord) -> Result<(), StoreError> {
+        let record_size = record.manifest.binding().map_or(0, |b| b.len() as u64);
         let manifest = &record.manifest;
         let hash_part = String::from_utf8_lossy(&manifest.basename()[..32]).into_owned();
         let store_path = format!(
@@ -196,7 +240,14 @@ impl Store {
             &manifest.nar_hash,
             manifest.nar_size,
             record_size,
-            record.objects.keys(),
+            record
+                .objects
+                .map()
+                .map_err(|why| StoreError::BadRecord {
+                    key: record_key(&hash_part),
+                    why,
+                })?
+                .keys(),
         )?;
         Ok(())
     }
@@ -265,8 +316,8 @@ impl Store {
         }
         for hash_part in listed.difference(&known) {
             // Listed a moment ago; gone now means a gc removed it.
-            if let Some((record, size)) = self.reader.try_record(hash_part)? {
-                self.catalog_record(&record, size)?;
+            if let Some((record, _)) = self.reader.try_record(hash_part)? {
+                self.catalog_record(&record)?;
             }
         }
         Ok(())
@@ -324,6 +375,11 @@ impl Store {
             .iter()
             .map(|r| r.hash_part().to_string())
             .collect();
+        plan.keep_shapes = closure
+            .records
+            .iter()
+            .map(|r| blake3::hash(&r.manifest.shape_body()).to_hex().to_string())
+            .collect();
         if self.backend.is_shared() {
             // Judge references by every record in the bucket now, condemned packs included.
             self.refresh_catalog(true)?;
@@ -377,6 +433,18 @@ impl Store {
                 self.backend.delete(&record_key(&hash_part))?;
                 self.catalog().remove_path(&hash_part)?;
                 report.removed_paths += 1;
+            }
+        }
+        // An ingest writes a shape file before the binding naming it, so a shape without one is
+        // garbage only while no ingest runs: true here under the lock, not on a shared store.
+        if !shared {
+            for key in self.backend.list("shapes/")? {
+                let named = key.strip_prefix("shapes/").unwrap_or_default();
+                if !plan.keep_shapes.contains(named) {
+                    report.freed_bytes += self.backend.size(&key)?.unwrap_or(0);
+                    self.backend.delete(&key)?;
+                    report.removed_shapes += 1;
+                }
             }
         }
         let unreferenced: HashSet<String> =
@@ -486,9 +554,15 @@ impl StagingPack<'_> {
             // Byte-identical to a pack gc condemned (the same objects again): now it is needed.
             self.store.backend.delete(&format!("{CONDEMNED}{id}"))?;
         }
+        // Under the claims lock, as in `has`: an object is claimed or catalogued at every moment.
+        let mut claims = self.store.claims.lock().expect("claims lock");
         self.store
             .catalog()
             .add_pack(&id, size, raw, index.iter())?;
+        for id in index.keys() {
+            claims.remove(id);
+        }
+        drop(claims);
         let (writer, path) = self.store.pack_file(self.level)?;
         self.writer = Some(writer);
         self.path = path;
@@ -510,10 +584,13 @@ impl ObjectWrite for StagingPack<'_> {
         if self.writer.as_ref().is_some_and(|w| w.contains(id)) {
             return Ok(true);
         }
-        self.store
-            .locate(id)
-            .map(|l| l.is_some())
-            .map_err(io::Error::other)
+        let mut claims = self.store.claims.lock().expect("claims lock");
+        if claims.contains(id) || self.store.locate(id).map_err(io::Error::other)?.is_some() {
+            return Ok(true);
+        }
+        // Ours to write (`FileSink` puts what `has` denies).
+        claims.insert(*id);
+        Ok(false)
     }
 
     fn put(&mut self, id: ObjectId, bytes: &[u8]) -> io::Result<()> {

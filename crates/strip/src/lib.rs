@@ -17,6 +17,7 @@
 
 mod elf;
 mod error;
+mod halves;
 mod manifest;
 mod patch;
 mod refs;
@@ -27,6 +28,7 @@ pub mod varint;
 
 pub use elf::{build_id_range, HEAD_LEN};
 pub use error::{Result, StripError};
+pub use halves::{compress_shape, inflate_shape, shape_body, Binding, BINDING_MAGIC};
 pub use manifest::{
     tree_digest, ContentDigest, Entry, Manifest, Node, MANIFEST_VERSION, MAX_NODES, MAX_PATH_LEN,
     MIN_ENTRY_NAR_BYTES,

@@ -187,15 +187,7 @@ impl Manifest {
                 supported: MANIFEST_VERSION,
             });
         }
-        let mut body = Vec::new();
-        zstd::stream::read::Decoder::new(cur.bytes)
-            .map_err(|e| bad(&format!("zstd: {e}")))?
-            .take(MAX_DECODED + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| bad(&format!("zstd: {e}")))?;
-        if body.len() as u64 > MAX_DECODED {
-            return Err(bad("decoded manifest exceeds 128 MiB"));
-        }
+        let body = inflate(cur.bytes)?;
         let mut cur = Cursor { bytes: &body };
         let truncated = || bad("truncated body");
         let store_dir = cur.bytes().ok_or_else(truncated)?.to_vec();
@@ -244,11 +236,15 @@ impl Manifest {
         }
         // Path of an entry: `<store dir>/<basename>` then `/<name>` per level.
         let base_len = (store_dir.len() + 1 + refs.basename(0).len()) as u64;
-        let mut budget = TreeBudget {
-            nodes_left: max_nodes(nar_size),
-            bytes_left: nar_size,
-        };
-        let root = decode_node(&mut cur, &refs, 0, base_len, &mut budget)?;
+        let mut budget = TreeBudget::for_nar_size(nar_size);
+        let root = decode_node(
+            &mut cur,
+            &refs,
+            0,
+            base_len,
+            &mut budget,
+            &mut literal_in_body,
+        )?;
         if !cur.bytes.is_empty() {
             return Err(bad("trailing bytes after the tree"));
         }
@@ -264,6 +260,21 @@ impl Manifest {
     }
 }
 
+/// Decompress a zstd frame of a manifest or shape body, refusing more than [`MAX_DECODED`] bytes.
+pub(crate) fn inflate(frame: &[u8]) -> Result<Vec<u8>> {
+    let bad = |what: String| StripError::BadManifest(what);
+    let mut body = Vec::new();
+    zstd::stream::read::Decoder::new(frame)
+        .map_err(|e| bad(format!("zstd: {e}")))?
+        .take(MAX_DECODED + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| bad(format!("zstd: {e}")))?;
+    if body.len() as u64 > MAX_DECODED {
+        return Err(bad("decoded manifest exceeds 128 MiB".into()));
+    }
+    Ok(body)
+}
+
 /// BLAKE3 of a normalized tree: names, modes, sizes, content digests and patch positions, with
 /// literal patches reduced to their length (their bytes are the per-build residue). Two builds that
 /// differ only in hashes (and derived fields) have the same tree digest.
@@ -274,7 +285,7 @@ pub fn tree_digest(root: &Node) -> ContentDigest {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum Literals {
+pub(crate) enum Literals {
     Bytes,
     LengthOnly,
 }
@@ -284,7 +295,7 @@ const TAG_EXECUTABLE: u64 = 1;
 const TAG_SYMLINK: u64 = 2;
 const TAG_DIRECTORY: u64 = 3;
 
-fn encode_node(out: &mut Vec<u8>, node: &Node, literals: Literals) {
+pub(crate) fn encode_node(out: &mut Vec<u8>, node: &Node, literals: Literals) {
     match node {
         Node::File {
             executable,
@@ -344,7 +355,15 @@ fn encode_patches(out: &mut Vec<u8>, patches: &[Patch], literals: Literals) {
     }
 }
 
-fn decode_patches(cur: &mut Cursor<'_>) -> Result<Vec<Patch>> {
+/// How a decoder gets a literal patch's bytes: from the body itself (version 1), or as a length
+/// whose bytes come from elsewhere (version 2's shape, the bytes being in the binding).
+pub(crate) type LiteralReader<'l> = dyn FnMut(&mut Cursor<'_>) -> Option<Vec<u8>> + 'l;
+
+fn literal_in_body(cur: &mut Cursor<'_>) -> Option<Vec<u8>> {
+    cur.bytes().map(<[u8]>::to_vec)
+}
+
+fn decode_patches(cur: &mut Cursor<'_>, literal: &mut LiteralReader<'_>) -> Result<Vec<Patch>> {
     let truncated = || StripError::BadManifest("truncated patch list".into());
     let n = cur.count().ok_or_else(truncated)?;
     let mut patches = Vec::with_capacity(n);
@@ -356,7 +375,7 @@ fn decode_patches(cur: &mut Cursor<'_>) -> Result<Vec<Patch>> {
             .ok_or_else(|| StripError::BadManifest("patch offset overflows".into()))?;
         let kind =
             match cur.varint().ok_or_else(truncated)? {
-                0 => PatchKind::Literal(cur.bytes().ok_or_else(truncated)?.to_vec()),
+                0 => PatchKind::Literal(literal(cur).ok_or_else(truncated)?),
                 k => PatchKind::Ref(u32::try_from(k - 1).map_err(|_| {
                     StripError::UnknownReference {
                         index: k - 1,
@@ -373,13 +392,22 @@ fn decode_patches(cur: &mut Cursor<'_>) -> Result<Vec<Patch>> {
     Ok(patches)
 }
 
+impl TreeBudget {
+    pub(crate) fn for_nar_size(nar_size: u64) -> Self {
+        TreeBudget {
+            nodes_left: max_nodes(nar_size),
+            bytes_left: nar_size,
+        }
+    }
+}
+
 fn max_nodes(nar_size: u64) -> u64 {
     (nar_size / MIN_ENTRY_NAR_BYTES + 1).min(MAX_NODES)
 }
 
 /// Narinfo lines kept in a manifest go back into narinfos and Nix's database: they must be single
 /// lines, and the fields Nix interprets must be what Nix would accept.
-fn check_info(key: &str, value: &str) -> Result<()> {
+pub(crate) fn check_info(key: &str, value: &str) -> Result<()> {
     let bad = |what: String| Err(StripError::BadManifest(what));
     // Exactly what NarInfo::parse can have produced: a non-empty name without ':', one line.
     if key.is_empty() || key.contains([':', '\n']) || value.contains('\n') {
@@ -397,7 +425,7 @@ fn check_info(key: &str, value: &str) -> Result<()> {
 }
 
 /// What is left of a manifest's allowance while its tree is decoded.
-struct TreeBudget {
+pub(crate) struct TreeBudget {
     nodes_left: u64,
     /// NAR bytes left for file contents and symlink targets.
     bytes_left: u64,
@@ -419,12 +447,13 @@ impl TreeBudget {
     }
 }
 
-fn decode_node(
+pub(crate) fn decode_node(
     cur: &mut Cursor<'_>,
     refs: &RefTable,
     depth: usize,
     path_len: u64,
     budget: &mut TreeBudget,
+    literal: &mut LiteralReader<'_>,
 ) -> Result<Node> {
     let bad = |what: &str| StripError::BadManifest(what.to_string());
     if depth > refstrip_nar::MAX_DEPTH {
@@ -442,7 +471,7 @@ fn decode_node(
                     .try_into()
                     .expect("32 bytes"),
             );
-            let patches = decode_patches(cur)?;
+            let patches = decode_patches(cur, literal)?;
             validate(&patches, size, refs, "file")?;
             Node::File {
                 executable: tag == TAG_EXECUTABLE,
@@ -457,7 +486,7 @@ fn decode_node(
                 return Err(bad("symlink target too long"));
             }
             budget.bytes(target.len() as u64)?;
-            let patches = decode_patches(cur)?;
+            let patches = decode_patches(cur, literal)?;
             validate(&patches, target.len() as u64, refs, "symlink target")?;
             Node::Symlink { target, patches }
         }
@@ -466,7 +495,7 @@ fn decode_node(
             let mut entries = Vec::with_capacity(n);
             for _ in 0..n {
                 let name = cur.bytes().ok_or_else(truncated)?.to_vec();
-                let name_patches = decode_patches(cur)?;
+                let name_patches = decode_patches(cur, literal)?;
                 validate(&name_patches, name.len() as u64, refs, "entry name")?;
                 // The name restore will create, checked as the NAR reader checks names.
                 let real = apply_all(&name, &name_patches, refs);
@@ -480,7 +509,7 @@ fn decode_node(
                 if child_len > MAX_PATH_LEN {
                     return Err(bad("an entry's path would exceed PATH_MAX"));
                 }
-                let node = decode_node(cur, refs, depth + 1, child_len, budget)?;
+                let node = decode_node(cur, refs, depth + 1, child_len, budget, literal)?;
                 entries.push(Entry {
                     name,
                     name_patches,

@@ -6,7 +6,8 @@ use std::io::BufReader;
 use proptest::prelude::*;
 use refstrip_nar::NarWriter;
 use refstrip_strip::{
-    restore_nar, strip, Manifest, MemoryStore, Node, RefTable, StripOptions, PLACEHOLDER,
+    restore_nar, strip, Binding, ContentDigest, Manifest, MemoryStore, Node, RefTable,
+    StripOptions, PLACEHOLDER,
 };
 use sha2::{Digest, Sha256};
 
@@ -143,7 +144,19 @@ fn strip_with_capacity(nar: &[u8], refs: &RefTable, capacity: usize) -> (Manifes
         references: refs.basenames()[1..].to_vec(),
         nar_hash: s.nar_hash,
         nar_size: s.nar_size,
-        info: vec![("Sig".into(), "k:abc".into())],
+        // One line of each encoding a version 2 binding has: a Deriver sharing the path's name, a
+        // signature of 64 bytes, and anything else verbatim.
+        info: vec![
+            (
+                "Deriver".into(),
+                format!("{}-pkg0.drv", String::from_utf8_lossy(refs.hash_part(0))),
+            ),
+            (
+                "Sig".into(),
+                format!("cache-1:{}", "AQID".repeat(21) + "AQ=="),
+            ),
+            ("Sig".into(), "k:abc".into()),
+        ],
         root: s.root,
     };
     (manifest, store)
@@ -183,6 +196,11 @@ proptest! {
 
         let decoded = Manifest::decode(&manifest.encode()).unwrap();
         prop_assert_eq!(&decoded, &manifest);
+        // Version 2: the two halves join into the same manifest.
+        let binding = Binding::decode(&manifest.binding().unwrap()).unwrap();
+        prop_assert_eq!(binding.shape, ContentDigest::of(&manifest.shape_body()));
+        let joined = Manifest::from_halves(&manifest.shape_body(), &binding).unwrap();
+        prop_assert_eq!(&joined, &manifest);
         let mut out = Vec::new();
         let digest = restore_nar(&decoded, &mut store, &mut out).unwrap();
         prop_assert_eq!(digest.size, nar.len() as u64);
@@ -204,6 +222,8 @@ proptest! {
         let (m2, s2) = strip_with_capacity(&nar_of(&t, &new), &table(&new), 64);
         prop_assert_eq!(&m1.root, &m2.root);
         prop_assert_eq!(s1.objects, s2.objects);
+        // So their version 2 shapes are one object.
+        prop_assert_eq!(m1.shape_body(), m2.shape_body());
     }
 }
 

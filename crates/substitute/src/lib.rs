@@ -43,9 +43,7 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 use refstrip_cas::FileSource;
 use refstrip_nix::{signature, PublicKey};
-use refstrip_read::objects::{
-    blocks_of, BlockKey, FetchCounters, NearSource, ObjectOptions, Objects,
-};
+use refstrip_read::objects::{blocks_of, FetchCounters, NearSource, ObjectOptions, Objects};
 use refstrip_read::{PathRecord, ReadError, StoreReader, Visit};
 use refstrip_strip::ContentDigest;
 
@@ -248,23 +246,16 @@ fn substitute_in_pool(
         .objects(&opts.objects)
         .map_err(io_err("opening the object cache"))?;
     let near_before = opts.near.as_ref().map(|n| n.served());
-    let blocks = match &opts.near {
-        None => blocks_of(plan.iter().map(|p| &p.record)),
-        Some(near) => {
-            objects = objects.with_near(Box::new(near.clone()));
-            // Only the blocks of objects the near source cannot give; one it turns out not to
-            // have after all is fetched when read.
-            let mut blocks: Vec<BlockKey> = plan
-                .iter()
-                .flat_map(|p| p.record.objects.iter())
-                .filter(|(id, _)| !near.may_have(id))
-                .map(|(_, (pack, loc))| BlockKey::of(pack, loc))
-                .collect();
-            blocks.sort();
-            blocks.dedup();
-            blocks
-        }
-    };
+    // Only the blocks of objects the near source cannot give (one it turns out not to have after
+    // all is fetched when read); a record's object table is fetched only if it has such objects.
+    if let Some(near) = &opts.near {
+        objects = objects.with_near(near.clone());
+    }
+    let near = opts.near.clone();
+    let blocks = blocks_of(plan.iter().map(|p| &p.record), |id| {
+        near.as_ref().is_none_or(|n| !n.may_have(id))
+    })
+    .map_err(|why| io_err("reading object tables")(io::Error::other(why)))?;
     opts.progress.set_length(total_nar);
     opts.progress.set_message("fetching");
     objects
