@@ -282,3 +282,29 @@ pub fn edit_objects(
     edit(&mut map);
     record.objects = map.into();
 }
+
+/// Bytes of every NAR of a generation compressed with xz at Nix's level (6): the NAR+xz baseline.
+pub fn xz_bytes(generation: &str) -> u64 {
+    let source = refstrip_source::open_source(
+        generation_dir(generation).to_str().unwrap(),
+        refstrip_nix::StoreDir::default(),
+    )
+    .unwrap();
+    source
+        .list()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let mut nar = Vec::new();
+            use std::io::Read;
+            source
+                .nar(&source.narinfo(p).unwrap())
+                .unwrap()
+                .read_to_end(&mut nar)
+                .unwrap();
+            let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+            e.write_all(&nar).unwrap();
+            e.finish().unwrap().len() as u64
+        })
+        .sum()
+}

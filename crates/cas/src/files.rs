@@ -129,6 +129,15 @@ pub struct FileSource<'r, R: ObjectRead + ?Sized> {
     store: &'r mut R,
 }
 
+/// The object a normalized file of `size` bytes with content digest `digest` is stored as: its blob,
+/// or for a large file its chunk list (spec §5).
+pub fn file_object(digest: &ContentDigest, size: u64) -> ObjectId {
+    match size <= CHUNK_THRESHOLD as u64 {
+        true => ObjectId::new(Kind::Blob, *digest),
+        false => ObjectId::new(Kind::ChunkList, *digest),
+    }
+}
+
 impl<'r, R: ObjectRead + ?Sized> FileSource<'r, R> {
     pub fn new(store: &'r mut R) -> Self {
         FileSource { store }
@@ -137,11 +146,11 @@ impl<'r, R: ObjectRead + ?Sized> FileSource<'r, R> {
 
 impl<R: ObjectRead + ?Sized> ContentSource for FileSource<'_, R> {
     fn open(&mut self, digest: &ContentDigest, size: u64) -> io::Result<Box<dyn Read + '_>> {
-        if size <= CHUNK_THRESHOLD as u64 {
-            let bytes = self.store.get(&ObjectId::new(Kind::Blob, *digest))?;
+        let id = file_object(digest, size);
+        if id.kind == Kind::Blob {
+            let bytes = self.store.get(&id)?;
             return Ok(Box::new(io::Cursor::new(bytes)));
         }
-        let id = ObjectId::new(Kind::ChunkList, *digest);
         let list = self.store.get(&id)?;
         let chunks = decode_chunk_list(&list).ok_or_else(|| {
             io::Error::from(CasError::Corrupt {

@@ -20,5 +20,5 @@ pub mod pack;
 
 pub use chunk::{Chunker, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, CHUNK_THRESHOLD};
 pub use error::CasError;
-pub use files::{decode_chunk_list, FileSink, FileSource, ObjectRead, ObjectWrite};
+pub use files::{decode_chunk_list, file_object, FileSink, FileSource, ObjectRead, ObjectWrite};
 pub use id::{Kind, ObjectId};

@@ -99,6 +99,8 @@ pub struct StoreReader {
     near_shapes: Option<Arc<dyn ShapeSource>>,
     /// Shape bodies with their object tables (known, or fetched when first used).
     shapes: Mutex<objects::SizedLru<ContentDigest, KnownShape>>,
+    /// Bytes of shape files read later for their object tables (see [`Locations`]).
+    deferred_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A shape's body and its object table (known, or fetched when first used).
@@ -193,6 +195,7 @@ impl StoreReader {
             store_dir: None,
             near_shapes: None,
             shapes: Mutex::new(objects::SizedLru::new(SHAPE_MEMORY)),
+            deferred_bytes: Arc::default(),
         }
     }
 
@@ -293,11 +296,13 @@ impl StoreReader {
         if let Some(body) = near {
             let body = Arc::new(body);
             let (backend, store, key) = (self.backend.clone(), self.describe(), key.clone());
+            let counted = self.deferred_bytes.clone();
             let objects = Locations::deferred(move || {
                 let bytes = backend
                     .get(&key, MAX_RECORD_BYTES)
                     .map_err(|e| format!("reading {key} from {store}: {e}"))?
                     .ok_or_else(|| format!("{key} is not in {store}"))?;
+                counted.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 ShapeFile::decode_objects(&bytes).map_err(|e| format!("{key} in {store}: {e}"))
             });
             self.remember_shape(digest, &body, &objects);
@@ -335,6 +340,13 @@ impl StoreReader {
             (body.clone(), objects.clone()),
             2 * body.len() as u64,
         );
+    }
+
+    /// Bytes of shape files read so far only for their object tables: a record whose shape came
+    /// from near by reads its shape file when an object is missing there.
+    pub fn deferred_bytes(&self) -> u64 {
+        self.deferred_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Like [`try_record`](Self::try_record), with a missing record an error.

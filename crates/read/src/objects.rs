@@ -56,10 +56,12 @@ pub fn blocks_of<'r>(
 ) -> Result<Vec<BlockKey>, String> {
     let mut blocks = Vec::new();
     for r in records {
-        if !r.manifest.objects().iter().any(|(d, _)| {
-            wanted(&ObjectId::new(refstrip_cas::Kind::Blob, *d))
-                || wanted(&ObjectId::new(refstrip_cas::Kind::ChunkList, *d))
-        }) {
+        if !r
+            .manifest
+            .objects()
+            .iter()
+            .any(|(digest, size)| wanted(&refstrip_cas::file_object(digest, *size)))
+        {
             continue;
         }
         for (id, (pack, loc)) in r.objects.map()? {

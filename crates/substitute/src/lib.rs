@@ -356,6 +356,7 @@ fn substitute_in_pool(
     report.fetched_block_bytes = FetchCounters::get(&counters.fetched_bytes);
     report.reused_blocks = FetchCounters::get(&counters.reused_blocks);
     report.reused_bytes = FetchCounters::get(&counters.reused_bytes);
+    report.record_bytes += store.deferred_bytes();
     report.fetched_bytes = report.record_bytes + report.fetched_block_bytes;
     if let (Some(near), Some((objects, bytes))) = (&opts.near, near_before) {
         let (o, b) = near.served();
