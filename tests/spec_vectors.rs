@@ -95,6 +95,9 @@ fn vector(generation: &str, package: (&str, &str)) -> Value {
         "tree_digest": tree_digest(&manifest.root).to_hex(),
         "entries": list,
         "manifest_body_hex": hex(&manifest.body()),
+        "shape_body_hex": hex(&manifest.shape_body()),
+        "shape_digest": refstrip_strip::ContentDigest::of(&manifest.shape_body()).to_hex(),
+        "binding_hex": hex(&manifest.binding().unwrap()),
     })
 }
 
@@ -134,5 +137,8 @@ fn mass_rebuild_vector_differs_from_gen1_only_in_hashes() {
     let a = vector("gen1", ("lua", "out"));
     let b = vector("mass", ("lua", "out"));
     assert_eq!(a["tree_digest"], b["tree_digest"]);
+    // Format 2: one shape for both, two bindings.
+    assert_eq!(a["shape_digest"], b["shape_digest"]);
+    assert_ne!(a["binding_hex"], b["binding_hex"]);
     assert_ne!(a["input"]["nar_sha256"], b["input"]["nar_sha256"]);
 }
