@@ -44,6 +44,8 @@ const SHAPE_MEMORY: u64 = 32 << 20;
 pub trait ShapeSource: Send + Sync {
     /// The body of the shape with this digest, if known here (the reader checks the digest).
     fn shape(&self, digest: &ContentDigest) -> Option<Vec<u8>>;
+    /// Offered every shape the reader fetched from the store (a cache keeps it).
+    fn keep(&self, _digest: &ContentDigest, _body: &[u8]) {}
 }
 
 /// The contents of a store's marker file ([`MARKER_KEY`]) for [`STORE_FORMAT`].
@@ -96,7 +98,8 @@ pub struct StoreReader {
     backend: Arc<dyn Backend>,
     url: StoreUrl,
     store_dir: Option<String>,
-    near_shapes: Option<Arc<dyn ShapeSource>>,
+    /// Where shapes are looked for before the store: the local Nix store, the disk cache.
+    near_shapes: Mutex<Vec<Arc<dyn ShapeSource>>>,
     /// Shape bodies with their object tables (known, or fetched when first used).
     shapes: Mutex<objects::SizedLru<ContentDigest, KnownShape>>,
     /// Bytes of shape files read later for their object tables (see [`Locations`]).
@@ -193,15 +196,18 @@ impl StoreReader {
             backend,
             url,
             store_dir: None,
-            near_shapes: None,
+            near_shapes: Mutex::default(),
             shapes: Mutex::new(objects::SizedLru::new(SHAPE_MEMORY)),
             deferred_bytes: Arc::default(),
         }
     }
 
     /// Look for shapes in `near` before fetching them from the store.
-    pub fn with_near_shapes(mut self, near: Arc<dyn ShapeSource>) -> Self {
-        self.near_shapes = Some(near);
+    pub fn with_near_shapes(self, near: Arc<dyn ShapeSource>) -> Self {
+        self.near_shapes
+            .lock()
+            .expect("shape sources lock")
+            .push(near);
         self
     }
 
@@ -228,9 +234,17 @@ impl StoreReader {
         &*self.backend
     }
 
-    /// The store's objects through the layers `opts` asks for.
+    /// The store's objects through the layers `opts` asks for. Their disk cache, if any, keeps
+    /// the shapes this reader fetches as well.
     pub fn objects(&self, opts: &objects::ObjectOptions) -> io::Result<objects::Objects> {
-        objects::Objects::new(self.backend.clone(), opts)
+        let objects = objects::Objects::new(self.backend.clone(), opts)?;
+        if let Some(cache) = objects.disk_cache() {
+            self.near_shapes
+                .lock()
+                .expect("shape sources lock")
+                .push(cache);
+        }
+        Ok(objects)
     }
 
     /// The record of the path with hash part `hash_part` and its size in bytes, with every check
@@ -288,11 +302,11 @@ impl StoreReader {
         if let Some((body, objects)) = self.shapes.lock().expect("shape cache lock").get(digest) {
             return Ok((body, objects, 0));
         }
-        let near = self
-            .near_shapes
-            .as_ref()
-            .and_then(|near| near.shape(digest))
-            .filter(|body| ContentDigest::of(body) == *digest);
+        let sources = self.near_shapes.lock().expect("shape sources lock").clone();
+        let near = sources
+            .iter()
+            .filter_map(|source| source.shape(digest))
+            .find(|body| ContentDigest::of(body) == *digest);
         if let Some(body) = near {
             let body = Arc::new(body);
             let (backend, store, key) = (self.backend.clone(), self.describe(), key.clone());
@@ -327,6 +341,9 @@ impl StoreReader {
             store: self.describe(),
             why,
         })?;
+        for source in self.near_shapes.lock().expect("shape sources lock").iter() {
+            source.keep(digest, &file.body);
+        }
         let body = Arc::new(file.body);
         let objects = Locations::from(file.objects);
         self.remember_shape(digest, &body, &objects);

@@ -206,12 +206,20 @@ impl DiskCache {
     }
 
     fn keep(&self, key: &BlockKey, bytes: &[u8]) -> io::Result<()> {
-        let path = self.file(key);
+        self.keep_file(&self.file(key), bytes)
+    }
+
+    fn shape_file(&self, digest: &refstrip_strip::ContentDigest) -> PathBuf {
+        self.dir.join("blocks").join("shapes").join(digest.to_hex())
+    }
+
+    fn keep_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         fs::create_dir_all(path.parent().expect("has a parent"))?;
         let tmp = tempfile::NamedTempFile::new_in(self.dir.join("tmp"))?;
         fs::write(tmp.path(), bytes)?;
-        tmp.persist(&path).map_err(|e| e.error)?;
-        let used = self.used.fetch_add(key.len, Ordering::Relaxed) + key.len;
+        tmp.persist(path).map_err(|e| e.error)?;
+        let len = bytes.len() as u64;
+        let used = self.used.fetch_add(len, Ordering::Relaxed) + len;
         if used > self.cap {
             self.evict()?;
         }
@@ -258,6 +266,28 @@ fn cached_blocks(dir: &Path) -> io::Result<Vec<(PathBuf, u64, SystemTime)>> {
         }
     }
     Ok(out)
+}
+
+/// Shapes (spec §8) are kept beside the blocks as `blocks/shapes/<hex>` (zstd), counted against the
+/// same cap and evicted by the same rule.
+impl crate::ShapeSource for DiskCache {
+    fn shape(&self, digest: &refstrip_strip::ContentDigest) -> Option<Vec<u8>> {
+        let path = self.shape_file(digest);
+        let frame = fs::read(&path).ok()?;
+        let _ = File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(SystemTime::now()));
+        refstrip_strip::inflate_shape(&frame).ok()
+    }
+
+    fn keep(&self, digest: &refstrip_strip::ContentDigest, body: &[u8]) {
+        // A cache that cannot keep a shape only costs a later fetch.
+        let _ = self.keep_file(
+            &self.shape_file(digest),
+            &refstrip_strip::compress_shape(body),
+        );
+    }
 }
 
 impl BlockSource for DiskCache {
@@ -589,6 +619,7 @@ impl Default for ObjectOptions {
 /// A store's objects through the layers [`ObjectOptions`] asks for, with their counters.
 pub struct Objects {
     near: Option<Arc<dyn NearSource>>,
+    disk: Option<Arc<DiskCache>>,
     source: Box<dyn ObjectSource>,
     blocks: Arc<dyn BlockSource>,
     pub counters: Arc<FetchCounters>,
@@ -598,14 +629,17 @@ impl Objects {
     pub fn new(backend: Arc<dyn Backend>, opts: &ObjectOptions) -> io::Result<Objects> {
         let counters = Arc::new(FetchCounters::default());
         let far = Box::new(BackendBlocks::new(backend, counters.clone()));
-        let blocks: Arc<dyn BlockSource> = match &opts.cache_dir {
-            Some(dir) => Arc::new(DiskCache::open(
-                dir,
-                opts.cache_bytes,
-                far,
-                counters.clone(),
-            )?),
-            None => Arc::from(far as Box<dyn BlockSource>),
+        let (disk, blocks): (_, Arc<dyn BlockSource>) = match &opts.cache_dir {
+            Some(dir) => {
+                let disk = Arc::new(DiskCache::open(
+                    dir,
+                    opts.cache_bytes,
+                    far,
+                    counters.clone(),
+                )?);
+                (Some(disk.clone()), disk)
+            }
+            None => (None, Arc::from(far as Box<dyn BlockSource>)),
         };
         let packs = PackBlocks::new(blocks.clone(), opts.block_memory);
         let source: Box<dyn ObjectSource> = match opts.object_memory {
@@ -614,10 +648,16 @@ impl Objects {
         };
         Ok(Objects {
             near: None,
+            disk,
             source,
             blocks,
             counters,
         })
+    }
+
+    /// The disk cache, as a cache of shapes too.
+    pub fn disk_cache(&self) -> Option<Arc<dyn crate::ShapeSource>> {
+        self.disk.clone().map(|d| d as Arc<dyn crate::ShapeSource>)
     }
 
     /// Put a nearer source in front of the store's (e.g. the local Nix store).

@@ -255,6 +255,12 @@ impl Catalog {
         })
     }
 
+    /// Stored copies of objects, counting an object in two packs twice (ingest stores one).
+    pub fn object_copies(&self) -> rusqlite::Result<u64> {
+        self.db
+            .query_row("SELECT COUNT(*) FROM objects", [], |r| r.get(0))
+    }
+
     /// Forget everything (before a rebuild).
     pub fn clear(&mut self) -> rusqlite::Result<()> {
         self.db.execute_batch(

@@ -173,6 +173,10 @@ fn substitute_in_pool(
     }
     let mut report = Report::default();
     let mut db = NixDb::open(&opts.root, &opts.store_dir)?;
+    // Opened before the records are read: its disk cache keeps their shapes too.
+    let mut objects = store
+        .objects(&opts.objects)
+        .map_err(io_err("opening the object cache"))?;
 
     // 1. Plan: the closure, minus what is valid already. The reader checks every record (filed
     // under its own hash, in this store directory, within its limits).
@@ -242,9 +246,6 @@ fn substitute_in_pool(
     };
 
     // 4. Fetch the missing blocks.
-    let mut objects = store
-        .objects(&opts.objects)
-        .map_err(io_err("opening the object cache"))?;
     let near_before = opts.near.as_ref().map(|n| n.served());
     // Only the blocks of objects the near source cannot give (one it turns out not to have after
     // all is fetched when read); a record's object table is fetched only if it has such objects.
