@@ -393,8 +393,9 @@ fn raw_pass(
     Ok(())
 }
 
-/// Strip the NAR; the file meter sees the normalized contents, and the manifest is a unit too (a
-/// client needs it to restore the path).
+/// Strip the NAR; the file meter sees the normalized contents, and the path's format 2 record is
+/// two units (a client needs both to restore the path, spec §8): its binding, and its shape, which
+/// a client that has the shape of the path's predecessor (a mass rebuild) does not download again.
 fn strip_pass(
     source: &dyn NarSource,
     info: &NarInfo,
@@ -404,26 +405,30 @@ fn strip_pass(
 ) -> Result<(), SavingsError> {
     let what = info.store_path.to_string();
     let manifest = refstrip_read::pathinfo::strip_nar(source.nar(info)?, info, options, &mut files)
-        .map_err(|e| SavingsError::invalid(&what, e.to_string()))?
-        .encode();
-    let key = *blake3::hash(&manifest).as_bytes();
+        .map_err(|e| SavingsError::invalid(&what, e.to_string()))?;
+    let binding = manifest
+        .binding()
+        .map_err(|e| SavingsError::invalid(&what, e.to_string()))?;
+    let shape = manifest.shape_body();
     let [plain, _, zstd, cdc] = files.methods;
-    let zstd_size = if files.sizes {
-        files
-            .cache
-            .size_of(Codec::Zstd, &key, &manifest)
-            .map_err(io_err("manifest"))?
-    } else {
-        0
-    };
-    let raw_size = if files.sizes {
-        manifest.len() as u64
-    } else {
-        0
-    };
-    for (m, size) in [(plain, raw_size), (zstd, zstd_size), (cdc, zstd_size)] {
-        if let Some(m) = m {
-            files.units[m.index()].push((key, size));
+    for unit in [binding, shape] {
+        let key = *blake3::hash(&unit).as_bytes();
+        // A binding is hashes and numbers: it is sent as it is.
+        let compressed = if !files.sizes {
+            0
+        } else if unit.starts_with(refstrip_strip::BINDING_MAGIC) {
+            unit.len() as u64
+        } else {
+            files
+                .cache
+                .size_of(Codec::Zstd, &key, &unit)
+                .map_err(io_err("shape"))?
+        };
+        let raw = if files.sizes { unit.len() as u64 } else { 0 };
+        for (m, size) in [(plain, raw), (zstd, compressed), (cdc, compressed)] {
+            if let Some(m) = m {
+                files.units[m.index()].push((key, size));
+            }
         }
     }
     files.merge_into(units);
