@@ -7,7 +7,8 @@
 //! ```text
 //! refstrip-store                     marker: this is a normalized store, and its format version
 //! packs/<BLAKE3 of the pack>.pack    objects (spec/normalized-format.md §6)
-//! paths/<hash part>                  one path record per store path
+//! paths/<hash part>                  one path record per store path (format 2: a binding)
+//! shapes/<BLAKE3 of the shape>       format 2 shapes with their object tables (spec §8)
 //! catalog.sqlite                     local cache of the above (directory stores only; for s3:// it is
 //!                                    in a local cache directory keyed by the URL)
 //! gc/condemned/<pack id>             s3:// only: packs gc found unreferenced, deleted by a later gc
