@@ -23,7 +23,7 @@ pub const PACK_TARGET: u64 = 64 << 20;
 
 /// Where gc on a shared store marks packs it found unreferenced (one empty-ish object per pack,
 /// holding the Unix time of condemnation); a later gc deletes them once the grace period is over.
-const CONDEMNED: &str = "gc/condemned/";
+pub(crate) const CONDEMNED: &str = "gc/condemned/";
 
 /// What [`Store::gc`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub enum StoreError {
 }
 
 pub struct Store {
-    backend: Arc<dyn Backend>,
+    pub(crate) backend: Arc<dyn Backend>,
     reader: StoreReader,
     catalog: Mutex<Catalog>,
 }
@@ -219,12 +219,14 @@ impl Store {
     /// Bring the catalog in line with the store's listing: catalog packs and records it lacks,
     /// forget those deleted since (by gc, maybe on another machine). Packs condemned by gc are
     /// left out unless `with_condemned`, so ingests never reuse their objects.
-    fn refresh_catalog(&self, with_condemned: bool) -> Result<(), StoreError> {
-        let condemned: HashSet<String> = if with_condemned {
+    pub(crate) fn refresh_catalog(&self, with_condemned: bool) -> Result<(), StoreError> {
+        let mut condemned: HashSet<String> = if with_condemned {
             HashSet::new()
         } else {
             self.condemned()?.into_iter().collect()
         };
+        // Packs repack replaced are never catalogued again: no new record may point into them.
+        condemned.extend(crate::repack::retired(&*self.backend)?);
         let listed: HashSet<String> = self
             .backend
             .list("packs/")?
@@ -273,7 +275,7 @@ impl Store {
     }
 
     /// Ids of the packs gc has condemned.
-    fn condemned(&self) -> Result<Vec<String>, StoreError> {
+    pub(crate) fn condemned(&self) -> Result<Vec<String>, StoreError> {
         Ok(self
             .backend
             .list(CONDEMNED)?
@@ -292,7 +294,7 @@ impl Store {
         Ok(file)
     }
 
-    fn lock_file(&self) -> Result<File, StoreError> {
+    pub(crate) fn lock_file(&self) -> Result<File, StoreError> {
         let path = self.backend.catalog_path().with_extension("lock");
         Ok(File::options()
             .create(true)
