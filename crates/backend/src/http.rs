@@ -45,6 +45,10 @@ impl Default for HttpTimeouts {
 pub struct Http {
     base: String,
     agent: ureq::Agent,
+    /// Whether the origin honours `Range`, once its first answer to a ranged GET told: held while
+    /// that first request runs, so that parallel block fetches wait for it instead of each
+    /// downloading a whole pack from an origin that ignores ranges.
+    range_support: Mutex<Option<bool>>,
     /// The origin answered a ranged GET with the whole file (reported once).
     ignores_range: AtomicBool,
     /// Whole files such an origin sent, by key, kept (unlinked) for the rest of the run. One slot
@@ -65,14 +69,10 @@ impl Http {
         Http {
             base: base.trim_end_matches('/').to_string(),
             agent: config.into(),
+            range_support: Mutex::new(None),
             ignores_range: AtomicBool::new(false),
             whole: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// Whether the origin was found to ignore `Range`.
-    pub fn ignores_range(&self) -> bool {
-        self.ignores_range.load(Ordering::Relaxed)
     }
 
     /// `len` bytes at `offset` of `key` from the origin (a ranged GET); `whole` is filled instead
@@ -123,7 +123,10 @@ impl Http {
             if declared.is_some_and(|n| n != copied) {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("{url}: {copied} bytes of the {} announced", declared.unwrap_or(0)),
+                    format!(
+                        "{url}: {copied} bytes of the {} announced",
+                        declared.unwrap_or(0)
+                    ),
                 ));
             }
             file.flush()?;
@@ -255,15 +258,21 @@ impl Backend for Http {
                 format!("{url}: range of {len} bytes is too large"),
             ));
         }
-        if !self.ignores_range() {
+        let mut support = self.range_support.lock().expect("range support");
+        if support.is_none() {
+            // The first ranged GET: find out, while the others wait.
             let mut whole = None;
             let out = self.fetch_range(key, offset, len, &mut whole)?;
+            *support = Some(whole.is_none());
             if let Some(file) = whole {
-                let slot = self.slot(key);
-                let mut slot = slot.lock().expect("whole-file slot");
-                slot.get_or_insert(file);
+                *self.slot(key).lock().expect("whole-file slot") = Some(file);
             }
             return Ok(out);
+        }
+        let honours = *support == Some(true);
+        drop(support);
+        if honours {
+            return self.fetch_range(key, offset, len, &mut None);
         }
         // The origin sends whole files: read this one from the copy kept, downloading it once.
         let slot = self.slot(key);

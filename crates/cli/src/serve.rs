@@ -56,6 +56,9 @@ pub struct ServeArgs {
     /// Memory for verified file objects shared by all downloads, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     object_cache_mib: usize,
+    /// Memory for decoded pack blocks shared by all downloads, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    block_cache_mib: u64,
     /// Keep pack blocks fetched from the store in this directory (for a store behind HTTP or S3,
     /// e.g. serve as a machine's local substituter); shared with `refstrip substitute` and `mount`,
     /// safe for several processes [default: no disk cache].
@@ -150,6 +153,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         record_cache_bytes: args.record_cache_mib << 20,
         objects: refstrip_read::objects::ObjectOptions {
             object_memory: (args.object_cache_mib as u64) << 20,
+            block_memory: args.block_cache_mib << 20,
             cache_dir: args.cache,
             cache_bytes: args.cache_size,
             ..Default::default()

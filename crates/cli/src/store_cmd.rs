@@ -378,8 +378,12 @@ pub fn gc_cmd(args: GcArgs) -> anyhow::Result<()> {
         keep_newest: args.keep_newest,
     };
     // Keep the closures of everything a policy names, as Nix keeps the closure of its GC roots.
-    let retained =
-        store.retention_plan(&retention, &served, std::time::SystemTime::now(), args.force)?;
+    let retained = store.retention_plan(
+        &retention,
+        &served,
+        std::time::SystemTime::now(),
+        args.force,
+    )?;
     let plan = &retained.plan;
     for missing in &plan.missing_roots {
         eprintln!("refstrip: warning: {missing} is not in the store (--force: gc goes on)");
@@ -458,7 +462,11 @@ pub fn repack_cmd(args: RepackArgs) -> anyhow::Result<()> {
         level: args.level,
         dry_run: args.dry_run,
     })?;
-    let verb = if args.dry_run { "would rewrite" } else { "rewrote" };
+    let verb = if args.dry_run {
+        "would rewrite"
+    } else {
+        "rewrote"
+    };
     for pack in &report.repacked {
         println!(
             "{verb} pack {} ({}, {:.1} % live: {} objects)",

@@ -569,12 +569,14 @@ fn restore_to_channel(
         let failed = |e: refstrip_strip::StripError| e.to_string();
         match (compression, range) {
             (Compression::None, None) => {
-                refstrip_strip::restore(manifest, &mut source, &mut out, &mut ()).map_err(failed)?;
+                refstrip_strip::restore(manifest, &mut source, &mut out, &mut ())
+                    .map_err(failed)?;
             }
             // The whole NAR is restored (and checked), only the range is passed on.
             (Compression::None, Some((start, end))) => {
                 let mut part = range::RangeWriter::new(&mut out, start, end, nar_size);
-                refstrip_strip::restore(manifest, &mut source, &mut part, &mut ()).map_err(failed)?;
+                refstrip_strip::restore(manifest, &mut source, &mut part, &mut ())
+                    .map_err(failed)?;
             }
             (Compression::Zstd, _) => {
                 let mut encoder = zstd::stream::write::Encoder::new(&mut out, level)

@@ -123,11 +123,35 @@ mod tests {
         let len = 1000;
         for (value, want) in [
             ("bytes=0-99", Bytes { start: 0, end: 99 }),
-            ("bytes=100-", Bytes { start: 100, end: 999 }),
-            ("bytes=-10", Bytes { start: 990, end: 999 }),
+            (
+                "bytes=100-",
+                Bytes {
+                    start: 100,
+                    end: 999,
+                },
+            ),
+            (
+                "bytes=-10",
+                Bytes {
+                    start: 990,
+                    end: 999,
+                },
+            ),
             ("bytes=-5000", Bytes { start: 0, end: 999 }),
-            ("bytes=900-5000", Bytes { start: 900, end: 999 }),
-            ("bytes=999-999", Bytes { start: 999, end: 999 }),
+            (
+                "bytes=900-5000",
+                Bytes {
+                    start: 900,
+                    end: 999,
+                },
+            ),
+            (
+                "bytes=999-999",
+                Bytes {
+                    start: 999,
+                    end: 999,
+                },
+            ),
             (" bytes=5-6 ", Bytes { start: 5, end: 6 }),
             ("bytes=1000-", Unsatisfiable),
             ("bytes=2000-3000", Unsatisfiable),

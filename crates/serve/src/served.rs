@@ -34,7 +34,9 @@ pub struct ServedLog {
 }
 
 fn unix(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 impl ServedLog {
@@ -42,9 +44,8 @@ impl ServedLog {
     /// background thread for as long as the log lives.
     pub fn open(dir: &Path) -> io::Result<Arc<ServedLog>> {
         std::fs::create_dir_all(dir)?;
-        let sqlite = |e: rusqlite::Error| {
-            io::Error::other(format!("{}: {e}", dir.join(FILE).display()))
-        };
+        let sqlite =
+            |e: rusqlite::Error| io::Error::other(format!("{}: {e}", dir.join(FILE).display()));
         let db = Connection::open(dir.join(FILE)).map_err(sqlite)?;
         db.busy_timeout(Duration::from_secs(30)).map_err(sqlite)?;
         db.pragma_update(None, "journal_mode", "WAL")
@@ -134,7 +135,10 @@ mod tests {
         log.db
             .lock()
             .unwrap()
-            .execute("UPDATE served SET last_served = 4000000000 WHERE hash_part = 'a'", [])
+            .execute(
+                "UPDATE served SET last_served = 4000000000 WHERE hash_part = 'a'",
+                [],
+            )
             .unwrap();
         log.note("a");
         log.flush().unwrap();

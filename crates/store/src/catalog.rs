@@ -173,7 +173,9 @@ impl Catalog {
 
     /// Every pack with its size and the uncompressed bytes of its objects.
     pub fn pack_sizes(&self) -> rusqlite::Result<Vec<(String, u64, u64)>> {
-        let mut q = self.db.prepare("SELECT id, size, raw_bytes FROM packs ORDER BY id")?;
+        let mut q = self
+            .db
+            .prepare("SELECT id, size, raw_bytes FROM packs ORDER BY id")?;
         let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         rows.collect()
     }

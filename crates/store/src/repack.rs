@@ -181,7 +181,10 @@ impl Store {
             let mut by_block: BTreeMap<u64, Vec<(&ObjectId, &Location)>> = BTreeMap::new();
             for (id, loc) in objects {
                 if !moved.contains_key(id) && !copied_to_staging.contains(id) {
-                    by_block.entry(loc.block_offset).or_default().push((id, loc));
+                    by_block
+                        .entry(loc.block_offset)
+                        .or_default()
+                        .push((id, loc));
                 }
             }
             let key = pack_key(&pack.id);
@@ -195,18 +198,32 @@ impl Store {
                     copied_to_staging.insert(*id);
                 }
                 if staging.written_bytes() >= PACK_TARGET {
-                    seal(&mut staging, &mut copied_to_staging, &mut moved, &mut report)?;
+                    seal(
+                        &mut staging,
+                        &mut copied_to_staging,
+                        &mut moved,
+                        &mut report,
+                    )?;
                 }
             }
         }
-        seal(&mut staging, &mut copied_to_staging, &mut moved, &mut report)?;
+        seal(
+            &mut staging,
+            &mut copied_to_staging,
+            &mut moved,
+            &mut report,
+        )?;
         drop(staging);
 
         // 2. Point the records at the new packs, keeping each record's time where the backend can.
         let replaced: HashSet<&str> = candidates.iter().map(|p| p.id.as_str()).collect();
         let times = self.registration_times()?;
         for record in &mut records {
-            if !record.objects.values().any(|(p, _)| replaced.contains(p.as_str())) {
+            if !record
+                .objects
+                .values()
+                .any(|(p, _)| replaced.contains(p.as_str()))
+            {
                 continue;
             }
             for (id, place) in record.objects.iter_mut() {

@@ -79,17 +79,14 @@ pub struct RetentionPlan {
 /// separately, so that keeping the newest `hello` does not drop its newest manual.
 pub fn package_of(name: &str) -> (&str, &str) {
     let bytes = name.as_bytes();
-    let split = (0..bytes.len()).find(|&i| {
-        bytes[i] == b'-' && bytes.get(i + 1).is_some_and(|c| !c.is_ascii_alphabetic())
-    });
+    let split = (0..bytes.len())
+        .find(|&i| bytes[i] == b'-' && bytes.get(i + 1).is_some_and(|c| !c.is_ascii_alphabetic()));
     let Some(i) = split else {
         return (name, "");
     };
     let version = &name[i + 1..];
     let output = match version.rsplit_once('-') {
-        Some((_, last)) if !last.is_empty() && last.bytes().all(|c| c.is_ascii_lowercase()) => {
-            last
-        }
+        Some((_, last)) if !last.is_empty() && last.bytes().all(|c| c.is_ascii_lowercase()) => last,
         _ => "",
     };
     (&name[..i], output)
@@ -152,8 +149,7 @@ impl Store {
             per_policy.push((Policy::Within, recent));
         }
         if let Some(n) = retention.keep_newest {
-            let mut packages: HashMap<(&str, &str), Vec<(SystemTime, &str, &str)>> =
-                HashMap::new();
+            let mut packages: HashMap<(&str, &str), Vec<(SystemTime, &str, &str)>> = HashMap::new();
             for (hash_part, store_path) in &paths {
                 let base = store_path.rsplit('/').next().unwrap_or(store_path);
                 let name = base.get(33..).unwrap_or("");
