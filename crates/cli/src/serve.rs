@@ -156,7 +156,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             block_memory: args.block_cache_mib << 20,
             cache_dir: args.cache,
             cache_bytes: args.cache_size,
-            ..Default::default()
         },
         limits: Limits {
             max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),

@@ -32,6 +32,9 @@ pub struct Retention {
     pub keep_newest: Option<usize>,
 }
 
+/// A path of a package, for `--keep-newest`: registration time, name, hash part.
+type Member<'a> = (SystemTime, &'a str, &'a str);
+
 /// One policy of a [`Retention`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
@@ -149,7 +152,7 @@ impl Store {
             per_policy.push((Policy::Within, recent));
         }
         if let Some(n) = retention.keep_newest {
-            let mut packages: HashMap<(&str, &str), Vec<(SystemTime, &str, &str)>> = HashMap::new();
+            let mut packages: HashMap<(&str, &str), Vec<Member>> = HashMap::new();
             for (hash_part, store_path) in &paths {
                 let base = store_path.rsplit('/').next().unwrap_or(store_path);
                 let name = base.get(33..).unwrap_or("");
