@@ -254,10 +254,11 @@ fn narinfos_and_nars_are_the_originals() {
                 NarInfo::parse(&store_dir, std::str::from_utf8(&got.body).unwrap()).unwrap();
             assert_eq!(served.url, format!("nar/{hash_part}.nar"));
             assert_eq!(served.compression.as_deref(), Some("none"));
-            // Uncompressed, the file is the NAR: FileSize so that Nix shows a download size.
+            // Uncompressed, the file is the NAR: FileSize so that Nix shows a download size, and
+            // FileHash = NarHash.
             assert_eq!(
                 (served.file_hash, served.file_size),
-                (None, Some(original.nar_size))
+                (Some(original.nar_hash), Some(original.nar_size))
             );
             assert_eq!(served.store_path, original.store_path);
             assert_eq!(served.nar_hash, original.nar_hash);
