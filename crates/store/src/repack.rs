@@ -128,13 +128,10 @@ impl Store {
             }
         };
         let mut report = RepackReport::default();
-        let paths: Vec<String> = self
-            .catalog()
-            .paths()?
-            .into_iter()
-            .map(|(h, _)| h)
-            .collect();
-        // Every record, fetched in parallel (the closure of all paths is all paths).
+        // Every record, from the listing rather than the catalog: a record the catalog missed (an
+        // ingest killed before cataloguing it) must be re-pointed too. Fetched in parallel (the
+        // closure of all paths is all paths).
+        let paths = self.reader().list_paths()?;
         let mut records = self
             .reader()
             .closure(&paths, |_| Ok::<_, StoreError>(Visit::Include))?
