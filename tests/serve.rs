@@ -1393,3 +1393,112 @@ fn the_request_log_is_a_readable_line_per_request() {
     assert_eq!(log_lines_with(&quiet, "/nix-cache-info"), 0);
     quiet.stop();
 }
+
+/// A proxy in front of a server that forwards one request per connection (asking the server to
+/// close after it), and cuts the first answer to a request for `cut` without a Range after the
+/// head and `after` body bytes, as a broken network would. Returns its port and the Range headers
+/// of the requests for `cut` it saw.
+fn cutting_proxy(
+    upstream: u16,
+    cut: String,
+    after: usize,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (seen_by_proxy, done) = (seen.clone(), Arc::new(AtomicBool::new(false)));
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let (seen, done, cut) = (seen_by_proxy.clone(), done.clone(), cut.clone());
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let range = text.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("range: ")
+                        .map(String::from)
+                });
+                let mut request: String = text
+                    .lines()
+                    .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+                    .map(|l| format!("{l}\r\n"))
+                    .collect();
+                request.push_str("Connection: close\r\n\r\n");
+                let mut server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+                server.write_all(request.as_bytes()).unwrap();
+                let wanted = text.lines().next().unwrap_or("").contains(&cut);
+                if wanted {
+                    seen.lock().unwrap().push(range.clone());
+                }
+                if wanted && range.is_none() && !done.swap(true, Ordering::SeqCst) {
+                    // Forward the head and `after` bytes of the body, then break the connection.
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    loop {
+                        let n = server.read(&mut buf).unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            if got.len() >= end + 4 + after {
+                                let _ = client.write_all(&got[..end + 4 + after]);
+                                break;
+                            }
+                        }
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                let _ = std::io::copy(&mut server, &mut client);
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// Issue #16: stock Nix resumes a NAR download that broke with a Range request (its curl does
+/// when the answer said `Accept-Ranges: bytes` and had no Content-Encoding), and the 206 carries
+/// exactly the rest: the path is complete and verifies.
+#[test]
+fn stock_nix_resumes_a_broken_download_with_a_range() {
+    require_nix!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, large) = store_with_a_large_nar(tmp.path(), 1 << 20);
+    let server = Serving::start(&store, &[]);
+    let half = 600_000;
+    let (port, seen) = cutting_proxy(server.port, format!("/nar/{large}.nar"), half);
+    let url = format!("http://127.0.0.1:{port}");
+    let root = tmp.path().join("client");
+    let out = nix(&["copy", "--no-check-sigs", "--from", &url, "--to"])
+        .arg(&root)
+        .arg(format!("/nix/store/{large}-large"))
+        .args(["--option", "narinfo-cache-negative-ttl", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    verify_contents(&root);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "requests for the NAR: {seen:?}\n{stderr}");
+    let resumed_from: u64 = seen[1]
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+        .unwrap_or_else(|| panic!("the retry was not a range from an offset: {seen:?}"));
+    assert!(resumed_from > 0 && resumed_from <= half as u64, "{seen:?}");
+    assert_eq!(
+        log_lines_with(&server, &format!("/nar/{large}.nar\" 206 ")),
+        1
+    );
+    server.stop();
+}
