@@ -149,6 +149,16 @@ impl Http {
         Ok(out)
     }
 
+    /// The slot of the whole file of `key` (empty until it was downloaded).
+    fn slot(&self, key: &str) -> Arc<Mutex<Option<File>>> {
+        self.whole
+            .lock()
+            .expect("whole-file map")
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
     fn url(&self, key: &str) -> io::Result<String> {
         crate::check_key(key)?;
         Ok(format!("{}/{key}", self.base))
@@ -170,17 +180,6 @@ impl Http {
             io::ErrorKind::Unsupported,
             format!("{} is read-only (HTTP)", self.base),
         )
-    }
-}
-
-impl Http {
-    fn slot(&self, key: &str) -> Arc<Mutex<Option<File>>> {
-        self.whole
-            .lock()
-            .expect("whole-file map")
-            .entry(key.to_string())
-            .or_default()
-            .clone()
     }
 }
 

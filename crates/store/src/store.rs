@@ -23,7 +23,7 @@ pub const PACK_TARGET: u64 = 64 << 20;
 
 /// Where gc on a shared store marks packs it found unreferenced (one empty-ish object per pack,
 /// holding the Unix time of condemnation); a later gc deletes them once the grace period is over.
-pub(crate) const CONDEMNED: &str = "gc/condemned/";
+const CONDEMNED: &str = "gc/condemned/";
 
 /// What [`Store::gc`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -275,7 +275,7 @@ impl Store {
     }
 
     /// Ids of the packs gc has condemned.
-    pub(crate) fn condemned(&self) -> Result<Vec<String>, StoreError> {
+    fn condemned(&self) -> Result<Vec<String>, StoreError> {
         Ok(self
             .backend
             .list(CONDEMNED)?
