@@ -86,6 +86,8 @@ fn nix_copy_through_serve(store: &Path, dest: &Path, root_path: &str) {
     let out = nix(&["copy", "--from", &server.url(), "--to"])
         .arg(dest)
         .args(["--option", "trusted-public-keys", &corpus_key()])
+        // Nix keeps narinfos per cache URL for a month; another test's server may have had this port.
+        .args(["--option", "narinfo-cache-positive-ttl", "0"])
         .arg(root_path)
         .output()
         .unwrap();
@@ -302,6 +304,8 @@ fn a_serve_running_during_repack_never_returns_a_wrong_byte() {
     let out = nix(&["copy", "--from", &server.url(), "--to"])
         .arg(&dest)
         .args(["--option", "trusted-public-keys", &corpus_key()])
+        // Nix keeps narinfos per cache URL for a month; another test's server may have had this port.
+        .args(["--option", "narinfo-cache-positive-ttl", "0"])
         .arg(corpus_root("bump"))
         .output()
         .unwrap();

@@ -701,6 +701,9 @@ fn stock_nix_copies_through_serve_from_a_bucket() {
             .arg(root.path())
             .args(["--option", "trusted-public-keys", &corpus_key()])
             .args(["--option", "narinfo-cache-negative-ttl", "0"])
+            // Nix keeps narinfos per cache URL for a month; another test's server may have had
+            // this port (with unsigned copies of these paths, tests/signing.rs).
+            .args(["--option", "narinfo-cache-positive-ttl", "0"])
             .arg(root_path(generation))
             .output()
             .unwrap();

@@ -1484,6 +1484,7 @@ fn stock_nix_resumes_a_broken_download_with_a_range() {
         .arg(&root)
         .arg(format!("/nix/store/{large}-large"))
         .args(["--option", "narinfo-cache-negative-ttl", "0"])
+        .args(["--option", "narinfo-cache-positive-ttl", "0"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
