@@ -423,3 +423,45 @@ fn deployment_files_match_the_command_line() {
         .arg("--parse")
         .arg(deploy.join("nixos-module.nix")));
 }
+
+/// The server module (deploy/nixos-server-module.nix) parses, and each command it runs uses only
+/// flags that command has: its commands are the `"${refstrip} CMD` lines of its `let` block, each
+/// with the flags up to the next command.
+#[test]
+fn server_module_matches_the_command_line() {
+    refstrip_tests::require_nix!();
+    let module = corpus_dir().join("../deploy/nixos-server-module.nix");
+    run(Command::new("nix-instantiate").arg("--parse").arg(&module));
+    let text = fs::read_to_string(&module).unwrap();
+    let bindings = text.split("\nin\n").next().unwrap();
+    let mut commands: Vec<(String, Vec<String>)> = Vec::new();
+    for line in bindings
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+    {
+        if let Some(rest) = line.split("\"${refstrip} ").nth(1) {
+            let command = rest.split([' ', '"']).next().unwrap().to_string();
+            commands.push((command, Vec::new()));
+        }
+        if let Some((_, flags)) = commands.last_mut() {
+            flags.extend(
+                line.split(|c: char| c.is_whitespace() || c == '"')
+                    .filter(|w| w.starts_with("--") && w.len() > 2)
+                    .map(String::from),
+            );
+        }
+    }
+    let names: Vec<&str> = commands.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(names, ["serve", "ingest", "gc", "repack"]);
+    for (command, flags) in &commands {
+        let help =
+            String::from_utf8(run(Command::new(refstrip_bin()).args([command, "--help"]))).unwrap();
+        assert!(flags.len() >= 2, "{command}: {flags:?}");
+        for flag in flags {
+            assert!(
+                help.contains(&format!("{flag} ")),
+                "the server module runs `refstrip {command} {flag}`, which refstrip {command} does not have"
+            );
+        }
+    }
+}

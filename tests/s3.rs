@@ -14,7 +14,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use refstrip_read::PathRecord;
-use refstrip_tests::{corpus_dir, corpus_key, nix_available, read_record, refstrip_bin, run};
+use refstrip_tests::{
+    corpus_dir, corpus_key, nix_available, read_record, refstrip_bin, run, GENERATIONS,
+};
 
 /// boto3 with moto's dummy credentials, for the helper snippets below.
 const PY_CLIENT: &str = "import boto3, os, sys\n\
@@ -481,6 +483,100 @@ fn gc(machine: &Path, url: &str, keep: &[String], grace: &str) -> (u64, u64) {
     (words[1].parse().unwrap(), words[4].parse().unwrap())
 }
 
+/// Retention and repack on a bucket written by another machine: registration times come from the
+/// listing; the packs repack replaces are retired (marked, left out of other machines' catalogs),
+/// kept through the grace period, and deleted by a later run; every kept path still substitutes.
+#[test]
+fn retention_and_repack_on_a_bucket() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("store");
+    let machines = tempfile::tempdir().unwrap();
+    let (ingester, collector) = (machines.path().join("a"), machines.path().join("b"));
+    let url = moto.url("store", "x");
+    let ingest = |g: &str| {
+        run(refstrip(&ingester)
+            .arg("ingest")
+            .arg(gen_dir(g))
+            .args(["--all", "-j1", "--to", &url]))
+    };
+    let keys = |prefix: &str| -> HashSet<String> {
+        moto.keys("store", "x/")
+            .into_iter()
+            .filter(|k| k.starts_with(prefix))
+            .collect()
+    };
+    for g in GENERATIONS {
+        ingest(g);
+    }
+    // Every record was written just now (LastModified): a day's window keeps them all.
+    let recent = String::from_utf8(run(refstrip(&collector).args([
+        "gc",
+        &url,
+        "--keep-within",
+        "1d",
+        "--dry-run",
+    ])))
+    .unwrap();
+    assert!(recent.contains("would remove 0 paths"), "{recent}");
+
+    gc(&collector, &url, &[root_path("bump")], "24h");
+    let before = keys("packs/");
+    let repacked = String::from_utf8(run(refstrip(&collector).args([
+        "repack",
+        "--store",
+        &url,
+        "--threshold",
+        "1",
+    ])))
+    .unwrap();
+    let retired: HashSet<String> = keys("gc/retired/")
+        .iter()
+        .map(|k| format!("packs/{}.pack", k.strip_prefix("gc/retired/").unwrap()))
+        .collect();
+    assert!(!retired.is_empty(), "{repacked}");
+    assert!(retired.is_subset(&before));
+    assert!(
+        keys("packs/").is_superset(&before),
+        "deleted within the grace period"
+    );
+
+    // Another machine's ingest opened after the repack never points a record into a retired pack.
+    ingest("single");
+    let copy = tempfile::tempdir().unwrap();
+    moto.download("store", "x/", copy.path());
+    for (hash_part, record) in records(copy.path()) {
+        for (pack, _) in record.objects.map().unwrap().values() {
+            assert!(
+                !retired.contains(&format!("packs/{pack}.pack")),
+                "{hash_part} points into a retired pack"
+            );
+        }
+    }
+
+    let finished = String::from_utf8(run(refstrip(&collector).args([
+        "repack",
+        "--store",
+        &url,
+        "--grace",
+        "0",
+        "--threshold",
+        "0",
+    ])))
+    .unwrap();
+    assert!(
+        finished.contains(&format!("deleted {} replaced packs", retired.len())),
+        "{finished}"
+    );
+    assert!(keys("packs/").is_disjoint(&retired));
+    assert!(keys("gc/retired/").is_empty());
+    if nix_available() {
+        let client = tempfile::tempdir().unwrap();
+        for g in ["bump", "single"] {
+            substitute_and_verify(&moto, client.path(), &url, g);
+        }
+    }
+}
+
 #[test]
 fn gc_on_a_bucket_condemns_first_and_deletes_after_the_grace_period() {
     let Some(moto) = Moto::start() else { return };
@@ -614,6 +710,9 @@ fn stock_nix_copies_through_serve_from_a_bucket() {
             .arg(root.path())
             .args(["--option", "trusted-public-keys", &corpus_key()])
             .args(["--option", "narinfo-cache-negative-ttl", "0"])
+            // Nix keeps narinfos per cache URL for a month; another test's server may have had
+            // this port (with unsigned copies of these paths, tests/signing.rs).
+            .args(["--option", "narinfo-cache-positive-ttl", "0"])
             .arg(root_path(generation))
             .output()
             .unwrap();

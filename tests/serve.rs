@@ -256,10 +256,11 @@ fn narinfos_and_nars_are_the_originals() {
                 NarInfo::parse(&store_dir, std::str::from_utf8(&got.body).unwrap()).unwrap();
             assert_eq!(served.url, format!("nar/{hash_part}.nar"));
             assert_eq!(served.compression.as_deref(), Some("none"));
-            // Uncompressed, the file is the NAR: FileSize so that Nix shows a download size.
+            // Uncompressed, the file is the NAR: FileSize so that Nix shows a download size, and
+            // FileHash = NarHash.
             assert_eq!(
                 (served.file_hash, served.file_size),
-                (None, Some(original.nar_size))
+                (Some(original.nar_hash), Some(original.nar_size))
             );
             assert_eq!(served.store_path, original.store_path);
             assert_eq!(served.nar_hash, original.nar_hash);
@@ -1115,4 +1116,381 @@ fn sigterm_finishes_downloads_in_flight_and_closes_idle_connections() {
         "idle connection closed {closed_in:?} after SIGTERM; exit {:?} after it",
         signalled.elapsed()
     );
+}
+
+/// One request with extra headers over a fresh connection: the response head (lower-cased) and
+/// the body bytes that arrived.
+fn exchange_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (String, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head")
+        + 4;
+    let head = String::from_utf8_lossy(&raw[..end]).to_lowercase();
+    let body = match header_of(&head, "transfer-encoding").as_deref() {
+        Some("chunked") => refstrip_tests::operator::dechunk(&raw[end..]),
+        _ => raw[end..].to_vec(),
+    };
+    (head, body)
+}
+
+fn status_of(head: &str) -> u16 {
+    head.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn narinfo_of(port: u16, hash_part: &str, headers: &[(&str, &str)]) -> (String, NarInfo) {
+    let (head, body) = exchange_with(port, "GET", &format!("/{hash_part}.narinfo"), headers);
+    assert_eq!(status_of(&head), 200, "{head}");
+    (
+        head,
+        NarInfo::parse_bytes(&StoreDir::default(), &body).unwrap(),
+    )
+}
+
+/// Issue #16: `.nar` answers single ranges with exactly those bytes (206), refuses ranges outside
+/// the NAR (416), answers several ranges, or a range with If-Range, with the whole NAR; its
+/// narinfo has FileHash = NarHash and FileSize = NarSize, which the bytes sent match.
+#[test]
+fn ranges_of_a_nar_are_exactly_those_bytes_and_file_hash_is_the_nar_hash() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A NAR of several body chunks (ranges across chunk boundaries) next to gen1's.
+    let (store, large) = store_with_a_large_nar(tmp.path(), 1 << 20);
+    let server = Serving::start(&store, &[]);
+    let port = server.port;
+    for hash_part in [SMALL, large.as_str()] {
+        let path = format!("/nar/{hash_part}.nar");
+        let (head, whole) = exchange_with(port, "GET", &path, &[]);
+        assert_eq!(status_of(&head), 200);
+        assert_eq!(header_of(&head, "accept-ranges").as_deref(), Some("bytes"));
+        let n = whole.len() as u64;
+        let (_, info) = narinfo_of(port, hash_part, &[]);
+        assert_eq!(info.nar_size, n);
+        assert_eq!(Hash::digest(&whole), info.nar_hash);
+        assert_eq!(info.file_size, Some(n), "FileSize");
+        assert_eq!(info.file_hash, Some(info.nar_hash), "FileHash");
+        let (head_only, _) = exchange_with(port, "HEAD", &path, &[]);
+        assert_eq!(
+            header_of(&head_only, "accept-ranges").as_deref(),
+            Some("bytes")
+        );
+
+        let chunk = refstrip_serve_chunk();
+        let mut ranges = vec![
+            (format!("bytes=0-{}", 99), 0, 99),
+            (format!("bytes={}-", n - 10), n - 10, n - 1),
+            ("bytes=-50".to_string(), n - 50, n - 1),
+            (format!("bytes={}-{}", n - 1, n - 1), n - 1, n - 1),
+            (format!("bytes=100-{}", n + 1000), 100, n - 1),
+            ("bytes=0-".to_string(), 0, n - 1),
+        ];
+        if n > 3 * chunk {
+            ranges.push((
+                format!("bytes={}-{}", chunk - 5, 2 * chunk + 5),
+                chunk - 5,
+                2 * chunk + 5,
+            ));
+            ranges.push((format!("bytes={}-", 3 * chunk), 3 * chunk, n - 1));
+        }
+        for (range, start, end) in ranges {
+            let (head, body) = exchange_with(port, "GET", &path, &[("Range", &range)]);
+            assert_eq!(status_of(&head), 206, "{hash_part} {range}: {head}");
+            assert_eq!(
+                header_of(&head, "content-range"),
+                Some(format!("bytes {start}-{end}/{n}")),
+                "{range}"
+            );
+            assert_eq!(
+                header_of(&head, "content-length"),
+                Some((end - start + 1).to_string())
+            );
+            assert!(
+                body == whole[start as usize..=end as usize],
+                "{hash_part} {range}: {} bytes, not those asked for",
+                body.len()
+            );
+        }
+        for range in [
+            format!("bytes={n}-"),
+            format!("bytes={}-{}", n + 5, n + 9),
+            "bytes=-0".to_string(),
+        ] {
+            let (head, _) = exchange_with(port, "GET", &path, &[("Range", &range)]);
+            assert_eq!(status_of(&head), 416, "{range}");
+            assert_eq!(
+                header_of(&head, "content-range"),
+                Some(format!("bytes */{n}"))
+            );
+        }
+        // Answered whole: several ranges, a range with If-Range, a range of the zstd file.
+        for headers in [
+            vec![("Range", "bytes=0-1,5-6")],
+            vec![("Range", "bytes=0-1"), ("If-Range", "\"x\"")],
+        ] {
+            let (head, body) = exchange_with(port, "GET", &path, &headers);
+            assert_eq!(status_of(&head), 200, "{headers:?}");
+            assert!(body == whole, "{headers:?}");
+        }
+        let (head, body) = exchange_with(
+            port,
+            "GET",
+            &format!("{path}.zst"),
+            &[("Range", "bytes=0-1")],
+        );
+        assert_eq!(status_of(&head), 200);
+        assert!(zstd::decode_all(&body[..]).unwrap() == whole);
+    }
+    server.stop();
+}
+
+/// Issue #16: with `--compression auto` the narinfo advertises zstd to clients that accept it
+/// and the plain NAR (with FileHash and FileSize) to the others, saying so in `Vary`; each answer
+/// names a file that is what its Compression says. Stock Nix 2.8 sends no Accept-Encoding and so
+/// downloads `.nar`.
+#[test]
+fn auto_compression_follows_accept_encoding_and_stock_nix_gets_the_nar() {
+    require_nix!();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    run(Command::new(refstrip_bin())
+        .arg("ingest")
+        .arg(corpus_dir().join("small/gen1"))
+        .args(["--all", "--to"])
+        .arg(&store));
+    let server = Serving::start(&store, &["--compression", "auto"]);
+    let port = server.port;
+    let (head, plain) = narinfo_of(port, SMALL, &[]);
+    assert_eq!(header_of(&head, "vary").as_deref(), Some("accept-encoding"));
+    assert_eq!(plain.url, format!("nar/{SMALL}.nar"));
+    assert_eq!(plain.compression.as_deref(), Some("none"));
+    assert_eq!(plain.file_hash, Some(plain.nar_hash));
+    for accept in ["zstd", "gzip, deflate, br, zstd", "*"] {
+        let (head, zstd_info) = narinfo_of(port, SMALL, &[("Accept-Encoding", accept)]);
+        assert_eq!(header_of(&head, "vary").as_deref(), Some("accept-encoding"));
+        assert_eq!(zstd_info.url, format!("nar/{SMALL}.nar.zst"), "{accept}");
+        assert_eq!(zstd_info.compression.as_deref(), Some("zstd"));
+        assert_eq!((zstd_info.file_hash, zstd_info.file_size), (None, None));
+        let (_, body) = exchange_with(port, "GET", &format!("/{}", zstd_info.url), &[]);
+        let nar = zstd::decode_all(&body[..]).unwrap();
+        assert_eq!(Hash::digest(&nar), zstd_info.nar_hash);
+    }
+    for accept in ["gzip, deflate", "zstd;q=0", "identity"] {
+        let (_, info) = narinfo_of(port, SMALL, &[("Accept-Encoding", accept)]);
+        assert_eq!(info.url, format!("nar/{SMALL}.nar"), "{accept}");
+    }
+    // Without auto, the narinfo does not vary.
+    let fixed = Serving::start(&store, &["--compression", "zstd"]);
+    let (head, info) = narinfo_of(fixed.port, SMALL, &[]);
+    assert_eq!(header_of(&head, "vary"), None);
+    assert_eq!(info.compression.as_deref(), Some("zstd"));
+    fixed.stop();
+
+    let root = tmp.path().join("client");
+    let mut copy = nix(&["copy", "--from", &server.url(), "--to"]);
+    copy.arg(&root).arg(root_of("gen1"));
+    substituter_options(&mut copy, &server.url());
+    let out = copy.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    verify_contents(&root);
+    let log = server.log_text();
+    assert!(log_lines_with(&server, ".nar\" 200") >= 10, "{log}");
+    assert_eq!(log_lines_with(&server, ".nar.zst\" 200"), 3, "{log}");
+    server.stop();
+}
+
+/// Issue #16: the request log is one line per request that a person reads as it is (client,
+/// method and path, status, bytes, duration), or JSON with a field each, or off.
+#[test]
+fn the_request_log_is_a_readable_line_per_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    run(Command::new(refstrip_bin())
+        .arg("ingest")
+        .arg(corpus_dir().join("small/gen1"))
+        .args(["--all", "--to"])
+        .arg(&store));
+    let text = Serving::start(&store, &[]);
+    let (_, body) = exchange_with(text.port, "GET", &format!("/nar/{SMALL}.nar"), &[]);
+    exchange_with(text.port, "GET", "/nix-cache-info", &[]);
+    exchange_with(
+        text.port,
+        "GET",
+        &format!("/nar/{SMALL}.nar"),
+        &[("Range", "bytes=0-9")],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let log = text.log_text();
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{log}"))
+            .to_string()
+    };
+    let nar = line(&format!("127.0.0.1 \"GET /nar/{SMALL}.nar\" 200 "));
+    let rest = nar.split("\" 200 ").nth(1).unwrap();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    assert_eq!(fields[0], body.len().to_string(), "{nar}");
+    assert_eq!(fields[1], "bytes");
+    assert!(
+        fields[2].parse::<f64>().is_ok() && fields[3] == "ms" && fields.len() == 4,
+        "{nar}"
+    );
+    line("127.0.0.1 \"GET /nix-cache-info\" 200 ");
+    line(&format!("127.0.0.1 \"GET /nar/{SMALL}.nar\" 206 10 bytes "));
+    text.stop();
+
+    let json = Serving::start(&store, &["--log-format", "json"]);
+    exchange_with(json.port, "GET", "/nix-cache-info", &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = json.log_text();
+    let request = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l}: {e}"))
+        })
+        .find(|v| v["fields"]["path"] == "/nix-cache-info")
+        .unwrap_or_else(|| panic!("{log}"));
+    let f = &request["fields"];
+    assert_eq!(f["client"], "127.0.0.1");
+    assert_eq!(f["method"], "GET");
+    assert_eq!(f["status"], 200);
+    assert!(f["bytes"].as_u64().unwrap() > 0);
+    json.stop();
+
+    let quiet = Serving::start(&store, &["--no-request-log"]);
+    exchange_with(quiet.port, "GET", "/nix-cache-info", &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(log_lines_with(&quiet, "/nix-cache-info"), 0);
+    quiet.stop();
+}
+
+/// A proxy in front of a server that forwards one request per connection (asking the server to
+/// close after it), and cuts the first answer to a request for `cut` without a Range after the
+/// head and `after` body bytes, as a broken network would. Returns its port and the Range headers
+/// of the requests for `cut` it saw.
+fn cutting_proxy(
+    upstream: u16,
+    cut: String,
+    after: usize,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (seen_by_proxy, done) = (seen.clone(), Arc::new(AtomicBool::new(false)));
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let (seen, done, cut) = (seen_by_proxy.clone(), done.clone(), cut.clone());
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let range = text.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("range: ")
+                        .map(String::from)
+                });
+                let mut request: String = text
+                    .lines()
+                    .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("connection:"))
+                    .map(|l| format!("{l}\r\n"))
+                    .collect();
+                request.push_str("Connection: close\r\n\r\n");
+                let mut server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+                server.write_all(request.as_bytes()).unwrap();
+                let wanted = text.lines().next().unwrap_or("").contains(&cut);
+                if wanted {
+                    seen.lock().unwrap().push(range.clone());
+                }
+                if wanted && range.is_none() && !done.swap(true, Ordering::SeqCst) {
+                    // Forward the head and `after` bytes of the body, then break the connection.
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    loop {
+                        let n = server.read(&mut buf).unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            if got.len() >= end + 4 + after {
+                                let _ = client.write_all(&got[..end + 4 + after]);
+                                break;
+                            }
+                        }
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                let _ = std::io::copy(&mut server, &mut client);
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// Issue #16: stock Nix resumes a NAR download that broke with a Range request (its curl does
+/// when the answer said `Accept-Ranges: bytes` and had no Content-Encoding), and the 206 carries
+/// exactly the rest: the path is complete and verifies.
+#[test]
+fn stock_nix_resumes_a_broken_download_with_a_range() {
+    require_nix!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, large) = store_with_a_large_nar(tmp.path(), 1 << 20);
+    let server = Serving::start(&store, &[]);
+    let half = 600_000;
+    let (port, seen) = cutting_proxy(server.port, format!("/nar/{large}.nar"), half);
+    let url = format!("http://127.0.0.1:{port}");
+    let root = tmp.path().join("client");
+    let out = nix(&["copy", "--no-check-sigs", "--from", &url, "--to"])
+        .arg(&root)
+        .arg(format!("/nix/store/{large}-large"))
+        .args(["--option", "narinfo-cache-negative-ttl", "0"])
+        .args(["--option", "narinfo-cache-positive-ttl", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    verify_contents(&root);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "requests for the NAR: {seen:?}\n{stderr}");
+    let resumed_from: u64 = seen[1]
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+        .unwrap_or_else(|| panic!("the retry was not a range from an offset: {seen:?}"));
+    assert!(resumed_from > 0 && resumed_from <= half as u64, "{seen:?}");
+    assert_eq!(
+        log_lines_with(&server, &format!("/nar/{large}.nar\" 206 ")),
+        1
+    );
+    server.stop();
 }

@@ -258,7 +258,8 @@ pub fn http_get(port: u16, path: &str) -> (u16, Vec<u8>) {
     (status, body)
 }
 
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
+/// The body of a chunked response, without its framing.
+pub fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let line_end = data

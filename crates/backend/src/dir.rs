@@ -4,6 +4,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use crate::{check_key, Backend};
 
@@ -100,8 +101,18 @@ impl Backend for LocalDir {
         let tmp = published_tempfile().tempfile_in(self.scratch_dir())?;
         tmp.as_file().write_all(bytes)?;
         tmp.as_file().sync_all()?;
-        tmp.persist(self.path(key)?).map_err(|e| e.error)?;
-        Ok(())
+        let path = self.path(key)?;
+        match tmp.persist(&path) {
+            Ok(_) => Ok(()),
+            // The first file of a directory the layout does not create (gc/condemned/).
+            Err(e) if e.error.kind() == io::ErrorKind::NotFound => {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                e.file.persist(&path).map(drop).map_err(|e| e.error)
+            }
+            Err(e) => Err(e.error),
+        }
     }
 
     fn put_file(&self, key: &str, path: &Path) -> io::Result<()> {
@@ -184,6 +195,27 @@ impl Backend for LocalDir {
             }
         }
         Ok(out)
+    }
+
+    fn list_modified(&self, prefix: &str) -> io::Result<Vec<(String, SystemTime)>> {
+        let mut out = Vec::new();
+        for key in self.list(prefix)? {
+            match fs::metadata(self.path(&key)?) {
+                Ok(m) => out.push((key, m.modified()?)),
+                // Removed since it was listed.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    fn set_modified(&self, key: &str, time: SystemTime) -> io::Result<bool> {
+        File::options()
+            .write(true)
+            .open(self.path(key)?)?
+            .set_modified(time)?;
+        Ok(true)
     }
 
     fn delete(&self, key: &str) -> io::Result<()> {

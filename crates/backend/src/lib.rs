@@ -15,6 +15,7 @@ mod url;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 pub use dir::{published_tempfile, LocalDir};
 pub use http::{Http, HttpTimeouts};
@@ -57,6 +58,22 @@ pub trait Backend: Send + Sync {
     fn size(&self, key: &str) -> io::Result<Option<u64>>;
     /// Keys under `prefix` (e.g. `"paths/"`), in no particular order.
     fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
+    /// [`list`](Self::list) with each file's last modification time (a record's is when it was
+    /// written: retention counts a path's age from it). Backends that cannot tell refuse.
+    fn list_modified(&self, prefix: &str) -> io::Result<Vec<(String, SystemTime)>> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{}: cannot list {prefix} with modification times",
+                self.describe()
+            ),
+        ))
+    }
+    /// Set the modification time of `key`, where the backend allows it (`Ok(false)` where it does
+    /// not): a record rewritten by repack keeps the time it was first written.
+    fn set_modified(&self, _key: &str, _time: SystemTime) -> io::Result<bool> {
+        Ok(false)
+    }
     fn delete(&self, key: &str) -> io::Result<()>;
     /// A local directory for scratch files that can be moved in with `put_file` cheaply.
     fn scratch_dir(&self) -> PathBuf;

@@ -16,6 +16,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::SystemTime;
 
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -443,6 +444,14 @@ impl Backend for S3 {
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        Ok(self
+            .list_modified(prefix)?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    fn list_modified(&self, prefix: &str) -> io::Result<Vec<(String, SystemTime)>> {
         // Like a directory listing: the keys in `prefix`'s "directory" whose names start with the
         // rest of it (a delimited LIST, so a binary cache's nar/ is not walked for its narinfos).
         let (dir, name_prefix) = prefix.rsplit_once('/').unwrap_or(("", prefix));
@@ -469,7 +478,7 @@ impl Backend for S3 {
             };
             let name = key.rsplit('/').next().unwrap_or(key);
             if name.starts_with(name_prefix) {
-                out.push(key.to_string());
+                out.push((key.to_string(), SystemTime::from(meta.last_modified)));
             }
         }
         Ok(out)

@@ -43,8 +43,11 @@ enum Command {
     Push(push::PushArgs),
     /// Show what a normalized store holds and how much it saves.
     Stats(store_cmd::StatsArgs),
-    /// Remove paths not kept (with their closure) and the packs nothing needs any more.
+    /// Remove paths not kept (with their closure) by roots or retention policies, and the packs
+    /// nothing needs any more.
     Gc(store_cmd::GcArgs),
+    /// Rewrite packs that are mostly dead (after gc), keeping only what path records point at.
+    Repack(store_cmd::RepackArgs),
     /// Substitute store paths and their closure from a normalized store into a Nix store.
     Substitute(substitute::SubstituteArgs),
     /// Index the objects in a local Nix store's valid paths, so that substitute and serve
@@ -147,6 +150,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Push(args) => push::run(args),
         Command::Stats(args) => store_cmd::stats_cmd(args),
         Command::Gc(args) => store_cmd::gc_cmd(args),
+        Command::Repack(args) => store_cmd::repack_cmd(args),
         Command::Substitute(args) => substitute::run(args),
         Command::Index(args) => local_store::run(args),
         Command::Serve(args) => serve::run(args),

@@ -4,12 +4,23 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use refstrip_serve::{Compression, Config, Limits, Server};
+use refstrip_serve::{Compression, Config, Limits, RequestLog, Server};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum CompressionArg {
     None,
     Zstd,
+    /// `zstd` to clients whose narinfo request accepts it (`Accept-Encoding: zstd`), `none` to the
+    /// others (Nix 2.8 sends no Accept-Encoding).
+    Auto,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One line per event for people (requests: client, "method path", status, bytes, duration).
+    Text,
+    /// One JSON object per line, every field separate.
+    Json,
 }
 
 #[derive(Args)]
@@ -28,7 +39,9 @@ pub struct ServeArgs {
     /// Priority announced in nix-cache-info (Nix prefers lower; cache.nixos.org is 40).
     #[arg(long, default_value_t = 40)]
     priority: u64,
-    /// How NARs are served: `none` (exact Content-Length) or `zstd` (compressed on the fly).
+    /// How narinfos advertise NARs: `none` (exact Content-Length, FileSize and FileHash, ranges),
+    /// `zstd` (compressed on the fly), or `auto` (by the client's Accept-Encoding). Both URLs
+    /// answer whatever is advertised.
     #[arg(long, value_enum, default_value = "none")]
     compression: CompressionArg,
     /// zstd level for `--compression zstd`.
@@ -43,6 +56,9 @@ pub struct ServeArgs {
     /// Memory for verified file objects shared by all downloads, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     object_cache_mib: usize,
+    /// Memory for decoded pack blocks shared by all downloads, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    block_cache_mib: u64,
     /// Keep pack blocks fetched from the store in this directory (for a store behind HTTP or S3,
     /// e.g. serve as a machine's local substituter); shared with `refstrip substitute` and `mount`,
     /// safe for several processes [default: no disk cache].
@@ -95,16 +111,29 @@ pub struct ServeArgs {
     /// then need only the public key in `trusted-public-keys`.
     #[arg(long, value_name = "FILE")]
     sign_key: Option<std::path::PathBuf>,
+    /// Note in this directory which paths were served and when (`served.sqlite`, written every
+    /// 30 s and at exit), for `refstrip gc --keep-within` (give gc the same directory). Never in
+    /// the store, which may be read-only; several servers may share one directory.
+    #[arg(long, value_name = "DIR")]
+    served_state: Option<std::path::PathBuf>,
+    /// Format of the log on stderr (the request log and everything else).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log no line per request (problems are still logged).
+    #[arg(long)]
+    no_request_log: bool,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // RUST_LOG-style filtering is not needed: info is the request log, warn/error the problems.
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match args.log_format {
+        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => log.json().with_ansi(false).init(),
+    }
     let sign_key = args
         .sign_key
         .as_deref()
@@ -115,17 +144,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         store_dir: args.store_dir,
         priority: args.priority,
         compression: match args.compression {
-            CompressionArg::None => Compression::None,
+            CompressionArg::None | CompressionArg::Auto => Compression::None,
             CompressionArg::Zstd => Compression::Zstd,
         },
+        negotiate_compression: matches!(args.compression, CompressionArg::Auto),
         zstd_level: args.zstd_level,
         max_streams: args.max_streams,
         record_cache_bytes: args.record_cache_mib << 20,
         objects: refstrip_read::objects::ObjectOptions {
             object_memory: (args.object_cache_mib as u64) << 20,
+            block_memory: args.block_cache_mib << 20,
             cache_dir: args.cache,
             cache_bytes: args.cache_size,
-            ..Default::default()
         },
         limits: Limits {
             max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
@@ -136,6 +166,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             send_timeout: Duration::from_secs(args.send_timeout),
         },
         sign_key,
+        served: args
+            .served_state
+            .as_deref()
+            .map(|dir| {
+                refstrip_serve::ServedLog::open(dir)
+                    .with_context(|| format!("opening --served-state {}", dir.display()))
+            })
+            .transpose()?,
+        request_log: match (args.no_request_log, args.log_format) {
+            (true, _) => RequestLog::Off,
+            (false, LogFormat::Text) => RequestLog::Text,
+            (false, LogFormat::Json) => RequestLog::Fields,
+        },
     };
     let local = match &args.local_store {
         None => None,
@@ -169,6 +212,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .map(|l| l as std::sync::Arc<dyn refstrip_read::objects::NearSource>);
     let server = Server::with_near(store, config, near).context("reading the store")?;
+    let flushing = server.clone();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {
         builder.worker_threads(n.max(1));
@@ -192,6 +236,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("serving")
     });
+    flushing.flush_served();
     if let Some(local) = &local {
         let (objects, bytes, stale) = local.counters.get();
         tracing::info!(objects, bytes, stale, "served from the local store");

@@ -1,4 +1,5 @@
-//! `refstrip ingest`, `refstrip stats`, `refstrip gc`: the cache-side job and store upkeep.
+//! `refstrip ingest`, `refstrip stats`, `refstrip gc`, `refstrip repack`: the cache-side job and
+//! store upkeep.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use refstrip_ingest::{ingest, select, IngestOptions};
 use refstrip_nix::{StoreDir, StorePath};
 use refstrip_read::{hash_part_of, StoreReader};
 use refstrip_source::open_source;
-use refstrip_store::Store;
+use refstrip_store::{Policy, RepackOptions, Retention, Store};
 use refstrip_strip::StripOptions;
 
 #[derive(Args)]
@@ -74,7 +75,8 @@ pub struct StatsArgs {
 pub struct GcArgs {
     /// The normalized store (a directory, `file:///dir` or `s3://bucket/prefix…`).
     store: String,
-    /// Store paths to keep, with their closure; everything else is removed.
+    /// Store paths to keep, with their closure; everything else not kept by a policy below is
+    /// removed.
     #[arg(long, num_args = 1..)]
     keep: Vec<String>,
     /// A file listing store paths to keep, one per line.
@@ -89,7 +91,44 @@ pub struct GcArgs {
     /// to keep that the store lacks, e.g. a typo, stops gc before it removes anything).
     #[arg(long)]
     force: bool,
-    /// Print what gc would remove and the bytes it would free; remove nothing.
+    /// Also keep (with their closure) the paths registered — their record written by ingest or
+    /// push — or last served (see --served-state) within this long (seconds, or with a suffix
+    /// s, m, h, d: 30d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keep_within: Option<Duration>,
+    /// Also keep (with their closure) the newest N paths of each package (the name without its
+    /// version, as Nix splits it, and the output: hello-2.12-man is package hello, output man),
+    /// newest by registration.
+    #[arg(long, value_name = "N")]
+    keep_newest: Option<usize>,
+    /// The directory `refstrip serve --served-state` notes served paths in, for --keep-within
+    /// (several: repeat the flag).
+    #[arg(long, value_name = "DIR", requires = "keep_within")]
+    served_state: Vec<PathBuf>,
+    /// Print what gc would remove and the bytes each policy alone, and all together, would free;
+    /// remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Args)]
+pub struct RepackArgs {
+    /// The normalized store (a directory, `file:///dir` or `s3://bucket/prefix…`).
+    #[arg(long, value_name = "STORE")]
+    store: String,
+    /// Rewrite the packs whose live fraction (uncompressed bytes of the objects records point at
+    /// in the pack, over all its objects' bytes) is below this.
+    #[arg(long, default_value_t = 0.5, value_parser = parse_fraction)]
+    threshold: f64,
+    /// Delete a replaced pack only this long after it was replaced (seconds, or with a suffix s, m,
+    /// h, d): readers holding an old record (a running serve, substitute or mount) read it until
+    /// then. Packs replaced by earlier runs are deleted by the run after their grace period.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    grace: Duration,
+    /// zstd level of the new packs' blocks.
+    #[arg(long, default_value_t = 12)]
+    level: i32,
+    /// Print which packs would be rewritten and what that would free; change nothing.
     #[arg(long)]
     dry_run: bool,
 }
@@ -119,6 +158,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     n.checked_mul(scale)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?}: expected a number from 0 to 1")),
+    }
 }
 
 fn parse_shard(s: &str) -> Result<(u64, u64), String> {
@@ -310,21 +356,61 @@ pub fn gc_cmd(args: GcArgs) -> anyhow::Result<()> {
                 .map(String::from),
         );
     }
-    if roots.is_empty() {
-        bail!("refusing to remove everything: give --keep PATHS or --keep-file FILE");
+    if roots.is_empty() && args.keep_within.is_none() && args.keep_newest.is_none() {
+        bail!("refusing to remove everything: give --keep PATHS, --keep-file FILE, --keep-within DURATION or --keep-newest N");
     }
     let roots = roots
         .iter()
         .map(|r| hash_part_of(r).with_context(|| format!("{r:?} is not a store path")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    // Keep the closure of the roots, as Nix keeps the closure of its GC roots.
-    let plan = store.gc_plan(&roots, args.force)?;
+    let mut served = std::collections::HashMap::new();
+    for dir in &args.served_state {
+        let noted = refstrip_serve::served::read(dir)
+            .with_context(|| format!("reading --served-state {}", dir.display()))?;
+        for (hash_part, time) in noted {
+            let latest = served.entry(hash_part).or_insert(time);
+            *latest = (*latest).max(time);
+        }
+    }
+    let retention = Retention {
+        roots,
+        keep_within: args.keep_within,
+        keep_newest: args.keep_newest,
+    };
+    // Keep the closures of everything a policy names, as Nix keeps the closure of its GC roots.
+    let retained = store.retention_plan(
+        &retention,
+        &served,
+        std::time::SystemTime::now(),
+        args.force,
+    )?;
+    let plan = &retained.plan;
     for missing in &plan.missing_roots {
         eprintln!("refstrip: warning: {missing} is not in the store (--force: gc goes on)");
     }
     if args.dry_run {
         for (_, path) in &plan.remove_paths {
             println!("would remove {path}");
+        }
+        for effect in &retained.policies {
+            if effect.policy == Policy::Roots && retention.roots.is_empty() {
+                continue;
+            }
+            let detail = match effect.policy {
+                Policy::Within => format!(
+                    " ({} registered, {} served within)",
+                    retained.registered_within, retained.served_within
+                ),
+                _ => String::new(),
+            };
+            println!(
+                "policy {:<12} names {} paths{detail}, keeps {} with their closure; alone it would remove {} paths, freeing {}",
+                effect.policy.name(),
+                effect.roots,
+                effect.keep,
+                effect.remove_paths,
+                bytes(effect.freed_bytes)
+            );
         }
         let freed: u64 = plan.remove_packs.iter().map(|(_, size)| size).sum();
         println!(
@@ -336,7 +422,7 @@ pub fn gc_cmd(args: GcArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let r = store.gc(&plan, args.grace)?;
+    let r = store.gc(plan, args.grace)?;
     println!(
         "removed {} paths and {} packs, freed {}; kept {} paths",
         r.removed_paths,
@@ -355,6 +441,79 @@ pub fn gc_cmd(args: GcArgs) -> anyhow::Result<()> {
             "condemned {} unreferenced packs: a gc at least {} s from now deletes them if still unreferenced",
             r.condemned_packs,
             args.grace.as_secs()
+        );
+    }
+    let dead = store.catalog().unreferenced_object_bytes()?;
+    if dead > 0 {
+        println!(
+            "{} of objects no path needs remain in packs still in use; `refstrip repack --store {}` rewrites such packs",
+            bytes(dead),
+            args.store
+        );
+    }
+    Ok(())
+}
+
+pub fn repack_cmd(args: RepackArgs) -> anyhow::Result<()> {
+    let store = open_existing(&args.store)?;
+    let report = store.repack(&RepackOptions {
+        threshold: args.threshold,
+        grace: args.grace,
+        level: args.level,
+        dry_run: args.dry_run,
+    })?;
+    let verb = if args.dry_run {
+        "would rewrite"
+    } else {
+        "rewrote"
+    };
+    for pack in &report.repacked {
+        println!(
+            "{verb} pack {} ({}, {:.1} % live: {} objects)",
+            pack.id,
+            bytes(pack.size),
+            pack.live_fraction() * 100.0,
+            pack.live_objects
+        );
+    }
+    if args.dry_run {
+        // Compressed as well as before, the live objects would take about their share.
+        let estimate: f64 = report
+            .repacked
+            .iter()
+            .map(|p| p.size as f64 * p.live_fraction())
+            .sum();
+        println!(
+            "would rewrite {} packs of {} below {:.0} % live into about {}, freeing about {} once their grace period is over",
+            report.repacked.len(),
+            bytes(report.repacked_bytes()),
+            args.threshold * 100.0,
+            bytes(estimate as u64),
+            bytes(report.repacked_bytes().saturating_sub(estimate as u64))
+        );
+        return Ok(());
+    }
+    println!(
+        "rewrote {} packs of {} below {:.0} % live into {} new packs of {}; {} path records rewritten",
+        report.repacked.len(),
+        bytes(report.repacked_bytes()),
+        args.threshold * 100.0,
+        report.new_packs,
+        bytes(report.new_pack_bytes),
+        report.records_rewritten
+    );
+    println!(
+        "deleted {} replaced packs, freeing {}; {} replaced packs ({}) wait for their grace period of {} s (run repack again after it)",
+        report.deleted_packs,
+        bytes(report.freed_bytes),
+        report.waiting_packs,
+        bytes(report.waiting_bytes),
+        args.grace.as_secs()
+    );
+    if report.restored_packs > 0 {
+        println!(
+            "put back {} replaced packs that a record written since points into",
+            report.restored_packs
         );
     }
     Ok(())

@@ -359,6 +359,16 @@ impl StoreReader {
         );
     }
 
+    /// Drop the shape of `record` (and its object table) from memory, after a read with it failed:
+    /// a repack may have moved its objects, and the next read fetches the table again.
+    pub fn forget_shape(&self, record: &PathRecord) {
+        let digest = ContentDigest::of(&record.manifest.shape_body());
+        self.shapes
+            .lock()
+            .expect("shape cache lock")
+            .remove(&digest);
+    }
+
     /// Bytes of shape files read so far only for their object tables: a record whose shape came
     /// from near by reads its shape file when an object is missing there.
     pub fn deferred_bytes(&self) -> u64 {

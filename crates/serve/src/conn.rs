@@ -160,7 +160,8 @@ async fn connection(
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Guarded::new(stream, activity.clone(), limits.send_timeout));
     let service_activity = activity.clone();
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(crate::Client(peer));
         let in_flight = InFlight::start(service_activity.clone());
         let router = router.clone();
         async move {

@@ -7,35 +7,41 @@
 //! ```text
 //! GET      /nix-cache-info               StoreDir, WantMassQuery: 1, Priority
 //! GET|HEAD /<hash part>.narinfo          the original path fields and Sig lines, URL and
-//!                                        Compression as served, FileSize when uncompressed
-//! GET|HEAD /nar/<hash part>.nar[.zst]    the NAR restored on the fly (zstd-compressed on the fly)
+//!                                        Compression as served (by Accept-Encoding with
+//!                                        `negotiate_compression`), FileSize and FileHash when
+//!                                        uncompressed
+//! GET|HEAD /nar/<hash part>.nar          the NAR restored on the fly; single ranges (206)
+//! GET|HEAD /nar/<hash part>.nar.zst      the same, zstd-compressed on the fly
 //! ```
 //! A NAR is streamed with bounded memory (a restore thread writes into a small bounded channel)
 //! and is never delivered complete unless its SHA-256 matched: see [`ChannelWriter`].
 
+mod access_log;
 mod body;
 mod conn;
+mod encoding;
 pub mod metrics;
+mod range;
+pub mod served;
 
+pub use access_log::{Client, RequestLog};
 pub use body::{BodyError, NarBody};
 pub use conn::{serve, Limits};
 pub use metrics::Metrics;
+pub use range::RangeRequest;
+pub use served::ServedLog;
 
 use std::io::{self, Write};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
 use refstrip_cas::FileSource;
 use refstrip_nix::is_hash_part;
 use refstrip_read::objects::{NearSource, ObjectOptions, Objects, SizedLru};
@@ -84,6 +90,10 @@ pub struct Config {
     pub priority: u64,
     /// What narinfos advertise.
     pub compression: Compression,
+    /// Advertise `.nar.zst` to clients whose narinfo request accepts zstd (`Accept-Encoding`) and
+    /// `.nar` to the others, instead of `compression` to all (narinfos then say `Vary:
+    /// Accept-Encoding`). Nix 2.8 sends no Accept-Encoding, so it gets `.nar`.
+    pub negotiate_compression: bool,
     /// zstd level for `.nar.zst`.
     pub zstd_level: i32,
     /// NARs restored at the same time; further NAR requests wait for a slot.
@@ -99,6 +109,10 @@ pub struct Config {
     /// The operator's key: every narinfo served gets its signature (computed per request, next to
     /// the stored `Sig` lines), for stores ingested without `--sign-key`.
     pub sign_key: Option<refstrip_nix::SecretKey>,
+    /// Where to note the paths served (for `refstrip gc --keep-within`); `None`: nowhere.
+    pub served: Option<Arc<ServedLog>>,
+    /// How requests are logged.
+    pub request_log: RequestLog,
 }
 
 impl Default for Config {
@@ -107,6 +121,7 @@ impl Default for Config {
             store_dir: None,
             priority: 40,
             compression: Compression::None,
+            negotiate_compression: false,
             zstd_level: 3,
             max_streams: 64,
             record_cache_bytes: 64 << 20,
@@ -116,6 +131,8 @@ impl Default for Config {
             },
             limits: Limits::default(),
             sign_key: None,
+            served: None,
+            request_log: RequestLog::Text,
         }
     }
 }
@@ -186,6 +203,31 @@ impl Server {
         &self.cache_info
     }
 
+    /// Write the paths noted as served since the last write (at shutdown).
+    pub fn flush_served(&self) {
+        if let Some(served) = &self.config.served {
+            if let Err(e) = served.flush() {
+                tracing::warn!(error = %e, "writing the served-paths state");
+            }
+        }
+    }
+
+    fn note_served(&self, hash_part: &str) {
+        if let Some(served) = &self.config.served {
+            served.note(hash_part);
+        }
+    }
+
+    /// Drop a cached record after a restore with it failed: the store may have changed under it
+    /// (a repack moved its objects, and the pack it names was deleted), so the next request reads
+    /// the record again.
+    fn forget_record(&self, hash_part: &str) {
+        self.records
+            .lock()
+            .expect("record cache lock")
+            .remove(&hash_part.to_string());
+    }
+
     /// The HTTP routes, with the request log and metrics.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
@@ -196,7 +238,7 @@ impl Server {
             .fallback(|| async { not_found() })
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
-                log_request,
+                access_log::log_request,
             ))
             .with_state(self.clone())
     }
@@ -302,7 +344,11 @@ async fn cache_info(State(server): State<Arc<Server>>) -> Response {
         .into_response()
 }
 
-async fn narinfo(State(server): State<Arc<Server>>, Path(file): Path<String>) -> Response {
+async fn narinfo(
+    State(server): State<Arc<Server>>,
+    headers: HeaderMap,
+    Path(file): Path<String>,
+) -> Response {
     let Some(hash_part) = file
         .strip_suffix(".narinfo")
         .filter(|h| is_hash_part(h.as_bytes()))
@@ -314,27 +360,46 @@ async fn narinfo(State(server): State<Arc<Server>>, Path(file): Path<String>) ->
         Ok(None) => return not_found(),
         Err(response) => return response,
     };
-    let compression = server.config.compression;
+    let negotiate = server.config.negotiate_compression;
+    let compression = match negotiate {
+        true if encoding::accepts_zstd(&headers) => Compression::Zstd,
+        true => Compression::None,
+        false => server.config.compression,
+    };
     let url = format!("nar/{hash_part}{}", compression.extension());
-    // No FileHash: the file is made on the fly (Nix treats it as optional). Uncompressed, the file
-    // is the NAR, so its size is known and Nix can show a download size.
-    let file_size = (compression == Compression::None).then_some(record.manifest.nar_size);
+    // Uncompressed, the file is the NAR: its size and hash are known without making it (Nix shows
+    // the download size, and checks FileHash as well as NarHash). A zstd file is made on the fly,
+    // so it has neither (both are optional for Nix).
+    let (file_hash, file_size) = match compression {
+        Compression::None => (
+            Some(refstrip_nix::Hash::from_bytes(record.manifest.nar_hash)),
+            Some(record.manifest.nar_size),
+        ),
+        Compression::Zstd => (None, None),
+    };
     match refstrip_read::pathinfo::narinfo(
         &record.manifest,
         url,
         Some(compression.name().to_string()),
-        None,
+        file_hash,
         file_size,
     ) {
         Ok(mut info) => {
             if let Some(key) = &server.config.sign_key {
                 refstrip_nix::signature::add_signature(&mut info, key);
             }
-            (
+            server.note_served(hash_part);
+            let mut response = (
                 [(header::CONTENT_TYPE, "text/x-nix-narinfo")],
                 info.to_string(),
             )
-                .into_response()
+                .into_response();
+            if negotiate {
+                response
+                    .headers_mut()
+                    .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+            }
+            response
         }
         Err(e) => {
             tracing::error!(hash_part, error = %e, "making narinfo");
@@ -346,6 +411,7 @@ async fn narinfo(State(server): State<Arc<Server>>, Path(file): Path<String>) ->
 async fn nar(
     State(server): State<Arc<Server>>,
     method: Method,
+    headers: HeaderMap,
     Path(file): Path<String>,
 ) -> Response {
     let (hash_part, compression) = if let Some(h) = file.strip_suffix(".nar.zst") {
@@ -368,6 +434,29 @@ async fn nar(
         Compression::None => "application/x-nix-nar",
         Compression::Zstd => "application/zstd",
     };
+    // Ranges of the uncompressed NAR only (its bytes are fixed; a zstd stream made on the fly is
+    // not). A Range with If-Range gets the whole NAR: there is no validator to compare with.
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(value)
+            if compression == Compression::None
+                && method == Method::GET
+                && !headers.contains_key(header::IF_RANGE) =>
+        {
+            RangeRequest::parse(value, nar_size)
+        }
+        _ => RangeRequest::Whole,
+    };
+    if range == RangeRequest::Unsatisfiable {
+        return (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [
+                (header::CONTENT_RANGE, format!("bytes */{nar_size}")),
+                (header::CONTENT_TYPE, "text/plain".to_string()),
+            ],
+            "range not satisfiable\n",
+        )
+            .into_response();
+    }
     if method == Method::HEAD {
         // The headers of the GET: Content-Length = NarSize, or (zstd, chunked) none at all, since
         // the compressed length is only known once compressed.
@@ -375,13 +464,11 @@ async fn nar(
             Compression::None => Body::empty().into_response(),
             Compression::Zstd => Body::new(body::UnknownLength).into_response(),
         };
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         if compression == Compression::None {
-            response
-                .headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(nar_size));
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(nar_size));
+            headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         }
         return response;
     }
@@ -393,25 +480,57 @@ async fn nar(
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let level = server.config.zstd_level;
     let name = hash_part.to_string();
+    let bytes = match range {
+        RangeRequest::Bytes { start, end } => Some((start, end)),
+        _ => None,
+    };
+    let restoring = server.clone();
     tokio::task::spawn_blocking(move || {
-        restore_to_channel(
-            &server.objects,
-            &server.metrics,
+        let failed = !restore_to_channel(
+            &restoring.objects,
+            &restoring.metrics,
             &record,
             compression,
+            bytes,
             level,
             tx,
             permit,
             &name,
         );
+        if failed {
+            restoring.forget_record(&name);
+            restoring.store.forget_shape(&record);
+        }
     });
 
     // Wait for the first chunk before sending headers: a NAR smaller than two chunks is then
     // restored and checked completely before the status line, so its failure is a clean 500; and
-    // a first chunk that disagrees with NarSize never gets a 200 (see `body`).
-    let exact = (compression == Compression::None).then_some(nar_size);
+    // a first chunk that disagrees with NarSize never gets a 200 (see `body`). A range is held to
+    // its own length the same way.
+    let exact = match (compression, bytes) {
+        (Compression::None, Some((start, end))) => Some(end - start + 1),
+        (Compression::None, None) => Some(nar_size),
+        (Compression::Zstd, _) => None,
+    };
     match body::start(rx, exact).await {
-        Ok(body) => ([(header::CONTENT_TYPE, content_type)], Body::new(body)).into_response(),
+        Ok(body) => {
+            server.note_served(hash_part);
+            let mut response =
+                ([(header::CONTENT_TYPE, content_type)], Body::new(body)).into_response();
+            if compression == Compression::None {
+                let headers = response.headers_mut();
+                headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+                if let Some((start, end)) = bytes {
+                    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                    response.headers_mut().insert(
+                        header::CONTENT_RANGE,
+                        HeaderValue::from_str(&format!("bytes {start}-{end}/{nar_size}"))
+                            .expect("digits and ASCII"),
+                    );
+                }
+            }
+            response
+        }
         Err(why) => {
             tracing::error!(hash_part, error = %why, "not starting the response");
             server_error()
@@ -419,36 +538,52 @@ async fn nar(
     }
 }
 
-/// Run `restore` on a blocking thread, writing the (possibly compressed) NAR into `tx`.
+/// Run `restore` on a blocking thread, writing the (possibly compressed) NAR, or the bytes
+/// `range` of it, into `tx`. Returns false if the restore failed (not if the client went away).
 #[allow(clippy::too_many_arguments)]
 fn restore_to_channel(
     objects: &Objects,
     metrics: &Metrics,
     record: &PathRecord,
     compression: Compression,
+    range: Option<(u64, u64)>,
     level: i32,
     tx: mpsc::Sender<io::Result<Bytes>>,
     _permit: OwnedSemaphorePermit,
     hash_part: &str,
-) {
-    // An uncompressed NAR may not pass NarSize (its Content-Length): stop at the first byte over.
-    let limit = (compression == Compression::None).then_some(record.manifest.nar_size);
+) -> bool {
+    let nar_size = record.manifest.nar_size;
+    // An uncompressed NAR may not pass NarSize (its Content-Length), nor a range its length: stop
+    // at the first byte over.
+    let limit = match (compression, range) {
+        (Compression::None, Some((start, end))) => Some(end - start + 1),
+        (Compression::None, None) => Some(nar_size),
+        (Compression::Zstd, _) => None,
+    };
     let mut out = ChannelWriter::with_limit(tx, limit);
     let started = Instant::now();
     metrics.stream(1);
     let result = (|| -> Result<(), String> {
         let mut objects = objects.of(record);
         let mut source = FileSource::new(&mut objects);
-        match compression {
-            Compression::None => {
-                refstrip_strip::restore(&record.manifest, &mut source, &mut out, &mut ())
-                    .map_err(|e| e.to_string())?;
+        let manifest = &record.manifest;
+        let failed = |e: refstrip_strip::StripError| e.to_string();
+        match (compression, range) {
+            (Compression::None, None) => {
+                refstrip_strip::restore(manifest, &mut source, &mut out, &mut ())
+                    .map_err(failed)?;
             }
-            Compression::Zstd => {
+            // The whole NAR is restored (and checked), only the range is passed on.
+            (Compression::None, Some((start, end))) => {
+                let mut part = range::RangeWriter::new(&mut out, start, end, nar_size);
+                refstrip_strip::restore(manifest, &mut source, &mut part, &mut ())
+                    .map_err(failed)?;
+            }
+            (Compression::Zstd, _) => {
                 let mut encoder = zstd::stream::write::Encoder::new(&mut out, level)
                     .map_err(|e| e.to_string())?;
-                refstrip_strip::restore(&record.manifest, &mut source, &mut encoder, &mut ())
-                    .map_err(|e| e.to_string())?;
+                refstrip_strip::restore(manifest, &mut source, &mut encoder, &mut ())
+                    .map_err(failed)?;
                 encoder.finish().map_err(|e| e.to_string())?;
             }
         }
@@ -459,15 +594,18 @@ fn restore_to_channel(
     match result {
         Ok(()) => {
             metrics.restored(started.elapsed().as_secs_f64());
-            out.finish()
+            out.finish();
+            true
         }
         Err(why) => {
-            if out.receiver_gone {
+            let client_gone = out.receiver_gone;
+            if client_gone {
                 tracing::debug!(hash_part, "client went away during restore");
             } else {
                 tracing::error!(hash_part, error = %why, "restore failed; aborting the response");
             }
             out.fail(io::Error::other(why));
+            client_gone
         }
     }
 }
@@ -607,109 +745,6 @@ impl Write for ChannelWriter {
     /// Nothing to do: chunks go out when full, and the last only on [`finish`](Self::finish).
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Request log
-
-/// Logs one line per request when its response body ends (or is abandoned): method, path,
-/// status, body bytes sent, duration, and whether the body completed.
-async fn log_request(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let kind = metrics::Kind::of_path(&path);
-    let start = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    let (parts, body) = response.into_parts();
-    let logged = LoggedBody {
-        inner: body,
-        method,
-        path,
-        status,
-        start,
-        bytes: 0,
-        outcome: None,
-        metrics: kind.map(|kind| (server, kind)),
-    };
-    Response::from_parts(parts, Body::new(logged))
-}
-
-struct LoggedBody {
-    inner: Body,
-    method: Method,
-    path: String,
-    status: u16,
-    start: Instant,
-    bytes: u64,
-    outcome: Option<&'static str>,
-    /// Where to count the response when it ends (none for `/metrics` itself).
-    metrics: Option<(Arc<Server>, metrics::Kind)>,
-}
-
-impl http_body::Body for LoggedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.bytes += data.len() as u64;
-                }
-            }
-            Poll::Ready(Some(Err(_))) => self.outcome = Some("aborted (error)"),
-            Poll::Ready(None) => self.outcome = self.outcome.or(Some("complete")),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for LoggedBody {
-    fn drop(&mut self) {
-        let outcome = match self.outcome {
-            Some(o) => o,
-            // Hyper stops polling once a body with an exact length has delivered all of it.
-            None if self.method == Method::HEAD
-                || http_body::Body::is_end_stream(&self.inner)
-                || http_body::Body::size_hint(&self.inner).exact() == Some(self.bytes) =>
-            {
-                "complete"
-            }
-            None => "aborted (client went away)",
-        };
-        if let Some((server, kind)) = &self.metrics {
-            server.metrics.response_done(
-                *kind,
-                self.status,
-                self.bytes,
-                outcome == "aborted (error)",
-            );
-        }
-        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        tracing::info!(
-            target: "refstrip_serve::access",
-            method = %self.method,
-            path = %self.path,
-            status = self.status,
-            bytes = self.bytes,
-            ms = format_args!("{ms:.1}"),
-            outcome,
-        );
     }
 }
 

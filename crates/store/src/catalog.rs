@@ -171,6 +171,15 @@ impl Catalog {
         rows.collect()
     }
 
+    /// Every pack with its size and the uncompressed bytes of its objects.
+    pub fn pack_sizes(&self) -> rusqlite::Result<Vec<(String, u64, u64)>> {
+        let mut q = self
+            .db
+            .prepare("SELECT id, size, raw_bytes FROM packs ORDER BY id")?;
+        let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect()
+    }
+
     pub fn packs(&self) -> rusqlite::Result<Vec<String>> {
         let mut q = self.db.prepare("SELECT id FROM packs")?;
         let rows = q.query_map([], |r| r.get(0))?;
@@ -253,6 +262,15 @@ impl Catalog {
             object_bytes,
             record_bytes,
         })
+    }
+
+    /// Whether the pack is catalogued (published, and neither condemned nor retired as far as this
+    /// catalog knows).
+    pub fn has_pack(&self, id: &str) -> rusqlite::Result<bool> {
+        self.db
+            .query_row("SELECT 1 FROM packs WHERE id = ?1", [id], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
     }
 
     /// Stored copies of objects, counting an object in two packs twice (ingest stores one).

@@ -12,12 +12,17 @@
 //! catalog.sqlite                     local cache of the above (directory stores only; for s3:// it is
 //!                                    in a local cache directory keyed by the URL)
 //! gc/condemned/<pack id>             s3:// only: packs gc found unreferenced, deleted by a later gc
+//! gc/retired/<pack id>               packs repack replaced, deleted by a later repack (grace period)
 //! catalog.lock, catalog.setup-lock   flock files: writers vs gc, one catalog set-up at a time
 //! tmp/                               scratch for packs being written
 //! ```
 
 pub mod catalog;
+pub mod repack;
+pub mod retention;
 mod store;
 
 pub use catalog::{Catalog, Totals};
+pub use repack::{PackUse, RepackOptions, RepackReport};
+pub use retention::{package_of, Policy, PolicyEffect, Retention, RetentionPlan};
 pub use store::{read_pack_index, GcPlan, GcReport, StagingPack, Store, StoreError, PACK_TARGET};

@@ -14,7 +14,10 @@ use refstrip_cas::pack::{
     decode_index, decompress_bounded, index_range, Location, PackWriter, FOOTER_LEN,
 };
 use refstrip_cas::{CasError, ObjectId, ObjectWrite};
-use refstrip_read::{check_marker, marker_contents, PathRecord, ReadError, StoreReader, Visit};
+use refstrip_read::{
+    check_marker, marker_contents, PathRecord, ReadError, StoreReader, StoredRecord, Visit,
+    MAX_RECORD_BYTES,
+};
 
 use crate::catalog::{Catalog, Totals};
 
@@ -62,7 +65,7 @@ pub enum StoreError {
 }
 
 pub struct Store {
-    backend: Arc<dyn Backend>,
+    pub(crate) backend: Arc<dyn Backend>,
     reader: StoreReader,
     catalog: Mutex<Catalog>,
     /// Objects some staging pack of this process holds, not yet sealed: every other pack leaves
@@ -81,8 +84,6 @@ pub struct GcPlan {
     pub remove_paths: Vec<(String, String)>,
     /// `(pack id, size)` of every pack no kept path needs.
     pub remove_packs: Vec<(String, u64)>,
-    /// Shapes (hex digests) the kept paths have: other shape files go (local stores only).
-    pub keep_shapes: HashSet<String>,
 }
 
 impl Store {
@@ -193,8 +194,9 @@ impl Store {
     ///
     /// Writes the shape file before the binding that names it (spec §8), so a reader that finds
     /// the binding finds its shape. A shape file already there is kept (a mass rebuild's paths
-    /// share their predecessors'): its object table names copies of the same objects, as valid as
-    /// this record's.
+    /// share their predecessors') if its object table names only packs the catalog has: copies of
+    /// the same objects, as valid as this record's. One naming a pack gc condemned or repack
+    /// retired is rewritten.
     pub fn add_record(&self, record: &PathRecord) -> Result<u64, StoreError> {
         self.write_record(record, false)
     }
@@ -213,7 +215,7 @@ impl Store {
         })?;
         let shape_key = shape_key(&encoded.shape.to_hex());
         let mut size = encoded.binding.len() as u64;
-        if replace_shape || self.backend.size(&shape_key)?.is_none() {
+        if replace_shape || !self.shape_is_live(&shape_key)? {
             self.backend.put(&shape_key, &encoded.shape_file)?;
             size += encoded.shape_file.len() as u64;
         }
@@ -225,6 +227,23 @@ impl Store {
 
     /// Catalog a path. Its record size is its binding's (format 2), whichever format its file has:
     /// shapes are shared between paths and not counted per path.
+    /// Whether the shape file exists and every pack its object table names is catalogued.
+    fn shape_is_live(&self, key: &str) -> Result<bool, StoreError> {
+        let Some(bytes) = self.backend.get(key, MAX_RECORD_BYTES)? else {
+            return Ok(false);
+        };
+        let Ok(table) = refstrip_read::ShapeFile::decode_objects(&bytes) else {
+            return Ok(false);
+        };
+        let packs: HashSet<&str> = table.values().map(|(p, _)| p.as_str()).collect();
+        for pack in packs {
+            if !self.catalog().has_pack(pack)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     fn catalog_record(&self, record: &PathRecord) -> Result<(), StoreError> {
         let record_size = record.manifest.binding().map_or(0, |b| b.len() as u64);
         let manifest = &record.manifest;
@@ -270,12 +289,14 @@ impl Store {
     /// Bring the catalog in line with the store's listing: catalog packs and records it lacks,
     /// forget those deleted since (by gc, maybe on another machine). Packs condemned by gc are
     /// left out unless `with_condemned`, so ingests never reuse their objects.
-    fn refresh_catalog(&self, with_condemned: bool) -> Result<(), StoreError> {
-        let condemned: HashSet<String> = if with_condemned {
+    pub(crate) fn refresh_catalog(&self, with_condemned: bool) -> Result<(), StoreError> {
+        let mut condemned: HashSet<String> = if with_condemned {
             HashSet::new()
         } else {
             self.condemned()?.into_iter().collect()
         };
+        // Packs repack replaced are never catalogued again: no new record may point into them.
+        condemned.extend(crate::repack::retired(&*self.backend)?);
         let listed: HashSet<String> = self
             .backend
             .list("packs/")?
@@ -343,7 +364,7 @@ impl Store {
         Ok(file)
     }
 
-    fn lock_file(&self) -> Result<File, StoreError> {
+    pub(crate) fn lock_file(&self) -> Result<File, StoreError> {
         let path = self.backend.catalog_path().with_extension("lock");
         Ok(File::options()
             .create(true)
@@ -375,11 +396,6 @@ impl Store {
             .iter()
             .map(|r| r.hash_part().to_string())
             .collect();
-        plan.keep_shapes = closure
-            .records
-            .iter()
-            .map(|r| blake3::hash(&r.manifest.shape_body()).to_hex().to_string())
-            .collect();
         if self.backend.is_shared() {
             // Judge references by every record in the bucket now, condemned packs included.
             self.refresh_catalog(true)?;
@@ -392,6 +408,20 @@ impl Store {
             .collect();
         plan.remove_packs = self.catalog().packs_unreferenced_by(&plan.keep)?;
         Ok(plan)
+    }
+
+    /// The shapes (hex) the store's bindings name, read from the bindings themselves.
+    fn named_shapes(&self) -> Result<HashSet<String>, StoreError> {
+        let mut named = HashSet::new();
+        for key in self.backend.list("paths/")? {
+            let Some(binding) = self.backend.get(&key, MAX_RECORD_BYTES)? else {
+                continue;
+            };
+            if let Ok(StoredRecord::V2(b)) = StoredRecord::decode(&binding) {
+                named.insert(b.shape.to_hex());
+            }
+        }
+        Ok(named)
     }
 
     /// Remove every path not in `plan.keep`, then every pack no remaining path needs.
@@ -438,10 +468,9 @@ impl Store {
         // An ingest writes a shape file before the binding naming it, so a shape without one is
         // garbage only while no ingest runs: true here under the lock, not on a shared store.
         if !shared {
+            let named = self.named_shapes()?;
             for key in self.backend.list("shapes/")? {
-                let named = key.strip_prefix("shapes/").unwrap_or_default();
-                if !plan.keep_shapes.contains(named) {
-                    report.freed_bytes += self.backend.size(&key)?.unwrap_or(0);
+                if !named.contains(key.strip_prefix("shapes/").unwrap_or_default()) {
                     self.backend.delete(&key)?;
                     report.removed_shapes += 1;
                 }
