@@ -46,6 +46,16 @@ fn substitute_mass(
     root: &Path,
     extra: &[&str],
 ) -> (serde_json::Value, u64) {
+    substitute_generation("mass", url, sent, root, extra)
+}
+
+fn substitute_generation(
+    generation: &str,
+    url: &str,
+    sent: &std::sync::atomic::AtomicU64,
+    root: &Path,
+    extra: &[&str],
+) -> (serde_json::Value, u64) {
     let before = sent.load(Ordering::Relaxed);
     let out = Command::new(refstrip_bin())
         .args([
@@ -59,7 +69,7 @@ fn substitute_mass(
         ])
         .arg(root)
         .args(extra)
-        .arg(root_path("mass"))
+        .arg(root_path(generation))
         .output()
         .unwrap();
     assert!(
@@ -193,6 +203,98 @@ fn the_local_store_saves_the_download_and_stale_copies_are_only_misses() {
     mass_hashes_match(&collected);
     assert_eq!(r["local_objects"], 0);
     assert!(fetched * 10 > without * 9, "{fetched} vs {without}");
+}
+
+/// Every row of a local-store index (`state/local-objects.sqlite`), path ids aside, sorted.
+fn index_rows(state: &Path) -> Vec<String> {
+    let db = rusqlite::Connection::open(state.join("local-objects.sqlite")).unwrap();
+    let mut stmt = db
+        .prepare(
+            "SELECT p.basename, p.refs, o.kind, hex(o.digest), hex(o.file), o.file_size, o.offset,
+                    o.size, o.zero_start, o.zero_end, hex(o.list)
+             FROM objects o JOIN paths p ON p.id = o.path",
+        )
+        .unwrap();
+    let mut rows: Vec<String> = stmt
+        .query_map([], |r| {
+            let cells: rusqlite::Result<Vec<String>> = (0..11)
+                .map(|i| Ok(format!("{:?}", r.get::<_, rusqlite::types::Value>(i)?)))
+                .collect();
+            Ok(cells?.join(" "))
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn substitute_indexes_the_paths_it_writes() {
+    refstrip_tests::require_nix!();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("normalized");
+    for g in ["gen1", "mass"] {
+        run(Command::new(refstrip_bin())
+            .arg("ingest")
+            .arg(gen_dir(g))
+            .args(["--all", "--to"])
+            .arg(&store));
+    }
+    let (url, _, sent) = static_http_server_counting(store.clone());
+    // A store this run makes: nothing to read from, the 14 paths written are indexed.
+    let root = dir.path().join("root");
+    let (r, _) = substitute_generation("gen1", &url, &sent, &root, &[]);
+    assert_eq!(r["paths"], 14, "{r}");
+    assert_eq!(r["indexed_written_paths"], 14, "{r}");
+    assert!(index(&root).contains("indexed 0 new paths"));
+    // The update: gen1 is the source, the paths written are indexed as they are registered.
+    let (r, _) = substitute_mass(&url, &sent, &root, &[]);
+    assert!(r["local_objects"].as_u64().unwrap() > 50, "{r}");
+    assert!(r["paths"].as_u64().unwrap() > 0);
+    assert_eq!(r["indexed_written_paths"], r["paths"], "{r}");
+    let said = index(&root);
+    assert!(
+        said.contains("indexed 0 new paths"),
+        "nothing to strip: {said}"
+    );
+    verify_contents(&root);
+    // What was indexed is exactly what stripping the written files finds.
+    let state = root.join("nix/var/refstrip");
+    let stripped = dir.path().join("stripped-index");
+    run(Command::new(refstrip_bin())
+        .args(["index", "--store"])
+        .arg(&root)
+        .arg("--state")
+        .arg(&stripped));
+    let rows = index_rows(&state);
+    assert!(rows.len() > 100, "{} rows", rows.len());
+    let want = index_rows(&stripped);
+    let only = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter()
+            .filter(|r| !b.contains(r))
+            .take(5)
+            .cloned()
+            .collect()
+    };
+    assert!(
+        rows == want,
+        "only in the index written: {:#?}\nonly in the stripped one: {:#?}",
+        only(&rows, &want),
+        only(&want, &rows)
+    );
+    // Not the target store: nothing written is added to another store's index.
+    let other = dir.path().join("other");
+    gen1_by_nix(&other);
+    let (r, _) = substitute_mass(
+        &url,
+        &sent,
+        &other,
+        &["--local-store", root.to_str().unwrap()],
+    );
+    assert_eq!(r["indexed_written_paths"], 0, "{r}");
+    assert_eq!(index_rows(&state), rows);
+    verify_contents(&other);
 }
 
 /// `--verify --check-contents` over the mass generation only: the altered gen1 file is (rightly)

@@ -26,7 +26,10 @@ enum LogFormat {
 #[derive(Args)]
 pub struct ServeArgs {
     /// The normalized store: a directory, `file:///dir`, `s3://bucket/prefix…`, or `http(s)://`
-    /// serving such a directory.
+    /// serving such a directory. A remote store that does not answer (at start or later) makes
+    /// every path it would serve a 404, so that Nix asks its next substituter; it is retried after
+    /// 1 s, then waits doubling up to a minute. HTTP timeouts: `?connect-timeout=SECS` (10) and
+    /// `&stalled-download-timeout=SECS` (60).
     #[arg(long, value_name = "STORE")]
     from: String,
     /// Address to listen on (`127.0.0.1:0` picks a free port; the address is logged). `:PORT`
@@ -139,7 +142,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(refstrip_nix::SecretKey::read_file)
         .transpose()?;
-    let store = refstrip_read::StoreReader::open(&args.from)?;
+    // A remote store that does not answer now is served all the same: every path a miss (which
+    // Nix takes from its next substituter) until it answers.
+    let (store, upstream) = refstrip_serve::upstream::open(&args.from)?;
     let config = Config {
         store_dir: args.store_dir,
         priority: args.priority,
@@ -211,7 +216,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let near = local
         .clone()
         .map(|l| l as std::sync::Arc<dyn refstrip_read::objects::NearSource>);
-    let server = Server::with_near(store, config, near).context("reading the store")?;
+    let server =
+        Server::with_near(store, Some(upstream), config, near).context("reading the store")?;
     let flushing = server.clone();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {

@@ -65,7 +65,8 @@ pub struct SubstituteArgs {
     no_links: bool,
     /// A Nix store whose valid paths are the nearest source of objects: files whose normalized
     /// contents are there are read from it (re-normalized and checked) instead of fetched. Its
-    /// index is brought up to date first (see `refstrip index`) [default: the --store ROOT, when it
+    /// index is brought up to date first (see `refstrip index`); when it is the --store ROOT, the
+    /// paths written are added to it as they are registered [default: the --store ROOT, when it
     /// has a Nix db].
     #[arg(long, value_name = "ROOT")]
     local_store: Option<PathBuf>,
@@ -167,6 +168,16 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
         .expect("valid template")
         .progress_chars("=> "),
     );
+    // The paths written are indexed as they are registered when the local store is the target
+    // (the default), so that the next run need not strip them again.
+    let same = |a: &std::path::Path, b: &std::path::Path| {
+        std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
+    };
+    let index_target = !args.no_local_store
+        && args
+            .local_store
+            .as_deref()
+            .is_none_or(|l| same(l, &args.root));
     let local_root = match (args.no_local_store, args.local_store) {
         (true, _) => None,
         (false, Some(root)) => Some(root),
@@ -175,32 +186,32 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
             Some(args.root.clone()).filter(|r| r.join("nix/var/nix/db/db.sqlite").exists())
         }
     };
-    let near = match local_root {
-        None => None,
-        Some(root) => {
-            let (local, r) = crate::local_store::open_updated(
-                &root,
-                &args.store_dir,
-                args.local_state.as_deref(),
-                args.json,
-            )?;
-            if !args.json {
-                println!(
-                    "local store {}: indexed {} new paths ({} NAR bytes)",
-                    root.display(),
-                    r.paths,
-                    r.nar_bytes
-                );
-            }
-            Some(local)
+    let mut local = None;
+    if let Some(root) = &local_root {
+        let (opened, r) = crate::local_store::open_updated(
+            root,
+            &args.store_dir,
+            args.local_state.as_deref(),
+            args.json,
+        )?;
+        if !args.json {
+            println!(
+                "local store {}: indexed {} new paths ({} NAR bytes)",
+                root.display(),
+                r.paths,
+                r.nar_bytes
+            );
         }
-    };
+        local = Some(opened);
+    }
+    let near = local
+        .clone()
+        .map(|l| l as std::sync::Arc<dyn refstrip_read::objects::NearSource>);
     // The local store's paths also give the shapes of their rebuilt successors (spec §8).
-    let store = match &near {
+    let store = match &local {
         Some(local) => store.with_near_shapes(local.clone()),
         None => store,
     };
-    let near = near.map(|l| l as std::sync::Arc<dyn refstrip_read::objects::NearSource>);
     let opts = Options {
         root: args.root,
         store_dir: args.store_dir,
@@ -210,10 +221,23 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
         links: args.links || (!args.no_links && auto_optimise_store()?),
         progress,
         near,
+        keep_written: index_target,
     };
-    let report = substitute(&store, &roots, &opts)?;
+    let mut report = substitute(&store, &roots, &opts)?;
+    let indexed = match index_target && !report.written.is_empty() {
+        true => index_written(
+            local,
+            &opts.root,
+            &opts.store_dir,
+            args.local_state.as_deref(),
+            std::mem::take(&mut report.written),
+        ),
+        false => 0,
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut json = serde_json::to_value(&report)?;
+        json["indexed_written_paths"] = indexed.into();
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         println!(
             "substituted {} paths ({} already valid), {} NAR bytes in {} files, in {:.2} s",
@@ -233,7 +257,7 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
             report.reused_blocks
         );
         println!(
-            "took {} objects ({} bytes) from the local store",
+            "took {} objects ({} bytes) from the local store; indexed the {indexed} paths written",
             report.local_objects, report.local_bytes
         );
         let t = &report.phases;
@@ -243,4 +267,46 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Add the paths just written to the local-store index of the target `root` (opened now if the
+/// run did not use it, e.g. a store made by this run); how many were indexed. A failure only
+/// costs the next run the stripping, so it is a warning.
+fn index_written(
+    local: Option<std::sync::Arc<refstrip_localstore::LocalStore>>,
+    root: &std::path::Path,
+    store_dir: &str,
+    state: Option<&std::path::Path>,
+    written: Vec<refstrip_substitute::WrittenPath>,
+) -> u64 {
+    use refstrip_localstore::{LocalStore, Restored};
+    let local = match local {
+        Some(local) => local,
+        None => {
+            let state = state
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_else(|| LocalStore::default_state_dir(root));
+            match LocalStore::open(root, store_dir, &state) {
+                Ok(local) => std::sync::Arc::new(local),
+                Err(e) => {
+                    eprintln!("warning: not indexing the paths written: {e}");
+                    return 0;
+                }
+            }
+        }
+    };
+    let restored: Vec<Restored> = written
+        .iter()
+        .map(|w| Restored {
+            manifest: &w.manifest,
+            chunk_lists: &w.chunk_lists,
+        })
+        .collect();
+    match local.add_restored(&restored) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("warning: not indexing the paths written (the next run will): {e}");
+            0
+        }
+    }
 }

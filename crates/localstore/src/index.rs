@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use indicatif::ProgressBar;
 use rayon::prelude::*;
-use refstrip_cas::{FileSink, Kind, ObjectId, ObjectWrite, CHUNK_THRESHOLD};
+use refstrip_cas::{decode_chunk_list, FileSink, Kind, ObjectId, ObjectWrite, CHUNK_THRESHOLD};
 use refstrip_strip::{
-    apply_all, compress_shape, shape_body, strip, Node, Patch, PatchKind, RefTable, StripOptions,
+    apply_all, compress_shape, shape_body, strip, ContentDigest, Manifest, Node, Patch, PatchKind,
+    RefTable, StripOptions,
 };
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
@@ -108,6 +109,13 @@ type Stripped = Result<Indexed, String>;
 
 /// Paths stripped per transaction: progress survives an interruption at this granularity.
 const BATCH: usize = 64;
+
+/// A path just written from its manifest (by `refstrip substitute`), for [`LocalStore::add_restored`].
+pub struct Restored<'a> {
+    pub manifest: &'a Manifest,
+    /// The chunk lists of its large files by file digest, as read while restoring it.
+    pub chunk_lists: &'a HashMap<ContentDigest, Vec<u8>>,
+}
 
 impl LocalStore {
     /// Keep the index up to date while a long-running client (serve) uses it: an update every
@@ -219,6 +227,72 @@ impl LocalStore {
         Ok(report)
     }
 
+    /// Index paths just written from their manifests and registered in Nix's db, without reading
+    /// them back: their objects are the manifest's, laid out as stripping the written files would
+    /// find them, so the next [`update`](Self::update) has nothing to strip. A path Nix does not
+    /// list as valid with the manifest's NarHash, or lacking a chunk list, is left to the next
+    /// update. Returns how many paths were indexed.
+    pub fn add_restored(&self, paths: &[Restored]) -> Result<u64, Error> {
+        let db_file = self.root.join("nix/var/nix/db/db.sqlite");
+        let what = format!("reading {}", db_file.display());
+        let nix = Connection::open_with_flags(&db_file, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(db_err(what.clone()))?;
+        nix.busy_timeout(Duration::from_secs(60))
+            .map_err(db_err(what.clone()))?;
+        let mut valid = nix
+            .prepare("SELECT id, hash FROM ValidPaths WHERE path = ?1")
+            .map_err(db_err(what.clone()))?;
+        let mut found = Vec::new();
+        for p in paths {
+            let m = p.manifest;
+            let basename = String::from_utf8_lossy(m.basename()).into_owned();
+            let path = format!("{}/{basename}", self.store_dir);
+            let Some((id, hash)) = valid
+                .query_row([&path], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .optional()
+                .map_err(db_err(what.clone()))?
+            else {
+                continue;
+            };
+            let hex: String = m.nar_hash.iter().map(|b| format!("{b:02x}")).collect();
+            if hash != format!("sha256:{hex}") {
+                continue;
+            }
+            let Some(rows) = manifest_rows(m, p.chunk_lists) else {
+                continue;
+            };
+            let mut refs: Vec<String> = m
+                .references
+                .iter()
+                .map(|r| String::from_utf8_lossy(r).into_owned())
+                .collect();
+            refs.sort();
+            found.push((id, basename, refs, rows, m.shape_body()));
+        }
+        drop(valid);
+        drop(nix);
+        let mut conn = self.index.lock().expect("poisoned");
+        let tx = conn.transaction().map_err(db_err("updating the index"))?;
+        for (id, basename, refs, rows, shape) in &found {
+            // Whatever the index had under this id was another path (a store made anew).
+            tx.execute("DELETE FROM objects WHERE path = ?1", [id])
+                .and_then(|_| tx.execute("DELETE FROM shapes WHERE path = ?1", [id]))
+                .and_then(|_| {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO paths (id, basename, refs) VALUES (?1, ?2, ?3)",
+                        params![id, basename, refs.join("\n")],
+                    )
+                })
+                .and_then(|_| insert_rows(&tx, *id, rows))
+                .and_then(|_| insert_shape(&tx, *id, shape))
+                .map_err(db_err("writing the index"))?;
+        }
+        tx.commit().map_err(db_err("updating the index"))?;
+        Ok(found.len() as u64)
+    }
+
     /// Hash and references of the paths `todo` (id, full path) of this store directory.
     fn new_paths(
         &self,
@@ -242,12 +316,14 @@ impl LocalStore {
             let Some(hash) = hash_of.query_row([id], |r| r.get(0)).optional()? else {
                 continue; // unregistered meanwhile
             };
-            let refs: Vec<String> = refs_of
+            // Sorted: the column is the same whoever fills it (the table is order-free).
+            let mut refs: Vec<String> = refs_of
                 .query_map([id], |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?
                 .into_iter()
                 .filter_map(|r| r.strip_prefix(&prefix).map(str::to_string))
                 .collect();
+            refs.sort();
             out.push(ValidPath {
                 id,
                 basename: basename.to_string(),
@@ -315,6 +391,30 @@ fn insert_shape(tx: &rusqlite::Transaction, path: i64, body: &[u8]) -> rusqlite:
     Ok(())
 }
 
+/// The rows of a path written from `manifest`: the objects strip would make of its files, in the
+/// order it would make them (per file in NAR order: the blob, or the chunks then the chunk list).
+fn manifest_rows(
+    manifest: &Manifest,
+    chunk_lists: &HashMap<ContentDigest, Vec<u8>>,
+) -> Option<Vec<Row>> {
+    let mut files = Vec::new();
+    files_in_nar_order(&manifest.root, &manifest.refs, &mut Vec::new(), &mut files);
+    let mut objects = Vec::new();
+    for (_, size, _, digest) in &files {
+        if *size <= CHUNK_THRESHOLD as u64 {
+            objects.push((ObjectId::new(Kind::Blob, *digest), *size, None));
+            continue;
+        }
+        let list = chunk_lists.get(digest)?;
+        for (chunk, len) in decode_chunk_list(list)? {
+            objects.push((ObjectId::new(Kind::Blob, chunk), len, None));
+        }
+        let id = ObjectId::new(Kind::ChunkList, *digest);
+        objects.push((id, list.len() as u64, Some(list.clone())));
+    }
+    rows_of(&files, objects)
+}
+
 fn insert_rows(tx: &rusqlite::Transaction, path: i64, rows: &[Row]) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(
         "INSERT OR IGNORE INTO objects
@@ -357,8 +457,8 @@ impl ObjectWrite for Recorder {
     }
 }
 
-/// A regular file of the tree: path inside the store path, size, patches.
-type FileEntry = (Vec<u8>, u64, Vec<Patch>);
+/// A regular file of the tree: path inside the store path, size, patches, normalized digest.
+type FileEntry = (Vec<u8>, u64, Vec<Patch>, ContentDigest);
 
 /// Regular files in the order strip met them: the NAR's, i.e. each directory sorted by real name.
 fn files_in_nar_order(
@@ -368,7 +468,12 @@ fn files_in_nar_order(
     out: &mut Vec<FileEntry>,
 ) {
     match node {
-        Node::File { size, patches, .. } => out.push((prefix.clone(), *size, patches.clone())),
+        Node::File {
+            size,
+            patches,
+            digest,
+            ..
+        } => out.push((prefix.clone(), *size, patches.clone(), *digest)),
         Node::Symlink { .. } => {}
         Node::Directory(entries) => {
             let mut named: Vec<(Vec<u8>, &Node)> = entries
@@ -397,7 +502,7 @@ fn rows_of(
 ) -> Option<Vec<Row>> {
     let mut objects = objects.into_iter();
     let mut rows = Vec::new();
-    for (file, size, patches) in files {
+    for (file, size, patches, _) in files {
         // Strip's only literal patch is the zeroed build-id.
         let zero = patches.iter().find_map(|p| match &p.kind {
             PatchKind::Literal(bytes) => Some((p.offset, p.offset + bytes.len() as u64)),

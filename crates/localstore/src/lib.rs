@@ -4,7 +4,8 @@
 //! the files of paths it has installed (from refstrip or from anywhere else). [`LocalStore`]
 //! keeps an index (SQLite, in a state directory the caller names) from object name to a file of
 //! a valid path and a byte range in it, filled by stripping valid paths with the references Nix
-//! recorded for them in `db.sqlite` ([`LocalStore::update`], incremental by `ValidPaths.id`).
+//! recorded for them in `db.sqlite` ([`LocalStore::update`], incremental by `ValidPaths.id`), or
+//! from the manifests of paths just written from them ([`LocalStore::add_restored`]).
 //! As an [`ObjectSource`] it reads the range back (opened below the store directory following no
 //! symlink), re-normalizes it with the path's reference table, and hands it out only if its BLAKE3
 //! is the object's name. The index is a cache, never the truth: a garbage-collected path, a
@@ -31,7 +32,7 @@ use refstrip_read::ShapeSource;
 use refstrip_strip::{ContentDigest, RefTable, Scanner};
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use index::UpdateReport;
+pub use index::{Restored, UpdateReport};
 pub use renorm::{open_beneath, renormalize};
 
 /// The index's file name inside the state directory.

@@ -5,9 +5,9 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use indicatif::ProgressBar;
-use refstrip_cas::{FileSink, ObjectId, ObjectWrite};
+use refstrip_cas::{FileSink, Kind, ObjectId, ObjectWrite};
 use refstrip_read::objects::NearSource;
-use refstrip_strip::{strip, RefTable, Scanner, StripOptions, PLACEHOLDER};
+use refstrip_strip::{strip, ContentDigest, RefTable, Scanner, StripOptions, PLACEHOLDER};
 use sha2::Digest;
 
 use super::*;
@@ -246,4 +246,146 @@ fn a_path_that_does_not_match_its_nar_hash_is_not_indexed() {
     let report = local.update(&ProgressBar::hidden()).unwrap();
     assert_eq!((report.paths, report.skipped), (0, 1));
     assert!(!local.may_have(&ObjectId::blob(b"two")));
+}
+
+/// The manifest ingest would make of `basename` (references `refs`), and the chunk lists a
+/// restore of it reads.
+fn manifest_of(
+    root: &Path,
+    basename: &str,
+    refs: &[&str],
+) -> (refstrip_strip::Manifest, HashMap<ContentDigest, Vec<u8>>) {
+    let mut nar = Vec::new();
+    refstrip_nar::dump(&root.join("nix/store").join(basename), &mut nar).unwrap();
+    let hash: String = sha2::Sha256::digest(&nar)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let references: Vec<String> = refs.iter().map(|r| r.to_string()).collect();
+    let text = format!(
+        "StorePath: /nix/store/{basename}\nURL: nar/x.nar\nCompression: none\nNarHash: sha256:{hash}\nNarSize: {}\nReferences: {}\n",
+        nar.len(),
+        references.join(" ")
+    );
+    let info =
+        refstrip_nix::NarInfo::parse(&refstrip_nix::StoreDir::new("/nix/store").unwrap(), &text)
+            .unwrap();
+    let mut kept = Kept::default();
+    let manifest = refstrip_read::pathinfo::strip_nar(
+        &nar[..],
+        &info,
+        &StripOptions::default(),
+        &mut FileSink::new(&mut kept),
+    )
+    .unwrap();
+    let lists = kept
+        .0
+        .into_iter()
+        .filter(|(id, _)| id.kind == Kind::ChunkList)
+        .map(|(id, bytes)| (id.digest, bytes))
+        .collect();
+    (manifest, lists)
+}
+
+/// Every row of the index, comparable across indexes (path ids aside).
+fn rows(local: &LocalStore) -> Vec<Vec<String>> {
+    let conn = local.index.lock().unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT p.basename, p.refs, o.kind, hex(o.digest), hex(o.file), o.file_size, o.offset,
+                    o.size, o.zero_start, o.zero_end, hex(o.list)
+             FROM objects o JOIN paths p ON p.id = o.path ORDER BY 1, 4, 5, 7",
+        )
+        .unwrap();
+    stmt.query_map([], |r| {
+        (0..11)
+            .map(|i| {
+                r.get::<_, rusqlite::types::Value>(i)
+                    .map(|v| format!("{v:?}"))
+            })
+            .collect()
+    })
+    .unwrap()
+    .collect::<rusqlite::Result<_>>()
+    .unwrap()
+}
+
+#[test]
+fn paths_written_from_manifests_are_indexed_as_stripping_them_would() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("nix/store");
+    fs::create_dir_all(store.join(DEP)).unwrap();
+    fs::write(store.join(DEP).join("data"), contents(5000, &[DEP], &[10])).unwrap();
+    let me = store.join(ME);
+    fs::create_dir_all(me.join("bin")).unwrap();
+    fs::create_dir_all(me.join("share/Zz")).unwrap();
+    let big_at: Vec<usize> = (0..40).map(|i| i * 25_013 + 7).collect();
+    fs::write(me.join("bin/big"), contents(1_000_000, &[ME, DEP], &big_at)).unwrap();
+    fs::write(me.join("bin/small"), contents(3000, &[DEP], &[2900])).unwrap();
+    fs::write(me.join("share/Zz/a"), contents(300, &[ME], &[0])).unwrap();
+    fs::write(me.join("share/b"), contents(700_000, &[], &[])).unwrap();
+    // Names with a reference in them: the index's order is by real name, the manifest's is not.
+    fs::write(
+        me.join(format!("share/{}", &DEP[..32])),
+        contents(90, &[], &[]),
+    )
+    .unwrap();
+    fs::write(
+        me.join(format!("share/{}.txt", &ME[..32])),
+        contents(80, &[], &[]),
+    )
+    .unwrap();
+    fs::write(me.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("bin/small", me.join("link")).unwrap();
+    nix_store(root.path(), &[(DEP, &[]), (ME, &[DEP])]);
+
+    // What stripping the files finds.
+    let stripped = LocalStore::open(root.path(), "/nix/store", &root.path().join("a")).unwrap();
+    assert_eq!(stripped.update(&ProgressBar::hidden()).unwrap().paths, 2);
+
+    // What the manifests say, without reading the files.
+    let local = LocalStore::open(root.path(), "/nix/store", &root.path().join("b")).unwrap();
+    let (m_dep, l_dep) = manifest_of(root.path(), DEP, &[]);
+    let (m_me, l_me) = manifest_of(root.path(), ME, &[DEP]);
+    assert_eq!(l_me.len(), 2, "two chunked files");
+    let added = local
+        .add_restored(&[
+            Restored {
+                manifest: &m_dep,
+                chunk_lists: &l_dep,
+            },
+            Restored {
+                manifest: &m_me,
+                chunk_lists: &l_me,
+            },
+        ])
+        .unwrap();
+    assert_eq!(added, 2);
+    assert_eq!(rows(&local), rows(&stripped));
+    assert!(rows(&local).len() > 20);
+    for (id, bytes) in objects_of(root.path(), ME, &[DEP]) {
+        assert_eq!(get(&local, &id), Some(bytes), "{id}");
+    }
+    // Nothing left for the update to strip.
+    assert_eq!(local.update(&ProgressBar::hidden()).unwrap().paths, 0);
+
+    // A path Nix does not have with that NarHash, or without its chunk lists, is left alone.
+    let other = LocalStore::open(root.path(), "/nix/store", &root.path().join("c")).unwrap();
+    let mut wrong = m_dep.clone();
+    wrong.nar_hash[0] ^= 1;
+    let none = HashMap::new();
+    let added = other
+        .add_restored(&[
+            Restored {
+                manifest: &wrong,
+                chunk_lists: &l_dep,
+            },
+            Restored {
+                manifest: &m_me,
+                chunk_lists: &none,
+            },
+        ])
+        .unwrap();
+    assert_eq!(added, 0);
+    assert_eq!(other.update(&ProgressBar::hidden()).unwrap().paths, 2);
 }

@@ -149,6 +149,8 @@ pub struct DiskCache {
     far: Box<dyn BlockSource>,
     /// Bytes of blocks in the cache as this process last counted them, plus what it added since.
     used: AtomicU64,
+    /// Bytes this process is writing into the cache right now.
+    writing: AtomicU64,
     counters: Arc<FetchCounters>,
 }
 
@@ -182,6 +184,7 @@ impl DiskCache {
             cap,
             far,
             used: AtomicU64::new(used),
+            writing: AtomicU64::new(0),
             counters,
         })
     }
@@ -213,21 +216,32 @@ impl DiskCache {
         self.dir.join("blocks").join("shapes").join(digest.to_hex())
     }
 
+    /// Keep `bytes` at `path`, making room first: what is on disk plus what this process is writing
+    /// never exceeds the cap (a file larger than the cap is not kept).
     fn keep_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        fs::create_dir_all(path.parent().expect("has a parent"))?;
-        let tmp = tempfile::NamedTempFile::new_in(self.dir.join("tmp"))?;
-        fs::write(tmp.path(), bytes)?;
-        tmp.persist(path).map_err(|e| e.error)?;
         let len = bytes.len() as u64;
-        let used = self.used.fetch_add(len, Ordering::Relaxed) + len;
-        if used > self.cap {
-            self.evict()?;
+        if len > self.cap {
+            return Ok(());
         }
-        Ok(())
+        let writing = self.writing.fetch_add(len, Ordering::Relaxed) + len;
+        let kept = (|| {
+            if self.used.load(Ordering::Relaxed) + writing > self.cap {
+                self.evict(writing)?;
+            }
+            fs::create_dir_all(path.parent().expect("has a parent"))?;
+            let tmp = tempfile::NamedTempFile::new_in(self.dir.join("tmp"))?;
+            fs::write(tmp.path(), bytes)?;
+            tmp.persist(path).map_err(|e| e.error)?;
+            self.used.fetch_add(len, Ordering::Relaxed);
+            Ok(())
+        })();
+        self.writing.fetch_sub(len, Ordering::Relaxed);
+        kept
     }
 
-    /// Delete the least recently used blocks until the cache holds at most 90 % of its cap.
-    fn evict(&self) -> io::Result<()> {
+    /// Delete the least recently used blocks until the cache holds at most 90 % of its cap, and
+    /// leaves `room` bytes free for the files being written.
+    fn evict(&self, room: u64) -> io::Result<()> {
         let lock = File::options()
             .create(true)
             .truncate(false)
@@ -237,7 +251,7 @@ impl DiskCache {
         let mut blocks = cached_blocks(&self.dir)?;
         blocks.sort_by_key(|b| b.2);
         let mut total: u64 = blocks.iter().map(|b| b.1).sum();
-        let target = self.cap / 10 * 9;
+        let target = (self.cap / 10 * 9).min(self.cap.saturating_sub(room));
         for (path, size, _) in blocks {
             if total <= target {
                 break;

@@ -14,7 +14,9 @@
 //! GET|HEAD /nar/<hash part>.nar.zst      the same, zstd-compressed on the fly
 //! ```
 //! A NAR is streamed with bounded memory (a restore thread writes into a small bounded channel)
-//! and is never delivered complete unless its SHA-256 matched: see [`ChannelWriter`].
+//! and is never delivered complete unless its SHA-256 matched: see [`ChannelWriter`]. A path the
+//! store cannot be read for (it is not answering: see [`upstream`]) is a 404, so that Nix takes it
+//! from its next substituter.
 
 mod access_log;
 mod body;
@@ -23,6 +25,7 @@ mod encoding;
 pub mod metrics;
 mod range;
 pub mod served;
+pub mod upstream;
 
 pub use access_log::{Client, RequestLog};
 pub use body::{BodyError, NarBody};
@@ -30,6 +33,7 @@ pub use conn::{serve, Limits};
 pub use metrics::Metrics;
 pub use range::RangeRequest;
 pub use served::ServedLog;
+pub use upstream::Upstream;
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
@@ -149,18 +153,22 @@ pub struct Server {
     objects: Objects,
     streams: Arc<Semaphore>,
     metrics: Metrics,
+    /// The gate in front of a store opened by [`upstream::open`].
+    upstream: Option<Arc<Upstream>>,
 }
 
 impl Server {
     /// Wrap a store opened for reading. Takes the store directory from a record unless configured,
     /// and refuses records of any other.
     pub fn new(store: StoreReader, config: Config) -> Result<Arc<Server>, ReadError> {
-        Server::with_near(store, config, None)
+        Server::with_near(store, None, config, None)
     }
 
-    /// As [`Server::new`], with `near` (the local Nix store) tried before the store for every object.
+    /// As [`Server::new`], for a store opened by [`upstream::open`] (its `upstream` gate), and with
+    /// `near` (the local Nix store) tried before the store for every object.
     pub fn with_near(
         store: StoreReader,
+        upstream: Option<Arc<Upstream>>,
         config: Config,
         near: Option<Arc<dyn NearSource>>,
     ) -> Result<Arc<Server>, ReadError> {
@@ -195,6 +203,7 @@ impl Server {
             objects,
             streams,
             metrics: Metrics::new(),
+            upstream,
         }))
     }
 
@@ -264,7 +273,17 @@ impl Server {
         };
         let server = self.clone();
         let key = hash_part.to_string();
-        let read = tokio::task::spawn_blocking(move || server.store.try_record(&key)).await;
+        let read = tokio::task::spawn_blocking(move || {
+            if let Some(upstream) = &server.upstream {
+                upstream.ensure_checked().map_err(|error| ReadError::Io {
+                    what: "the store's marker".into(),
+                    store: server.store.describe(),
+                    error,
+                })?;
+            }
+            server.store.try_record(&key)
+        })
+        .await;
         match read {
             Ok(Ok(Some((record, _)))) => {
                 let record = Arc::new(record);
@@ -276,6 +295,11 @@ impl Server {
                 Ok(Some(record))
             }
             Ok(Ok(None)) => Ok(None),
+            // The store is not answering: a miss, so that Nix asks its next substituter.
+            Ok(Err(e @ ReadError::Io { .. })) => {
+                tracing::debug!(hash_part, error = %e, "the store is unavailable");
+                Err(unavailable())
+            }
             Ok(Err(e)) => {
                 tracing::error!(hash_part, error = %e, "reading path record");
                 Err(server_error())
@@ -485,6 +509,7 @@ async fn nar(
         _ => None,
     };
     let restoring = server.clone();
+    let upstream = server.upstream.clone();
     tokio::task::spawn_blocking(move || {
         let failed = !restore_to_channel(
             &restoring.objects,
@@ -533,7 +558,12 @@ async fn nar(
         }
         Err(why) => {
             tracing::error!(hash_part, error = %why, "not starting the response");
-            server_error()
+            // Failed for want of the store's blocks: Nix retries a 5xx several times before it
+            // asks its next substituter, and takes a 404 at once.
+            match upstream.is_some_and(|u| u.is_down()) {
+                true => unavailable(),
+                false => server_error(),
+            }
         }
     }
 }
@@ -615,6 +645,17 @@ fn not_found() -> Response {
         StatusCode::NOT_FOUND,
         [(header::CONTENT_TYPE, "text/plain")],
         "not found\n",
+    )
+        .into_response()
+}
+
+/// A path that cannot be served while the store is not answering: as a miss (404), since stock
+/// Nix 2.8 fails the build on a 5xx for a narinfo (and aborts with `fallback = true`).
+fn unavailable() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain")],
+        "not found (the store is not answering)\n",
     )
         .into_response()
 }

@@ -31,7 +31,7 @@
 pub mod nixdb;
 pub mod tree;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -41,11 +41,11 @@ use std::time::Instant;
 
 use indicatif::ProgressBar;
 use rayon::prelude::*;
-use refstrip_cas::FileSource;
+use refstrip_cas::{CasError, FileSource, Kind, ObjectId, ObjectRead};
 use refstrip_nix::{signature, PublicKey};
 use refstrip_read::objects::{blocks_of, FetchCounters, NearSource, ObjectOptions, Objects};
 use refstrip_read::{PathRecord, ReadError, StoreReader, Visit};
-use refstrip_strip::ContentDigest;
+use refstrip_strip::{ContentDigest, Manifest};
 
 use crate::nixdb::{DbError, NixDb, PathLock, ValidPathInfo};
 use crate::tree::{remove_tree, Links, Shareable, TreeWriter};
@@ -89,6 +89,9 @@ pub struct Options {
     pub progress: ProgressBar,
     /// A source tried before the store for every object (the local Nix store), or none.
     pub near: Option<Arc<dyn NearSource>>,
+    /// Hand back what indexing the written paths needs ([`Report::written`]), for a local-store
+    /// index of the target store.
+    pub keep_written: bool,
 }
 
 /// What a run did.
@@ -119,6 +122,17 @@ pub struct Report {
     /// Where the time went: planning (reading records), fetching blocks, writing the trees
     /// (decompress, patch, hash, write), making them durable (`syncfs`), registering.
     pub phases: Phases,
+    /// The paths registered, with [`Options::keep_written`].
+    #[serde(skip)]
+    pub written: Vec<WrittenPath>,
+}
+
+/// A path this run wrote and registered: its manifest and the chunk lists of its large files (by
+/// file digest), which together say where each of its objects lies in the written files.
+#[derive(Debug, Clone)]
+pub struct WrittenPath {
+    pub manifest: Manifest,
+    pub chunk_lists: HashMap<ContentDigest, Vec<u8>>,
 }
 
 /// Seconds per phase of a run (see [`Report::phases`]).
@@ -364,6 +378,16 @@ fn substitute_in_pool(
         report.local_objects = o - objects;
         report.local_bytes = b - bytes;
     }
+    if opts.keep_written {
+        report.written = plan
+            .into_iter()
+            .zip(written)
+            .map(|(p, w)| WrittenPath {
+                manifest: p.record.manifest,
+                chunk_lists: w.chunk_lists,
+            })
+            .collect();
+    }
     report.seconds = start.elapsed().as_secs_f64();
     opts.progress.finish_and_clear();
     Ok(report)
@@ -376,6 +400,26 @@ struct Written {
     linked: u64,
     /// Unpatched files written (not linked).
     shareable: Vec<Shareable>,
+    /// The chunk lists read, by file digest (for [`WrittenPath`]).
+    chunk_lists: HashMap<ContentDigest, Vec<u8>>,
+}
+
+/// An object source that keeps a copy of every chunk list read through it: with the manifest,
+/// they say where each chunk lies in the files written, which a local-store index needs. A few
+/// dozen bytes per 64 KiB of large files.
+struct KeepChunkLists<R> {
+    inner: R,
+    lists: HashMap<ContentDigest, Vec<u8>>,
+}
+
+impl<R: ObjectRead> ObjectRead for KeepChunkLists<R> {
+    fn get(&mut self, id: &ObjectId) -> Result<Vec<u8>, CasError> {
+        let bytes = self.inner.get(id)?;
+        if id.kind == Kind::ChunkList {
+            self.lists.insert(id.digest, bytes.clone());
+        }
+        Ok(bytes)
+    }
 }
 
 /// Write one path under a temporary name, check its NarHash, and rename it into place.
@@ -409,7 +453,10 @@ fn restore_path(
     remove_tree(&dest).map_err(io_err(format!("removing invalid {}", dest.display())))?;
     let mut writer =
         TreeWriter::new(store_fd, tmp_name.as_bytes(), links).map_err(io_err("temporary name"))?;
-    let mut objects = objects.of(&p.record);
+    let mut objects = KeepChunkLists {
+        inner: objects.of(&p.record),
+        lists: HashMap::new(),
+    };
     let nar_out: Box<dyn io::Write + '_> = match verifier.as_mut() {
         Some(v) => Box::new(v),
         None => Box::new(io::sink()),
@@ -438,6 +485,7 @@ fn restore_path(
         files: writer.files,
         linked: writer.linked,
         shareable: std::mem::take(&mut writer.shareable),
+        chunk_lists: objects.lists,
         dest,
     })
 }
