@@ -30,6 +30,7 @@
 
 pub mod nixdb;
 pub mod tree;
+mod unchecked;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -47,7 +48,7 @@ use refstrip_read::objects::{
     blocks_of, BlockKey, FetchCounters, NearSource, ObjectOptions, Objects,
 };
 use refstrip_read::{PathRecord, ReadError, StoreReader, Visit};
-use refstrip_strip::ContentDigest;
+use refstrip_strip::{ContentDigest, ContentSource};
 
 use crate::nixdb::{DbError, NixDb, PathLock, ValidPathInfo};
 use crate::tree::{remove_tree, Links, Shareable, TreeWriter};
@@ -300,8 +301,9 @@ fn substitute_in_pool(
     let written: Vec<Written> = plan
         .par_iter()
         .with_max_len(1)
-        .filter_map(
-            |p| match restore_path(p, &objects, &store_fd, &real_store, links.as_ref()) {
+        .filter_map(|p| {
+            let near = opts.near.as_deref().map(|n| n as &dyn NearSource);
+            match restore_path(p, &objects, near, &store_fd, &real_store, links.as_ref()) {
                 Ok(written) => {
                     opts.progress.inc(p.record.manifest.nar_size);
                     Some(written)
@@ -314,8 +316,8 @@ fn substitute_in_pool(
                     failures.lock().expect("poisoned").push(msg);
                     None
                 }
-            },
-        )
+            }
+        })
         .collect();
     let failures = failures.into_inner().expect("poisoned");
     let remove_all = |plan: &[Planned]| {
@@ -386,9 +388,29 @@ struct Written {
 }
 
 /// Write one path under a temporary name, check its NarHash, and rename it into place.
+///
+/// Objects are first cut out of their blocks without their own BLAKE3 check, which the NarHash
+/// check makes redundant ([`unchecked`]); if that restore fails for any reason, the path is
+/// written again through the checking layers, which heal a damaged cached block or name the bad
+/// object, so the outcome is what checking every object would have given.
 fn restore_path(
     p: &Planned,
     objects: &Objects,
+    near: Option<&dyn NearSource>,
+    store_fd: &File,
+    real_store: &Path,
+    links: Option<&Links>,
+) -> Result<Written, Error> {
+    let mut fast = unchecked::Unchecked::new(&p.record, objects.packs(), near);
+    write_path(p, &mut fast, store_fd, real_store, links).or_else(|_| {
+        let mut checked = objects.of(&p.record);
+        write_path(p, &mut FileSource::new(&mut checked), store_fd, real_store, links)
+    })
+}
+
+fn write_path(
+    p: &Planned,
+    source: &mut dyn ContentSource,
     store_fd: &File,
     real_store: &Path,
     links: Option<&Links>,
@@ -416,14 +438,13 @@ fn restore_path(
     remove_tree(&dest).map_err(io_err(format!("removing invalid {}", dest.display())))?;
     let mut writer =
         TreeWriter::new(store_fd, tmp_name.as_bytes(), links).map_err(io_err("temporary name"))?;
-    let mut objects = objects.of(&p.record);
-    let nar_out: Box<dyn io::Write + '_> = match verifier.as_mut() {
+    let nar_out: Box<dyn io::Write + Send + '_> = match verifier.as_mut() {
         Some(v) => Box::new(v),
         None => Box::new(io::sink()),
     };
     let restored = refstrip_strip::restore(
         &p.record.manifest,
-        &mut FileSource::new(&mut objects),
+        source,
         nar_out,
         &mut writer,
     )
