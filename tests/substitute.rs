@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use refstrip_read::PathRecord;
+use refstrip_strip::Node;
 use refstrip_tests::{corpus_dir, corpus_key, refstrip_bin, require_nix, run, GENERATIONS};
 
 fn gen_dir(generation: &str) -> PathBuf {
@@ -584,6 +585,147 @@ fn tampered_inputs_are_refused_and_nothing_is_registered() {
         "refusing it",
     );
     assert_untouched(&root, "untrusted key");
+}
+
+/// Every node of a tree.
+fn files(node: &Node) -> Vec<&Node> {
+    match node {
+        Node::Directory(entries) => entries.iter().flat_map(|e| files(&e.node)).collect(),
+        node => vec![node],
+    }
+}
+
+/// `compressed`, a zstd block of `raw_len` bytes, with byte `at` of its contents flipped: still a
+/// block that decodes to `raw_len` bytes, of the same length (padded with a skippable frame), so
+/// only an object's check or the NarHash can tell.
+fn decodable_but_wrong(compressed: &[u8], raw_len: u64, at: usize) -> Vec<u8> {
+    let mut raw = refstrip_cas::pack::decode_block(compressed, raw_len).unwrap();
+    raw[at] ^= 0x20;
+    let mut out = zstd::bulk::compress(&raw, 19).unwrap();
+    let pad = compressed.len().checked_sub(out.len()).unwrap();
+    assert!(pad >= 8, "level 19 saved only {pad} bytes");
+    out.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+    out.extend_from_slice(&(pad as u32 - 8).to_le_bytes());
+    out.resize(compressed.len(), 0);
+    assert_eq!(
+        refstrip_cas::pack::decode_block(&out, raw_len).unwrap(),
+        raw
+    );
+    out
+}
+
+/// Substitute cuts objects out of blocks without checking each one (the NarHash covers them).
+/// A block that decodes but holds wrong bytes must still end as a checked read would: a bad
+/// cached copy is healed and the run succeeds; a block bad in the store fails the run with the
+/// object named and registers nothing, and the disk cache it went through serves a good run
+/// once the store is repaired.
+#[test]
+fn wrong_bytes_in_a_block_are_caught_without_per_object_checks() {
+    require_nix!();
+    let gen1 = root_path("gen1");
+    // A file without patches, one object: any byte of it that changes changes the NAR.
+    let unpatched = |node: &Node| match node {
+        Node::File {
+            digest,
+            size,
+            patches,
+            ..
+        } if patches.is_empty() && (1..=65536).contains(size) => Some(*digest),
+        _ => None,
+    };
+    let (record, digest) = fs::read_to_string(gen_dir("gen1").join("paths"))
+        .unwrap()
+        .lines()
+        .map(|p| {
+            let hash = &p.rsplit('/').next().unwrap()[..32];
+            PathRecord::decode(&fs::read(shared_store().join("paths").join(hash)).unwrap()).unwrap()
+        })
+        .find_map(|r| {
+            let digest = files(&r.manifest.root).into_iter().find_map(unpatched)?;
+            Some((r, digest))
+        })
+        .unwrap();
+    let id = refstrip_cas::ObjectId::new(refstrip_cas::Kind::Blob, digest);
+    let (pack, loc) = &record.objects[&id];
+    eprintln!(
+        "corrupting {id} in block {} of pack {pack}",
+        loc.block_offset
+    );
+    let pack_file = |store: &Path| store.join("packs").join(format!("{pack}.pack"));
+    let range = loc.block_offset as usize..(loc.block_offset + loc.block_len) as usize;
+    let good = fs::read(pack_file(shared_store())).unwrap()[range.clone()].to_vec();
+    let at = (loc.offset_in_block + loc.size / 2) as usize;
+    let bad = decodable_but_wrong(&good, loc.block_raw_len, at);
+    let cached = |cache: &Path| {
+        cache
+            .join("blocks")
+            .join(pack)
+            .join(format!("{}-{}", loc.block_offset, loc.block_len))
+    };
+
+    // A damaged copy in the disk cache, a good store: healed, and the run succeeds.
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let store = shared_store().to_str().unwrap();
+    let first = tmp.path().join("first");
+    report(&substitute(
+        store,
+        &first,
+        Some(&cache),
+        &[],
+        std::slice::from_ref(&gen1),
+    ));
+    fs::write(cached(&cache), &bad).unwrap();
+    let root = tmp.path().join("root");
+    report(&substitute(
+        store,
+        &root,
+        Some(&cache),
+        &[],
+        std::slice::from_ref(&gen1),
+    ));
+    check_like_nix(&root, "gen1");
+    assert!(
+        fs::read(cached(&cache)).unwrap() == good,
+        "the cached copy was healed"
+    );
+
+    // The store itself holds the wrong bytes: refused, nothing registered, nothing cached.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    copy_store(&store);
+    let mut bytes = fs::read(pack_file(&store)).unwrap();
+    bytes[range.clone()].copy_from_slice(&bad);
+    fs::write(pack_file(&store), bytes).unwrap();
+    let cache = tmp.path().join("cache");
+    let root = tmp.path().join("root");
+    let out = substitute(
+        store.to_str().unwrap(),
+        &root,
+        Some(&cache),
+        &["--no-check-sigs"],
+        std::slice::from_ref(&gen1),
+    );
+    refused(
+        &out,
+        "bad block in the store",
+        "BLAKE3 of its bytes does not match",
+    );
+    assert_untouched(&root, "bad block in the store");
+    // Other paths' objects in that block are fine, so the cache may hold it again; it must not
+    // matter: once the store is repaired, the same cache gives a good run and a good copy.
+    let mut bytes = fs::read(pack_file(&store)).unwrap();
+    bytes[range].copy_from_slice(&good);
+    fs::write(pack_file(&store), bytes).unwrap();
+    report(&substitute(
+        store.to_str().unwrap(),
+        &root,
+        Some(&cache),
+        &["--no-check-sigs"],
+        std::slice::from_ref(&gen1),
+    ));
+    check_like_nix(&root, "gen1");
+    assert!(fs::read(cached(&cache)).unwrap() == good);
 }
 
 #[test]

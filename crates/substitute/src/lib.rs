@@ -404,7 +404,13 @@ fn restore_path(
     let mut fast = unchecked::Unchecked::new(&p.record, objects.packs(), near);
     write_path(p, &mut fast, store_fd, real_store, links).or_else(|_| {
         let mut checked = objects.of(&p.record);
-        write_path(p, &mut FileSource::new(&mut checked), store_fd, real_store, links)
+        write_path(
+            p,
+            &mut FileSource::new(&mut checked),
+            store_fd,
+            real_store,
+            links,
+        )
     })
 }
 
@@ -442,21 +448,16 @@ fn write_path(
         Some(v) => Box::new(v),
         None => Box::new(io::sink()),
     };
-    let restored = refstrip_strip::restore(
-        &p.record.manifest,
-        source,
-        nar_out,
-        &mut writer,
-    )
-    .map_err(|e| Error::Path {
-        path: p.path.clone(),
-        why: e.to_string(),
-    })
-    .and_then(|_| writer.finish().map_err(io_err("writing")))
-    .and_then(|_| match (verifier, ca) {
-        (Some(v), Some((_, ca))) => v.finish().map_err(|e| refused(ca, e.to_string())),
-        _ => Ok(()),
-    });
+    let restored = refstrip_strip::restore(&p.record.manifest, source, nar_out, &mut writer)
+        .map_err(|e| Error::Path {
+            path: p.path.clone(),
+            why: e.to_string(),
+        })
+        .and_then(|_| writer.finish().map_err(io_err("writing")))
+        .and_then(|_| match (verifier, ca) {
+            (Some(v), Some((_, ca))) => v.finish().map_err(|e| refused(ca, e.to_string())),
+            _ => Ok(()),
+        });
     if let Err(e) = restored {
         let _ = remove_tree(&tmp);
         return Err(e);

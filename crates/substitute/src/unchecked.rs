@@ -85,11 +85,7 @@ impl<'a> Unchecked<'a> {
 }
 
 impl ContentSource for Unchecked<'_> {
-    fn open(
-        &mut self,
-        digest: &ContentDigest,
-        size: u64,
-    ) -> io::Result<Box<dyn io::Read + '_>> {
+    fn open(&mut self, digest: &ContentDigest, size: u64) -> io::Result<Box<dyn io::Read + '_>> {
         // Restore reads through `pieces`; this serves any other caller the same bytes.
         let mut bytes = Vec::new();
         for piece in self.pieces(digest, size)? {
@@ -105,14 +101,18 @@ impl ContentSource for Unchecked<'_> {
         }
         let id = ObjectId::new(Kind::ChunkList, *digest);
         let list = self.object(&id)?;
-        let chunks = decode_chunk_list(&list).ok_or_else(|| corrupt(&id, "malformed chunk list"))?;
+        let chunks =
+            decode_chunk_list(&list).ok_or_else(|| corrupt(&id, "malformed chunk list"))?;
         let total = chunks.iter().try_fold(0u64, |t, c| {
             (c.1 <= CHUNK_MAX as u64)
                 .then(|| t.checked_add(c.1))
                 .flatten()
         });
         if total != Some(size) {
-            return Err(corrupt(&id, &format!("chunks do not add up to {size} bytes")));
+            return Err(corrupt(
+                &id,
+                &format!("chunks do not add up to {size} bytes"),
+            ));
         }
         Ok(Box::new(chunks.into_iter().map(move |(digest, size)| {
             let id = ObjectId::new(Kind::Blob, digest);
