@@ -28,6 +28,10 @@ pub trait ContentSource {
     /// The same contents as consecutive pieces. A source that holds objects in memory already
     /// hands out shared slices of them, which restore passes on without copying; by default the
     /// pieces are read through [`open`](Self::open).
+    ///
+    /// An empty piece says the source is about to wait for more: restore then first passes on
+    /// the pieces it still holds (batched for its hashing thread), so that a source whose
+    /// pieces count against a memory budget is not left waiting for ones restore sits on.
     fn pieces(&mut self, digest: &ContentDigest, size: u64) -> io::Result<Pieces<'_>> {
         let mut reader = self.open(digest, size)?;
         Ok(Box::new(std::iter::from_fn(move || {
@@ -120,8 +124,8 @@ pub fn restore_threaded<W: Write + Send>(
     nar_out: W,
     visitor: &mut dyn RestoreVisitor,
 ) -> Result<NarDigest> {
-    // A few pieces in flight keep both threads busy; each is at most one object or block slice.
-    let (tx, rx) = mpsc::sync_channel::<Vec<Bytes>>(16);
+    // A few batches in flight keep both threads busy (each at most HASH_BATCH plus one piece).
+    let (tx, rx) = mpsc::sync_channel::<Vec<Bytes>>(4);
     let (walked, hashed) = std::thread::scope(|s| {
         let hasher = s.spawn(move || -> io::Result<(Hash, u64, W)> {
             let mut out = HashingWriter::new(nar_out);
@@ -131,7 +135,13 @@ pub fn restore_threaded<W: Write + Send>(
             out.flush()?;
             Ok(out.finish())
         });
-        let walked = walk(manifest, source, &mut Threaded(tx), visitor);
+        let mut out = Threaded {
+            tx,
+            batch: Vec::new(),
+            bytes: 0,
+        };
+        let walked = walk(manifest, source, &mut out, visitor);
+        drop(out); // the hasher's input ends here
         (walked, hasher.join().expect("the hashing thread panicked"))
     });
     // A failed hasher closes its channel, which fails the walk with a less telling error.
@@ -159,6 +169,10 @@ fn check(manifest: &Manifest, sha256: Hash, size: u64) -> Result<NarDigest> {
 /// Where the NAR's bytes go, in order: hashed right here, or sent to the hashing thread.
 trait NarStream {
     fn send(&mut self, parts: Vec<Bytes>) -> io::Result<()>;
+    /// Pass on whatever is held back.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 struct Inline<W>(HashingWriter<W>);
@@ -169,12 +183,33 @@ impl<W: Write> NarStream for Inline<W> {
     }
 }
 
-struct Threaded(mpsc::SyncSender<Vec<Bytes>>);
+/// Bytes sent to the hashing thread at once: a handoff costs two futex calls when the other
+/// side waits, which per piece (a small file, a 64 KiB chunk) added up to seconds of CPU.
+const HASH_BATCH: usize = 1 << 20;
+
+struct Threaded {
+    tx: mpsc::SyncSender<Vec<Bytes>>,
+    batch: Vec<Bytes>,
+    bytes: usize,
+}
 
 impl NarStream for Threaded {
     fn send(&mut self, parts: Vec<Bytes>) -> io::Result<()> {
-        self.0
-            .send(parts)
+        self.bytes += parts.iter().map(Bytes::len).sum::<usize>();
+        self.batch.extend(parts);
+        if self.bytes >= HASH_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        self.tx
+            .send(std::mem::take(&mut self.batch))
             .map_err(|_| io::Error::other("the NAR hashing thread stopped"))
     }
 }
@@ -214,6 +249,7 @@ fn walk(
     let framing = std::mem::take(w.nar.get_mut());
     w.send(vec![Bytes::from(framing)])?;
     w.nar.finish()?;
+    w.out.flush()?;
     Ok(())
 }
 
@@ -339,6 +375,7 @@ impl Walker<'_> {
             let piece = piece?;
             let len = piece.len() as u64;
             if len == 0 {
+                self.out.flush()?;
                 continue;
             }
             if done + len > size {

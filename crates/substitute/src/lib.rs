@@ -37,11 +37,11 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use indicatif::ProgressBar;
-use rayon::prelude::*;
 use refstrip_cas::FileSource;
 use refstrip_nix::{signature, PublicKey};
 use refstrip_read::objects::{
@@ -52,6 +52,7 @@ use refstrip_strip::{ContentDigest, ContentSource};
 
 use crate::nixdb::{DbError, NixDb, PathLock, ValidPathInfo};
 use crate::tree::{remove_tree, Links, Shareable, TreeWriter};
+use crate::unchecked::{Budget, FedSource, Feeder};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -295,30 +296,43 @@ fn substitute_in_pool(
         None
     };
     let failures = Mutex::new(Vec::new());
-    // One path per task: rayon otherwise hands each worker a contiguous run of the plan, and the
-    // worker holding the largest paths finishes long after the other has gone idle (measured:
-    // one thread did 90 % of a large-profile restore).
-    let written: Vec<Written> = plan
-        .par_iter()
-        .with_max_len(1)
-        .filter_map(|p| {
-            let near = opts.near.as_deref().map(|n| n as &dyn NearSource);
-            match restore_path(p, &objects, near, &store_fd, &real_store, links.as_ref()) {
-                Ok(written) => {
-                    opts.progress.inc(p.record.manifest.nar_size);
-                    Some(written)
+    let written = Mutex::new(Vec::new());
+    let budget = Budget::new(PINNED_BYTES);
+    let near = opts.near.as_deref().map(|n| n as &dyn NearSource);
+    // Paths in flight, largest first, each a pipeline of three threads (see `restore_path`), so
+    // the largest path is not written by one thread while the others go idle.
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..rayon::current_num_threads() {
+            s.spawn(|| {
+                while let Some(p) = plan.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let restored = restore_path(
+                        p,
+                        &objects,
+                        near,
+                        &budget,
+                        &store_fd,
+                        &real_store,
+                        links.as_ref(),
+                    );
+                    match restored {
+                        Ok(w) => {
+                            opts.progress.inc(p.record.manifest.nar_size);
+                            written.lock().expect("poisoned").push(w);
+                        }
+                        Err(e) => {
+                            let msg = match e {
+                                Error::Path { .. } => e.to_string(),
+                                e => format!("{}: {e}", p.path),
+                            };
+                            failures.lock().expect("poisoned").push(msg);
+                        }
+                    }
                 }
-                Err(e) => {
-                    let msg = match e {
-                        Error::Path { .. } => e.to_string(),
-                        e => format!("{}: {e}", p.path),
-                    };
-                    failures.lock().expect("poisoned").push(msg);
-                    None
-                }
-            }
-        })
-        .collect();
+            });
+        }
+    });
+    let written: Vec<Written> = written.into_inner().expect("poisoned");
     let failures = failures.into_inner().expect("poisoned");
     let remove_all = |plan: &[Planned]| {
         for p in plan {
@@ -387,22 +401,45 @@ struct Written {
     shareable: Vec<Shareable>,
 }
 
+/// Bytes of decoded blocks that read-ahead may keep alive across all paths in flight (besides
+/// the decoded-block cache): a few 4 MiB blocks per path.
+const PINNED_BYTES: u64 = 48 << 20;
+/// Batches of pieces read ahead of a path's restore.
+const FEED_AHEAD: usize = 4;
+
 /// Write one path under a temporary name, check its NarHash, and rename it into place.
 ///
-/// Objects are first cut out of their blocks without their own BLAKE3 check, which the NarHash
-/// check makes redundant ([`unchecked`]); if that restore fails for any reason, the path is
-/// written again through the checking layers, which heal a damaged cached block or name the bad
-/// object, so the outcome is what checking every object would have given.
+/// Three threads work on a path at once: one reads its objects ahead in NAR order (fetching and
+/// decompressing blocks), this one patches and writes the files, and one computes the NAR's
+/// SHA-256 (`restore_threaded`). Objects are cut out of their blocks without their own BLAKE3
+/// check, which the NarHash check makes redundant ([`unchecked`]); if that restore fails for any
+/// reason, the path is written again through the checking layers, which heal a damaged cached
+/// block or name the bad object, so the outcome is what checking every object would have given.
 fn restore_path(
     p: &Planned,
     objects: &Objects,
     near: Option<&dyn NearSource>,
+    budget: &Arc<Budget>,
     store_fd: &File,
     real_store: &Path,
     links: Option<&Links>,
 ) -> Result<Written, Error> {
-    let mut fast = unchecked::Unchecked::new(&p.record, objects.packs(), near);
-    write_path(p, &mut fast, store_fd, real_store, links).or_else(|_| {
+    let files = refstrip_strip::files_in_nar_order(&p.record.manifest);
+    let fast = std::thread::scope(|s| {
+        let (tx, rx) = mpsc::sync_channel(FEED_AHEAD);
+        let ahead = files.clone();
+        let budget = budget.clone();
+        s.spawn(move || Feeder::new(&p.record, objects.packs(), near, budget, tx).run(&ahead));
+        // The source (and with it the channel) is dropped here, which stops the feeder early.
+        write_path(
+            p,
+            &mut FedSource::new(rx, files),
+            store_fd,
+            real_store,
+            links,
+        )
+    });
+    fast.or_else(|_| {
         let mut checked = objects.of(&p.record);
         write_path(
             p,
@@ -448,16 +485,17 @@ fn write_path(
         Some(v) => Box::new(v),
         None => Box::new(io::sink()),
     };
-    let restored = refstrip_strip::restore(&p.record.manifest, source, nar_out, &mut writer)
-        .map_err(|e| Error::Path {
-            path: p.path.clone(),
-            why: e.to_string(),
-        })
-        .and_then(|_| writer.finish().map_err(io_err("writing")))
-        .and_then(|_| match (verifier, ca) {
-            (Some(v), Some((_, ca))) => v.finish().map_err(|e| refused(ca, e.to_string())),
-            _ => Ok(()),
-        });
+    let restored =
+        refstrip_strip::restore_threaded(&p.record.manifest, source, nar_out, &mut writer)
+            .map_err(|e| Error::Path {
+                path: p.path.clone(),
+                why: e.to_string(),
+            })
+            .and_then(|_| writer.finish().map_err(io_err("writing")))
+            .and_then(|_| match (verifier, ca) {
+                (Some(v), Some((_, ca))) => v.finish().map_err(|e| refused(ca, e.to_string())),
+                _ => Ok(()),
+            });
     if let Err(e) = restored {
         let _ = remove_tree(&tmp);
         return Err(e);

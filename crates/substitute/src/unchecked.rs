@@ -1,5 +1,5 @@
-//! Objects for restore cut straight out of decoded pack blocks, as shared slices and without
-//! their per-object BLAKE3 check.
+//! Reading a path's objects ahead of its restore, cut straight out of decoded pack blocks as
+//! shared slices and without their per-object BLAKE3 check.
 //!
 //! Substitute may skip that check because the same pass checks the path's NarHash, which covers
 //! every byte these objects contribute, and nothing leaves the pass before it: the tree is written
@@ -8,99 +8,190 @@
 //! drop its block from memory and from the disk cache and fetch it anew, so a damaged copy is
 //! healed, or refused, exactly as before. Objects from a near source (the local Nix store) are
 //! checked by it as always.
+//!
+//! The [`Feeder`] runs on a thread of its own, fetching and decompressing blocks while restore
+//! patches and writes the previous pieces; [`FedSource`] is restore's end of it.
 
 use std::io;
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex};
 
 use refstrip_cas::{decode_chunk_list, Kind, ObjectId, CHUNK_MAX, CHUNK_THRESHOLD};
 use refstrip_read::objects::{BlockKey, NearSource, PackBlocks};
 use refstrip_read::PathRecord;
 use refstrip_strip::{Bytes, ContentDigest, ContentSource, Pieces};
 
-/// A decoded block as the owner of the slices cut out of it.
-struct Block(Arc<Vec<u8>>);
+/// Bytes of decoded blocks (and objects from the near source) that pieces handed out keep alive,
+/// across every path being restored: what bounds memory whatever the store's layout, since one
+/// small object keeps its whole block.
+///
+/// Only a [`Feeder`] waits for it, holding nothing of it meanwhile, and restore passes on what
+/// it holds before it waits for a feeder (the empty piece of [`FedSource`]); everything else
+/// that holds a share gives it back without waiting for a feeder, so a wait always ends.
+pub struct Budget {
+    used: Mutex<u64>,
+    freed: Condvar,
+    cap: u64,
+}
 
-impl AsRef<[u8]> for Block {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
+impl Budget {
+    pub fn new(cap: u64) -> Arc<Budget> {
+        Arc::new(Budget {
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+            cap,
+        })
+    }
+
+    /// `n` bytes if they fit now, or if nothing is held (a block larger than the cap goes alone).
+    fn try_take(self: &Arc<Self>, n: u64) -> Option<Ticket> {
+        let mut used = self.used.lock().expect("poisoned");
+        if *used > 0 && *used + n > self.cap {
+            return None;
+        }
+        *used += n;
+        Some(self.ticket(n))
+    }
+
+    /// `n` bytes, once they fit.
+    fn take(self: &Arc<Self>, n: u64) -> Ticket {
+        let mut used = self.used.lock().expect("poisoned");
+        while *used > 0 && *used + n > self.cap {
+            used = self.freed.wait(used).expect("poisoned");
+        }
+        *used += n;
+        self.ticket(n)
+    }
+
+    fn ticket(self: &Arc<Self>, n: u64) -> Ticket {
+        Ticket {
+            budget: self.clone(),
+            n,
+        }
     }
 }
 
-/// The objects of one path record, cut out of the blocks of `packs` unchecked.
-pub struct Unchecked<'a> {
-    pub record: &'a PathRecord,
-    pub packs: &'a PackBlocks,
-    pub near: Option<&'a dyn NearSource>,
-    /// The block the last object came from: consecutive objects usually share one.
-    last: Option<(BlockKey, Bytes)>,
+/// Bytes taken from a [`Budget`], given back when dropped.
+struct Ticket {
+    budget: Arc<Budget>,
+    n: u64,
 }
 
-fn corrupt(id: &ObjectId, why: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("object {id}: {why}"))
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        *self.budget.used.lock().expect("poisoned") -= self.n;
+        self.budget.freed.notify_all();
+    }
 }
 
-impl<'a> Unchecked<'a> {
+/// Bytes in memory as the owner of the slices cut out of them, holding their share of the budget.
+struct Held<T> {
+    bytes: T,
+    _ticket: Ticket,
+}
+
+impl AsRef<[u8]> for Held<Vec<u8>> {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl AsRef<[u8]> for Held<Arc<Vec<u8>>> {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// What a feeder sends: a file's pieces, then its end.
+pub enum Fed {
+    Piece(Bytes),
+    End,
+    Failed(io::Error),
+}
+
+/// Bytes of pieces sent to restore at once: a handoff between threads costs two futex calls when
+/// the other side waits, which per piece (a small file, a 64 KiB chunk) added up.
+const FEED_BATCH: usize = 1 << 20;
+
+/// Why feeding stopped early.
+enum Stop {
+    Failed(io::Error),
+    /// Restore is gone (it failed): nobody to tell.
+    Gone,
+}
+
+impl From<io::Error> for Stop {
+    fn from(e: io::Error) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+fn corrupt(id: &ObjectId, why: &str) -> Stop {
+    Stop::Failed(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("object {id}: {why}"),
+    ))
+}
+
+/// Reads one path's file contents, in the order restore asks for them, and sends them on.
+pub struct Feeder<'a> {
+    record: &'a PathRecord,
+    packs: &'a PackBlocks,
+    near: Option<&'a dyn NearSource>,
+    budget: Arc<Budget>,
+    tx: SyncSender<Vec<Fed>>,
+    batch: Vec<Fed>,
+    bytes: usize,
+    /// The block the last object came from (consecutive objects usually share one), and the
+    /// range of it that the pieces since are: adjacent chunks of a file become one piece.
+    block: Option<(BlockKey, Bytes)>,
+    run: Option<Range<usize>>,
+}
+
+impl<'a> Feeder<'a> {
     pub fn new(
         record: &'a PathRecord,
         packs: &'a PackBlocks,
         near: Option<&'a dyn NearSource>,
+        budget: Arc<Budget>,
+        tx: SyncSender<Vec<Fed>>,
     ) -> Self {
-        Unchecked {
+        Feeder {
             record,
             packs,
             near,
-            last: None,
+            budget,
+            tx,
+            batch: Vec::new(),
+            bytes: 0,
+            block: None,
+            run: None,
         }
     }
 
-    /// Object `id`'s bytes: from the near source (checked there), else a slice of its block.
-    fn object(&mut self, id: &ObjectId) -> io::Result<Bytes> {
-        let (pack, loc) = self
-            .record
-            .objects
-            .get(id)
-            .ok_or_else(|| corrupt(id, "not in the path's record"))?;
-        if let Some(near) = self.near {
-            if let Some(bytes) = near.object(id, pack, loc)? {
-                return Ok(Bytes::from(bytes));
+    /// Send the contents of `files`, (object, size) in restore's order.
+    pub fn run(mut self, files: &[(ContentDigest, u64)]) {
+        for (digest, size) in files {
+            match self.file(digest, *size) {
+                Ok(()) => self.batch.push(Fed::End),
+                Err(Stop::Failed(e)) => {
+                    self.batch.push(Fed::Failed(e));
+                    break;
+                }
+                Err(Stop::Gone) => return,
             }
         }
-        let key = BlockKey::of(pack, loc);
-        let block = match &self.last {
-            Some((last, block)) if *last == key => block.clone(),
-            _ => {
-                let block = Bytes::from_owner(Block(self.packs.block(&key)?));
-                self.last = Some((key, block.clone()));
-                block
-            }
-        };
-        let range = loc
-            .offset_in_block
-            .checked_add(loc.size)
-            .filter(|end| *end <= block.len() as u64)
-            .map(|end| loc.offset_in_block as usize..end as usize)
-            .ok_or_else(|| corrupt(id, "lies outside its block"))?;
-        Ok(block.slice(range))
-    }
-}
-
-impl ContentSource for Unchecked<'_> {
-    fn open(&mut self, digest: &ContentDigest, size: u64) -> io::Result<Box<dyn io::Read + '_>> {
-        // Restore reads through `pieces`; this serves any other caller the same bytes.
-        let mut bytes = Vec::new();
-        for piece in self.pieces(digest, size)? {
-            bytes.extend_from_slice(&piece?);
-        }
-        Ok(Box::new(io::Cursor::new(bytes)))
+        let _ = self.flush();
     }
 
-    fn pieces(&mut self, digest: &ContentDigest, size: u64) -> io::Result<Pieces<'_>> {
+    fn file(&mut self, digest: &ContentDigest, size: u64) -> Result<(), Stop> {
         if size <= CHUNK_THRESHOLD as u64 {
-            let bytes = self.object(&ObjectId::new(Kind::Blob, *digest))?;
-            return Ok(Box::new(std::iter::once(Ok(bytes))));
+            self.object(&ObjectId::new(Kind::Blob, *digest))?;
+            return self.end_run();
         }
         let id = ObjectId::new(Kind::ChunkList, *digest);
-        let list = self.object(&id)?;
+        let list = self.bytes_of(&id)?;
         let chunks =
             decode_chunk_list(&list).ok_or_else(|| corrupt(&id, "malformed chunk list"))?;
         let total = chunks.iter().try_fold(0u64, |t, c| {
@@ -114,13 +205,179 @@ impl ContentSource for Unchecked<'_> {
                 &format!("chunks do not add up to {size} bytes"),
             ));
         }
-        Ok(Box::new(chunks.into_iter().map(move |(digest, size)| {
+        for (digest, size) in chunks {
             let id = ObjectId::new(Kind::Blob, digest);
-            let chunk = self.object(&id)?;
-            if chunk.len() as u64 != size {
+            if self.object(&id)? != size {
                 return Err(corrupt(&id, "a chunk has the wrong size"));
             }
-            Ok(chunk)
+        }
+        self.end_run()
+    }
+
+    /// Object `id` as the file's next piece; returns its size.
+    fn object(&mut self, id: &ObjectId) -> Result<u64, Stop> {
+        let (pack, loc) = self
+            .record
+            .objects
+            .get(id)
+            .ok_or_else(|| corrupt(id, "not in the path's record"))?;
+        if let Some(near) = self.near {
+            if let Some(bytes) = near.object(id, pack, loc).map_err(io::Error::from)? {
+                self.end_run()?;
+                let size = bytes.len() as u64;
+                let ticket = self.take(size)?;
+                self.push(Bytes::from_owner(Held {
+                    bytes,
+                    _ticket: ticket,
+                }))?;
+                return Ok(size);
+            }
+        }
+        let key = BlockKey::of(pack, loc);
+        if self.block.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.end_run()?;
+            // Let go of the last block before waiting for the budget (see `Budget`).
+            self.block = None;
+            let ticket = self.take(key.raw_len)?;
+            let block = Bytes::from_owner(Held {
+                bytes: self.packs.block(&key)?,
+                _ticket: ticket,
+            });
+            self.block = Some((key, block));
+        }
+        let len = self.block.as_ref().expect("just set").1.len() as u64;
+        let range = loc
+            .offset_in_block
+            .checked_add(loc.size)
+            .filter(|end| *end <= len)
+            .map(|end| loc.offset_in_block as usize..end as usize)
+            .ok_or_else(|| corrupt(id, "lies outside its block"))?;
+        match &mut self.run {
+            Some(run) if run.end == range.start && run.len() < FEED_BATCH => run.end = range.end,
+            _ => {
+                self.end_run()?;
+                self.run = Some(range);
+            }
+        }
+        Ok(loc.size)
+    }
+
+    /// A small object's bytes, which are not a piece of the file (a chunk list).
+    fn bytes_of(&mut self, id: &ObjectId) -> Result<Bytes, Stop> {
+        let (pack, loc) = self
+            .record
+            .objects
+            .get(id)
+            .ok_or_else(|| corrupt(id, "not in the path's record"))?;
+        if let Some(near) = self.near {
+            if let Some(bytes) = near.object(id, pack, loc).map_err(io::Error::from)? {
+                return Ok(Bytes::from(bytes));
+            }
+        }
+        let block = self.packs.block(&BlockKey::of(pack, loc))?;
+        let start = loc.offset_in_block as usize;
+        loc.offset_in_block
+            .checked_add(loc.size)
+            .and_then(|end| block.get(start..end as usize))
+            .map(Bytes::copy_from_slice)
+            .ok_or_else(|| corrupt(id, "lies outside its block"))
+    }
+
+    /// Send the run of adjacent slices as one piece.
+    fn end_run(&mut self) -> Result<(), Stop> {
+        if let (Some(run), Some((_, block))) = (self.run.take(), &self.block) {
+            let piece = block.slice(run);
+            self.push(piece)?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, piece: Bytes) -> Result<(), Stop> {
+        self.bytes += piece.len();
+        self.batch.push(Fed::Piece(piece));
+        if self.bytes >= FEED_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Stop> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        self.tx
+            .send(std::mem::take(&mut self.batch))
+            .map_err(|_| Stop::Gone)
+    }
+
+    /// `n` bytes of the budget, first sending what is batched if it has to wait for them.
+    fn take(&mut self, n: u64) -> Result<Ticket, Stop> {
+        if let Some(ticket) = self.budget.try_take(n) {
+            return Ok(ticket);
+        }
+        self.flush()?;
+        Ok(self.budget.take(n))
+    }
+}
+
+/// The contents a [`Feeder`] sends, as restore's source: it must ask for them in the same order.
+pub struct FedSource {
+    rx: Receiver<Vec<Fed>>,
+    received: std::vec::IntoIter<Fed>,
+    files: Vec<(ContentDigest, u64)>,
+    next: usize,
+}
+
+impl FedSource {
+    pub fn new(rx: Receiver<Vec<Fed>>, files: Vec<(ContentDigest, u64)>) -> Self {
+        FedSource {
+            rx,
+            received: Vec::new().into_iter(),
+            files,
+            next: 0,
+        }
+    }
+}
+
+impl ContentSource for FedSource {
+    fn open(&mut self, digest: &ContentDigest, size: u64) -> io::Result<Box<dyn io::Read + '_>> {
+        let mut bytes = Vec::new();
+        for piece in self.pieces(digest, size)? {
+            bytes.extend_from_slice(&piece?);
+        }
+        Ok(Box::new(io::Cursor::new(bytes)))
+    }
+
+    fn pieces(&mut self, digest: &ContentDigest, size: u64) -> io::Result<Pieces<'_>> {
+        if self.files.get(self.next) != Some(&(*digest, size)) {
+            return Err(io::Error::other(format!(
+                "object {digest} asked for out of the order it was read ahead in"
+            )));
+        }
+        self.next += 1;
+        let mut told = false;
+        Ok(Box::new(std::iter::from_fn(move || loop {
+            match self.received.next() {
+                Some(Fed::Piece(piece)) => return Some(Ok(piece)),
+                Some(Fed::End) => return None,
+                Some(Fed::Failed(e)) => return Some(Err(e)),
+                None => {}
+            }
+            let batch = match self.rx.try_recv() {
+                Err(TryRecvError::Empty) if !told => {
+                    // About to wait: restore passes on what it holds first (see `Budget`).
+                    told = true;
+                    return Some(Ok(Bytes::new()));
+                }
+                Err(TryRecvError::Empty) => self.rx.recv().ok(),
+                batch => batch.ok(),
+            };
+            told = false;
+            match batch {
+                Some(batch) => self.received = batch.into_iter(),
+                None => return Some(Err(io::Error::other("the reading-ahead thread stopped"))),
+            }
         })))
     }
 }
