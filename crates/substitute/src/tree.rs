@@ -17,7 +17,7 @@
 
 use std::ffi::CString;
 use std::fs::{File, FileTimes, Permissions};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -28,7 +28,7 @@ use std::sync::Mutex;
 
 use refstrip_nar::{Event, NarWriter};
 use refstrip_nix::HashingWriter;
-use refstrip_strip::{ContentDigest, RestoreVisitor};
+use refstrip_strip::{Bytes, ContentDigest, RestoreVisitor};
 
 /// Nix's canonical mtime for store files.
 pub const STORE_MTIME: u64 = 1;
@@ -206,7 +206,12 @@ pub struct TreeWriter<'l> {
     /// Files that are hard links to earlier copies.
     pub linked: u64,
     pub bytes: u64,
+    /// Bytes of the file being written.
+    file_bytes: u64,
 }
+
+/// Files of at least this size are handed to writeback as soon as they are written.
+const EARLY_WRITEBACK: u64 = 1 << 20;
 
 impl<'l> TreeWriter<'l> {
     /// `parent` must stay open while the writer is used; `name` must not exist yet. With `links`,
@@ -230,6 +235,7 @@ impl<'l> TreeWriter<'l> {
             files: 0,
             linked: 0,
             bytes: 0,
+            file_bytes: 0,
         })
     }
 
@@ -250,6 +256,7 @@ impl<'l> TreeWriter<'l> {
             file.set_permissions(Permissions::from_mode(mode))?;
         }
         self.file = Some(file);
+        self.file_bytes = 0;
         Ok(())
     }
 
@@ -269,6 +276,14 @@ impl<'l> TreeWriter<'l> {
         self.create_pending()?;
         if let Some(file) = self.file.take() {
             file.set_times(canonical_times())?;
+            if self.file_bytes >= EARLY_WRITEBACK {
+                // Start writing it to disk now, while later files are restored, rather than all
+                // in the `syncfs` before registration. Best effort: that `syncfs` is the guarantee.
+                // SAFETY: a valid descriptor; no memory is passed.
+                unsafe {
+                    libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+                };
+            }
         }
         if let Some(h) = self.hashing.take() {
             let (hash, _, _) = h.nar.finish().map_err(io::Error::other)?.finish();
@@ -418,16 +433,39 @@ impl RestoreVisitor for TreeWriter<'_> {
     }
 
     fn contents(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write_parts(&mut [IoSlice::new(data)])
+    }
+
+    /// A piece split around its patches is one `writev`, not one `write` per part.
+    fn contents_parts(&mut self, parts: &[Bytes]) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        self.write_parts(&mut slices)
+    }
+}
+
+impl TreeWriter<'_> {
+    fn write_parts(&mut self, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
         self.create_pending()?;
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if let Some(h) = &mut self.hashing {
-            h.nar.write_contents(data).map_err(io::Error::other)?;
+            for part in parts.iter() {
+                h.nar.write_contents(part).map_err(io::Error::other)?;
+            }
         }
         let file = self
             .file
             .as_mut()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "contents outside a file"))?;
-        file.write_all(data)?;
-        self.bytes += data.len() as u64;
+        IoSlice::advance_slices(&mut parts, 0);
+        while !parts.is_empty() {
+            let n = file.write_vectored(parts)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut parts, n);
+        }
+        self.bytes += len;
+        self.file_bytes += len;
         Ok(())
     }
 }
