@@ -728,6 +728,64 @@ fn wrong_bytes_in_a_block_are_caught_without_per_object_checks() {
     assert!(fs::read(cached(&cache)).unwrap() == good);
 }
 
+/// A large file whose normalized contents a local path already holds is copied from it (issue
+/// 14), but only if the copy checks out: a local file altered on disk is not copied, and the
+/// paths are exact either way.
+#[test]
+fn local_files_are_copied_only_when_the_copy_checks_out() {
+    require_nix!();
+    let store = shared_store().to_str().unwrap();
+    let gen1 = || vec![root_path("gen1")];
+    let mass = || vec![root_path("mass")];
+    // The one file of the small corpus large enough to be chunked.
+    let large = |root: &Path| {
+        let lua = fs::read_to_string(gen_dir("gen1").join("paths"))
+            .unwrap()
+            .lines()
+            .find(|p| p.ends_with("-lua-5.4.4"))
+            .unwrap()
+            .to_string();
+        root.join(lua.trim_start_matches('/'))
+            .join("lib/liblua.so.5.4.4")
+    };
+    let copies = |r: &serde_json::Value| {
+        (
+            r["copied_files"].as_u64().unwrap(),
+            r["refused_copies"].as_u64().unwrap(),
+        )
+    };
+
+    let root = tempfile::tempdir().unwrap();
+    report(&substitute(store, root.path(), None, &[], &gen1()));
+    assert!(fs::metadata(large(root.path())).unwrap().len() > 256 << 10);
+    let r = report(&substitute(store, root.path(), None, &[], &mass()));
+    assert_eq!(copies(&r), (1, 0), "{r}");
+    check_like_nix(root.path(), "mass");
+
+    // Altered after it was indexed (an altered path is not indexed at all).
+    let root = tempfile::tempdir().unwrap();
+    report(&substitute(store, root.path(), None, &[], &gen1()));
+    run(Command::new(refstrip_bin())
+        .args(["index", "--store"])
+        .arg(root.path()));
+    let file = large(root.path());
+    let flip = |file: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(file, fs::Permissions::from_mode(0o644)).unwrap();
+        let mut bytes = fs::read(file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        fs::write(file, bytes).unwrap();
+        fs::set_permissions(file, fs::Permissions::from_mode(0o555)).unwrap();
+    };
+    flip(&file);
+    let r = report(&substitute(store, root.path(), None, &[], &mass()));
+    assert_eq!(copies(&r), (0, 1), "{r}");
+    flip(&file);
+    check_like_nix(root.path(), "mass");
+    check_like_nix(root.path(), "gen1");
+}
+
 #[test]
 fn sigkill_at_random_moments_never_leaves_bad_registrations() {
     require_nix!();

@@ -472,13 +472,13 @@ fn in_nar_order<'m>(
     Ok(())
 }
 
-/// The regular files of `manifest` in the order restore reads their contents: (object, size).
-/// For sources that fetch ahead of restore.
-pub fn files_in_nar_order(manifest: &Manifest) -> Vec<(ContentDigest, u64)> {
+/// The regular files ([`Node::File`]) of `manifest` in the order restore reads their contents,
+/// for sources that fetch ahead of restore.
+pub fn files_in_nar_order(manifest: &Manifest) -> Vec<&Node> {
     let mut files = Vec::new();
     in_nar_order(manifest, |step| {
-        if let Step::Node(_, Node::File { digest, size, .. }) = step {
-            files.push((*digest, *size));
+        if let Step::Node(_, node @ Node::File { .. }) = step {
+            files.push(node);
         }
         Ok(())
     })

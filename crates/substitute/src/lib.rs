@@ -28,6 +28,7 @@
 // The kernel interfaces this crate needs (see the workspace lint) have no safe wrapper in std.
 #![allow(unsafe_code)]
 
+mod copy;
 pub mod nixdb;
 pub mod tree;
 mod unchecked;
@@ -50,9 +51,10 @@ use refstrip_read::objects::{
 use refstrip_read::{PathRecord, ReadError, StoreReader, Visit};
 use refstrip_strip::{ContentDigest, ContentSource};
 
+use crate::copy::CopyCounters;
 use crate::nixdb::{DbError, NixDb, PathLock, ValidPathInfo};
 use crate::tree::{remove_tree, Links, Shareable, TreeWriter};
-use crate::unchecked::{Budget, FedSource, Feeder};
+use crate::unchecked::{Budget, CopySlot, FedSource, Feeder, Sources};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -119,6 +121,12 @@ pub struct Report {
     /// Objects (and their bytes) taken from the near source (the local Nix store) instead.
     pub local_objects: u64,
     pub local_bytes: u64,
+    /// Large files copied from files of the local Nix store (reflinked where the file system
+    /// shares extents), and their bytes; local files that did not check out and were written.
+    pub copied_files: u64,
+    pub copied_bytes: u64,
+    pub reflinked_files: u64,
+    pub refused_copies: u64,
     pub seconds: f64,
     /// Where the time went: planning (reading records), fetching blocks, writing the trees
     /// (decompress, patch, hash, write), making them durable (`syncfs`), registering.
@@ -297,8 +305,14 @@ fn substitute_in_pool(
     };
     let failures = Mutex::new(Vec::new());
     let written = Mutex::new(Vec::new());
-    let budget = Budget::new(PINNED_BYTES);
-    let near = opts.near.as_deref().map(|n| n as &dyn NearSource);
+    let copies = CopyCounters::default();
+    let sources = Sources {
+        packs: objects.packs(),
+        near: opts.near.as_deref().map(|n| n as &dyn NearSource),
+        store: &store_fd,
+        copies: &copies,
+        budget: Budget::new(PINNED_BYTES),
+    };
     // Paths in flight, largest first, each a pipeline of three threads (see `restore_path`), so
     // the largest path is not written by one thread while the others go idle.
     let next = AtomicUsize::new(0);
@@ -309,8 +323,7 @@ fn substitute_in_pool(
                     let restored = restore_path(
                         p,
                         &objects,
-                        near,
-                        &budget,
+                        &sources,
                         &store_fd,
                         &real_store,
                         links.as_ref(),
@@ -387,6 +400,10 @@ fn substitute_in_pool(
         report.local_objects = o - objects;
         report.local_bytes = b - bytes;
     }
+    report.copied_files = copies.files.load(Ordering::Relaxed);
+    report.copied_bytes = copies.bytes.load(Ordering::Relaxed);
+    report.reflinked_files = copies.reflinked.load(Ordering::Relaxed);
+    report.refused_copies = copies.refused.load(Ordering::Relaxed);
     report.seconds = start.elapsed().as_secs_f64();
     opts.progress.finish_and_clear();
     Ok(report)
@@ -418,8 +435,7 @@ const FEED_AHEAD: usize = 4;
 fn restore_path(
     p: &Planned,
     objects: &Objects,
-    near: Option<&dyn NearSource>,
-    budget: &Arc<Budget>,
+    sources: &Sources<'_>,
     store_fd: &File,
     real_store: &Path,
     links: Option<&Links>,
@@ -427,13 +443,14 @@ fn restore_path(
     let files = refstrip_strip::files_in_nar_order(&p.record.manifest);
     let fast = std::thread::scope(|s| {
         let (tx, rx) = mpsc::sync_channel(FEED_AHEAD);
-        let ahead = files.clone();
-        let budget = budget.clone();
-        s.spawn(move || Feeder::new(&p.record, objects.packs(), near, budget, tx).run(&ahead));
+        let feeder = Feeder::new(&p.record, sources, tx);
+        s.spawn(|| feeder.run(&files));
+        let copy = CopySlot::default();
         // The source (and with it the channel) is dropped here, which stops the feeder early.
         write_path(
             p,
-            &mut FedSource::new(rx, files),
+            &mut FedSource::new(rx, &files, copy.clone()),
+            Some(copy),
             store_fd,
             real_store,
             links,
@@ -444,6 +461,7 @@ fn restore_path(
         write_path(
             p,
             &mut FileSource::new(&mut checked),
+            None,
             store_fd,
             real_store,
             links,
@@ -451,9 +469,12 @@ fn restore_path(
     })
 }
 
+/// Restore `p` from `source` under a temporary name and rename it into place; `copy` is where
+/// the source puts copies of local files for the tree writer.
 fn write_path(
     p: &Planned,
     source: &mut dyn ContentSource,
+    copy: Option<CopySlot>,
     store_fd: &File,
     real_store: &Path,
     links: Option<&Links>,
@@ -481,6 +502,7 @@ fn write_path(
     remove_tree(&dest).map_err(io_err(format!("removing invalid {}", dest.display())))?;
     let mut writer =
         TreeWriter::new(store_fd, tmp_name.as_bytes(), links).map_err(io_err("temporary name"))?;
+    writer.copies_from(copy);
     let nar_out: Box<dyn io::Write + Send + '_> = match verifier.as_mut() {
         Some(v) => Box::new(v),
         None => Box::new(io::sink()),

@@ -20,7 +20,7 @@ use std::fs::{File, FileTimes, Permissions};
 use std::io::{self, IoSlice, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::time::{Duration, UNIX_EPOCH};
 
 use std::collections::HashMap;
@@ -29,6 +29,9 @@ use std::sync::Mutex;
 use refstrip_nar::{Event, NarWriter};
 use refstrip_nix::HashingWriter;
 use refstrip_strip::{Bytes, ContentDigest, RestoreVisitor};
+
+use crate::copy::link_into;
+use crate::unchecked::CopySlot;
 
 /// Nix's canonical mtime for store files.
 pub const STORE_MTIME: u64 = 1;
@@ -208,6 +211,10 @@ pub struct TreeWriter<'l> {
     pub bytes: u64,
     /// Bytes of the file being written.
     file_bytes: u64,
+    /// Where checked copies of local files come from ([`TreeWriter::copies_from`]), and the
+    /// ranges of the file being written that differ from its copy: only those are written.
+    copies: Option<CopySlot>,
+    rewrite: Option<Vec<std::ops::Range<u64>>>,
 }
 
 /// Files of at least this size are handed to writeback as soon as they are written.
@@ -236,7 +243,15 @@ impl<'l> TreeWriter<'l> {
             linked: 0,
             bytes: 0,
             file_bytes: 0,
+            copies: None,
+            rewrite: None,
         })
+    }
+
+    /// Take a file's checked copy from `slot` when there is one (see `copy.rs`): it is linked
+    /// into place, and of the file's bytes only the ones where it differs are written.
+    pub fn copies_from(&mut self, slot: Option<CopySlot>) {
+        self.copies = slot;
     }
 
     /// Create the announced file (its bytes follow, or it is empty).
@@ -245,6 +260,16 @@ impl<'l> TreeWriter<'l> {
             return Ok(());
         };
         let mode = if p.executable { 0o555 } else { 0o444 };
+        if let Some(copy) = self.copies.as_ref().and_then(|c| c.borrow_mut().take()) {
+            link_into(&copy.file, p.dir, &p.name)?;
+            if self.fix_modes {
+                copy.file.set_permissions(Permissions::from_mode(mode))?;
+            }
+            self.file = Some(copy.file);
+            self.rewrite = Some(copy.rewrite);
+            self.file_bytes = 0;
+            return Ok(());
+        }
         let flags =
             libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         // SAFETY: valid descriptor and NUL-terminated name; the result is checked.
@@ -274,6 +299,7 @@ impl<'l> TreeWriter<'l> {
 
     fn close_file(&mut self) -> io::Result<()> {
         self.create_pending()?;
+        self.rewrite = None;
         if let Some(file) = self.file.take() {
             file.set_times(canonical_times())?;
             if self.file_bytes >= EARLY_WRITEBACK {
@@ -456,6 +482,22 @@ impl TreeWriter<'_> {
             .file
             .as_mut()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "contents outside a file"))?;
+        if let Some(rewrite) = &self.rewrite {
+            // A copy: write these bytes only where they differ from it.
+            let mut at = self.file_bytes;
+            for part in parts.iter() {
+                let end = at + part.len() as u64;
+                let first = rewrite.partition_point(|r| r.end <= at);
+                for r in rewrite[first..].iter().take_while(|r| r.start < end) {
+                    let (from, to) = (r.start.max(at), r.end.min(end));
+                    file.write_all_at(&part[(from - at) as usize..(to - at) as usize], from)?;
+                }
+                at = end;
+            }
+            self.bytes += len;
+            self.file_bytes += len;
+            return Ok(());
+        }
         IoSlice::advance_slices(&mut parts, 0);
         while !parts.is_empty() {
             let n = file.write_vectored(parts)?;

@@ -12,15 +12,24 @@
 //! The [`Feeder`] runs on a thread of its own, fetching and decompressing blocks while restore
 //! patches and writes the previous pieces; [`FedSource`] is restore's end of it.
 
+use std::cell::RefCell;
+use std::fs::File;
 use std::io;
 use std::ops::Range;
+use std::rc::Rc;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 
 use refstrip_cas::{decode_chunk_list, Kind, ObjectId, CHUNK_MAX, CHUNK_THRESHOLD};
 use refstrip_read::objects::{BlockKey, NearSource, PackBlocks};
 use refstrip_read::PathRecord;
-use refstrip_strip::{Bytes, ContentDigest, ContentSource, Pieces};
+use refstrip_strip::{Bytes, ContentDigest, ContentSource, Node, Pieces};
+
+use crate::copy::{copy_checked, Checked, CopyCounters, LocalCopy, Mapping, WINDOW};
+
+/// Where [`FedSource`] puts the checked copy of the file restore is reading, for the tree
+/// writer to take when it creates that file (both live on restore's thread).
+pub type CopySlot = Rc<RefCell<Option<LocalCopy>>>;
 
 /// Bytes of decoded blocks (and objects from the near source) that pieces handed out keep alive,
 /// across every path being restored: what bounds memory whatever the store's layout, since one
@@ -103,8 +112,16 @@ impl AsRef<[u8]> for Held<Arc<Vec<u8>>> {
     }
 }
 
-/// What a feeder sends: a file's pieces, then its end.
+impl AsRef<[u8]> for Held<Mapping> {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes.bytes()
+    }
+}
+
+/// What a feeder sends: a file's pieces (after the checked copy of a local file with its
+/// contents, if there is one), then its end.
 pub enum Fed {
+    Local(LocalCopy),
     Piece(Bytes),
     End,
     Failed(io::Error),
@@ -134,11 +151,23 @@ fn corrupt(id: &ObjectId, why: &str) -> Stop {
     ))
 }
 
+/// Where a feeder reads objects from and copies local files to.
+pub struct Sources<'a> {
+    pub packs: &'a PackBlocks,
+    pub near: Option<&'a dyn NearSource>,
+    /// The store directory, where copies of local files are made.
+    pub store: &'a File,
+    pub copies: &'a CopyCounters,
+    pub budget: Arc<Budget>,
+}
+
 /// Reads one path's file contents, in the order restore asks for them, and sends them on.
 pub struct Feeder<'a> {
     record: &'a PathRecord,
     packs: &'a PackBlocks,
     near: Option<&'a dyn NearSource>,
+    store: &'a File,
+    copies: &'a CopyCounters,
     budget: Arc<Budget>,
     tx: SyncSender<Vec<Fed>>,
     batch: Vec<Fed>,
@@ -150,18 +179,14 @@ pub struct Feeder<'a> {
 }
 
 impl<'a> Feeder<'a> {
-    pub fn new(
-        record: &'a PathRecord,
-        packs: &'a PackBlocks,
-        near: Option<&'a dyn NearSource>,
-        budget: Arc<Budget>,
-        tx: SyncSender<Vec<Fed>>,
-    ) -> Self {
+    pub fn new(record: &'a PathRecord, from: &Sources<'a>, tx: SyncSender<Vec<Fed>>) -> Self {
         Feeder {
             record,
-            packs,
-            near,
-            budget,
+            packs: from.packs,
+            near: from.near,
+            store: from.store,
+            copies: from.copies,
+            budget: from.budget.clone(),
             tx,
             batch: Vec::new(),
             bytes: 0,
@@ -170,10 +195,10 @@ impl<'a> Feeder<'a> {
         }
     }
 
-    /// Send the contents of `files`, (object, size) in restore's order.
-    pub fn run(mut self, files: &[(ContentDigest, u64)]) {
-        for (digest, size) in files {
-            match self.file(digest, *size) {
+    /// Send the contents of `files` ([`Node::File`]s) in restore's order.
+    pub fn run(mut self, files: &[&Node]) {
+        for file in files {
+            match self.file(file) {
                 Ok(()) => self.batch.push(Fed::End),
                 Err(Stop::Failed(e)) => {
                     self.batch.push(Fed::Failed(e));
@@ -185,12 +210,30 @@ impl<'a> Feeder<'a> {
         let _ = self.flush();
     }
 
-    fn file(&mut self, digest: &ContentDigest, size: u64) -> Result<(), Stop> {
+    fn file(&mut self, file: &Node) -> Result<(), Stop> {
+        let Node::File {
+            digest,
+            size,
+            executable,
+            patches,
+        } = file
+        else {
+            return Ok(());
+        };
+        let size = *size;
         if size <= CHUNK_THRESHOLD as u64 {
             self.object(&ObjectId::new(Kind::Blob, *digest))?;
             return self.end_run();
         }
         let id = ObjectId::new(Kind::ChunkList, *digest);
+        if let Some(local) = self.near.and_then(|near| near.file(&id)) {
+            let mode = if *executable { 0o555 } else { 0o444 };
+            if let Some(checked) =
+                copy_checked(self.store, &local, digest, mode, patches, self.copies)
+            {
+                return self.copied(checked, size);
+            }
+        }
         let list = self.bytes_of(&id)?;
         let chunks =
             decode_chunk_list(&list).ok_or_else(|| corrupt(&id, "malformed chunk list"))?;
@@ -262,6 +305,38 @@ impl<'a> Feeder<'a> {
         Ok(loc.size)
     }
 
+    /// A file copied from the local store: the copy for the tree writer, then the object's bytes:
+    /// slices of the copy, mapped, with the bytes where it differs put back.
+    fn copied(&mut self, checked: Checked, size: u64) -> Result<(), Stop> {
+        let Checked { copy, differs } = checked;
+        let file = copy.file.try_clone()?;
+        self.end_run()?;
+        self.batch.push(Fed::Local(copy));
+        let mut differs = differs.into_iter().peekable();
+        let mut at = 0;
+        while at < size {
+            let end = (at + WINDOW).min(size);
+            let ticket = self.take(end - at)?;
+            let window = Bytes::from_owner(Held {
+                bytes: Mapping::new(&file, at..end)?,
+                _ticket: ticket,
+            });
+            let mut from = at;
+            while let Some((offset, normalized)) = differs.next_if(|(o, _)| *o < end) {
+                if offset > from {
+                    self.push(window.slice((from - at) as usize..(offset - at) as usize))?;
+                }
+                from = offset + normalized.len() as u64;
+                self.push(Bytes::from(normalized))?;
+            }
+            if from < end {
+                self.push(window.slice((from - at) as usize..))?;
+            }
+            at = end;
+        }
+        Ok(())
+    }
+
     /// A small object's bytes, which are not a piece of the file (a chunk list).
     fn bytes_of(&mut self, id: &ObjectId) -> Result<Bytes, Stop> {
         let (pack, loc) = self
@@ -322,25 +397,26 @@ impl<'a> Feeder<'a> {
 }
 
 /// The contents a [`Feeder`] sends, as restore's source: it must ask for them in the same order.
-pub struct FedSource {
+/// The copy of a local file goes into `copy`, where the tree writer takes it.
+pub struct FedSource<'m> {
     rx: Receiver<Vec<Fed>>,
     received: std::vec::IntoIter<Fed>,
-    files: Vec<(ContentDigest, u64)>,
-    next: usize,
+    files: std::slice::Iter<'m, &'m Node>,
+    copy: CopySlot,
 }
 
-impl FedSource {
-    pub fn new(rx: Receiver<Vec<Fed>>, files: Vec<(ContentDigest, u64)>) -> Self {
+impl<'m> FedSource<'m> {
+    pub fn new(rx: Receiver<Vec<Fed>>, files: &'m [&'m Node], copy: CopySlot) -> Self {
         FedSource {
             rx,
             received: Vec::new().into_iter(),
-            files,
-            next: 0,
+            files: files.iter(),
+            copy,
         }
     }
 }
 
-impl ContentSource for FedSource {
+impl ContentSource for FedSource<'_> {
     fn open(&mut self, digest: &ContentDigest, size: u64) -> io::Result<Box<dyn io::Read + '_>> {
         let mut bytes = Vec::new();
         for piece in self.pieces(digest, size)? {
@@ -350,15 +426,20 @@ impl ContentSource for FedSource {
     }
 
     fn pieces(&mut self, digest: &ContentDigest, size: u64) -> io::Result<Pieces<'_>> {
-        if self.files.get(self.next) != Some(&(*digest, size)) {
+        if !matches!(self.files.next(), Some(Node::File { digest: d, size: s, .. }) if d == digest && *s == size)
+        {
             return Err(io::Error::other(format!(
                 "object {digest} asked for out of the order it was read ahead in"
             )));
         }
-        self.next += 1;
+        self.copy.borrow_mut().take();
         let mut told = false;
         Ok(Box::new(std::iter::from_fn(move || loop {
             match self.received.next() {
+                Some(Fed::Local(copy)) => {
+                    *self.copy.borrow_mut() = Some(copy);
+                    continue;
+                }
                 Some(Fed::Piece(piece)) => return Some(Ok(piece)),
                 Some(Fed::End) => return None,
                 Some(Fed::Failed(e)) => return Some(Err(e)),
