@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use refstrip_strip::Node;
 use refstrip_tests::{
     corpus_dir, corpus_key, read_record, refstrip_bin, require_nix, run, write_record_v1,
     GENERATIONS,
@@ -594,6 +595,205 @@ fn tampered_inputs_are_refused_and_nothing_is_registered() {
         "refusing it",
     );
     assert_untouched(&root, "untrusted key");
+}
+
+/// Every node of a tree.
+fn files(node: &Node) -> Vec<&Node> {
+    match node {
+        Node::Directory(entries) => entries.iter().flat_map(|e| files(&e.node)).collect(),
+        node => vec![node],
+    }
+}
+
+/// `compressed`, a zstd block of `raw_len` bytes, with byte `at` of its contents flipped: still a
+/// block that decodes to `raw_len` bytes, of the same length (padded with a skippable frame), so
+/// only an object's check or the NarHash can tell.
+fn decodable_but_wrong(compressed: &[u8], raw_len: u64, at: usize) -> Vec<u8> {
+    let mut raw = refstrip_cas::pack::decode_block(compressed, raw_len).unwrap();
+    raw[at] ^= 0x20;
+    let mut out = zstd::bulk::compress(&raw, 19).unwrap();
+    let pad = compressed.len().checked_sub(out.len()).unwrap();
+    assert!(pad >= 8, "level 19 saved only {pad} bytes");
+    out.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+    out.extend_from_slice(&(pad as u32 - 8).to_le_bytes());
+    out.resize(compressed.len(), 0);
+    assert_eq!(
+        refstrip_cas::pack::decode_block(&out, raw_len).unwrap(),
+        raw
+    );
+    out
+}
+
+/// Substitute cuts objects out of blocks without checking each one (the NarHash covers them).
+/// A block that decodes but holds wrong bytes must still end as a checked read would: a bad
+/// cached copy is healed and the run succeeds; a block bad in the store fails the run with the
+/// object named and registers nothing, and the disk cache it went through serves a good run
+/// once the store is repaired.
+#[test]
+fn wrong_bytes_in_a_block_are_caught_without_per_object_checks() {
+    require_nix!();
+    let gen1 = root_path("gen1");
+    // A file without patches, one object: any byte of it that changes changes the NAR.
+    let unpatched = |node: &Node| match node {
+        Node::File {
+            digest,
+            size,
+            patches,
+            ..
+        } if patches.is_empty() && (1..=65536).contains(size) => Some(*digest),
+        _ => None,
+    };
+    let (record, digest) = fs::read_to_string(gen_dir("gen1").join("paths"))
+        .unwrap()
+        .lines()
+        .map(|p| {
+            let hash = &p.rsplit('/').next().unwrap()[..32];
+            read_record(shared_store(), hash)
+        })
+        .find_map(|r| {
+            let digest = files(&r.manifest.root).into_iter().find_map(unpatched)?;
+            Some((r, digest))
+        })
+        .unwrap();
+    let id = refstrip_cas::ObjectId::new(refstrip_cas::Kind::Blob, digest);
+    let (pack, loc) = &record.objects.map().unwrap()[&id];
+    eprintln!(
+        "corrupting {id} in block {} of pack {pack}",
+        loc.block_offset
+    );
+    let pack_file = |store: &Path| store.join("packs").join(format!("{pack}.pack"));
+    let range = loc.block_offset as usize..(loc.block_offset + loc.block_len) as usize;
+    let good = fs::read(pack_file(shared_store())).unwrap()[range.clone()].to_vec();
+    let at = (loc.offset_in_block + loc.size / 2) as usize;
+    let bad = decodable_but_wrong(&good, loc.block_raw_len, at);
+    let cached = |cache: &Path| {
+        cache
+            .join("blocks")
+            .join(pack)
+            .join(format!("{}-{}", loc.block_offset, loc.block_len))
+    };
+
+    // A damaged copy in the disk cache, a good store: healed, and the run succeeds.
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let store = shared_store().to_str().unwrap();
+    let first = tmp.path().join("first");
+    report(&substitute(
+        store,
+        &first,
+        Some(&cache),
+        &[],
+        std::slice::from_ref(&gen1),
+    ));
+    fs::write(cached(&cache), &bad).unwrap();
+    let root = tmp.path().join("root");
+    report(&substitute(
+        store,
+        &root,
+        Some(&cache),
+        &[],
+        std::slice::from_ref(&gen1),
+    ));
+    check_like_nix(&root, "gen1");
+    assert!(
+        fs::read(cached(&cache)).unwrap() == good,
+        "the cached copy was healed"
+    );
+
+    // The store itself holds the wrong bytes: refused, nothing registered, nothing cached.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    copy_store(&store);
+    let mut bytes = fs::read(pack_file(&store)).unwrap();
+    bytes[range.clone()].copy_from_slice(&bad);
+    fs::write(pack_file(&store), bytes).unwrap();
+    let cache = tmp.path().join("cache");
+    let root = tmp.path().join("root");
+    let out = substitute(
+        store.to_str().unwrap(),
+        &root,
+        Some(&cache),
+        &["--no-check-sigs"],
+        std::slice::from_ref(&gen1),
+    );
+    refused(
+        &out,
+        "bad block in the store",
+        "BLAKE3 of its bytes does not match",
+    );
+    assert_untouched(&root, "bad block in the store");
+    // Other paths' objects in that block are fine, so the cache may hold it again; it must not
+    // matter: once the store is repaired, the same cache gives a good run and a good copy.
+    let mut bytes = fs::read(pack_file(&store)).unwrap();
+    bytes[range].copy_from_slice(&good);
+    fs::write(pack_file(&store), bytes).unwrap();
+    report(&substitute(
+        store.to_str().unwrap(),
+        &root,
+        Some(&cache),
+        &["--no-check-sigs"],
+        std::slice::from_ref(&gen1),
+    ));
+    check_like_nix(&root, "gen1");
+    assert!(fs::read(cached(&cache)).unwrap() == good);
+}
+
+/// A large file whose normalized contents a local path already holds is copied from it (issue
+/// 14), but only if the copy checks out: a local file altered on disk is not copied, and the
+/// paths are exact either way.
+#[test]
+fn local_files_are_copied_only_when_the_copy_checks_out() {
+    require_nix!();
+    let store = shared_store().to_str().unwrap();
+    let gen1 = || vec![root_path("gen1")];
+    let mass = || vec![root_path("mass")];
+    // The one file of the small corpus large enough to be chunked.
+    let large = |root: &Path| {
+        let lua = fs::read_to_string(gen_dir("gen1").join("paths"))
+            .unwrap()
+            .lines()
+            .find(|p| p.ends_with("-lua-5.4.4"))
+            .unwrap()
+            .to_string();
+        root.join(lua.trim_start_matches('/'))
+            .join("lib/liblua.so.5.4.4")
+    };
+    let copies = |r: &serde_json::Value| {
+        (
+            r["copied_files"].as_u64().unwrap(),
+            r["refused_copies"].as_u64().unwrap(),
+        )
+    };
+
+    let root = tempfile::tempdir().unwrap();
+    report(&substitute(store, root.path(), None, &[], &gen1()));
+    assert!(fs::metadata(large(root.path())).unwrap().len() > 256 << 10);
+    let r = report(&substitute(store, root.path(), None, &[], &mass()));
+    assert_eq!(copies(&r), (1, 0), "{r}");
+    check_like_nix(root.path(), "mass");
+
+    // Altered after it was indexed (an altered path is not indexed at all).
+    let root = tempfile::tempdir().unwrap();
+    report(&substitute(store, root.path(), None, &[], &gen1()));
+    run(Command::new(refstrip_bin())
+        .args(["index", "--store"])
+        .arg(root.path()));
+    let file = large(root.path());
+    let flip = |file: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(file, fs::Permissions::from_mode(0o644)).unwrap();
+        let mut bytes = fs::read(file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        fs::write(file, bytes).unwrap();
+        fs::set_permissions(file, fs::Permissions::from_mode(0o555)).unwrap();
+    };
+    flip(&file);
+    let r = report(&substitute(store, root.path(), None, &[], &mass()));
+    assert_eq!(copies(&r), (0, 1), "{r}");
+    flip(&file);
+    check_like_nix(root.path(), "mass");
+    check_like_nix(root.path(), "gen1");
 }
 
 #[test]

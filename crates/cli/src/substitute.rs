@@ -257,8 +257,13 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
             report.reused_blocks
         );
         println!(
-            "took {} objects ({} bytes) from the local store; indexed the {indexed} paths written",
-            report.local_objects, report.local_bytes
+            "took {} objects ({} bytes) from the local store, and copied {} large files from it ({} bytes, {} reflinked; {} did not check out); indexed the {indexed} paths written",
+            report.local_objects,
+            report.local_bytes,
+            report.copied_files,
+            report.copied_bytes,
+            report.reflinked_files,
+            report.refused_copies
         );
         let t = &report.phases;
         println!(

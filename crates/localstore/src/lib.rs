@@ -27,13 +27,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use refstrip_cas::{decode_chunk_list, CasError, Kind, ObjectId};
-use refstrip_read::objects::{NearSource, SizedLru};
+use refstrip_read::objects::{NearFile, NearSource, SizedLru};
 use refstrip_read::ShapeSource;
 use refstrip_strip::{ContentDigest, RefTable, Scanner};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use index::{Restored, UpdateReport};
-pub use renorm::{open_beneath, renormalize};
+pub use renorm::{open_beneath, renormalize, renormalize_window};
 
 /// The index's file name inside the state directory.
 pub const INDEX_FILE: &str = "local-objects.sqlite";
@@ -264,6 +264,32 @@ impl NearSource for LocalStore {
 
     fn may_have(&self, id: &ObjectId) -> bool {
         LocalStore::may_have(self, id)
+    }
+
+    fn file(&self, id: &ObjectId) -> Option<NearFile> {
+        // Whole files only: a small file's blob, or the chunk list named after a large file.
+        for c in self.candidates(id).ok()? {
+            if c.offset != 0 || c.size != c.file_size {
+                continue;
+            }
+            let Ok(file) =
+                open_beneath(&self.store_fd, c.basename.as_bytes(), &c.file, c.file_size)
+            else {
+                continue;
+            };
+            let Some(scanner) = self.scanner(&c) else {
+                continue;
+            };
+            let (size, zero) = (c.file_size, c.zero.map(|(s, e)| s..e));
+            return Some(NearFile {
+                file,
+                size,
+                normalize: Box::new(move |window, at, range| {
+                    renormalize_window(window, at, range, &scanner, zero.clone())
+                }),
+            });
+        }
+        None
     }
 
     fn served(&self) -> (u64, u64) {

@@ -72,13 +72,27 @@ pub fn renormalize(
             "range outside the file",
         ));
     }
-    let margin = (HASH_LEN - 1) as u64;
-    let start = range.start.saturating_sub(margin);
-    let end = range.end.saturating_add(margin).min(file_size);
+    let start = range.start.saturating_sub(MARGIN);
+    let end = range.end.saturating_add(MARGIN).min(file_size);
     let mut window = vec![0u8; (end - start) as usize];
     file.read_exact_at(&mut window, start)?;
-    let (normalized, _) = scanner.strip_bytes(&window);
-    let from = (range.start - start) as usize;
+    Ok(renormalize_window(&window, start, range, scanner, zero))
+}
+
+/// Bytes read on either side of a range so that a reference overlapping its edge is found.
+const MARGIN: u64 = (HASH_LEN - 1) as u64;
+
+/// [`renormalize`] of bytes in memory: `window` is the file's bytes from offset `at` on, and holds
+/// `range` plus `HASH_LEN - 1` bytes on either side (fewer only at the file's start and end).
+pub fn renormalize_window(
+    window: &[u8],
+    at: u64,
+    range: Range<u64>,
+    scanner: &Scanner,
+    zero: Option<Range<u64>>,
+) -> Vec<u8> {
+    let (normalized, _) = scanner.strip_bytes(window);
+    let from = (range.start - at) as usize;
     let mut out = normalized[from..from + (range.end - range.start) as usize].to_vec();
     if let Some(zero) = zero {
         let (zs, ze) = (zero.start.max(range.start), zero.end.min(range.end));
@@ -86,5 +100,5 @@ pub fn renormalize(
             out[(zs - range.start) as usize..(ze - range.start) as usize].fill(0);
         }
     }
-    Ok(out)
+    out
 }

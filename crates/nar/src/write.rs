@@ -94,6 +94,38 @@ impl<W: Write> NarWriter<W> {
         Ok(())
     }
 
+    /// Account for `len` bytes of the current file's contents as [`write_contents`] would, without
+    /// writing them: the caller puts them into the output itself, right after everything this
+    /// writer wrote so far. For passing large contents on without copying them through here.
+    ///
+    /// [`write_contents`]: Self::write_contents
+    pub fn skip_contents(&mut self, len: u64) -> Result<(), NarError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let State::File { remaining, size } = self.state else {
+            return Err(NarError::Misuse("file contents written outside a file"));
+        };
+        if len > remaining {
+            return Err(NarError::SizeMismatch {
+                declared: size,
+                written: size - remaining + len,
+            });
+        }
+        self.offset += len;
+        let remaining = remaining - len;
+        self.state = State::File { remaining, size };
+        if remaining == 0 {
+            self.end_file(size)?;
+        }
+        Ok(())
+    }
+
+    /// The output, e.g. to take what was written so far out of a `Vec`.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.w
+    }
+
     pub fn symlink(&mut self, name: Option<&[u8]>, target: &[u8]) -> Result<(), NarError> {
         self.begin_node(name, b"symlink")?;
         self.put_str(b"target")?;
@@ -199,5 +231,45 @@ impl<W: Write> NarWriter<W> {
         self.put(&(s.len() as u64).to_le_bytes())?;
         self.put(s)?;
         self.put(&ZEROS[..padding(s.len() as u64)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Contents spliced in by the caller after `skip_contents` give the same NAR, byte for byte.
+    #[test]
+    fn skipped_contents_spliced_in_give_the_same_nar() {
+        let files: [&[u8]; 3] = [b"", b"abc", b"0123456789abcdef!"];
+        let mut whole = NarWriter::new(Vec::new());
+        let mut framing = NarWriter::new(Vec::new());
+        let mut spliced = Vec::new();
+        whole.directory(None).unwrap();
+        framing.directory(None).unwrap();
+        for (i, data) in files.iter().enumerate() {
+            let name = [b'a' + i as u8];
+            whole.file(Some(&name), false, data.len() as u64).unwrap();
+            whole.write_contents(data).unwrap();
+            framing.file(Some(&name), false, data.len() as u64).unwrap();
+            for part in data.chunks(5) {
+                spliced.append(framing.get_mut());
+                spliced.extend_from_slice(part);
+                framing.skip_contents(part.len() as u64).unwrap();
+            }
+        }
+        assert!(matches!(framing.skip_contents(1), Err(NarError::Misuse(_))));
+        whole.end_directory().unwrap();
+        framing.end_directory().unwrap();
+        assert_eq!(framing.offset(), whole.offset());
+        spliced.append(&mut framing.finish().unwrap());
+        assert_eq!(spliced, whole.finish().unwrap());
+
+        let mut over = NarWriter::new(Vec::new());
+        over.file(None, false, 2).unwrap();
+        assert!(matches!(
+            over.skip_contents(3),
+            Err(NarError::SizeMismatch { .. })
+        ));
     }
 }

@@ -361,6 +361,30 @@ pub trait NearSource: Send + Sync {
     fn may_have(&self, id: &ObjectId) -> bool;
     /// Objects and bytes handed out so far.
     fn served(&self) -> (u64, u64);
+    /// A whole file here whose normalized contents should be `id` (a small file's blob, or a
+    /// large file's chunk list), for a client that copies files rather than writing their bytes;
+    /// `None` if there is none. Nothing about it is checked: the client must check its copy
+    /// with [`NearFile::normalize`] before using it.
+    fn file(&self, _id: &ObjectId) -> Option<NearFile> {
+        None
+    }
+}
+
+/// A file of a near source (see [`NearSource::file`]).
+pub struct NearFile {
+    /// Opened without following symlinks; a regular file of `size` bytes when opened.
+    pub file: File,
+    pub size: u64,
+    /// The normalized bytes `range` of a file with this one's contents (a copy of it), as the
+    /// file was normalized when it was indexed, from `window`: that file's bytes from offset `at`
+    /// on, holding `range` and [`NearFile::MARGIN`] bytes either side (fewer at the file's ends).
+    #[allow(clippy::type_complexity)]
+    pub normalize: Box<dyn Fn(&[u8], u64, std::ops::Range<u64>) -> Vec<u8> + Send + Sync>,
+}
+
+impl NearFile {
+    /// Bytes around a range that normalizing it looks at: a reference may straddle its edge.
+    pub const MARGIN: u64 = refstrip_strip::HASH_LEN as u64 - 1;
 }
 
 impl ObjectSource for Box<dyn ObjectSource> {
@@ -463,6 +487,8 @@ impl PackBlocks {
                 // A bad copy in a cache: fetch it once more from further away.
                 self.blocks.forget(key);
                 decode_block(&self.blocks.fetch(key)?, key.raw_len).map_err(|e| {
+                    // Bad at the far end too: keep no copy of it.
+                    self.blocks.forget(key);
                     io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!(
@@ -480,6 +506,20 @@ impl PackBlocks {
             .put(key.clone(), raw.clone(), key.raw_len);
         Ok(raw)
     }
+
+    /// The decoded block `key` (of the declared length), shared: for a reader that cuts objects
+    /// out itself and does **not** check them against their names, because a check of the whole
+    /// result covers their bytes (substitute's NarHash). It must then [`forget`](Self::forget)
+    /// the blocks it used if that check fails, or read them again through [`ObjectSource`].
+    pub fn block(&self, key: &BlockKey) -> io::Result<Arc<Vec<u8>>> {
+        self.decoded(key)
+    }
+
+    /// Drop block `key` from memory and from the cache below, so the next read fetches it anew.
+    pub fn forget(&self, key: &BlockKey) {
+        self.memory.lock().expect("poisoned").remove(key);
+        self.blocks.forget(key);
+    }
 }
 
 impl ObjectSource for PackBlocks {
@@ -494,13 +534,28 @@ impl ObjectSource for PackBlocks {
             Ok(bytes) => Ok(Some(bytes)),
             Err(CasError::Corrupt { .. }) => {
                 // The block decoded but holds other bytes than its objects' names say: a damaged
-                // cached copy, or a bad store. Try the far end once before giving up.
-                self.memory.lock().expect("poisoned").remove(&key);
-                self.blocks.forget(&key);
-                loc.object(id, &self.decoded(&key)?).map(Some)
+                // cached copy, or a bad store. Try the far end once before giving up, and keep
+                // no copy of a block that is bad there too.
+                self.forget(&key);
+                let again = loc.object(id, &self.decoded(&key)?);
+                if again.is_err() {
+                    self.forget(&key);
+                }
+                again.map(Some)
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+impl ObjectSource for Arc<PackBlocks> {
+    fn object(
+        &self,
+        id: &ObjectId,
+        pack: &str,
+        loc: &Location,
+    ) -> Result<Option<Vec<u8>>, CasError> {
+        (**self).object(id, pack, loc)
     }
 }
 
@@ -636,6 +691,7 @@ pub struct Objects {
     disk: Option<Arc<DiskCache>>,
     source: Box<dyn ObjectSource>,
     blocks: Arc<dyn BlockSource>,
+    packs: Arc<PackBlocks>,
     pub counters: Arc<FetchCounters>,
 }
 
@@ -655,16 +711,17 @@ impl Objects {
             }
             None => (None, Arc::from(far as Box<dyn BlockSource>)),
         };
-        let packs = PackBlocks::new(blocks.clone(), opts.block_memory);
+        let packs = Arc::new(PackBlocks::new(blocks.clone(), opts.block_memory));
         let source: Box<dyn ObjectSource> = match opts.object_memory {
-            0 => Box::new(packs),
-            n => Box::new(MemoryObjects::new(packs, n).counting(counters.clone())),
+            0 => Box::new(packs.clone()),
+            n => Box::new(MemoryObjects::new(packs.clone(), n).counting(counters.clone())),
         };
         Ok(Objects {
             near: None,
             disk,
             source,
             blocks,
+            packs,
             counters,
         })
     }
@@ -684,6 +741,12 @@ impl Objects {
 
     pub fn source(&self) -> &dyn ObjectSource {
         &*self.source
+    }
+
+    /// The decoded-block layer under the object layers, for readers that cut objects out of
+    /// blocks themselves ([`PackBlocks::block`]).
+    pub fn packs(&self) -> &PackBlocks {
+        &self.packs
     }
 
     /// The objects of `record`, for `restore`.
@@ -823,6 +886,40 @@ mod tests {
         let got = source.object(id, "p", loc).unwrap().unwrap();
         assert_eq!(ObjectId::blob(&got), *id);
         assert_eq!(far.fetches.load(Ordering::Relaxed), 2, "fetched again once");
+    }
+
+    #[test]
+    fn a_block_bad_at_the_far_end_is_not_kept_in_the_disk_cache() {
+        let (good, index) = pack(2, 1000);
+        // The same pack, but the first object's bytes differ from its name: every block still
+        // decodes (to the declared length), one holds the wrong bytes.
+        let mut w = PackWriter::new(Vec::new(), 1).unwrap();
+        let mut ids: Vec<_> = index.iter().collect();
+        ids.sort_by_key(|(_, l)| (l.block_offset, l.offset_in_block));
+        for (n, (id, loc)) in ids.iter().enumerate() {
+            let block = &good.bytes[loc.block_offset as usize..][..loc.block_len as usize];
+            let raw = decode_block(block, loc.block_raw_len).unwrap();
+            let mut bytes = raw[loc.offset_in_block as usize..][..loc.size as usize].to_vec();
+            bytes[0] ^= (n == 0) as u8;
+            w.add(**id, &bytes).unwrap();
+        }
+        let (bytes, bad_index) = w.finish().unwrap();
+        assert_eq!(bad_index, index, "same layout");
+        let (id, loc) = ids[0];
+        let key = BlockKey::of("p", loc);
+        let far = Arc::new(MemoryPack {
+            bytes,
+            fetches: AtomicU64::new(0),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskCache::open(dir.path(), 1 << 30, Box::new(Shared(far)), Arc::default());
+        let source = PackBlocks::new(Arc::new(disk.unwrap()), 1 << 20);
+        // Cut out unchecked, the block is handed out (restore's NarHash is what catches it)...
+        assert_ne!(ObjectId::blob(&source.block(&key).unwrap()), *id);
+        // ...read as an object, it is refused, and no copy of it stays on disk.
+        let err = source.object(id, "p", loc).unwrap_err();
+        assert!(err.to_string().contains("BLAKE3"), "{err}");
+        assert!(cached_blocks(dir.path()).unwrap().is_empty());
     }
 
     #[test]

@@ -26,6 +26,8 @@ mod scan;
 mod strip;
 pub mod varint;
 
+/// The shared byte slices restore passes contents around in (the `bytes` crate's).
+pub use bytes::Bytes;
 pub use elf::{build_id_range, HEAD_LEN};
 pub use error::{Result, StripError};
 pub use halves::{compress_shape, inflate_shape, shape_body, Binding, BINDING_MAGIC};
@@ -35,6 +37,9 @@ pub use manifest::{
 };
 pub use patch::{apply_all, validate, Patch, PatchKind, Patcher};
 pub use refs::{RefTable, HASH_LEN, PLACEHOLDER};
-pub use restore::{restore, restore_nar, ContentSource, MemoryStore, NarDigest, RestoreVisitor};
+pub use restore::{
+    files_in_nar_order, restore, restore_nar, restore_threaded, ContentSource, MemoryStore,
+    NarDigest, Pieces, RestoreVisitor,
+};
 pub use scan::{ScanStream, Scanner};
 pub use strip::{strip, ContentSink, StripOptions, StripStats, Stripped};

@@ -6,8 +6,8 @@ use std::io::BufReader;
 use proptest::prelude::*;
 use refstrip_nar::NarWriter;
 use refstrip_strip::{
-    restore_nar, strip, Binding, ContentDigest, Manifest, MemoryStore, Node, RefTable,
-    StripOptions, PLACEHOLDER,
+    restore, restore_nar, restore_threaded, strip, Binding, Bytes, ContentDigest, ContentSource,
+    Manifest, MemoryStore, Node, Pieces, RefTable, RestoreVisitor, StripOptions, PLACEHOLDER,
 };
 use sha2::{Digest, Sha256};
 
@@ -207,6 +207,39 @@ proptest! {
         prop_assert!(out == nar);
     }
 
+    /// Objects handed out as shared slices (which restore must split around patches, never
+    /// write into), the hash inline or on its own thread: the NAR and the tree the visitor sees
+    /// are still exact.
+    #[test]
+    fn restore_from_shared_pieces_is_exact(
+        t in tree(),
+        hashes in proptest::collection::vec(hash_part(), 1..5),
+        piece in prop_oneof![1..100usize, Just(1 << 16)],
+        threaded in any::<bool>(),
+    ) {
+        prop_assume!(distinct(&hashes));
+        let nar = nar_of(&t, &hashes);
+        let (manifest, store) = strip_with_capacity(&nar, &table(&hashes), 1 << 16);
+        let mut source = Shared {
+            objects: store.objects.iter().map(|(d, b)| (*d, Bytes::from(b.clone()))).collect(),
+            piece,
+        };
+        let mut out = Vec::new();
+        let mut tree = Rebuild(NarWriter::new(Vec::new()));
+        let digest = if threaded {
+            restore_threaded(&manifest, &mut source, &mut out, &mut tree).unwrap()
+        } else {
+            restore(&manifest, &mut source, &mut out, &mut tree).unwrap()
+        };
+        prop_assert_eq!(digest.size, nar.len() as u64);
+        prop_assert!(out == nar);
+        prop_assert!(tree.0.finish().unwrap() == nar);
+        // The objects were not written into.
+        for (digest, bytes) in &source.objects {
+            prop_assert_eq!(&store.objects[digest][..], &bytes[..]);
+        }
+    }
+
     #[test]
     fn generations_differing_only_in_hashes_normalize_alike(
         t in tree(),
@@ -273,5 +306,38 @@ fn adjacent_and_boundary_references() {
         let mut out = Vec::new();
         restore_nar(&m, &mut store, &mut out).unwrap();
         assert_eq!(out, nar);
+    }
+}
+
+/// Objects held as shared `Bytes`, handed out in slices of `piece` bytes.
+struct Shared {
+    objects: std::collections::HashMap<ContentDigest, Bytes>,
+    piece: usize,
+}
+
+impl ContentSource for Shared {
+    fn open(&mut self, _: &ContentDigest, _: u64) -> std::io::Result<Box<dyn std::io::Read + '_>> {
+        unreachable!("restore takes the pieces")
+    }
+
+    fn pieces(&mut self, digest: &ContentDigest, _: u64) -> std::io::Result<Pieces<'_>> {
+        let bytes = self.objects[digest].clone();
+        let piece = self.piece;
+        let starts = (0..bytes.len()).step_by(piece);
+        Ok(Box::new(starts.map(move |at| {
+            Ok(bytes.slice(at..(at + piece).min(bytes.len())))
+        })))
+    }
+}
+
+/// The tree a visitor sees, written back as a NAR.
+struct Rebuild(NarWriter<Vec<u8>>);
+
+impl RestoreVisitor for Rebuild {
+    fn event(&mut self, event: &refstrip_nar::Event) -> std::io::Result<()> {
+        self.0.event(event).map_err(std::io::Error::other)
+    }
+    fn contents(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.0.write_contents(data).map_err(std::io::Error::other)
     }
 }

@@ -28,27 +28,31 @@
 // The kernel interfaces this crate needs (see the workspace lint) have no safe wrapper in std.
 #![allow(unsafe_code)]
 
+mod copy;
 pub mod nixdb;
 pub mod tree;
+mod unchecked;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use indicatif::ProgressBar;
-use rayon::prelude::*;
-use refstrip_cas::{CasError, FileSource, Kind, ObjectId, ObjectRead};
+use refstrip_cas::{FileSource, Kind, ObjectId, ObjectRead};
 use refstrip_nix::{signature, PublicKey};
 use refstrip_read::objects::{blocks_of, FetchCounters, NearSource, ObjectOptions, Objects};
 use refstrip_read::{PathRecord, ReadError, StoreReader, Visit};
-use refstrip_strip::{ContentDigest, Manifest};
+use refstrip_strip::{ContentDigest, ContentSource, Manifest};
 
+use crate::copy::CopyCounters;
 use crate::nixdb::{DbError, NixDb, PathLock, ValidPathInfo};
 use crate::tree::{remove_tree, Links, Shareable, TreeWriter};
+use crate::unchecked::{Budget, CopySlot, FedSource, Feeder, Sources};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -118,6 +122,12 @@ pub struct Report {
     /// Objects (and their bytes) taken from the near source (the local Nix store) instead.
     pub local_objects: u64,
     pub local_bytes: u64,
+    /// Large files copied from files of the local Nix store (reflinked where the file system
+    /// shares extents), and their bytes; local files that did not check out and were written.
+    pub copied_files: u64,
+    pub copied_bytes: u64,
+    pub reflinked_files: u64,
+    pub refused_copies: u64,
     pub seconds: f64,
     /// Where the time went: planning (reading records), fetching blocks, writing the trees
     /// (decompress, patch, hash, write), making them durable (`syncfs`), registering.
@@ -300,29 +310,48 @@ fn substitute_in_pool(
         None
     };
     let failures = Mutex::new(Vec::new());
-    // One path per task: rayon otherwise hands each worker a contiguous run of the plan, and the
-    // worker holding the largest paths finishes long after the other has gone idle (measured:
-    // one thread did 90 % of a large-profile restore).
-    let written: Vec<Written> = plan
-        .par_iter()
-        .with_max_len(1)
-        .filter_map(
-            |p| match restore_path(p, &objects, &store_fd, &real_store, links.as_ref()) {
-                Ok(written) => {
-                    opts.progress.inc(p.record.manifest.nar_size);
-                    Some(written)
+    let written = Mutex::new(Vec::new());
+    let copies = CopyCounters::default();
+    let sources = Sources {
+        packs: objects.packs(),
+        near: opts.near.as_deref().map(|n| n as &dyn NearSource),
+        store: &store_fd,
+        copies: &copies,
+        budget: Budget::new(PINNED_BYTES),
+    };
+    // Paths in flight, largest first, each a pipeline of three threads (see `restore_path`), so
+    // the largest path is not written by one thread while the others go idle.
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..rayon::current_num_threads() {
+            s.spawn(|| {
+                while let Some(p) = plan.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let restored = restore_path(
+                        p,
+                        &objects,
+                        &sources,
+                        &store_fd,
+                        &real_store,
+                        links.as_ref(),
+                    );
+                    match restored {
+                        Ok(w) => {
+                            opts.progress.inc(p.record.manifest.nar_size);
+                            written.lock().expect("poisoned").push(w);
+                        }
+                        Err(e) => {
+                            let msg = match e {
+                                Error::Path { .. } => e.to_string(),
+                                e => format!("{}: {e}", p.path),
+                            };
+                            failures.lock().expect("poisoned").push(msg);
+                        }
+                    }
                 }
-                Err(e) => {
-                    let msg = match e {
-                        Error::Path { .. } => e.to_string(),
-                        e => format!("{}: {e}", p.path),
-                    };
-                    failures.lock().expect("poisoned").push(msg);
-                    None
-                }
-            },
-        )
-        .collect();
+            });
+        }
+    });
+    let written: Vec<Written> = written.into_inner().expect("poisoned");
     let failures = failures.into_inner().expect("poisoned");
     let remove_all = |plan: &[Planned]| {
         for p in plan {
@@ -379,15 +408,23 @@ fn substitute_in_pool(
         report.local_bytes = b - bytes;
     }
     if opts.keep_written {
+        // Registered already: a chunk list that cannot be read now only leaves that path to the
+        // index's next update.
         report.written = plan
             .into_iter()
-            .zip(written)
-            .map(|(p, w)| WrittenPath {
-                manifest: p.record.manifest,
-                chunk_lists: w.chunk_lists,
+            .filter_map(|p| {
+                let chunk_lists = chunk_lists_of(&p.record, &objects).ok()?;
+                Some(WrittenPath {
+                    manifest: p.record.manifest,
+                    chunk_lists,
+                })
             })
             .collect();
     }
+    report.copied_files = copies.files.load(Ordering::Relaxed);
+    report.copied_bytes = copies.bytes.load(Ordering::Relaxed);
+    report.reflinked_files = copies.reflinked.load(Ordering::Relaxed);
+    report.refused_copies = copies.refused.load(Ordering::Relaxed);
     report.seconds = start.elapsed().as_secs_f64();
     opts.progress.finish_and_clear();
     Ok(report)
@@ -400,32 +437,83 @@ struct Written {
     linked: u64,
     /// Unpatched files written (not linked).
     shareable: Vec<Shareable>,
-    /// The chunk lists read, by file digest (for [`WrittenPath`]).
-    chunk_lists: HashMap<ContentDigest, Vec<u8>>,
 }
 
-/// An object source that keeps a copy of every chunk list read through it: with the manifest,
-/// they say where each chunk lies in the files written, which a local-store index needs. A few
-/// dozen bytes per 64 KiB of large files.
-struct KeepChunkLists<R> {
-    inner: R,
-    lists: HashMap<ContentDigest, Vec<u8>>,
-}
-
-impl<R: ObjectRead> ObjectRead for KeepChunkLists<R> {
-    fn get(&mut self, id: &ObjectId) -> Result<Vec<u8>, CasError> {
-        let bytes = self.inner.get(id)?;
+/// The chunk lists of a written path's large files: with the manifest, they say where each chunk
+/// lies in the files written, which a local-store index needs (a few dozen bytes per 64 KiB).
+/// Read through the checking layers, where the restore just left them.
+fn chunk_lists_of(
+    record: &PathRecord,
+    objects: &Objects,
+) -> Result<HashMap<ContentDigest, Vec<u8>>, refstrip_cas::CasError> {
+    let mut source = objects.of(record);
+    let mut lists = HashMap::new();
+    for (digest, size) in record.manifest.objects() {
+        let id = refstrip_cas::file_object(&digest, size);
         if id.kind == Kind::ChunkList {
-            self.lists.insert(id.digest, bytes.clone());
+            lists.insert(digest, source.get(&ObjectId::new(Kind::ChunkList, digest))?);
         }
-        Ok(bytes)
     }
+    Ok(lists)
 }
+
+/// Bytes of decoded blocks that read-ahead may keep alive across all paths in flight (besides
+/// the decoded-block cache): a few 4 MiB blocks per path.
+const PINNED_BYTES: u64 = 48 << 20;
+/// Batches of pieces read ahead of a path's restore.
+const FEED_AHEAD: usize = 4;
 
 /// Write one path under a temporary name, check its NarHash, and rename it into place.
+///
+/// Three threads work on a path at once: one reads its objects ahead in NAR order (fetching and
+/// decompressing blocks), this one patches and writes the files, and one computes the NAR's
+/// SHA-256 (`restore_threaded`). Objects are cut out of their blocks without their own BLAKE3
+/// check, which the NarHash check makes redundant ([`unchecked`]); if that restore fails for any
+/// reason, the path is written again through the checking layers, which heal a damaged cached
+/// block or name the bad object, so the outcome is what checking every object would have given.
 fn restore_path(
     p: &Planned,
     objects: &Objects,
+    sources: &Sources<'_>,
+    store_fd: &File,
+    real_store: &Path,
+    links: Option<&Links>,
+) -> Result<Written, Error> {
+    let files = refstrip_strip::files_in_nar_order(&p.record.manifest);
+    let fast = std::thread::scope(|s| {
+        let (tx, rx) = mpsc::sync_channel(FEED_AHEAD);
+        let feeder = Feeder::new(&p.record, sources, tx);
+        s.spawn(|| feeder.run(&files));
+        let copy = CopySlot::default();
+        // The source (and with it the channel) is dropped here, which stops the feeder early.
+        write_path(
+            p,
+            &mut FedSource::new(rx, &files, copy.clone()),
+            Some(copy),
+            store_fd,
+            real_store,
+            links,
+        )
+    });
+    fast.or_else(|_| {
+        let mut checked = objects.of(&p.record);
+        write_path(
+            p,
+            &mut FileSource::new(&mut checked),
+            None,
+            store_fd,
+            real_store,
+            links,
+        )
+    })
+}
+
+/// Restore `p` from `source` under a temporary name and rename it into place; `copy` is where
+/// the source puts copies of local files for the tree writer.
+fn write_path(
+    p: &Planned,
+    source: &mut dyn ContentSource,
+    copy: Option<CopySlot>,
     store_fd: &File,
     real_store: &Path,
     links: Option<&Links>,
@@ -453,29 +541,22 @@ fn restore_path(
     remove_tree(&dest).map_err(io_err(format!("removing invalid {}", dest.display())))?;
     let mut writer =
         TreeWriter::new(store_fd, tmp_name.as_bytes(), links).map_err(io_err("temporary name"))?;
-    let mut objects = KeepChunkLists {
-        inner: objects.of(&p.record),
-        lists: HashMap::new(),
-    };
-    let nar_out: Box<dyn io::Write + '_> = match verifier.as_mut() {
+    writer.copies_from(copy);
+    let nar_out: Box<dyn io::Write + Send + '_> = match verifier.as_mut() {
         Some(v) => Box::new(v),
         None => Box::new(io::sink()),
     };
-    let restored = refstrip_strip::restore(
-        &p.record.manifest,
-        &mut FileSource::new(&mut objects),
-        nar_out,
-        &mut writer,
-    )
-    .map_err(|e| Error::Path {
-        path: p.path.clone(),
-        why: e.to_string(),
-    })
-    .and_then(|_| writer.finish().map_err(io_err("writing")))
-    .and_then(|_| match (verifier, ca) {
-        (Some(v), Some((_, ca))) => v.finish().map_err(|e| refused(ca, e.to_string())),
-        _ => Ok(()),
-    });
+    let restored =
+        refstrip_strip::restore_threaded(&p.record.manifest, source, nar_out, &mut writer)
+            .map_err(|e| Error::Path {
+                path: p.path.clone(),
+                why: e.to_string(),
+            })
+            .and_then(|_| writer.finish().map_err(io_err("writing")))
+            .and_then(|_| match (verifier, ca) {
+                (Some(v), Some((_, ca))) => v.finish().map_err(|e| refused(ca, e.to_string())),
+                _ => Ok(()),
+            });
     if let Err(e) = restored {
         let _ = remove_tree(&tmp);
         return Err(e);
@@ -485,7 +566,6 @@ fn restore_path(
         files: writer.files,
         linked: writer.linked,
         shareable: std::mem::take(&mut writer.shareable),
-        chunk_lists: objects.lists,
         dest,
     })
 }

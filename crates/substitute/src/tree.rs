@@ -17,10 +17,10 @@
 
 use std::ffi::CString;
 use std::fs::{File, FileTimes, Permissions};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::time::{Duration, UNIX_EPOCH};
 
 use std::collections::HashMap;
@@ -28,7 +28,10 @@ use std::sync::Mutex;
 
 use refstrip_nar::{Event, NarWriter};
 use refstrip_nix::HashingWriter;
-use refstrip_strip::{ContentDigest, RestoreVisitor};
+use refstrip_strip::{Bytes, ContentDigest, RestoreVisitor};
+
+use crate::copy::link_into;
+use crate::unchecked::CopySlot;
 
 /// Nix's canonical mtime for store files.
 pub const STORE_MTIME: u64 = 1;
@@ -206,7 +209,16 @@ pub struct TreeWriter<'l> {
     /// Files that are hard links to earlier copies.
     pub linked: u64,
     pub bytes: u64,
+    /// Bytes of the file being written.
+    file_bytes: u64,
+    /// Where checked copies of local files come from ([`TreeWriter::copies_from`]), and the
+    /// ranges of the file being written that differ from its copy: only those are written.
+    copies: Option<CopySlot>,
+    rewrite: Option<Vec<std::ops::Range<u64>>>,
 }
+
+/// Files of at least this size are handed to writeback as soon as they are written.
+const EARLY_WRITEBACK: u64 = 1 << 20;
 
 impl<'l> TreeWriter<'l> {
     /// `parent` must stay open while the writer is used; `name` must not exist yet. With `links`,
@@ -230,7 +242,16 @@ impl<'l> TreeWriter<'l> {
             files: 0,
             linked: 0,
             bytes: 0,
+            file_bytes: 0,
+            copies: None,
+            rewrite: None,
         })
+    }
+
+    /// Take a file's checked copy from `slot` when there is one (see `copy.rs`): it is linked
+    /// into place, and of the file's bytes only the ones where it differs are written.
+    pub fn copies_from(&mut self, slot: Option<CopySlot>) {
+        self.copies = slot;
     }
 
     /// Create the announced file (its bytes follow, or it is empty).
@@ -239,6 +260,16 @@ impl<'l> TreeWriter<'l> {
             return Ok(());
         };
         let mode = if p.executable { 0o555 } else { 0o444 };
+        if let Some(copy) = self.copies.as_ref().and_then(|c| c.borrow_mut().take()) {
+            link_into(&copy.file, p.dir, &p.name)?;
+            if self.fix_modes {
+                copy.file.set_permissions(Permissions::from_mode(mode))?;
+            }
+            self.file = Some(copy.file);
+            self.rewrite = Some(copy.rewrite);
+            self.file_bytes = 0;
+            return Ok(());
+        }
         let flags =
             libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
         // SAFETY: valid descriptor and NUL-terminated name; the result is checked.
@@ -250,6 +281,7 @@ impl<'l> TreeWriter<'l> {
             file.set_permissions(Permissions::from_mode(mode))?;
         }
         self.file = Some(file);
+        self.file_bytes = 0;
         Ok(())
     }
 
@@ -267,8 +299,17 @@ impl<'l> TreeWriter<'l> {
 
     fn close_file(&mut self) -> io::Result<()> {
         self.create_pending()?;
+        self.rewrite = None;
         if let Some(file) = self.file.take() {
             file.set_times(canonical_times())?;
+            if self.file_bytes >= EARLY_WRITEBACK {
+                // Start writing it to disk now, while later files are restored, rather than all
+                // in the `syncfs` before registration. Best effort: that `syncfs` is the guarantee.
+                // SAFETY: a valid descriptor; no memory is passed.
+                unsafe {
+                    libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+                };
+            }
         }
         if let Some(h) = self.hashing.take() {
             let (hash, _, _) = h.nar.finish().map_err(io::Error::other)?.finish();
@@ -418,16 +459,55 @@ impl RestoreVisitor for TreeWriter<'_> {
     }
 
     fn contents(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write_parts(&mut [IoSlice::new(data)])
+    }
+
+    /// A piece split around its patches is one `writev`, not one `write` per part.
+    fn contents_parts(&mut self, parts: &[Bytes]) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        self.write_parts(&mut slices)
+    }
+}
+
+impl TreeWriter<'_> {
+    fn write_parts(&mut self, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
         self.create_pending()?;
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if let Some(h) = &mut self.hashing {
-            h.nar.write_contents(data).map_err(io::Error::other)?;
+            for part in parts.iter() {
+                h.nar.write_contents(part).map_err(io::Error::other)?;
+            }
         }
         let file = self
             .file
             .as_mut()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "contents outside a file"))?;
-        file.write_all(data)?;
-        self.bytes += data.len() as u64;
+        if let Some(rewrite) = &self.rewrite {
+            // A copy: write these bytes only where they differ from it.
+            let mut at = self.file_bytes;
+            for part in parts.iter() {
+                let end = at + part.len() as u64;
+                let first = rewrite.partition_point(|r| r.end <= at);
+                for r in rewrite[first..].iter().take_while(|r| r.start < end) {
+                    let (from, to) = (r.start.max(at), r.end.min(end));
+                    file.write_all_at(&part[(from - at) as usize..(to - at) as usize], from)?;
+                }
+                at = end;
+            }
+            self.bytes += len;
+            self.file_bytes += len;
+            return Ok(());
+        }
+        IoSlice::advance_slices(&mut parts, 0);
+        while !parts.is_empty() {
+            let n = file.write_vectored(parts)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut parts, n);
+        }
+        self.bytes += len;
+        self.file_bytes += len;
         Ok(())
     }
 }
