@@ -60,9 +60,8 @@ timed() { # label rate command... : seconds and throttle bytes appended to resul
   echo "run $run: $label at $rate: $secs s, $((after - before)) bytes" >> "$log"
 }
 
-nix_copy() { # from root
-  nix copy --no-check-sigs --option narinfo-cache-negative-ttl 0 \
-    --option narinfo-cache-positive-ttl 0 --from "$1" --to "$2" $new_root
+nix_copy() { # from root; Nix's narinfo cache starts empty (XDG_CACHE_HOME per run), default TTLs
+  nix copy --no-check-sigs --from "$1" --to "$2" $new_root
 }
 
 plain() { # rate

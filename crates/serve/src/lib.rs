@@ -287,11 +287,22 @@ impl Server {
         match read {
             Ok(Ok(Some((record, _)))) => {
                 let record = Arc::new(record);
-                self.records.lock().expect("record cache lock").put(
+                let mut records = self.records.lock().expect("record cache lock");
+                records.put(
                     hash_part.to_string(),
                     record.clone(),
                     record_weight(&record),
                 );
+                // Nix asks for the references' narinfos next, one at a time.
+                if let Some(upstream) = &self.upstream {
+                    let wanted: Vec<String> = record
+                        .reference_hash_parts()
+                        .filter(|h| records.get(&h.to_string()).is_none())
+                        .map(refstrip_backend::record_key)
+                        .collect();
+                    drop(records);
+                    upstream.prefetch(wanted);
+                }
                 Ok(Some(record))
             }
             Ok(Ok(None)) => Ok(None),
