@@ -11,12 +11,16 @@
 //!    `.lock` in sorted order (so two substituters cannot deadlock), re-checking validity under it.
 //! 4. **Fetch.** Every pack block the plan needs that the local block cache lacks, in parallel
 //!    (`refstrip_read::objects`: the same layered object sources every client reads through).
-//! 5. **Restore**, paths in parallel (largest first): each path is written by [`tree::TreeWriter`]
-//!    into a temporary name in the store directory while `refstrip_strip::restore` patches the
-//!    references back and computes the NAR's SHA-256; a NarHash mismatch removes the temporary
-//!    tree. Then it is renamed into place. A file without patches is a hard link to an earlier
-//!    copy in `<store>/.links` where one exists ([`tree::Links`]): one `linkat` instead of
-//!    creating and writing it (its bytes are still read and hashed).
+//! 5. **Restore**, paths in parallel (largest first, one per core), each a pipeline of three
+//!    threads: read-ahead cuts its objects out of decoded blocks unchecked (the NarHash covers
+//!    them; `unchecked`), [`tree::TreeWriter`] writes the tree into a temporary name in the store
+//!    directory while `refstrip_strip::restore_threaded` patches the references back and computes
+//!    the NAR's SHA-256 on the third; a NarHash mismatch removes the temporary tree and the path is
+//!    written again with every object checked. Then it is renamed into place. Large files whose
+//!    normalized contents a local path holds are copied from it once the copy checks out
+//!    (`copy`). A file without patches is a hard link to an earlier copy in `<store>/.links`
+//!    where one exists ([`tree::Links`]): one `linkat` instead of creating and writing it (its
+//!    bytes are still read and hashed).
 //! 6. **Register.** `syncfs` the store's file system, then register every new path in one SQLite
 //!    transaction. If anything failed, nothing is registered and the written paths are removed.
 //!    Unpatched files written by this run are shared in `.links` once durable.
