@@ -144,12 +144,7 @@ impl LocalStore {
     /// `ValidPaths.id` set rather than by the highest id: a path registered while an update ran, or
     /// a db made anew (ids restart), is still found; the cost is one scan of the ids.
     pub fn update(&self, progress: &ProgressBar) -> Result<UpdateReport, Error> {
-        let db_file = self.root.join("nix/var/nix/db/db.sqlite");
-        let what = format!("reading {}", db_file.display());
-        let nix = Connection::open_with_flags(&db_file, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(db_err(what.clone()))?;
-        nix.busy_timeout(Duration::from_secs(60))
-            .map_err(db_err(what.clone()))?;
+        let (nix, what) = self.open_nix_db()?;
         let mut report = UpdateReport::default();
         let prefix = format!("{}/", self.store_dir);
 
@@ -233,12 +228,7 @@ impl LocalStore {
     /// list as valid with the manifest's NarHash, or lacking a chunk list, is left to the next
     /// update. Returns how many paths were indexed.
     pub fn add_restored(&self, paths: &[Restored]) -> Result<u64, Error> {
-        let db_file = self.root.join("nix/var/nix/db/db.sqlite");
-        let what = format!("reading {}", db_file.display());
-        let nix = Connection::open_with_flags(&db_file, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(db_err(what.clone()))?;
-        nix.busy_timeout(Duration::from_secs(60))
-            .map_err(db_err(what.clone()))?;
+        let (nix, what) = self.open_nix_db()?;
         let mut valid = nix
             .prepare("SELECT id, hash FROM ValidPaths WHERE path = ?1")
             .map_err(db_err(what.clone()))?;
@@ -291,6 +281,17 @@ impl LocalStore {
         }
         tx.commit().map_err(db_err("updating the index"))?;
         Ok(found.len() as u64)
+    }
+
+    /// Nix's database, read-only, and what to call reading it in errors.
+    fn open_nix_db(&self) -> Result<(Connection, String), Error> {
+        let db_file = self.root.join("nix/var/nix/db/db.sqlite");
+        let what = format!("reading {}", db_file.display());
+        let nix = Connection::open_with_flags(&db_file, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(db_err(what.clone()))?;
+        nix.busy_timeout(Duration::from_secs(60))
+            .map_err(db_err(what.clone()))?;
+        Ok((nix, what))
     }
 
     /// Hash and references of the paths `todo` (id, full path) of this store directory.
