@@ -231,7 +231,8 @@ fn strip_file<R: BufRead>(
 /// Zero the ELF build-id in a file's head, returning the literal patch that restores it. A build-id
 /// that overlaps a replaced reference is left alone (patches never overlap).
 fn normalize_head(head: &mut [u8], ref_patches: &[Patch]) -> Option<Patch> {
-    let range = build_id_range(head)?;
+    // Only the first HEAD_LEN bytes count (spec §2.2), however long the first piece read was.
+    let range = build_id_range(&head[..head.len().min(HEAD_LEN)])?;
     let (start, end) = (range.start as u64, range.end as u64);
     if ref_patches
         .iter()

@@ -341,3 +341,61 @@ impl RestoreVisitor for Rebuild {
         self.0.write_contents(data).map_err(std::io::Error::other)
     }
 }
+
+/// An ELF file whose GNU build-id note lies past the first 64 KiB (as in glibc's gconv modules):
+/// spec §2.2 leaves it alone, however the NAR is read. Strip once zeroed it when the file's first
+/// piece happened to be longer than 64 KiB, so ingest (large reads) and the local-store index
+/// (64 KiB pipe reads) made different objects of the same file.
+#[test]
+fn a_build_id_past_the_head_is_kept_whatever_the_read_size() {
+    const NOTE_AT: u64 = 70_000;
+    let mut elf = vec![0u8; NOTE_AT as usize];
+    elf[..16].copy_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    let header: [(usize, &[u8]); 8] = [
+        (16, &2u16.to_le_bytes()),    // e_type: executable
+        (18, &0x3eu16.to_le_bytes()), // e_machine: x86-64
+        (20, &1u32.to_le_bytes()),    // e_version
+        (32, &64u64.to_le_bytes()),   // e_phoff
+        (52, &64u16.to_le_bytes()),   // e_ehsize
+        (54, &56u16.to_le_bytes()),   // e_phentsize
+        (56, &1u16.to_le_bytes()),    // e_phnum
+        (58, &64u16.to_le_bytes()),   // e_shentsize
+    ];
+    for (at, bytes) in header {
+        elf[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+    let phdr: [(usize, &[u8]); 5] = [
+        (64, &4u32.to_le_bytes()),    // p_type: PT_NOTE
+        (72, &NOTE_AT.to_le_bytes()), // p_offset
+        (96, &36u64.to_le_bytes()),   // p_filesz
+        (104, &36u64.to_le_bytes()),  // p_memsz
+        (112, &4u64.to_le_bytes()),   // p_align
+    ];
+    for (at, bytes) in phdr {
+        elf[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+    elf.extend(4u32.to_le_bytes()); // namesz
+    elf.extend(20u32.to_le_bytes()); // descsz
+    elf.extend(3u32.to_le_bytes()); // NT_GNU_BUILD_ID
+    elf.extend(b"GNU\0");
+    elf.extend((1..=20u8).collect::<Vec<_>>());
+    // Long enough that a reader handing out 64 KiB pieces has the note in its first two.
+    elf.resize(200_000, 0);
+    assert!(
+        refstrip_strip::build_id_range(&elf).is_some(),
+        "the note is found in the whole file"
+    );
+    let mut nar = Vec::new();
+    let mut w = NarWriter::new(&mut nar);
+    w.file(None, true, elf.len() as u64).unwrap();
+    w.write_contents(&elf).unwrap();
+    w.finish().unwrap();
+    let hashes = vec![b"0000000000000000000000000000000z".to_vec()];
+    let (whole, _) = strip_with_capacity(&nar, &table(&hashes), 1 << 20);
+    let (pieces, _) = strip_with_capacity(&nar, &table(&hashes), 1 << 12);
+    assert_eq!(whole, pieces);
+    let Node::File { patches, .. } = &whole.root else {
+        panic!("a file")
+    };
+    assert!(patches.is_empty(), "{patches:?}");
+}
