@@ -338,10 +338,8 @@ impl Sampler {
     }
 }
 
-// Fails on every run (6 of 6 on the 2-core VM: all 808 KB of blocks on disk at once under a
-// ~570 KB cap): blocks fetched at the same moment are each written before the cache is trimmed.
-// Making room under the eviction lock before writing (a change to `DiskCache::keep` in
-// crates/read/src/objects.rs, not this branch's to make) passed it 6 of 6.
+// Before the disk cache made room before writing, blocks fetched at the same moment were each
+// written before the cache was trimmed (all 808 KB of blocks on disk at once under a ~570 KB cap).
 #[test]
 fn the_disk_cache_stays_under_its_cap_for_a_whole_run() {
     require_nix!();
