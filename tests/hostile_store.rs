@@ -300,6 +300,13 @@ fn serve_survives(store: &Path, attacked: &str, good: &str) {
             .args([
                 "copy",
                 "--no-check-sigs",
+                // Nix caches narinfos per cache URL; other tests' servers had this port before.
+                "--option",
+                "narinfo-cache-negative-ttl",
+                "0",
+                "--option",
+                "narinfo-cache-positive-ttl",
+                "0",
                 "--from",
                 &format!("http://127.0.0.1:{port}"),
                 "--to",

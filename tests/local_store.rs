@@ -340,9 +340,13 @@ fn local_substituter(from: &str, root: &Path, extra: &[&str]) -> Serving {
 /// corpus key; the bytes the origin sent meanwhile.
 fn nix_copy(url: &str, root: &Path, path: &str, sent: &std::sync::atomic::AtomicU64) -> u64 {
     let before = sent.load(Ordering::Relaxed);
+    // Nix caches narinfos per cache URL (a 404 for an hour): other tests' servers answered on
+    // these loopback ports before, some with a 404 for every path.
     run(Command::new("nix")
         .args(["copy", "--option", "trusted-public-keys"])
         .arg(refstrip_tests::corpus_key())
+        .args(["--option", "narinfo-cache-negative-ttl", "0"])
+        .args(["--option", "narinfo-cache-positive-ttl", "0"])
         .args(["--from", url, "--to"])
         .arg(root)
         .arg(path));

@@ -88,6 +88,7 @@ fn nix_copy_through_serve(store: &Path, dest: &Path, root_path: &str) {
         .args(["--option", "trusted-public-keys", &corpus_key()])
         // Nix keeps narinfos per cache URL for a month; another test's server may have had this port.
         .args(["--option", "narinfo-cache-positive-ttl", "0"])
+        .args(["--option", "narinfo-cache-negative-ttl", "0"])
         .arg(root_path)
         .output()
         .unwrap();
@@ -306,6 +307,7 @@ fn a_serve_running_during_repack_never_returns_a_wrong_byte() {
         .args(["--option", "trusted-public-keys", &corpus_key()])
         // Nix keeps narinfos per cache URL for a month; another test's server may have had this port.
         .args(["--option", "narinfo-cache-positive-ttl", "0"])
+        .args(["--option", "narinfo-cache-negative-ttl", "0"])
         .arg(corpus_root("bump"))
         .output()
         .unwrap();

@@ -131,6 +131,7 @@ fn keep_within_keeps_paths_registered_or_served_recently_with_their_closure() {
         .args(["--option", "trusted-public-keys", &corpus_key()])
         // Nix keeps narinfos per cache URL for a month; another test's server may have had this port.
         .args(["--option", "narinfo-cache-positive-ttl", "0"])
+        .args(["--option", "narinfo-cache-negative-ttl", "0"])
         .arg(corpus_root("gen1"))
         .output()
         .unwrap();

@@ -242,10 +242,10 @@ pub fn http_get(port: u16, path: &str) -> (u16, Vec<u8>) {
     let mut response = Vec::new();
     // An aborted response ends in a reset: keep what arrived.
     let _ = stream.read_to_end(&mut response);
-    let end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("end of the response head");
+    // A connection closed (or reset) before a whole head arrived is a failed request: status 0.
+    let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return (0, Vec::new());
+    };
     let head = String::from_utf8_lossy(&response[..end]).to_string();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     let mut body = response[end + 4..].to_vec();
