@@ -16,12 +16,17 @@ if ! command -v nix-store >/dev/null 2>&1; then
 fi
 
 # Single-user Nix as root: no build users, no sandbox (these machines cannot create namespaces for it).
+# No narinfo disk cache: the tests start many binary caches on loopback ports that later tests
+# reuse, and Nix would answer from what another test's cache said under the same URL (a 404 for
+# an hour, an unsigned narinfo for a month).
 conf=/etc/nix/nix.conf
 want='build-users-group =
 sandbox = false
 experimental-features = nix-command
 substituters =
-fsync-metadata = false'
+fsync-metadata = false
+narinfo-cache-negative-ttl = 0
+narinfo-cache-positive-ttl = 0'
 if [ "$(cat "$conf" 2>/dev/null)" != "$want" ]; then
   as_root mkdir -p /etc/nix
   printf '%s\n' "$want" | as_root tee "$conf" >/dev/null
