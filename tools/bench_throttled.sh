@@ -60,8 +60,11 @@ timed() { # label rate command... : seconds and throttle bytes appended to resul
   echo "run $run: $label at $rate: $secs s, $((after - before)) bytes" >> "$log"
 }
 
-nix_copy() { # from root; Nix's narinfo cache starts empty (XDG_CACHE_HOME per run), default TTLs
-  nix copy --no-check-sigs --from "$1" --to "$2" $new_root
+# Nix's narinfo cache starts empty (XDG_CACHE_HOME per run) with Nix's default TTLs, whatever
+# nix.conf says (the test machine sets them to 0, which makes nix copy ask each narinfo ~4 times).
+nix_copy() { # from root
+  nix copy --no-check-sigs --option narinfo-cache-positive-ttl 2592000 \
+    --option narinfo-cache-negative-ttl 3600 --from "$1" --to "$2" $new_root
 }
 
 plain() { # rate
