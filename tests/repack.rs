@@ -319,3 +319,72 @@ fn a_serve_running_during_repack_never_returns_a_wrong_byte() {
     verify_contents(&dest);
     server.stop();
 }
+
+/// Issue 15: a client's disk cache finds objects by name, not by the location a record gives. A
+/// client that substituted bump holds its objects in cached blocks of the old packs; a repack
+/// moves them into new packs and deletes the old ones; substituting bump again into another store
+/// with the same cache fetches no block from the origin (counted there).
+#[test]
+fn after_a_repack_a_client_fetches_no_block_whose_objects_its_cache_holds() {
+    refstrip_tests::require_nix!();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_after_gc(dir.path());
+    let s = store.to_str().unwrap();
+    let bump: Vec<String> = corpus_packages("bump")
+        .values()
+        .map(|p| p.trim_start_matches("/nix/store/")[..32].to_string())
+        .collect();
+    // Which pack each object of bump's records is in.
+    let locations = || -> BTreeMap<String, String> {
+        bump.iter()
+            .flat_map(|hash| {
+                let record = refstrip_tests::read_record(&store, hash);
+                let map = record.objects.map().unwrap().clone();
+                map.into_iter()
+                    .map(|(id, (pack, _))| (format!("{id:?}"), pack))
+            })
+            .collect()
+    };
+    let (url, _, sent) = refstrip_tests::static_http_server_counting(store.clone());
+    let cache = dir.path().join("cache");
+    let substitute = |root: &str| {
+        let before = sent.load(Ordering::Relaxed);
+        let out = run(Command::new(refstrip_bin())
+            .args(["substitute", "--json", "--no-local-store", "--from", &url])
+            .args(["--trusted-public-keys", &corpus_key()])
+            .arg("--store")
+            .arg(dir.path().join(root))
+            .arg("--cache")
+            .arg(&cache)
+            .arg(corpus_root("bump")));
+        let report: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        verify_contents(&dir.path().join(root));
+        (report, sent.load(Ordering::Relaxed) - before)
+    };
+    let (first, _) = substitute("client1");
+    assert!(first["fetched_blocks"].as_u64().unwrap() > 0, "{first}");
+
+    let old = locations();
+    ok(&["repack", "--store", s, "--threshold", "1"]);
+    let deleted = ok(&["repack", "--store", s, "--grace", "0"]);
+    let new = locations();
+    let moved = old.iter().filter(|(id, pack)| new[*id] != **pack).count();
+    assert!(
+        moved > 0,
+        "the repack moved none of bump's objects: {deleted}"
+    );
+
+    let (second, fetched) = substitute("client2");
+    assert_eq!(second["paths"], 14, "{second}");
+    assert_eq!(second["fetched_blocks"], 0, "{second}");
+    let records = second["record_bytes"].as_u64().unwrap();
+    eprintln!(
+        "bump again after a repack moved {moved} of its {} objects: {fetched} bytes from the \
+         origin, {records} of them records",
+        old.len()
+    );
+    assert!(
+        fetched <= records + 64,
+        "{fetched} bytes from the origin, {records} of them records"
+    );
+}

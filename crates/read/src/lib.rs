@@ -13,6 +13,7 @@
 //! Record validation and caching each live in one place here; the write side (`refstrip-store`)
 //! and every client build on it.
 
+mod held;
 pub mod objects;
 pub mod pathinfo;
 mod record;

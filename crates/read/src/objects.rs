@@ -26,6 +26,7 @@ use refstrip_backend::{pack_key, Backend};
 use refstrip_cas::pack::{decode_block, Location};
 use refstrip_cas::{CasError, ObjectId, ObjectRead};
 
+use crate::held::{HeldObjects, NearLayers};
 use crate::PathRecord;
 
 /// One compressed block of one pack. Packs never change, so this names the block's bytes for ever.
@@ -152,6 +153,8 @@ pub struct DiskCache {
     /// Bytes this process is writing into the cache right now.
     writing: AtomicU64,
     counters: Arc<FetchCounters>,
+    /// Which cached block holds which object ([`crate::held`]).
+    pub(crate) index: crate::held::CacheIndex,
 }
 
 /// Scratch files older than this are leftovers of killed processes.
@@ -179,6 +182,7 @@ impl DiskCache {
             }
         }
         let used = cached_blocks(dir)?.iter().map(|b| b.1).sum();
+        let index = crate::held::CacheIndex::open(dir)?;
         Ok(DiskCache {
             dir: dir.to_path_buf(),
             cap,
@@ -186,7 +190,13 @@ impl DiskCache {
             used: AtomicU64::new(used),
             writing: AtomicU64::new(0),
             counters,
+            index,
         })
+    }
+
+    /// Whether the cache has the block now (with the right length).
+    pub(crate) fn holds(&self, key: &BlockKey) -> bool {
+        fs::metadata(self.file(key)).is_ok_and(|m| m.len() == key.len)
     }
 
     fn file(&self, key: &BlockKey) -> PathBuf {
@@ -252,17 +262,34 @@ impl DiskCache {
         blocks.sort_by_key(|b| b.2);
         let mut total: u64 = blocks.iter().map(|b| b.1).sum();
         let target = (self.cap / 10 * 9).min(self.cap.saturating_sub(room));
+        let mut evicted = Vec::new();
         for (path, size, _) in blocks {
             if total <= target {
                 break;
             }
             if fs::remove_file(&path).is_ok() {
                 total -= size;
+                evicted.extend(block_of_file(&path));
             }
         }
         self.used.store(total, Ordering::Relaxed);
+        // Entries left behind would only be misses; dropping them keeps the index small.
+        let _ = self.index.forget_blocks(&evicted);
         Ok(())
     }
+}
+
+/// The pack and block offset a cached block file `blocks/<pack>/<offset>-<len>` holds.
+fn block_of_file(path: &Path) -> Option<(String, u64)> {
+    let pack = path.parent()?.file_name()?.to_str()?;
+    let offset = path
+        .file_name()?
+        .to_str()?
+        .split_once('-')?
+        .0
+        .parse()
+        .ok()?;
+    Some((pack.to_string(), offset))
 }
 
 /// Every cached block file: path, size, last use.
@@ -316,6 +343,7 @@ impl BlockSource for DiskCache {
 
     fn forget(&self, key: &BlockKey) {
         let _ = fs::remove_file(self.file(key));
+        let _ = self.index.forget_blocks(&[(key.pack.clone(), key.offset)]);
     }
 
     fn prefetch(&self, keys: &[BlockKey]) -> io::Result<()> {
@@ -688,6 +716,8 @@ impl Default for ObjectOptions {
 /// A store's objects through the layers [`ObjectOptions`] asks for, with their counters.
 pub struct Objects {
     near: Option<Arc<dyn NearSource>>,
+    /// The disk cache's objects by name, asked after `near`.
+    held: Option<Arc<HeldObjects>>,
     disk: Option<Arc<DiskCache>>,
     source: Box<dyn ObjectSource>,
     blocks: Arc<dyn BlockSource>,
@@ -716,8 +746,12 @@ impl Objects {
             0 => Box::new(packs.clone()),
             n => Box::new(MemoryObjects::new(packs.clone(), n).counting(counters.clone())),
         };
+        let held = disk
+            .clone()
+            .map(|disk| Arc::new(HeldObjects::new(disk, packs.clone())));
         Ok(Objects {
-            near: None,
+            near: held.clone().map(|h| h as Arc<dyn NearSource>),
+            held,
             disk,
             source,
             blocks,
@@ -731,12 +765,38 @@ impl Objects {
         self.disk.clone().map(|d| d as Arc<dyn crate::ShapeSource>)
     }
 
-    /// Put a nearer source in front of the store's (e.g. the local Nix store).
+    /// Put a nearer source in front of the store's (e.g. the local Nix store); the disk cache's
+    /// objects by name come after it.
     pub fn with_near(self, near: Arc<dyn NearSource>) -> Objects {
+        let near: Arc<dyn NearSource> = match &self.held {
+            Some(held) => Arc::new(NearLayers(vec![near, held.clone()])),
+            None => near,
+        };
         Objects {
             near: Some(near),
             ..self
         }
+    }
+
+    /// What is asked for objects by name before the record's object table: the near source,
+    /// then the disk cache's objects.
+    pub fn near(&self) -> Option<&Arc<dyn NearSource>> {
+        self.near.as_ref()
+    }
+
+    /// Note the objects of `record` (a path restored and checked) that sit in cached blocks, so
+    /// that a later record naming another copy of one finds it ([`crate::held`]). Only a record
+    /// whose object table was read has anything to note.
+    pub fn remember(&self, record: &PathRecord) {
+        let (Some(disk), Some(map)) = (&self.disk, record.objects.loaded()) else {
+            return;
+        };
+        let cached = map
+            .iter()
+            .filter(|(_, (pack, loc))| disk.holds(&BlockKey::of(pack, loc)))
+            .map(|(id, (pack, loc))| (id, pack.as_str(), loc));
+        // A cache that cannot note objects only costs later fetches.
+        let _ = disk.index.note(cached);
     }
 
     pub fn source(&self) -> &dyn ObjectSource {

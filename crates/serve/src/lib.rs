@@ -635,6 +635,7 @@ fn restore_to_channel(
     match result {
         Ok(()) => {
             metrics.restored(started.elapsed().as_secs_f64());
+            objects.remember(record);
             out.finish();
             true
         }

@@ -275,12 +275,13 @@ fn substitute_in_pool(
 
     // 4. Fetch the missing blocks.
     let near_before = opts.near.as_ref().map(|n| n.served());
-    // Only the blocks of objects the near source cannot give (one it turns out not to have after
-    // all is fetched when read); a record's object table is fetched only if it has such objects.
+    // Only the blocks of objects the near sources (the local store, the disk cache's objects by
+    // name) cannot give (one they turn out not to have after all is fetched when read); a
+    // record's object table is fetched only if it has such objects.
     if let Some(near) = &opts.near {
         objects = objects.with_near(near.clone());
     }
-    let near = opts.near.clone();
+    let near = objects.near().cloned();
     let blocks = blocks_of(plan.iter().map(|p| &p.record), |id| {
         near.as_ref().is_none_or(|n| !n.may_have(id))
     })
@@ -318,7 +319,7 @@ fn substitute_in_pool(
     let copies = CopyCounters::default();
     let sources = Sources {
         packs: objects.packs(),
-        near: opts.near.as_deref().map(|n| n as &dyn NearSource),
+        near: near.as_deref(),
         store: &store_fd,
         copies: &copies,
         budget: Budget::new(PINNED_BYTES),
@@ -340,6 +341,7 @@ fn substitute_in_pool(
                     );
                     match restored {
                         Ok(w) => {
+                            objects.remember(&p.record);
                             opts.progress.inc(p.record.manifest.nar_size);
                             written.lock().expect("poisoned").push(w);
                         }

@@ -1,0 +1,311 @@
+//! The disk cache's objects, found by name.
+//!
+//! The disk cache keeps blocks, keyed by where they are in the store. A path record names one copy
+//! of each object; another record may name another copy of the same object (a second ingest process
+//! stored it again, a repack moved it), and a delta's base is named by digest alone. So the cache
+//! also keeps an index, `objects.sqlite` beside its blocks: object name → a cached block and the
+//! object's place in it, filled with the objects of paths a client finished (their NarHash checked),
+//! emptied of a block's objects when the block is evicted. An entry is a hint, never the truth: what it
+//! names is read from the cached block and checked against the object's BLAKE3, and a block evicted
+//! since is a miss. Several processes share one cache and its index (SQLite in WAL mode).
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use refstrip_cas::pack::Location;
+use refstrip_cas::{CasError, ObjectId};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::objects::{BlockKey, DiskCache, NearFile, NearSource, ObjectSource, PackBlocks};
+
+/// The index of a disk cache's objects (the SQLite side only).
+pub(crate) struct CacheIndex {
+    db: Mutex<Connection>,
+}
+
+impl CacheIndex {
+    pub(crate) fn open(dir: &Path) -> io::Result<CacheIndex> {
+        let path = dir.join("objects.sqlite");
+        let sql = |e: rusqlite::Error| io::Error::other(format!("{}: {e}", path.display()));
+        let db = Connection::open(&path).map_err(sql)?;
+        db.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+        db.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
+        db.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql)?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS objects (
+                 kind INTEGER NOT NULL, digest BLOB NOT NULL,
+                 pack TEXT NOT NULL, block_offset INTEGER NOT NULL, block_len INTEGER NOT NULL,
+                 block_raw_len INTEGER NOT NULL, offset_in_block INTEGER NOT NULL,
+                 size INTEGER NOT NULL,
+                 PRIMARY KEY (kind, digest)) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS objects_by_block ON objects (pack, block_offset);",
+        )
+        .map_err(sql)?;
+        Ok(CacheIndex { db: Mutex::new(db) })
+    }
+
+    /// Where the cache may hold `id`: the block and the object's place in it, as noted.
+    pub(crate) fn find(&self, id: &ObjectId) -> Option<(String, Location)> {
+        let db = self.db.lock().expect("poisoned");
+        let mut query = db
+            .prepare_cached(
+                "SELECT pack, block_offset, block_len, block_raw_len, offset_in_block, size
+                 FROM objects WHERE kind = ?1 AND digest = ?2",
+            )
+            .ok()?;
+        query
+            .query_row(params![id.kind.code(), &id.digest.0[..]], |row| {
+                let number = |i| row.get::<_, i64>(i).map(|n| n as u64);
+                Ok((
+                    row.get::<_, String>(0)?,
+                    Location {
+                        block_offset: number(1)?,
+                        block_len: number(2)?,
+                        block_raw_len: number(3)?,
+                        offset_in_block: number(4)?,
+                        size: number(5)?,
+                    },
+                ))
+            })
+            .optional()
+            .ok()
+            .flatten()
+    }
+
+    /// Note these objects as held in their (cached) blocks, in one transaction.
+    pub(crate) fn note<'a>(
+        &self,
+        objects: impl Iterator<Item = (&'a ObjectId, &'a str, &'a Location)>,
+    ) -> rusqlite::Result<()> {
+        let mut db = self.db.lock().expect("poisoned");
+        let tx = db.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR REPLACE INTO objects VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for (id, pack, loc) in objects {
+                insert.execute(params![
+                    id.kind.code(),
+                    &id.digest.0[..],
+                    pack,
+                    loc.block_offset as i64,
+                    loc.block_len as i64,
+                    loc.block_raw_len as i64,
+                    loc.offset_in_block as i64,
+                    loc.size as i64,
+                ])?;
+            }
+        }
+        tx.commit()
+    }
+
+    /// Forget the objects of blocks no longer in the cache.
+    pub(crate) fn forget_blocks(&self, blocks: &[(String, u64)]) -> rusqlite::Result<()> {
+        let mut db = self.db.lock().expect("poisoned");
+        let tx = db.transaction()?;
+        {
+            let mut delete =
+                tx.prepare_cached("DELETE FROM objects WHERE pack = ?1 AND block_offset = ?2")?;
+            for (pack, offset) in blocks {
+                delete.execute(params![pack, *offset as i64])?;
+            }
+        }
+        tx.commit()
+    }
+}
+
+/// The disk cache as a [`NearSource`]: objects it holds in any cached block, found by name
+/// (reads go through the decoded-block memory layer, so one block serves many objects).
+pub struct HeldObjects {
+    pub(crate) disk: Arc<DiskCache>,
+    pub(crate) packs: Arc<PackBlocks>,
+    served_objects: AtomicU64,
+    served_bytes: AtomicU64,
+}
+
+impl HeldObjects {
+    pub(crate) fn new(disk: Arc<DiskCache>, packs: Arc<PackBlocks>) -> Self {
+        HeldObjects {
+            disk,
+            packs,
+            served_objects: AtomicU64::new(0),
+            served_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// The block and place of `id` if the cache holds that block now.
+    fn held(&self, id: &ObjectId) -> Option<(String, Location)> {
+        let (pack, loc) = self.disk.index.find(id)?;
+        (loc.size <= loc.block_raw_len && self.disk.holds(&BlockKey::of(&pack, &loc)))
+            .then_some((pack, loc))
+    }
+}
+
+impl NearSource for HeldObjects {
+    fn object(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, CasError> {
+        let Some((pack, loc)) = self.held(id) else {
+            return Ok(None);
+        };
+        // A stale or damaged entry is a miss: the caller reads the copy its record names.
+        let Ok(found) = self.packs.object(id, &pack, &loc) else {
+            return Ok(None);
+        };
+        if let Some(bytes) = &found {
+            self.served_objects.fetch_add(1, Ordering::Relaxed);
+            self.served_bytes
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        Ok(found)
+    }
+
+    fn may_have(&self, id: &ObjectId) -> bool {
+        self.held(id).is_some()
+    }
+
+    fn served(&self) -> (u64, u64) {
+        (
+            self.served_objects.load(Ordering::Relaxed),
+            self.served_bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Near sources asked in order (the local Nix store, then the disk cache's objects).
+pub struct NearLayers(pub Vec<Arc<dyn NearSource>>);
+
+impl NearSource for NearLayers {
+    fn object(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, CasError> {
+        for near in &self.0 {
+            if let Some(bytes) = near.object(id)? {
+                return Ok(Some(bytes));
+            }
+        }
+        Ok(None)
+    }
+
+    fn may_have(&self, id: &ObjectId) -> bool {
+        self.0.iter().any(|near| near.may_have(id))
+    }
+
+    fn served(&self) -> (u64, u64) {
+        self.0.iter().fold((0, 0), |(o, b), near| {
+            let (no, nb) = near.served();
+            (o + no, b + nb)
+        })
+    }
+
+    fn file(&self, id: &ObjectId) -> Option<NearFile> {
+        self.0.iter().find_map(|near| near.file(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use refstrip_backend::{pack_key, LocalDir};
+    use refstrip_cas::pack::PackWriter;
+    use refstrip_strip::{Manifest, Node, RefTable};
+
+    use crate::objects::{ObjectOptions, Objects};
+    use crate::{Locations, ObjectMap, PathRecord};
+
+    use super::*;
+
+    /// Packs `a` and `b` both holding `shared`; `b` also holds `other`. Returns each pack's
+    /// object table.
+    fn two_packs(root: &Path, shared: &[u8], other: &[u8]) -> (ObjectMap, ObjectMap) {
+        let mut tables = Vec::new();
+        for (name, objects) in [("a", vec![shared]), ("b", vec![other, shared])] {
+            let mut w = PackWriter::new(Vec::new(), 1).unwrap();
+            for bytes in objects {
+                w.add(ObjectId::blob(bytes), bytes).unwrap();
+            }
+            let (bytes, index) = w.finish().unwrap();
+            let file = root.join(pack_key(name));
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            fs::write(file, bytes).unwrap();
+            tables.push(
+                index
+                    .into_iter()
+                    .map(|(id, loc)| (id, (name.to_string(), loc)))
+                    .collect(),
+            );
+        }
+        let b = tables.pop().unwrap();
+        (tables.pop().unwrap(), b)
+    }
+
+    fn record(table: ObjectMap) -> PathRecord {
+        let (id, (_, loc)) = table.iter().next().unwrap();
+        PathRecord {
+            manifest: Manifest {
+                store_dir: b"/nix/store".to_vec(),
+                refs: RefTable::new(b"0000000000000000000000000000000z-x", &[]).unwrap(),
+                references: Vec::new(),
+                nar_hash: [0; 32],
+                nar_size: 1,
+                info: Vec::new(),
+                root: Node::File {
+                    executable: false,
+                    size: loc.size,
+                    digest: id.digest,
+                    patches: Vec::new(),
+                },
+            },
+            objects: Locations::from(table),
+        }
+    }
+
+    #[test]
+    fn an_object_cached_under_another_location_is_read_from_the_cache_by_name() {
+        let store = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let (shared, other) = (vec![7u8; 5000], vec![9u8; 3000]);
+        let (in_a, in_b) = two_packs(store.path(), &shared, &other);
+        let opts = ObjectOptions {
+            cache_dir: Some(cache.path().to_path_buf()),
+            ..ObjectOptions::default()
+        };
+        let objects = Objects::new(Arc::new(LocalDir::open(store.path())), &opts).unwrap();
+        let id = ObjectId::blob(&shared);
+        let first = record(in_a.clone());
+        let (pack, loc) = &in_a[&id];
+        assert_eq!(
+            objects.source().object(&id, pack, loc).unwrap().unwrap(),
+            shared
+        );
+        let near = objects.near().unwrap();
+        assert!(
+            !near.may_have(&id),
+            "nothing is noted before a path is finished"
+        );
+        objects.remember(&first);
+        assert!(near.may_have(&id));
+
+        // Pack a disappears from the store (a repack moved its objects to b): the object is
+        // still read, from the cached block of a, by name.
+        fs::remove_file(store.path().join(pack_key("a"))).unwrap();
+        assert_eq!(near.object(&id).unwrap().unwrap(), shared);
+        assert_eq!(near.served(), (1, shared.len() as u64));
+        assert!(!near.may_have(&ObjectId::blob(&other)));
+
+        // A damaged cached block is a miss, never wrong bytes.
+        assert!(in_b.contains_key(&id));
+        let cached = cache
+            .path()
+            .join("blocks/a")
+            .join(format!("{}-{}", loc.block_offset, loc.block_len));
+        assert!(cached.exists());
+        let mut bytes = fs::read(&cached).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&cached, bytes).unwrap();
+        let fresh = Objects::new(Arc::new(LocalDir::open(store.path())), &opts).unwrap();
+        assert_eq!(fresh.near().unwrap().object(&id).unwrap(), None);
+    }
+}
