@@ -248,9 +248,10 @@ fn mass_rebuild_fetches_under_five_percent_of_nar_xz() {
         "fetched {fetched} bytes, more than 5 % of {xz}"
     );
     assert!(
-        mass["reused_bytes"].as_u64().unwrap() > 0,
+        mass["cached_bytes"].as_u64().unwrap() > 0,
         "the cache was not used: {mass}"
     );
+    assert_eq!(mass["fetched_blocks"], 0, "{mass}");
 }
 
 /// (device, inode) of every regular file under `dir`, by path relative to `dir`.

@@ -248,13 +248,15 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
             report.linked_files, report.shared_files
         );
         println!(
-            "fetched {} bytes ({} of path records, {} in {} blocks); reused {} bytes in {} blocks from the cache",
+            "fetched {} bytes ({} of path records, {} in {} blocks); reused {} bytes in {} blocks from the cache, and {} objects ({} bytes) it had by name",
             report.fetched_bytes,
             report.record_bytes,
             report.fetched_block_bytes,
             report.fetched_blocks,
             report.reused_bytes,
-            report.reused_blocks
+            report.reused_blocks,
+            report.cached_objects,
+            report.cached_bytes
         );
         println!(
             "took {} objects ({} bytes) from the local store, and copied {} large files from it ({} bytes, {} reflinked; {} did not check out); indexed the {indexed} paths written",

@@ -7,7 +7,8 @@
 //! object's place in it, filled with the objects of paths a client finished (their NarHash checked),
 //! emptied of a block's objects when the block is evicted. An entry is a hint, never the truth: what it
 //! names is read from the cached block and checked against the object's BLAKE3, and a block evicted
-//! since is a miss. Several processes share one cache and its index (SQLite in WAL mode).
+//! since is a miss. Several processes share one cache and its index (SQLite, its size counted
+//! against the cache's cap).
 
 use std::io;
 use std::path::Path;
@@ -21,6 +22,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::objects::{BlockKey, DiskCache, NearFile, NearSource, ObjectSource, PackBlocks};
 
+/// The index's file in the cache directory.
+pub(crate) const INDEX_FILE: &str = "objects.sqlite";
+
 /// The index of a disk cache's objects (the SQLite side only).
 pub(crate) struct CacheIndex {
     db: Mutex<Connection>,
@@ -28,13 +32,31 @@ pub(crate) struct CacheIndex {
 
 impl CacheIndex {
     pub(crate) fn open(dir: &Path) -> io::Result<CacheIndex> {
-        let path = dir.join("objects.sqlite");
-        let sql = |e: rusqlite::Error| io::Error::other(format!("{}: {e}", path.display()));
-        let db = Connection::open(&path).map_err(sql)?;
-        db.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
-        db.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
-        db.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(sql)?;
+        let path = dir.join(INDEX_FILE);
+        let db = match Self::open_at(&path) {
+            Ok(db) => db,
+            // A hint file that a crash damaged is thrown away, not trusted.
+            Err(_) => {
+                let _ = std::fs::remove_file(&path);
+                Self::open_at(&path)
+                    .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?
+            }
+        };
+        Ok(CacheIndex { db: Mutex::new(db) })
+    }
+
+    /// The index's one file, counted against the cache's cap: no journal file lingers beside it
+    /// (the journal is in memory; a crash mid-write can damage the file, which `open` detects and
+    /// replaces: the index is only a cache of hints).
+    fn open_at(path: &Path) -> rusqlite::Result<Connection> {
+        let db = Connection::open(path)?;
+        db.busy_timeout(Duration::from_secs(10))?;
+        db.pragma_update(None, "journal_mode", "MEMORY")?;
+        db.pragma_update(None, "synchronous", "OFF")?;
+        let check: String = db.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(rusqlite::Error::InvalidQuery);
+        }
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS objects (
                  kind INTEGER NOT NULL, digest BLOB NOT NULL,
@@ -43,9 +65,8 @@ impl CacheIndex {
                  size INTEGER NOT NULL,
                  PRIMARY KEY (kind, digest)) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS objects_by_block ON objects (pack, block_offset);",
-        )
-        .map_err(sql)?;
-        Ok(CacheIndex { db: Mutex::new(db) })
+        )?;
+        Ok(db)
     }
 
     /// Where the cache may hold `id`: the block and the object's place in it, as noted.

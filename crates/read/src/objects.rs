@@ -194,6 +194,26 @@ impl DiskCache {
         })
     }
 
+    /// Note the objects of `map` that sit in cached blocks in the object index, keeping the index
+    /// within the cap too.
+    fn note_held(&self, map: &crate::ObjectMap) {
+        let cached = map
+            .iter()
+            .filter(|(_, (pack, loc))| self.holds(&BlockKey::of(pack, loc)))
+            .map(|(id, (pack, loc))| (id, pack.as_str(), loc));
+        // A cache that cannot note objects only costs later fetches.
+        let _ = self.index.note(cached);
+        let index = self.index_bytes();
+        if self.used.load(Ordering::Relaxed) + index > self.cap {
+            let _ = self.evict(index);
+        }
+    }
+
+    /// The object index's share of the cap.
+    fn index_bytes(&self) -> u64 {
+        fs::metadata(self.dir.join(crate::held::INDEX_FILE)).map_or(0, |m| m.len())
+    }
+
     /// Whether the cache has the block now (with the right length).
     pub(crate) fn holds(&self, key: &BlockKey) -> bool {
         fs::metadata(self.file(key)).is_ok_and(|m| m.len() == key.len)
@@ -235,8 +255,9 @@ impl DiskCache {
         }
         let writing = self.writing.fetch_add(len, Ordering::Relaxed) + len;
         let kept = (|| {
-            if self.used.load(Ordering::Relaxed) + writing > self.cap {
-                self.evict(writing)?;
+            let room = writing + self.index_bytes();
+            if self.used.load(Ordering::Relaxed) + room > self.cap {
+                self.evict(room)?;
             }
             fs::create_dir_all(path.parent().expect("has a parent"))?;
             let tmp = tempfile::NamedTempFile::new_in(self.dir.join("tmp"))?;
@@ -250,7 +271,7 @@ impl DiskCache {
     }
 
     /// Delete the least recently used blocks until the cache holds at most 90 % of its cap, and
-    /// leaves `room` bytes free for the files being written.
+    /// leaves `room` bytes free (for the files being written and the object index).
     fn evict(&self, room: u64) -> io::Result<()> {
         let lock = File::options()
             .create(true)
@@ -784,6 +805,11 @@ impl Objects {
         self.near.as_ref()
     }
 
+    /// Objects (and bytes) the disk cache handed out by name so far.
+    pub fn held_served(&self) -> (u64, u64) {
+        self.held.as_ref().map_or((0, 0), |h| h.served())
+    }
+
     /// Note the objects of `record` (a path restored and checked) that sit in cached blocks, so
     /// that a later record naming another copy of one finds it ([`crate::held`]). Only a record
     /// whose object table was read has anything to note.
@@ -791,12 +817,7 @@ impl Objects {
         let (Some(disk), Some(map)) = (&self.disk, record.objects.loaded()) else {
             return;
         };
-        let cached = map
-            .iter()
-            .filter(|(_, (pack, loc))| disk.holds(&BlockKey::of(pack, loc)))
-            .map(|(id, (pack, loc))| (id, pack.as_str(), loc));
-        // A cache that cannot note objects only costs later fetches.
-        let _ = disk.index.note(cached);
+        disk.note_held(map);
     }
 
     pub fn source(&self) -> &dyn ObjectSource {

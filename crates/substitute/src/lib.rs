@@ -123,6 +123,10 @@ pub struct Report {
     /// Pack blocks found in the local cache instead.
     pub reused_blocks: u64,
     pub reused_bytes: u64,
+    /// Objects (and their bytes) the disk cache answered by name (noted as earlier paths were
+    /// restored), wherever the records say the store keeps them and without their object tables.
+    pub cached_objects: u64,
+    pub cached_bytes: u64,
     /// Objects (and their bytes) taken from the near source (the local Nix store) instead.
     pub local_objects: u64,
     pub local_bytes: u64,
@@ -406,6 +410,7 @@ fn substitute_in_pool(
     report.fetched_block_bytes = FetchCounters::get(&counters.fetched_bytes);
     report.reused_blocks = FetchCounters::get(&counters.reused_blocks);
     report.reused_bytes = FetchCounters::get(&counters.reused_bytes);
+    (report.cached_objects, report.cached_bytes) = objects.held_served();
     report.record_bytes += store.deferred_bytes();
     report.fetched_bytes = report.record_bytes + report.fetched_block_bytes;
     if let (Some(near), Some((objects, bytes))) = (&opts.near, near_before) {
