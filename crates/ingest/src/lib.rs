@@ -14,7 +14,7 @@ mod sign;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use refstrip_backend::RequestCounts;
@@ -196,17 +196,34 @@ pub fn ingest(
         }
         Ok(())
     })?;
-    // Every pack is sealed now, so every claimed object is catalogued.
-    for p in waiting.into_inner().expect("waiting lock") {
-        let objects =
-            locate_all(store, &p, "", &HashMap::new())?.ok_or_else(|| StoreError::BadRecord {
-                key: String::from_utf8_lossy(p.manifest.basename()).into_owned(),
-                why: "an object vanished before its record was written".into(),
-            })?;
-        stored.fetch_add(write_record(store, p, objects)?, Ordering::Relaxed);
-    }
-
+    // Every pack of this process is sealed now; paths still waiting need objects another ingest
+    // process claimed (or that vanished).
     let mut report = report.into_inner().expect("report lock");
+    let mut waiting = waiting.into_inner().expect("waiting lock");
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for p in waiting {
+            if let Some(objects) = locate_all(store, &p, "", &HashMap::new())? {
+                stored.fetch_add(write_record(store, p, objects)?, Ordering::Relaxed);
+            } else if can_complete(store, &p)? {
+                still.push(p);
+            } else {
+                report.failed.push((
+                    String::from_utf8_lossy(p.manifest.basename()).into_owned(),
+                    "an object it needs was claimed by another ingest process that stopped \
+                     before storing it; run ingest again"
+                        .into(),
+                ));
+            }
+        }
+        waiting = still;
+        if !waiting.is_empty() {
+            progress.set_message("waiting for another ingest process");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    store.release_claims()?;
+
     report.stored_bytes = stored.into_inner();
     report.seconds = started.elapsed().as_secs_f64();
     report.store_requests = store.requests();
@@ -360,6 +377,19 @@ fn locate_all(
         objects.insert(*id, location);
     }
     Ok(Some(objects))
+}
+
+/// Whether `p` can still complete: every object it needs that is not catalogued yet is being
+/// stored by another live ingest process.
+fn can_complete(store: &Store, p: &Pending) -> Result<bool, IngestError> {
+    for id in &p.needed {
+        // The claim first: sealing catalogues an object and drops its claim at once, so an object
+        // unclaimed now is either catalogued already or stored by nobody.
+        if store.claimed_elsewhere(id)?.is_none() && store.locate(id)?.is_none() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn write_record(

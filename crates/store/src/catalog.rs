@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use refstrip_cas::pack::Location;
 use refstrip_cas::ObjectId;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS packs (
@@ -28,7 +28,22 @@ CREATE TABLE IF NOT EXISTS path_objects (
     PRIMARY KEY (hash_part, kind, digest)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS path_objects_by_object ON path_objects (kind, digest);
+CREATE TABLE IF NOT EXISTS claims (
+    kind INTEGER NOT NULL, digest BLOB NOT NULL, owner TEXT NOT NULL,
+    PRIMARY KEY (kind, digest)
+) WITHOUT ROWID;
 ";
+
+/// Who stores an object ([`Catalog::claim`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Catalogued: in a sealed pack.
+    Stored,
+    /// Now claimed by the asking process, which must store it.
+    Ours,
+    /// Claimed by another live process, which will catalogue it when its pack is sealed.
+    Theirs(String),
+}
 
 pub struct Catalog {
     db: Connection,
@@ -88,6 +103,66 @@ impl Catalog {
             .optional()
     }
 
+    /// Claim `id` for `owner` unless it is catalogued or claimed by another owner that is still
+    /// `alive`: so that ingest processes sharing this catalog never store one object twice (the
+    /// process-wide half of the claims; claims of dead owners are taken over).
+    pub fn claim(
+        &mut self,
+        id: &ObjectId,
+        owner: &str,
+        alive: impl Fn(&str) -> bool,
+    ) -> rusqlite::Result<Claim> {
+        if self.locate(id)?.is_some() {
+            return Ok(Claim::Stored);
+        }
+        let tx = self
+            .db
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let key = params![id.kind.code(), &id.digest.0[..]];
+        let stored = tx
+            .query_row(
+                "SELECT 1 FROM objects WHERE kind = ?1 AND digest = ?2 LIMIT 1",
+                key,
+                |_| Ok(()),
+            )
+            .optional()?;
+        if stored.is_some() {
+            return Ok(Claim::Stored);
+        }
+        if let Some(theirs) = Self::claimant_in(&tx, id)? {
+            if theirs != owner && alive(&theirs) {
+                return Ok(Claim::Theirs(theirs));
+            }
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO claims (kind, digest, owner) VALUES (?1, ?2, ?3)",
+            params![id.kind.code(), &id.digest.0[..], owner],
+        )?;
+        tx.commit()?;
+        Ok(Claim::Ours)
+    }
+
+    /// The owner of the claim on `id`, if any.
+    pub fn claimant(&self, id: &ObjectId) -> rusqlite::Result<Option<String>> {
+        Self::claimant_in(&self.db, id)
+    }
+
+    fn claimant_in(db: &Connection, id: &ObjectId) -> rusqlite::Result<Option<String>> {
+        db.query_row(
+            "SELECT owner FROM claims WHERE kind = ?1 AND digest = ?2",
+            params![id.kind.code(), &id.digest.0[..]],
+            |r| r.get(0),
+        )
+        .optional()
+    }
+
+    /// Drop every claim of `owner` (its ingest is over: what it sealed is catalogued).
+    pub fn release_claims(&mut self, owner: &str) -> rusqlite::Result<()> {
+        self.db
+            .execute("DELETE FROM claims WHERE owner = ?1", [owner])
+            .map(drop)
+    }
+
     /// Record a sealed pack and its objects. Concurrent ingests may store one object in several
     /// packs; every copy is recorded, since path records may point at any of them.
     pub fn add_pack<'a>(
@@ -107,6 +182,7 @@ impl Catalog {
                 "INSERT OR IGNORE INTO objects (kind, digest, pack, block_offset, block_len, block_raw_len, offset_in_block, size)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
+            let mut unclaim = tx.prepare("DELETE FROM claims WHERE kind = ?1 AND digest = ?2")?;
             for (oid, loc) in objects {
                 insert.execute(params![
                     oid.kind.code(),
@@ -118,6 +194,7 @@ impl Catalog {
                     loc.offset_in_block,
                     loc.size
                 ])?;
+                unclaim.execute(params![oid.kind.code(), &oid.digest.0[..]])?;
             }
         }
         tx.commit()
@@ -282,7 +359,8 @@ impl Catalog {
     /// Forget everything (before a rebuild).
     pub fn clear(&mut self) -> rusqlite::Result<()> {
         self.db.execute_batch(
-            "DELETE FROM path_objects; DELETE FROM paths; DELETE FROM objects; DELETE FROM packs;",
+            "DELETE FROM path_objects; DELETE FROM paths; DELETE FROM objects; DELETE FROM packs;
+             DELETE FROM claims;",
         )
     }
 }

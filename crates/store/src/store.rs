@@ -19,7 +19,7 @@ use refstrip_read::{
     MAX_RECORD_BYTES,
 };
 
-use crate::catalog::{Catalog, Totals};
+use crate::catalog::{Catalog, Claim, Totals};
 
 /// A sealed pack is this large (compressed) at most, give or take one block.
 pub const PACK_TARGET: u64 = 64 << 20;
@@ -71,6 +71,8 @@ pub struct Store {
     /// Objects some staging pack of this process holds, not yet sealed: every other pack leaves
     /// them out, so concurrent workers never store an object twice (records wait for the seal).
     claims: Mutex<HashSet<ObjectId>>,
+    /// This process in the catalog's claims (other ingest processes on this machine see them).
+    owner: String,
 }
 
 /// What gc removes (or, on a dry run, would remove).
@@ -121,6 +123,7 @@ impl Store {
             backend,
             catalog: Mutex::new(catalog),
             claims: Mutex::new(HashSet::new()),
+            owner: process_token(std::process::id()).unwrap_or_default(),
         };
         // Other machines write to a shared store: catch up with what they added or removed.
         if store.backend.is_shared() {
@@ -274,6 +277,17 @@ impl Store {
     /// Where a sealed object lives, per the catalog.
     pub fn locate(&self, id: &ObjectId) -> Result<Option<(String, Location)>, StoreError> {
         Ok(self.catalog().locate(id)?)
+    }
+
+    /// The other live process (`pid:start time`) storing `id` now, if one is.
+    pub fn claimed_elsewhere(&self, id: &ObjectId) -> Result<Option<String>, StoreError> {
+        let owner = self.catalog().claimant(id)?;
+        Ok(owner.filter(|o| *o != self.owner && process_alive(o)))
+    }
+
+    /// Drop this process's claims in the catalog (its ingest is over).
+    pub fn release_claims(&self) -> Result<(), StoreError> {
+        Ok(self.catalog().release_claims(&self.owner)?)
     }
 
     pub fn totals(&self) -> Result<Totals, StoreError> {
@@ -614,7 +628,16 @@ impl ObjectWrite for StagingPack<'_> {
             return Ok(true);
         }
         let mut claims = self.store.claims.lock().expect("claims lock");
-        if claims.contains(id) || self.store.locate(id).map_err(io::Error::other)?.is_some() {
+        if claims.contains(id) {
+            return Ok(true);
+        }
+        let claim = self
+            .store
+            .catalog()
+            .claim(id, &self.store.owner, process_alive)
+            .map_err(io::Error::other)?;
+        if claim != Claim::Ours {
+            // Stored, or another process is storing it: the path's record waits for its seal.
             return Ok(true);
         }
         // Ours to write (`FileSink` puts what `has` denies).
@@ -647,4 +670,22 @@ impl Write for HashingFile {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// A process as the catalog's claims name it: its pid and start time (so a reused pid is not
+/// taken for the process that claimed).
+fn process_token(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parentheses); start time is 22nd.
+    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?;
+    Some(format!("{pid}:{start}"))
+}
+
+/// Whether the process a claim names still runs.
+fn process_alive(owner: &str) -> bool {
+    owner
+        .split_once(':')
+        .and_then(|(pid, _)| pid.parse().ok())
+        .and_then(process_token)
+        .is_some_and(|now| now == owner)
 }
