@@ -6,7 +6,7 @@ Usage: tools/measure_store.py PROFILE_DIR [XZ_PROFILE_DIR]
   XZ_PROFILE_DIR  the same generations as xz caches (tools/corpus/build.sh writes them to
                   /var/cache/refstrip-corpus/xz/PROFILE); without it the xz column is omitted.
 
-Ingests the generations in order (gen1, mass, single, bump: those present) into a fresh store with
+Ingests the generations in order (gen1, mass, single, bump, channel: those present) into a fresh store with
 the release binary, under /usr/bin/time for peak RSS, and prints a Markdown table. Both sides pay
 only for paths they do not have yet: the caches their new paths' FileSize, refstrip its new packs
 and path records.
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 
-GENERATIONS = ["gen1", "mass", "single", "bump"]
+GENERATIONS = ["gen1", "mass", "single", "bump", "channel"]
 
 
 def file_sizes(cache_dir):
