@@ -8,7 +8,7 @@ use std::io::Read;
 use refstrip_nix::{StoreDir, StorePath};
 use refstrip_source::{open_source, NarSource};
 use refstrip_strip::{restore_nar, strip, tree_digest, Manifest, MemoryStore, Node, StripOptions};
-use refstrip_tests::{corpus_dir, corpus_packages, GENERATIONS};
+use refstrip_tests::{corpus_dir, corpus_packages, ALL_GENERATIONS};
 use sha2::{Digest, Sha256};
 
 fn source(generation: &str) -> Box<dyn NarSource> {
@@ -64,8 +64,18 @@ fn round_trip(
 
 #[test]
 fn every_corpus_nar_round_trips() {
+    // Every committed generation is covered: a new one must be added to ALL_GENERATIONS.
+    let mut committed: Vec<String> = std::fs::read_dir(corpus_dir().join("small"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    committed.sort();
+    let mut listed = ALL_GENERATIONS.map(String::from).to_vec();
+    listed.sort();
+    assert_eq!(committed, listed);
+
     let mut count = 0;
-    for generation in GENERATIONS {
+    for generation in ALL_GENERATIONS {
         let src = source(generation);
         for path in src.list().unwrap() {
             for normalize_build_id in [true, false] {
@@ -74,7 +84,7 @@ fn every_corpus_nar_round_trips() {
             count += 1;
         }
     }
-    assert_eq!(count, 4 * 14, "every path of every generation");
+    assert_eq!(count, 5 * 14, "every path of every generation");
 }
 
 /// Tree digests of every package output of a generation, keyed by (name, output).
@@ -170,4 +180,47 @@ fn single_package_rebuild_changes_only_that_package() {
         "{differing:?}"
     );
     assert!(differing.contains(&"zlib-out".to_string()), "{differing:?}");
+}
+
+#[test]
+fn channel_update_changes_only_the_bumped_packages() {
+    let gen1 = tree_digests("gen1", &StripOptions::default());
+    let channel = tree_digests("channel", &StripOptions::default());
+    let (differing, same, total) = compare(&gen1, &channel);
+    eprintln!(
+        "channel update: {same} of {total} files identical; packages differing: {differing:?}"
+    );
+    // Every hash changed (a new stdenv revision) and lua, zlib and libpng took new versions: what
+    // was only rebuilt (dash, bzip2, expat) normalizes exactly as in gen1.
+    let expected = [
+        "libpng-dev",
+        "libpng-out",
+        "lua-dev",
+        "lua-out",
+        "lua-env-out",
+        "lua-zlib-out",
+        "profile-out",
+        "zlib-dev",
+        "zlib-out",
+    ];
+    assert_eq!(differing, expected);
+
+    // Against bump (which already has lua 5.4.7), lua is a mass rebuild too: only the zlib and
+    // libpng bumps and what links or names them differ.
+    let bump = tree_digests("bump", &StripOptions::default());
+    let (differing, same, total) = compare(&bump, &channel);
+    eprintln!(
+        "bump -> channel: {same} of {total} files identical; packages differing: {differing:?}"
+    );
+    assert_eq!(
+        differing,
+        [
+            "libpng-dev",
+            "libpng-out",
+            "lua-zlib-out",
+            "profile-out",
+            "zlib-dev",
+            "zlib-out"
+        ]
+    );
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # refstrip demo on the embedded default (a local directory store with a SQLite catalog) over the
-# committed corpus (corpus/small: real packages built by real Nix, four generations).
+# committed corpus (corpus/small: real packages built by real Nix; its first four generations).
 # Needs only Rust; nothing is installed and nothing outside a temporary directory is written.
 set -euo pipefail
 cd "$(dirname "$0")/.."

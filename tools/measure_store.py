@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Measure what a normalized store costs per corpus generation, against the Nix caches' own sizes.
 
-Usage: tools/measure_store.py PROFILE_DIR [XZ_PROFILE_DIR]
+Usage: tools/measure_store.py [--generations G1,G2,...] PROFILE_DIR [XZ_PROFILE_DIR]
   PROFILE_DIR     directory of zstd binary caches, one per generation (e.g. corpus/small)
   XZ_PROFILE_DIR  the same generations as xz caches (tools/corpus/build.sh writes them to
                   /var/cache/refstrip-corpus/xz/PROFILE); without it the xz column is omitted.
+  --generations   which generations to ingest, in this order (default: gen1, mass, single, bump,
+                  channel). `--generations gen1,channel` measures the channel update alone: in
+                  the default order, bump has already stored the lua 5.4.7 that channel brings.
 
-Ingests the generations in order (gen1, mass, single, bump: those present) into a fresh store with
-the release binary, under /usr/bin/time for peak RSS, and prints a Markdown table. Both sides pay
-only for paths they do not have yet: the caches their new paths' FileSize, refstrip its new packs
-and path records.
+Ingests the generations in order (those present) into a fresh store with the release binary,
+under /usr/bin/time for peak RSS, and prints a Markdown table. Both sides pay only for paths they
+do not have yet: the caches their new paths' FileSize, refstrip its new packs and path records.
 """
 import glob
 import json
@@ -19,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 
-GENERATIONS = ["gen1", "mass", "single", "bump"]
+GENERATIONS = ["gen1", "mass", "single", "bump", "channel"]
 
 
 def file_sizes(cache_dir):
@@ -32,14 +34,19 @@ def file_sizes(cache_dir):
 
 
 def main():
-    profile = sys.argv[1]
-    xz_profile = sys.argv[2] if len(sys.argv) > 2 else None
+    args = sys.argv[1:]
+    generations = GENERATIONS
+    if args[:1] == ["--generations"]:
+        generations = args[1].split(",")
+        args = args[2:]
+    profile = args[0]
+    xz_profile = args[1] if len(args) > 1 else None
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "refstrip"], check=True)
     binary = os.path.abspath("target/release/refstrip")
     store = os.path.join(tempfile.mkdtemp(), "store")
     seen = set()
     rows = []
-    for gen in GENERATIONS:
+    for gen in generations:
         cache = os.path.join(profile, gen)
         if not os.path.isdir(cache):
             continue

@@ -163,8 +163,14 @@ pub fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<PathBuf, (u
     out
 }
 
-/// The generations of the small corpus, oldest first.
+/// The generations of the small corpus that the store and serving tests ingest, oldest first
+/// (their path counts are asserted throughout those tests).
 pub const GENERATIONS: [&str; 4] = ["gen1", "mass", "single", "bump"];
+
+/// Every committed generation of the small corpus: [`GENERATIONS`] and `channel` (a channel update:
+/// a mass rebuild and version bumps together), for the tests that check each generation's paths
+/// on their own; the ingesting tests leave `channel` out to keep CI time flat.
+pub const ALL_GENERATIONS: [&str; 5] = ["gen1", "mass", "single", "bump", "channel"];
 
 /// `(name, output) -> store path` of one corpus generation, from its `packages` index.
 pub fn corpus_packages(generation: &str) -> std::collections::BTreeMap<(String, String), String> {

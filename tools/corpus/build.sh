@@ -23,7 +23,7 @@ SRC_DIR="$CORPUS_CACHE/src"
 GCROOTS="$CORPUS_CACHE/gcroots"
 KEY_DIR="$repo/corpus/keys"
 KEY_NAME=refstrip-corpus-1
-GENERATIONS="${GENERATIONS:-gen1 mass single bump}"
+GENERATIONS="${GENERATIONS:-gen1 mass single bump channel}"
 CORES="${CORES:-2}"
 
 check=0 fresh=0

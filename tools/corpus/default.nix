@@ -7,10 +7,14 @@
 #   mass    mass rebuild: only the stdenv revision changes (every hash changes, no source does)
 #   single  one library changed (zlib built with -O2 instead of its default -O3), reverse deps rebuilt
 #   bump    a real version bump of one package (lua 5.4.4 from Debian 12 -> 5.4.7 from Debian 13)
+#   channel a channel update: a stdenv change (mass rebuild) and several real version bumps together
+#           (lua as in bump, zlib 1.2.13 -> 1.3.1, libpng 1.6.39 -> 1.6.48)
 { srcDir ? "/var/cache/refstrip-corpus/src"
 , profile ? "small"
 , generation ? "gen1"
-, stdenvRevision ? (if generation == "mass" then "2" else "1")
+# channel's own revision "3", so that it shares no store path with mass: gen1 -> channel is one
+# update, whatever else a store holds
+, stdenvRevision ? ({ mass = "2"; channel = "3"; }.${generation} or "1")
 }:
 let
   system = "x86_64-linux";

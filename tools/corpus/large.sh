@@ -2,7 +2,10 @@
 # Profile "large" of the refstrip corpus (not committed; for performance work): the Debian 12 binary
 # packages of a package set and all their dependencies (apt-get download), each laid out as a Nix
 # store path by tools/corpus/large/deb2store.py (ELF interpreter + rpaths + #! + symlinks pointed at
-# dependency store paths), generations gen1 and mass (only corpusRevision changes).
+# dependency store paths), generations gen1 and mass (only corpusRevision changes), and on request
+# (GENERATIONS="old") old: the same set a channel update earlier, every package the archive also
+# serves in an older bookworm version (bookworm vs -updates/-security) at its oldest one and
+# corpusRevision "0", so that old -> gen1 is a channel update (version bumps and every hash changes).
 #
 #   tools/corpus/large.sh [OUTDIR]     (also: tools/corpus/build.sh large [OUTDIR])
 #
@@ -43,19 +46,36 @@ idxdir="$CORPUS_CACHE/large-set"; rm -rf "$idxdir"; mkdir -p "$idxdir"
 for f in "${files[@]}"; do ln -s "$debdir/$f" "$idxdir/$f"; done
 python3 "$here/large/mkindex.py" "$idxdir" > "$CORPUS_CACHE/large-index.json"
 du -shL "$idxdir" >&2
+if [[ " $GENERATIONS " == *" old "* ]]; then
+  # shellcheck disable=SC2068
+  mapfile -t olds < <(printf '%s\n' ${files[@]%%_*} | xargs apt-cache madison | python3 "$here/large/oldest.py")
+  mapfile -t oldfiles < <(cd /tmp/refstrip-corpus-uris && apt-get download --print-uris "${olds[@]}" | awk '{ print $2 }')
+  log "old: ${#olds[@]} packages at an older version"
+  declare -A older  # name -> name=version
+  for o in "${olds[@]}"; do older[${o%%=*}]="$o"; done
+  missing=()
+  for f in "${oldfiles[@]}"; do [ -f "$debdir/$f" ] || missing+=("${older[${f%%_*}]}"); done
+  if [ ${#missing[@]} -gt 0 ]; then (cd "$debdir" && apt-get download -qq "${missing[@]}"); fi
+  oldset="$CORPUS_CACHE/large-set-old"; rm -rf "$oldset"; mkdir -p "$oldset"
+  for f in "${files[@]}"; do [ -n "${older[${f%%_*}]:-}" ] || ln -s "$debdir/$f" "$oldset/$f"; done
+  for f in "${oldfiles[@]}"; do ln -s "$debdir/$f" "$oldset/$f"; done
+  python3 "$here/large/mkindex.py" "$oldset" > "$CORPUS_CACHE/large-index-old.json"
+fi
 
 for gen in $GENERATIONS; do
   log "building $gen"
-  root="$(nix-build "$here/large/default.nix" -A root --argstr debDir "$idxdir" \
-    --argstr indexFile "$CORPUS_CACHE/large-index.json" --argstr generation "$gen" \
+  set_dir="$idxdir" index="$CORPUS_CACHE/large-index.json"
+  if [ "$gen" = old ]; then set_dir="$oldset" index="$CORPUS_CACHE/large-index-old.json"; fi
+  root="$(nix-build "$here/large/default.nix" -A root --argstr debDir "$set_dir" \
+    --argstr indexFile "$index" --argstr generation "$gen" \
     --max-jobs 2 --cores 1 -o "$CORPUS_CACHE/gcroots/large-$gen")"
   nix store sign --key-file "$key" -r "$root"
   d="$outdir/$gen"; rm -rf "$d"; mkdir -p "$d"
   nix copy --to "file://$d?compression=zstd" "$root"
   echo "$root" > "$d/roots"
   nix-store -qR "$root" | sort > "$d/paths"
-  nix eval --raw -f "$here/large/default.nix" indexText --argstr debDir "$idxdir" \
-    --argstr indexFile "$CORPUS_CACHE/large-index.json" --argstr generation "$gen" | sort > "$d/packages"
+  nix eval --raw -f "$here/large/default.nix" indexText --argstr debDir "$set_dir" \
+    --argstr indexFile "$index" --argstr generation "$gen" | sort > "$d/packages"
   if [ "${LARGE_XZ:-0}" = 1 ]; then
     x="$CORPUS_CACHE/xz/large/$gen"; rm -rf "$x"; mkdir -p "$x"
     nix copy --to "file://$x?compression=xz" "$root"

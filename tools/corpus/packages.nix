@@ -1,5 +1,11 @@
 # The packages of the refstrip corpus, written like (much simplified) nixpkgs expressions.
 { mkDerivation, source, generation, lib, dash }:
+let
+  # generation "channel": a channel update, several real version bumps at once (with the stdenv
+  # change that default.nix makes): lua as in "bump", zlib 1.2.13 -> 1.3.1 and libpng 1.6.39 ->
+  # 1.6.48 (Debian 12 -> Debian 13)
+  channel = generation == "channel";
+in
 rec {
   # the stdenv's shell: every package's patched shebangs point at it (like bash in nixpkgs)
   dash = mkDerivation {
@@ -9,9 +15,9 @@ rec {
     withShell = false;
   };
 
-  zlib = mkDerivation {
-    pname = "zlib"; version = "1.2.13";
-    src = source "zlib-1.2.13";
+  zlib = let version = if channel then "1.3.1" else "1.2.13"; in mkDerivation {
+    pname = "zlib"; inherit version;
+    src = source "zlib-${version}";
     # generation "single": the one changed library. zlib's configure defaults to -O3; building it
     # with -O2 changes the code of libz.so and so, via the hashes, every reverse dependency.
     configurePhase = (if generation == "single" then "export CFLAGS=-O2\n" else "") + ''
@@ -60,8 +66,8 @@ rec {
     cmakeFlags = "-DEXPAT_BUILD_DOCS=OFF -DEXPAT_BUILD_TESTS=OFF -DEXPAT_BUILD_EXAMPLES=OFF";
   };
 
-  # generation "bump": lua 5.4.4 (Debian 12) -> 5.4.7 (Debian 13)
-  lua = let version = if generation == "bump" then "5.4.7" else "5.4.4"; in mkDerivation {
+  # generations "bump" and "channel": lua 5.4.4 (Debian 12) -> 5.4.7 (Debian 13)
+  lua = let version = if generation == "bump" || channel then "5.4.7" else "5.4.4"; in mkDerivation {
     pname = "lua"; inherit version;
     src = source "lua-${version}";
     configurePhase = ''
@@ -138,9 +144,9 @@ rec {
     '';
   };
 
-  libpng = mkDerivation {
-    pname = "libpng"; version = "1.6.39";
-    src = source "libpng-1.6.39";
+  libpng = let version = if channel then "1.6.48" else "1.6.39"; in mkDerivation {
+    pname = "libpng"; inherit version;
+    src = source "libpng-${version}";
     deps = [ zlib ];
     propagated = [ zlib ];
   };

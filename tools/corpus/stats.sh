@@ -14,7 +14,7 @@ dir="${1:?usage: stats.sh DIR [XZDIR]}"; xzdir="${2:-}"
 field() { awk -v k="$1:" '$1 == k { print $2 }' "$2"; }
 sum() { awk -v k="$1:" '$1 == k { s += $2 } END { printf "%d", s }' "$2"/*.narinfo; }
 gens=""
-for g in gen1 mass single bump; do [ -d "$dir/$g" ] && gens="$gens $g"; done
+for g in gen1 mass single bump channel; do [ -d "$dir/$g" ] && gens="$gens $g"; done
 ref="$dir/gen1"
 declare -A refpath refhash
 for ni in "$ref"/*.narinfo; do

@@ -1,7 +1,9 @@
 # refstrip corpus, profile "large": Debian binary packages laid out as Nix store paths (see deb2store.py).
 #   nix-build tools/corpus/large -A root --argstr debDir DIR --argstr indexFile DIR/index.json --argstr generation gen1
 # generation "mass" changes only corpusRevision, which every derivation carries: every hash changes.
-{ debDir, indexFile, generation ? "gen1", corpusRevision ? (if generation == "mass" then "2" else "1") }:
+# generation "old" (built from older .debs by large.sh) has its own corpusRevision "0": old -> gen1
+# is a channel update, version bumps and every hash changing together.
+{ debDir, indexFile, generation ? "gen1", corpusRevision ? ({ mass = "2"; old = "0"; }.${generation} or "1") }:
 let
   system = "x86_64-linux";
   index = builtins.fromJSON (builtins.readFile indexFile);
