@@ -388,3 +388,68 @@ fn after_a_repack_a_client_fetches_no_block_whose_objects_its_cache_holds() {
         "{fetched} bytes from the origin, {records} of them records"
     );
 }
+
+/// Issue 15: two machines writing one store, each with a catalog of its own, store the objects they
+/// share twice, and records of different shapes point at different copies (a shape shared by two
+/// records has one object table, so a mass rebuild's records agree on theirs); repack points every
+/// record at one copy and the other copies go with their packs.
+#[test]
+fn repack_keeps_one_copy_of_the_objects_two_machines_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    ingest("gen1", &store);
+    // The second machine sees the same files through an empty catalog of its own.
+    for file in ["catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"] {
+        let _ = fs::remove_file(store.join(file));
+    }
+    ingest("bump", &store);
+    ok(&["stats", s, "--rebuild-catalog"]);
+    let copies = |store: &Path| {
+        let s = refstrip_store::Store::open(store.to_str().unwrap()).unwrap();
+        let objects = s.totals().unwrap().objects;
+        let copies = s.catalog().object_copies().unwrap();
+        (objects, copies)
+    };
+    let (objects, before) = copies(&store);
+    assert!(before > objects, "{before} copies of {objects} objects");
+    let bytes_before: u64 = packs(&store).values().sum();
+
+    let first = ok(&["repack", "--store", s, "--threshold", "1"]);
+    let twice: u64 = first
+        .split_once(" objects stored twice")
+        .and_then(|(head, _)| head.rsplit('(').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{first}"));
+    assert!(twice > 0, "{first}");
+    ok(&["repack", "--store", s, "--grace", "0"]);
+    assert_eq!(copies(&store), (objects, objects), "one copy of each");
+    let bytes_after: u64 = packs(&store).values().sum();
+    eprintln!(
+        "packs {bytes_before} -> {bytes_after} bytes; {before} copies -> {objects}, {twice} \
+         of them pointed at by records in two places"
+    );
+    assert!(
+        bytes_after < bytes_before,
+        "{bytes_before} -> {bytes_after}"
+    );
+
+    for generation in ["gen1", "bump"] {
+        let root = dir.path().join(generation);
+        run(Command::new(refstrip_bin())
+            .args([
+                "substitute",
+                "--from",
+                s,
+                "--no-cache",
+                "--no-local-store",
+                "--store",
+            ])
+            .arg(&root)
+            .args(["--trusted-public-keys", &corpus_key()])
+            .arg(corpus_root(generation)));
+        if refstrip_tests::nix_available() {
+            verify_contents(&root);
+        }
+        assert_eq!(closure_in(&root, &corpus_root(generation)).len(), 14);
+    }
+}

@@ -494,13 +494,14 @@ pub fn repack_cmd(args: RepackArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "rewrote {} packs of {} below {:.0} % live into {} new packs of {}; {} path records rewritten",
+        "rewrote {} packs of {} below {:.0} % live into {} new packs of {}; {} path records rewritten ({} objects stored twice now pointed at one copy)",
         report.repacked.len(),
         bytes(report.repacked_bytes()),
         args.threshold * 100.0,
         report.new_packs,
         bytes(report.new_pack_bytes),
-        report.records_rewritten
+        report.records_rewritten,
+        report.deduplicated_objects
     );
     println!(
         "deleted {} replaced packs, freeing {}; {} replaced packs ({}) wait for their grace period of {} s (run repack again after it)",

@@ -7,9 +7,11 @@
 //!
 //! 1. the live objects are copied (read block by block, each checked against its BLAKE3) into new
 //!    packs, which are sealed and published before anything points at them;
-//! 2. every record that points into a replaced pack is rewritten with the new locations (the same
-//!    manifest; written atomically, as ingest writes records; on a directory store it keeps its
-//!    modification time, which retention counts as its registration);
+//! 2. every record that points into a replaced pack, or at a copy of an object other than the one
+//!    kept (an object two machines stored twice: the copy in the first pack by id is kept, the
+//!    others count as dead), is rewritten with the new locations (the same manifest; written
+//!    atomically, as ingest writes records; on a directory store it keeps its modification time,
+//!    which retention counts as its registration);
 //! 3. each replaced pack is **retired**: marked under `gc/retired/<pack id>` with the time, and
 //!    dropped from the catalog, so no ingest will point a new record into it;
 //! 4. a retired pack is deleted by a repack run at least the grace period later, if no record
@@ -76,6 +78,8 @@ pub struct RepackReport {
     pub new_packs: u64,
     pub new_pack_bytes: u64,
     pub records_rewritten: u64,
+    /// Objects records pointed at in more than one pack, now pointed at one copy.
+    pub deduplicated_objects: u64,
     /// Retired packs deleted by this run (their grace period was over), and their bytes.
     pub deleted_packs: u64,
     pub freed_bytes: u64,
@@ -138,12 +142,28 @@ impl Store {
             .records;
         let retired: HashSet<String> = retired(&*self.backend)?.into_iter().collect();
 
-        // What each pack holds that a record points at.
-        let mut live: HashMap<&str, HashMap<ObjectId, Location>> = HashMap::new();
+        // One copy of each object records point at, where they point at several (ingests on two
+        // machines with catalogs of their own stored it twice): the one in the first pack by id
+        // that is not retired. Records are pointed at it, so the other copies are dead.
+        let mut canonical: HashMap<ObjectId, (&str, Location)> = HashMap::new();
+        let mut twice = HashSet::new();
         for record in &records {
             for (id, (pack, loc)) in objects_of(record)? {
-                live.entry(pack.as_str()).or_default().insert(*id, *loc);
+                let rank = |p: &str| (retired.contains(p), p.to_string());
+                let chosen = canonical.entry(*id).or_insert((pack.as_str(), *loc));
+                if chosen.0 != pack {
+                    twice.insert(*id);
+                    if rank(pack) < rank(chosen.0) {
+                        *chosen = (pack.as_str(), *loc);
+                    }
+                }
             }
+        }
+        report.deduplicated_objects = twice.len() as u64;
+        // What each pack holds that a record points at (its canonical copy).
+        let mut live: HashMap<&str, HashMap<ObjectId, Location>> = HashMap::new();
+        for (id, (pack, loc)) in &canonical {
+            live.entry(pack).or_default().insert(*id, *loc);
         }
         let mut candidates = Vec::new();
         for (id, size, raw_bytes) in self.catalog().pack_sizes()? {
@@ -212,22 +232,31 @@ impl Store {
         )?;
         drop(staging);
 
-        // 2. Point the records at the new packs, keeping each record's time where the backend can.
+        // 2. Point the records at the new packs (and at the one copy of an object stored twice),
+        // keeping each record's time where the backend can.
         let replaced: HashSet<&str> = candidates.iter().map(|p| p.id.as_str()).collect();
+        let place_of = |id: &ObjectId| -> (String, Location) {
+            let (pack, loc) = canonical[id];
+            match replaced.contains(pack) {
+                true => moved
+                    .get(id)
+                    .cloned()
+                    .expect("every live object of a replaced pack was copied"),
+                false => (pack.to_string(), loc),
+            }
+        };
         let times = self.registration_times()?;
-        for record in &mut records {
-            let mut objects = objects_of(record)?.clone();
-            if !objects.values().any(|(p, _)| replaced.contains(p.as_str())) {
-                continue;
+        let mut rewritten = Vec::new();
+        for (i, record) in records.iter().enumerate() {
+            let objects = objects_of(record)?;
+            if objects.iter().any(|(id, place)| *place != place_of(id)) {
+                let repointed: refstrip_read::ObjectMap =
+                    objects.keys().map(|id| (*id, place_of(id))).collect();
+                rewritten.push((i, repointed));
             }
-            for (id, place) in objects.iter_mut() {
-                if replaced.contains(place.0.as_str()) {
-                    *place = moved
-                        .get(id)
-                        .cloned()
-                        .expect("every live object of a replaced pack was copied");
-                }
-            }
+        }
+        for (i, objects) in rewritten {
+            let record = &mut records[i];
             record.objects = objects.into();
             // The object table lives in the (shared) shape file: rewrite it with the new places.
             self.replace_record(record)?;
