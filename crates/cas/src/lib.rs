@@ -16,6 +16,7 @@ mod chunk;
 mod error;
 mod files;
 mod id;
+mod filter;
 pub mod pack;
 
 pub use chunk::{Chunker, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, CHUNK_THRESHOLD};
