@@ -45,7 +45,7 @@ impl Default for IngestOptions {
     fn default() -> Self {
         IngestOptions {
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            level: 12,
+            level: refstrip_cas::pack::DEFAULT_LEVEL,
             shard: None,
             strip: StripOptions::default(),
             closure: true,

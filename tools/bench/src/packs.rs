@@ -1,11 +1,11 @@
 //! `refstrip-bench packs`: how a store's objects would compress in other blocks (size, grouping by
-//! class, x86 filter, zstd level), in bytes, MB/s of compression and of decoding per core, and the
+//! class, x86 filter, zstd level), in bytes, MB/s of compression and of decoding per core (CPU time
+//! of the measuring thread), and the
 //! bytes a client fetches to read one object. The measurements behind spec §6's block settings
 //! (docs/store.md).
 
 use std::fs::{self, File};
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -37,6 +37,8 @@ struct Setting {
     block: usize,
     by_class: bool,
     x86: bool,
+    /// With `class`: filter blocks of class other too.
+    x86_other: bool,
     level: i32,
     text_level: i32,
     compressed_level: i32,
@@ -58,9 +60,10 @@ fn parse_setting(s: &str) -> anyhow::Result<Setting> {
         },
         x86: match parts[2] {
             "none" => false,
-            "x86" => true,
+            "x86" | "x86-other" => true,
             other => bail!("filter {other}"),
         },
+        x86_other: parts[2] == "x86-other",
         level,
         text_level,
         compressed_level: parts.get(5).map_or(Ok(text_level.min(level)), |p| p.parse())?,
@@ -114,7 +117,9 @@ fn blocks(objects: &[Vec<u8>], setting: &Setting) -> Vec<Block> {
             None => {
                 let (filter, level) = match class {
                     Class::Code if setting.x86 => (Filter::X86, setting.level),
-                    Class::Other if setting.x86 && !setting.by_class => (Filter::X86, setting.level),
+                    Class::Other if setting.x86 && (setting.x86_other || !setting.by_class) => {
+                        (Filter::X86, setting.level)
+                    }
                     Class::Text => (Filter::None, setting.text_level),
                     Class::Compressed => (Filter::None, setting.compressed_level),
                     _ => (Filter::None, setting.level),
@@ -139,6 +144,33 @@ fn blocks(objects: &[Vec<u8>], setting: &Setting) -> Vec<Block> {
     }
     done.extend(open.into_iter().map(|(_, b)| b));
     done
+}
+
+/// CPU seconds this thread has run (`/proc/thread-self/schedstat`, nanoseconds): rates per core
+/// that other load on the machine does not distort the way wall time does.
+fn thread_cpu() -> anyhow::Result<f64> {
+    let stat = fs::read_to_string("/proc/thread-self/schedstat")?;
+    let ns: u64 = stat
+        .split_whitespace()
+        .next()
+        .context("empty schedstat")?
+        .parse()?;
+    Ok(ns as f64 / 1e9)
+}
+
+/// CPU seconds one run of `f` takes: runs it until 0.5 s of CPU have passed (the clock ticks
+/// coarsely for short runs), at least once.
+fn cpu_per_run(f: impl Fn() -> std::io::Result<()>) -> anyhow::Result<f64> {
+    let started = thread_cpu()?;
+    let mut runs = 0u32;
+    loop {
+        f()?;
+        runs += 1;
+        let spent = thread_cpu()? - started;
+        if spent >= 0.5 {
+            return Ok(spent / f64::from(runs));
+        }
+    }
 }
 
 pub fn run(args: PacksArgs) -> anyhow::Result<()> {
@@ -170,25 +202,26 @@ pub fn run(args: PacksArgs) -> anyhow::Result<()> {
     for (name, setting) in &settings {
         let blocks = blocks(&objects, setting);
         // One core: the rate a pool of N threads multiplies by N.
-        let started = Instant::now();
-        let frames: Vec<Vec<u8>> = blocks
-            .iter()
-            .map(|b| encode_block(&b.raw, b.filter, b.level))
-            .collect::<Result<_, _>>()?;
-        let compress = started.elapsed().as_secs_f64();
+        let encode = || {
+            blocks
+                .iter()
+                .map(|b| encode_block(&b.raw, b.filter, b.level))
+                .collect::<Result<Vec<Vec<u8>>, _>>()
+        };
+        let frames = encode()?;
+        let compress = cpu_per_run(|| encode().map(drop))?;
         let stored: u64 = frames.iter().map(|f| f.len() as u64).sum();
-        // Decode three times, keep the fastest (the first run warms caches).
-        let mut decode = f64::MAX;
-        for _ in 0..3 {
-            let started = Instant::now();
-            for (frame, block) in frames.iter().zip(&blocks) {
-                let out = decode_block(frame, block.raw.len() as u64)?;
-                if out != block.raw {
-                    bail!("{name}: a block does not round-trip");
-                }
-            }
-            decode = decode.min(started.elapsed().as_secs_f64());
+        let decode_all = || {
+            frames
+                .iter()
+                .zip(&blocks)
+                .map(|(f, b)| decode_block(f, b.raw.len() as u64))
+                .collect::<Result<Vec<Vec<u8>>, _>>()
+        };
+        if decode_all()?.iter().zip(&blocks).any(|(d, b)| *d != b.raw) {
+            bail!("{name}: a block does not round-trip");
         }
+        let decode = cpu_per_run(|| decode_all().map(drop))?;
         let mut fetched: Vec<u64> = frames
             .iter()
             .zip(&blocks)
