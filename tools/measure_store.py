@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,7 @@ def main():
         xz_total = sum(xz[h] for h in new) if new and all(h in xz for h in new) else None
         rows.append((gen, report, sum(zstd[h] for h in new), xz_total, rss_kib, cpu))
     stats = json.loads(subprocess.run([binary, "stats", store, "--json"], check=True, capture_output=True, text=True).stdout)
+    shutil.rmtree(os.path.dirname(store))
 
     env = f"REFSTRIP_BIN={os.environ['REFSTRIP_BIN']} " if os.environ.get("REFSTRIP_BIN") else ""
     print(f"Profile `{profile}`; command: `{env}python3 tools/measure_store.py {' '.join(sys.argv[1:])}`\n")
