@@ -26,8 +26,12 @@ pub struct PacksArgs {
     /// Settings to measure, each `BLOCK_MIB/GROUPING/FILTER/LEVEL[/TEXT_LEVEL[/COMPRESSED_LEVEL]]`:
     /// GROUPING `order` (objects as they come) or `class` (one open block per class), FILTER
     /// `none` or `x86` (on code blocks; with `order`, on every block).
-    #[arg(long = "setting", required = true)]
+    #[arg(long = "setting", required_unless_present = "stored")]
     settings: Vec<String>,
+    /// Instead: decode every block of the store's packs as stored (what a client does), and
+    /// print blocks, bytes and decode MB/s per core.
+    #[arg(long)]
+    stored: bool,
     /// Print ratios against this many bytes (e.g. the NAR.xz of the same paths).
     #[arg(long)]
     versus: Option<u64>,
@@ -173,7 +177,43 @@ fn cpu_per_run(f: impl Fn() -> std::io::Result<()>) -> anyhow::Result<f64> {
     }
 }
 
+/// Decode every block of the store's packs, as a client would, on one core.
+fn decode_stored(store: &std::path::Path) -> anyhow::Result<()> {
+    let mut blocks = Vec::new();
+    for e in fs::read_dir(store.join("packs"))? {
+        let bytes = fs::read(e?.path())?;
+        let reader = PackReader::open(std::io::Cursor::new(&bytes))?;
+        let mut locations: Vec<_> = reader.index().values().copied().collect();
+        locations.sort_by_key(|l| l.block_offset);
+        locations.dedup_by_key(|l| l.block_offset);
+        for l in locations {
+            let start = l.block_offset as usize;
+            blocks.push((bytes[start..start + l.block_len as usize].to_vec(), l.block_raw_len));
+        }
+    }
+    let stored: u64 = blocks.iter().map(|(b, _)| b.len() as u64).sum();
+    let raw: u64 = blocks.iter().map(|(_, r)| r).sum();
+    let cpu = cpu_per_run(|| {
+        for (block, raw_len) in &blocks {
+            decode_block(block, *raw_len)?;
+        }
+        Ok(())
+    })?;
+    println!("{}", header());
+    println!("| blocks | stored bytes | decoded bytes | decode MB/s/core |");
+    println!("|---:|---:|---:|---:|");
+    println!(
+        "| {} | {stored} | {raw} | {:.0} |",
+        blocks.len(),
+        raw as f64 / 1e6 / cpu
+    );
+    Ok(())
+}
+
 pub fn run(args: PacksArgs) -> anyhow::Result<()> {
+    if args.stored {
+        return decode_stored(&args.store);
+    }
     let settings: Vec<(String, Setting)> = args
         .settings
         .iter()
