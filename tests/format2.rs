@@ -51,7 +51,10 @@ fn downgrade_packs_to_v1(store: &Path) -> usize {
         let path = e.unwrap().path();
         let old_id = path.file_stem().unwrap().to_string_lossy().into_owned();
         let bytes = fs::read(&path).unwrap();
-        let index = PackReader::open(Cursor::new(&bytes)).unwrap().index().clone();
+        let index = PackReader::open(Cursor::new(&bytes))
+            .unwrap()
+            .index()
+            .clone();
         let mut blocks: Vec<Location> = index.values().copied().collect();
         blocks.sort_by_key(|l| l.block_offset);
         blocks.dedup_by_key(|l| l.block_offset);
@@ -72,7 +75,14 @@ fn downgrade_packs_to_v1(store: &Path) -> usize {
         for (id, l) in &entries {
             let (offset, len) = new_block[&l.block_offset];
             raw_index.extend_from_slice(&id.digest.0);
-            for v in [id.kind.code(), offset, len, l.block_raw_len, l.offset_in_block, l.size] {
+            for v in [
+                id.kind.code(),
+                offset,
+                len,
+                l.block_raw_len,
+                l.offset_in_block,
+                l.size,
+            ] {
                 put(&mut raw_index, v);
             }
         }
@@ -86,7 +96,10 @@ fn downgrade_packs_to_v1(store: &Path) -> usize {
         fs::write(store.join("packs").join(format!("{new_id}.pack")), &pack).unwrap();
         fs::remove_file(&path).unwrap();
         for (offset, (new_offset, new_len)) in new_block {
-            moved.insert((old_id.clone(), offset), (new_id.clone(), new_offset, new_len));
+            moved.insert(
+                (old_id.clone(), offset),
+                (new_id.clone(), new_offset, new_len),
+            );
         }
     }
     for e in fs::read_dir(store.join("paths")).unwrap() {

@@ -15,8 +15,8 @@ pub mod bundle;
 mod chunk;
 mod error;
 mod files;
+pub mod filter;
 mod id;
-mod filter;
 pub mod pack;
 
 pub use chunk::{Chunker, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, CHUNK_THRESHOLD};

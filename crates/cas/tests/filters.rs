@@ -31,7 +31,10 @@ fn code(n: usize, seed: u32) -> Vec<u8> {
 }
 
 fn text(n: usize, seed: u32) -> Vec<u8> {
-    format!("line {seed} of some text\n").repeat(n / 20 + 1).into_bytes()[..n].to_vec()
+    format!("line {seed} of some text\n")
+        .repeat(n / 20 + 1)
+        .into_bytes()[..n]
+        .to_vec()
 }
 
 fn gzip_like(n: usize, seed: u32) -> Vec<u8> {
@@ -112,7 +115,12 @@ fn v1_pack(objects: &[Vec<u8>]) -> Vec<u8> {
     let mut entries = Vec::new();
     for o in objects {
         let frame = zstd::bulk::compress(o, 3).unwrap();
-        entries.push((ObjectId::blob(o), pack.len() as u64, frame.len() as u64, o.len() as u64));
+        entries.push((
+            ObjectId::blob(o),
+            pack.len() as u64,
+            frame.len() as u64,
+            o.len() as u64,
+        ));
         pack.extend_from_slice(&frame);
     }
     entries.sort();
@@ -159,15 +167,26 @@ fn hostile_filter_prefixes_are_refused() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("unknown filter", [prefix(1, 2), frame.to_vec()].concat()),
         ("filter 0", [prefix(1, 0), frame.to_vec()].concat()),
-        ("prefix of length 2", [prefix(2, 1), vec![0], frame.to_vec()].concat()),
+        (
+            "prefix of length 2",
+            [prefix(2, 1), vec![0], frame.to_vec()].concat(),
+        ),
         ("truncated prefix", good[..6].to_vec()),
         ("prefix alone", good[..9].to_vec()),
         ("two prefixes", [prefix(1, 1), good.clone()].concat()),
-        ("garbage after the prefix", [prefix(1, 1), vec![0; 64]].concat()),
+        (
+            "garbage after the prefix",
+            [prefix(1, 1), vec![0; 64]].concat(),
+        ),
         // Another skippable frame, which libzstd itself would skip.
         (
             "other skippable frame",
-            [0x184D_2A50u32.to_le_bytes().to_vec(), vec![0; 4], frame.to_vec()].concat(),
+            [
+                0x184D_2A50u32.to_le_bytes().to_vec(),
+                vec![0; 4],
+                frame.to_vec(),
+            ]
+            .concat(),
         ),
     ];
     for (what, block) in cases {
@@ -182,7 +201,10 @@ fn any_object() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         (1usize..40_000, any::<u32>()).prop_map(|(n, s)| code(n, s)),
         (1usize..40_000, any::<u32>()).prop_map(|(n, s)| text(n, s)),
-        prop::collection::vec(prop_oneof![Just(0xE8u8), Just(0xFF), Just(0), any::<u8>()], 0..5000),
+        prop::collection::vec(
+            prop_oneof![Just(0xE8u8), Just(0xFF), Just(0), any::<u8>()],
+            0..5000
+        ),
     ]
 }
 

@@ -70,7 +70,9 @@ fn parse_setting(s: &str) -> anyhow::Result<Setting> {
         x86_other: parts[2] == "x86-other",
         level,
         text_level,
-        compressed_level: parts.get(5).map_or(Ok(text_level.min(level)), |p| p.parse())?,
+        compressed_level: parts
+            .get(5)
+            .map_or(Ok(text_level.min(level)), |p| p.parse())?,
     })
 }
 
@@ -188,7 +190,10 @@ fn decode_stored(store: &std::path::Path) -> anyhow::Result<()> {
         locations.dedup_by_key(|l| l.block_offset);
         for l in locations {
             let start = l.block_offset as usize;
-            blocks.push((bytes[start..start + l.block_len as usize].to_vec(), l.block_raw_len));
+            blocks.push((
+                bytes[start..start + l.block_len as usize].to_vec(),
+                l.block_raw_len,
+            ));
         }
     }
     let stored: u64 = blocks.iter().map(|(b, _)| b.len() as u64).sum();
@@ -268,9 +273,9 @@ pub fn run(args: PacksArgs) -> anyhow::Result<()> {
             .flat_map(|(f, b)| std::iter::repeat_n(f.len() as u64, b.objects))
             .collect();
         fetched.sort_unstable();
-        let versus = args
-            .versus
-            .map_or("-".to_string(), |v| format!("{:.1} %", 100.0 * stored as f64 / v as f64));
+        let versus = args.versus.map_or("-".to_string(), |v| {
+            format!("{:.1} %", 100.0 * stored as f64 / v as f64)
+        });
         println!(
             "| {name} | {stored} | {:.1} % | {versus} | {:.1} | {:.0} | {} |",
             100.0 * stored as f64 / raw as f64,
