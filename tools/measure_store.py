@@ -9,14 +9,17 @@ Usage: tools/measure_store.py [--generations G1,G2,...] PROFILE_DIR [XZ_PROFILE_
                   channel). `--generations gen1,channel` measures the channel update alone: in
                   the default order, bump has already stored the lua 5.4.7 that channel brings.
 
-Ingests the generations in order (those present) into a fresh store with the release binary,
-under /usr/bin/time for peak RSS, and prints a Markdown table. Both sides pay only for paths they
-do not have yet: the caches their new paths' FileSize, refstrip its new packs and path records.
+Ingests the generations in order (those present) into a fresh store with the release binary (or
+$REFSTRIP_BIN, e.g. an older build to compare with), under /usr/bin/time for peak RSS and CPU time,
+and prints a Markdown table. "MB/s/core" is NAR bytes per CPU second (user + system) of the ingest
+process, which other load on the machine distorts less than wall time. Both sides pay only for paths
+they do not have yet: the caches their new paths' FileSize, refstrip its new packs and path records.
 """
 import glob
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,8 +44,10 @@ def main():
         args = args[2:]
     profile = args[0]
     xz_profile = args[1] if len(args) > 1 else None
-    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "refstrip"], check=True)
-    binary = os.path.abspath("target/release/refstrip")
+    binary = os.environ.get("REFSTRIP_BIN")
+    if not binary:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "refstrip"], check=True)
+        binary = os.path.abspath("target/release/refstrip")
     store = os.path.join(tempfile.mkdtemp(), "store")
     seen = set()
     rows = []
@@ -55,25 +60,31 @@ def main():
         new = [h for h in zstd if h not in seen]
         seen.update(zstd)
         out = subprocess.run(
-            ["/usr/bin/time", "-f", "RSS %M", binary, "ingest", cache, "--all", "--to", store, "--json"],
+            ["/usr/bin/time", "-f", "RSS %M CPU %U %S", binary, "ingest", cache, "--all", "--to", store, "--json"],
             check=True, capture_output=True, text=True)
         report = json.loads(out.stdout)
-        rss_kib = int(re.search(r"RSS (\d+)", out.stderr).group(1))
+        m = re.search(r"RSS (\d+) CPU ([\d.]+) ([\d.]+)", out.stderr)
+        rss_kib, cpu = int(m.group(1)), float(m.group(2)) + float(m.group(3))
         assert report["ingested"] == len(new), (gen, report["ingested"], len(new))
         # Compare with xz only where the xz cache holds every new path of the generation.
         xz_total = sum(xz[h] for h in new) if new and all(h in xz for h in new) else None
-        rows.append((gen, report, sum(zstd[h] for h in new), xz_total, rss_kib))
+        rows.append((gen, report, sum(zstd[h] for h in new), xz_total, rss_kib, cpu))
     stats = json.loads(subprocess.run([binary, "stats", store, "--json"], check=True, capture_output=True, text=True).stdout)
+    shutil.rmtree(os.path.dirname(store))
 
-    print(f"Profile `{profile}`; command: `python3 tools/measure_store.py {' '.join(sys.argv[1:])}`\n")
-    print("| generation | new paths | NAR bytes | Nix cache, xz | Nix cache, zstd | refstrip store | vs xz | vs zstd | new objects | packs | ingest MB/s | peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for gen, r, zstd, xz, rss in rows:
+    env = f"REFSTRIP_BIN={os.environ['REFSTRIP_BIN']} " if os.environ.get("REFSTRIP_BIN") else ""
+    print(f"Profile `{profile}`; command: `{env}python3 tools/measure_store.py {' '.join(sys.argv[1:])}`\n")
+    print("| generation | new paths | NAR bytes | Nix cache, xz | Nix cache, zstd | refstrip store | vs xz | vs zstd | new objects | packs | ingest MB/s | CPU s | MB/s/core | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for gen, r, zstd, xz, rss, cpu in rows:
         ours = r["stored_bytes"]
         xz_cells = (f"{xz:,}", f"{100 * ours / xz:.1f} %") if xz else ("-", "-")
         mbps = r["nar_bytes"] / 1e6 / max(r["seconds"], 1e-9)
+        # Below ~0.1 s the CPU clock (10 ms ticks) says nothing.
+        per_core = f"{r['nar_bytes'] / 1e6 / cpu:.1f}" if cpu >= 0.1 else "-"
         print(f"| {gen} | {r['ingested']} | {r['nar_bytes']:,} | {xz_cells[0]} | {zstd:,} | {ours:,} | {xz_cells[1]} | "
-              f"{100 * ours / zstd:.1f} % | {r['new_objects']} | {r['packs']} | {mbps:.1f} | {rss / 1024:.0f} MiB |")
+              f"{100 * ours / zstd:.1f} % | {r['new_objects']} | {r['packs']} | {mbps:.1f} | {cpu:.2f} | "
+              f"{per_core} | {rss / 1024:.0f} MiB |")
     print(f"\nWhole store after all generations: {stats['paths']} paths, {stats['nar_bytes']:,} NAR bytes in "
           f"{stats['pack_bytes'] + stats['record_bytes']:,} bytes ({stats['packs']} packs, {stats['objects']} objects, "
           f"{stats['record_bytes']:,} bytes of path records).")

@@ -15,6 +15,7 @@ pub mod bundle;
 mod chunk;
 mod error;
 mod files;
+pub mod filter;
 mod id;
 pub mod pack;
 

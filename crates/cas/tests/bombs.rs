@@ -84,6 +84,18 @@ fn a_1_gib_bomb_declaring_4_mib_costs_about_4_mib() {
 }
 
 #[test]
+fn a_bomb_behind_a_filter_prefix_costs_the_same() {
+    // The x86 filter's prefix (spec §6) in front of a 1 GiB bomb declaring 4 MiB.
+    let mut block = 0x184D_2A5Eu32.to_le_bytes().to_vec();
+    block.extend_from_slice(&1u32.to_le_bytes());
+    block.push(1);
+    block.extend(zeros_frame(1 << 30, false));
+    let (result, peak) = peak_during(|| decode_block(&block, 4 << 20));
+    assert!(result.is_err());
+    assert!(peak <= 4 * MIB + 64 * 1024, "peak {peak} bytes");
+}
+
+#[test]
 fn absurd_declared_lengths_are_refused_before_allocating() {
     let frame = zeros_frame(16, false);
     for raw_len in [MAX_BLOCK_RAW_LEN + 1, 1 << 40, 1 << 63, u64::MAX] {

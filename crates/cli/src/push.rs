@@ -45,7 +45,7 @@ pub struct PushArgs {
     #[arg(long, short, default_value_t = 2)]
     jobs: usize,
     /// zstd level of pack blocks.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = refstrip_cas::pack::DEFAULT_LEVEL)]
     level: i32,
     /// The local store's store directory.
     #[arg(long, default_value = "/nix/store")]

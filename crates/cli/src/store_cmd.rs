@@ -41,7 +41,7 @@ pub struct IngestArgs {
     #[arg(long, short)]
     jobs: Option<usize>,
     /// zstd level of pack blocks.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = refstrip_cas::pack::DEFAULT_LEVEL)]
     level: i32,
     /// Keep ELF build-ids as they are instead of normalizing them.
     #[arg(long)]
@@ -126,7 +126,7 @@ pub struct RepackArgs {
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     grace: Duration,
     /// zstd level of the new packs' blocks.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = refstrip_cas::pack::DEFAULT_LEVEL)]
     level: i32,
     /// Print which packs would be rewritten and what that would free; change nothing.
     #[arg(long)]

@@ -34,7 +34,7 @@ pub struct StripArgs {
     #[arg(long)]
     no_build_id: bool,
     /// zstd level for the bundle's blocks.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = refstrip_cas::pack::DEFAULT_LEVEL)]
     level: i32,
     /// Print a machine-readable summary instead of one line.
     #[arg(long)]

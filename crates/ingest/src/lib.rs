@@ -6,7 +6,9 @@
 //! (published under its BLAKE3), the records of the paths whose new objects it holds are written.
 //! So a record never points at a missing pack, an interrupted ingest leaves only scratch files
 //! and sealed packs behind, and a rerun skips exactly the paths that have records. Memory per
-//! worker is bounded by a pack block, one chunk and the NAR reader's buffer, whatever the sizes.
+//! worker is bounded by its open pack blocks (one per object class), the blocks compressing on the
+//! shared thread pool (at most one per pool thread and one more), one chunk and the NAR reader's
+//! buffer, whatever the sizes.
 
 pub mod push;
 mod sign;
@@ -45,7 +47,7 @@ impl Default for IngestOptions {
     fn default() -> Self {
         IngestOptions {
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            level: 12,
+            level: refstrip_cas::pack::DEFAULT_LEVEL,
             shard: None,
             strip: StripOptions::default(),
             closure: true,

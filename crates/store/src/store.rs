@@ -21,7 +21,8 @@ use refstrip_read::{
 
 use crate::catalog::{Catalog, Claim, Totals};
 
-/// A sealed pack is this large (compressed) at most, give or take one block.
+/// A sealed pack is this large (compressed) at most, give or take the blocks still compressing
+/// when it was reached (one per pool thread and one more) and the open block of each class.
 pub const PACK_TARGET: u64 = 64 << 20;
 
 /// Where gc on a shared store marks packs it found unreferenced (one empty-ish object per pack,

@@ -6,6 +6,7 @@
 
 mod gen;
 mod nar;
+mod packs;
 mod proto;
 mod report;
 mod strip;
@@ -28,11 +29,14 @@ enum Command {
     Nar(nar::NarArgs),
     /// Strip, strip + pack and restore over a binary cache's NARs, per core, vs SHA-256.
     Strip(strip::StripArgs),
+    /// Pack blocks: a store's objects compressed in other groupings, filters and levels.
+    Packs(packs::PacksArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Nar(args) => nar::run(args),
         Command::Strip(args) => strip::run(args),
+        Command::Packs(args) => packs::run(args),
     }
 }
