@@ -13,6 +13,7 @@
 
 pub mod bundle;
 mod chunk;
+pub mod delta;
 mod error;
 mod files;
 mod id;

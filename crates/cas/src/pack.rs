@@ -194,6 +194,13 @@ impl<W: Write> PackWriter<W> {
         Ok(true)
     }
 
+    /// Compress the current block now, so that the next objects start a block of their own (a
+    /// path's deltas share blocks only with each other: a client fetching them does not fetch
+    /// the full objects they stand in for).
+    pub fn end_block(&mut self) -> io::Result<()> {
+        self.flush_block()
+    }
+
     fn flush_block(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());

@@ -126,6 +126,12 @@ pub struct Report {
     /// Objects (and their bytes) taken from the near source (the local Nix store) instead.
     pub local_objects: u64,
     pub local_bytes: u64,
+    /// Files rebuilt from their predecessor in the local Nix store and a delta (spec §8), the
+    /// deltas' bytes, the files' bytes; deltas tried and not used (the full object was fetched).
+    pub delta_files: u64,
+    pub delta_bytes: u64,
+    pub delta_file_bytes: u64,
+    pub deltas_rejected: u64,
     /// Large files copied from files of the local Nix store (reflinked where the file system
     /// shares extents), and their bytes; local files that did not check out and were written.
     pub copied_files: u64,
@@ -280,10 +286,7 @@ fn substitute_in_pool(
     if let Some(near) = &opts.near {
         objects = objects.with_near(near.clone());
     }
-    let near = opts.near.clone();
-    let blocks = blocks_of(plan.iter().map(|p| &p.record), |id| {
-        near.as_ref().is_none_or(|n| !n.may_have(id))
-    })
+    let blocks = blocks_of(plan.iter().map(|p| &p.record), opts.near.as_deref())
     .map_err(|why| io_err("reading object tables")(io::Error::other(why)))?;
     opts.progress.set_length(total_nar);
     opts.progress.set_message("fetching");
@@ -318,6 +321,7 @@ fn substitute_in_pool(
     let copies = CopyCounters::default();
     let sources = Sources {
         packs: objects.packs(),
+        counters: &objects.counters,
         near: opts.near.as_deref().map(|n| n as &dyn NearSource),
         store: &store_fd,
         copies: &copies,
@@ -404,6 +408,10 @@ fn substitute_in_pool(
     report.fetched_block_bytes = FetchCounters::get(&counters.fetched_bytes);
     report.reused_blocks = FetchCounters::get(&counters.reused_blocks);
     report.reused_bytes = FetchCounters::get(&counters.reused_bytes);
+    report.delta_files = FetchCounters::get(&counters.deltas_applied);
+    report.delta_bytes = FetchCounters::get(&counters.delta_bytes);
+    report.delta_file_bytes = FetchCounters::get(&counters.delta_output_bytes);
+    report.deltas_rejected = FetchCounters::get(&counters.deltas_rejected);
     report.record_bytes += store.deferred_bytes();
     report.fetched_bytes = report.record_bytes + report.fetched_block_bytes;
     if let (Some(near), Some((objects, bytes))) = (&opts.near, near_before) {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use refstrip_cas::pack::Location;
 use refstrip_cas::{decode_chunk_list, Kind, ObjectId, CHUNK_MAX, CHUNK_THRESHOLD};
-use refstrip_read::objects::{BlockKey, NearSource, PackBlocks};
+use refstrip_read::objects::{BlockKey, FetchCounters, NearSource, PackBlocks};
 use refstrip_read::PathRecord;
 use refstrip_strip::{Bytes, ContentDigest, ContentSource, Node, Pieces};
 
@@ -155,6 +155,7 @@ fn corrupt(id: &ObjectId, why: &str) -> Stop {
 /// Where a feeder reads objects from and copies local files to.
 pub struct Sources<'a> {
     pub packs: &'a PackBlocks,
+    pub counters: &'a FetchCounters,
     pub near: Option<&'a dyn NearSource>,
     /// The store directory, where copies of local files are made.
     pub store: &'a File,
@@ -166,6 +167,7 @@ pub struct Sources<'a> {
 pub struct Feeder<'a> {
     record: &'a PathRecord,
     packs: &'a PackBlocks,
+    counters: &'a FetchCounters,
     near: Option<&'a dyn NearSource>,
     store: &'a File,
     copies: &'a CopyCounters,
@@ -184,6 +186,7 @@ impl<'a> Feeder<'a> {
         Feeder {
             record,
             packs: from.packs,
+            counters: from.counters,
             near: from.near,
             store: from.store,
             copies: from.copies,
@@ -222,6 +225,18 @@ impl<'a> Feeder<'a> {
             return Ok(());
         };
         let size = *size;
+        if let Some(bytes) = self.near.and_then(|near| {
+            let id = refstrip_cas::file_object(digest, size);
+            refstrip_read::delta::rebuild(self.record, &id, near, self.packs, Some(self.counters))
+        }) {
+            self.end_run()?;
+            let ticket = self.take(size)?;
+            self.push(Bytes::from_owner(Held {
+                bytes,
+                _ticket: ticket,
+            }))?;
+            return self.end_run();
+        }
         if size <= CHUNK_THRESHOLD as u64 {
             self.object(&ObjectId::new(Kind::Blob, *digest))?;
             return self.end_run();

@@ -1,0 +1,304 @@
+//! Deltas for version bumps (spec §8 "offers"): a new path's files are paired with the files of
+//! its predecessor (the store's newest other path of the same package and output), and for each
+//! pair whose contents differ a zstd patch-from delta is stored beside the full object when it is
+//! small enough to be worth a client's while.
+//!
+//! Pairing follows OSTree's rule: the same relative path, else the same path with every run of
+//! digits wildcarded (`lib/liblua.so.5.4.4` ~ `lib/liblua.so.5.4.7`, `lib/python3.11/x` ~
+//! `lib/python3.12/x`), ties broken by the closest size. Deltas are made on the worker that
+//! stripped the path, from bytes it kept while stripping and the base read back from the store.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+
+use refstrip_cas::delta::{DELTA_LEVEL, MAX_DELTA_INPUT};
+use refstrip_cas::{Chunker, FileSource, Kind, ObjectId, ObjectWrite, CHUNK_THRESHOLD};
+use refstrip_read::objects::Objects;
+use refstrip_read::{Offer, PathRecord};
+use refstrip_store::{package_of, StagingPack, Store, StoreError};
+use refstrip_strip::{ContentDigest, ContentSink, ContentSource, Manifest, Node};
+
+/// Files smaller than this get no delta: a delta frame's own overhead (~20 bytes) and the
+/// offer's (~40) eat most of what it could save on them.
+pub const MIN_DELTA_FILE: u64 = 4096;
+
+/// A delta is kept only if it is at most this fraction of the target's compressed size (measured
+/// in docs/store.md: lua's changed binaries come to 30–33 %; a delta saving less than half costs
+/// the store bytes that few clients win back).
+pub const MAX_DELTA_RATIO: f64 = 0.5;
+
+/// Normalized bytes of the files of one path a worker keeps while stripping it, at most this
+/// much: the candidates for deltas. Files beyond it simply get none.
+const KEEP_BUDGET: u64 = 256 << 20;
+
+/// The newest path of each (package, output) in the store when the ingest started, by hash part.
+pub struct Predecessors(HashMap<(String, String), (String, std::time::SystemTime)>);
+
+impl Predecessors {
+    pub fn of(store: &Store) -> Result<Predecessors, StoreError> {
+        let times = store.registration_times()?;
+        let mut newest: HashMap<(String, String), (String, std::time::SystemTime)> =
+            HashMap::new();
+        for (hash_part, store_path) in store.catalog().paths()? {
+            let Some(time) = times.get(&hash_part) else {
+                continue;
+            };
+            let (package, output) = package_of(name_of(&store_path));
+            let key = (package.to_string(), output.to_string());
+            if newest.get(&key).is_none_or(|(_, t)| t < time) {
+                newest.insert(key, (hash_part, *time));
+            }
+        }
+        Ok(Predecessors(newest))
+    }
+
+    /// The hash part of `store_path`'s predecessor, if the store has one.
+    pub fn of_path(&self, hash_part: &str, name: &str) -> Option<&str> {
+        let (package, output) = package_of(name);
+        self.0
+            .get(&(package.to_string(), output.to_string()))
+            .map(|(h, _)| h.as_str())
+            .filter(|h| *h != hash_part)
+    }
+}
+
+fn name_of(store_path: &str) -> &str {
+    let base = store_path.rsplit('/').next().unwrap_or(store_path);
+    base.get(33..).unwrap_or("")
+}
+
+/// A sink that passes everything on and keeps the normalized bytes of files that could get a
+/// delta, by digest.
+pub struct Keep<'s, S: ContentSink> {
+    pub inner: S,
+    on: bool,
+    current: Option<Vec<u8>>,
+    pub kept: HashMap<ContentDigest, Vec<u8>>,
+    budget: u64,
+    _s: std::marker::PhantomData<&'s ()>,
+}
+
+impl<S: ContentSink> Keep<'_, S> {
+    pub fn new(inner: S, on: bool) -> Self {
+        Keep {
+            inner,
+            on,
+            current: None,
+            kept: HashMap::new(),
+            budget: KEEP_BUDGET,
+            _s: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<S: ContentSink> ContentSink for Keep<'_, S> {
+    fn begin(&mut self, size: u64) -> io::Result<()> {
+        self.current = (self.on
+            && (MIN_DELTA_FILE..=MAX_DELTA_INPUT).contains(&size)
+            && size <= self.budget)
+            .then(|| Vec::with_capacity(size as usize));
+        self.inner.begin(size)
+    }
+
+    fn write(&mut self, normalized: &[u8]) -> io::Result<()> {
+        if let Some(c) = &mut self.current {
+            c.extend_from_slice(normalized);
+        }
+        self.inner.write(normalized)
+    }
+
+    fn end(&mut self, digest: &ContentDigest) -> io::Result<()> {
+        if let Some(bytes) = self.current.take() {
+            self.budget -= bytes.len() as u64;
+            self.kept.insert(*digest, bytes);
+        }
+        self.inner.end(digest)
+    }
+}
+
+/// Every regular file of a manifest: relative path (normalized names), digest, size.
+fn files(manifest: &Manifest) -> Vec<(Vec<u8>, ContentDigest, u64)> {
+    fn walk(node: &Node, path: &mut Vec<u8>, out: &mut Vec<(Vec<u8>, ContentDigest, u64)>) {
+        match node {
+            Node::File { digest, size, .. } => out.push((path.clone(), *digest, *size)),
+            Node::Symlink { .. } => {}
+            Node::Directory(entries) => {
+                for e in entries {
+                    let len = path.len();
+                    path.push(b'/');
+                    path.extend_from_slice(&e.name);
+                    walk(&e.node, path, out);
+                    path.truncate(len);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&manifest.root, &mut Vec::new(), &mut out);
+    out
+}
+
+/// The path with every run of ASCII digits replaced by one `#`.
+pub fn fuzzy(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    for &b in path {
+        if b.is_ascii_digit() {
+            if out.last() != Some(&b'#') {
+                out.push(b'#');
+            }
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// For each target file, the base file it pairs with: the same path, else the same fuzzy path
+/// with the closest size. Targets whose contents the base has already get none.
+pub fn pair(
+    targets: &[(Vec<u8>, ContentDigest, u64)],
+    bases: &[(Vec<u8>, ContentDigest, u64)],
+) -> Vec<(usize, usize)> {
+    let exact: HashMap<&[u8], usize> = bases
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.0.as_slice(), i))
+        .collect();
+    let mut by_fuzzy: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+    for (i, b) in bases.iter().enumerate() {
+        by_fuzzy.entry(fuzzy(&b.0)).or_default().push(i);
+    }
+    let base_digests: std::collections::HashSet<&ContentDigest> =
+        bases.iter().map(|b| &b.1).collect();
+    let mut out = Vec::new();
+    for (t, (path, digest, size)) in targets.iter().enumerate() {
+        if base_digests.contains(digest) {
+            continue;
+        }
+        let base = exact.get(path.as_slice()).copied().or_else(|| {
+            by_fuzzy
+                .get(&fuzzy(path))?
+                .iter()
+                .copied()
+                .min_by_key(|&b| (bases[b].2.abs_diff(*size), b))
+        });
+        if let Some(b) = base {
+            out.push((t, b));
+        }
+    }
+    out
+}
+
+/// What making deltas for one path did.
+#[derive(Default)]
+pub struct Made {
+    pub offers: Vec<Offer>,
+    /// The delta objects the offers name (for the record's object table).
+    pub objects: Vec<ObjectId>,
+    pub bytes: u64,
+}
+
+/// Deltas from `base` (the predecessor's record) to the files of `manifest` kept in `kept`,
+/// written into `pack` in blocks of their own.
+pub fn make(
+    objects: &Objects,
+    base: &PathRecord,
+    manifest: &Manifest,
+    kept: &HashMap<ContentDigest, Vec<u8>>,
+    level: i32,
+    pack: &mut StagingPack<'_>,
+) -> io::Result<Made> {
+    let targets = files(manifest);
+    let bases = files(&base.manifest);
+    let mut made = Made::default();
+    let mut deltas = Vec::new();
+    for (t, b) in pair(&targets, &bases) {
+        let (_, digest, size) = &targets[t];
+        let (_, base_digest, base_size) = &bases[b];
+        let Some(target) = kept.get(digest) else {
+            continue;
+        };
+        if *base_size > MAX_DELTA_INPUT || *base_size == 0 {
+            continue;
+        }
+        let mut base_bytes = Vec::with_capacity(*base_size as usize);
+        let mut read = objects.of(base);
+        if FileSource::new(&mut read)
+            .open(base_digest, *base_size)
+            .and_then(|mut r| r.read_to_end(&mut base_bytes))
+            .is_err()
+        {
+            continue; // a base the store cannot read gets no delta; the full object is there
+        }
+        let delta = refstrip_cas::delta::encode(&base_bytes, target, DELTA_LEVEL)?;
+        let whole = zstd::bulk::compress(target, level)?.len();
+        if delta.len() as f64 > whole as f64 * MAX_DELTA_RATIO {
+            continue;
+        }
+        let target_id = refstrip_cas::file_object(digest, *size);
+        let mut covers = Vec::new();
+        if target_id.kind == Kind::ChunkList {
+            let mut chunker = Chunker::default();
+            let mut emit = |c: &[u8]| -> Result<(), ()> {
+                covers.push(ContentDigest::of(c));
+                Ok(())
+            };
+            let _ = chunker.feed(target, &mut emit);
+            let _ = chunker.finish(&mut emit);
+        }
+        let delta_id = ObjectId::new(Kind::Delta, ContentDigest::of(&delta));
+        made.offers.push(Offer {
+            target: target_id,
+            target_size: *size,
+            base: *base_digest,
+            base_size: *base_size,
+            delta: delta_id.digest,
+            covers,
+        });
+        made.objects.push(delta_id);
+        deltas.push((delta_id, delta));
+    }
+    debug_assert!(CHUNK_THRESHOLD as u64 <= MAX_DELTA_INPUT);
+    if deltas.is_empty() {
+        return Ok(made);
+    }
+    pack.end_block()?;
+    for (id, bytes) in deltas {
+        if !pack.has(&id)? {
+            made.bytes += bytes.len() as u64;
+            pack.put(id, &bytes)?;
+        }
+    }
+    pack.end_block()?;
+    Ok(made)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(path: &str, n: u8, size: u64) -> (Vec<u8>, ContentDigest, u64) {
+        (path.as_bytes().to_vec(), ContentDigest::of(&[n]), size)
+    }
+
+    #[test]
+    fn versioned_names_pair_and_ties_go_to_the_closest_size() {
+        assert_eq!(fuzzy(b"/lib/liblua.so.5.4.7"), b"/lib/liblua.so.#.#.#");
+        assert_eq!(fuzzy(b"/lib/python3.11/x"), fuzzy(b"/lib/python3.12/x"));
+        let bases = [
+            f("/lib/liblua.so.5.4.4", 1, 305_512),
+            f("/bin/luac", 2, 216_856),
+            f("/lib/libx.so.1", 3, 10),
+            f("/lib/libx.so.2", 4, 1000),
+            f("/share/same", 9, 50),
+        ];
+        let targets = [
+            f("/lib/liblua.so.5.4.7", 5, 305_584),
+            f("/bin/luac", 6, 216_928),
+            f("/lib/libx.so.3", 7, 900),
+            f("/bin/new", 8, 100),
+            f("/share/moved", 9, 50), // contents the base has already: no delta
+        ];
+        assert_eq!(pair(&targets, &bases), vec![(0, 0), (1, 1), (2, 3)]);
+    }
+}
