@@ -81,31 +81,8 @@ fn substitute_generation(
     (report, sent.load(Ordering::Relaxed) - before)
 }
 
-/// The mass generation's NAR hashes as the corpus cache records them, and as the store reports them.
 fn mass_hashes_match(root: &Path) {
-    let q = |args: &[&str], paths: &[String]| {
-        String::from_utf8(run(Command::new("nix-store")
-            .arg("--store")
-            .arg(root)
-            .args(args)
-            .args(paths)))
-        .unwrap()
-    };
-    let closure: Vec<String> = q(&["--query", "--requisites"], &[root_path("mass")])
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let got = q(&["--query", "--hash"], &closure);
-    for info in fs::read_dir(gen_dir("mass")).unwrap().flatten() {
-        let text = fs::read_to_string(info.path()).unwrap_or_default();
-        if let Some(hash) = text.lines().find_map(|l| l.strip_prefix("NarHash: ")) {
-            assert!(
-                got.contains(hash),
-                "{} missing in {got}",
-                info.path().display()
-            );
-        }
-    }
+    refstrip_tests::operator::hashes_match(root, "mass");
 }
 
 /// The largest regular file under `dir`.

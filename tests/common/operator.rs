@@ -105,6 +105,35 @@ pub fn verify_contents(root: &Path) {
     );
 }
 
+/// The NAR hashes of a corpus generation's closure as its binary cache records them are what the
+/// chroot store at `root` reports for it.
+pub fn hashes_match(root: &Path, generation: &str) {
+    let q = |args: &[&str], paths: &[String]| {
+        String::from_utf8(run(Command::new("nix-store")
+            .arg("--store")
+            .arg(root)
+            .args(args)
+            .args(paths)))
+        .unwrap()
+    };
+    let closure: Vec<String> = q(&["--query", "--requisites"], &[corpus_root(generation)])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let got = q(&["--query", "--hash"], &closure);
+    let dir = crate::corpus_dir().join("small").join(generation);
+    for info in std::fs::read_dir(dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(info.path()).unwrap_or_default();
+        if let Some(hash) = text.lines().find_map(|l| l.strip_prefix("NarHash: ")) {
+            assert!(
+                got.contains(hash),
+                "{} missing in {got}",
+                info.path().display()
+            );
+        }
+    }
+}
+
 /// The closure of `path` in the chroot store at `root`, as Nix lists it.
 pub fn closure_in(root: &Path, path: &str) -> Vec<String> {
     let out = run(Command::new("nix-store")

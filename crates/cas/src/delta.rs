@@ -97,8 +97,10 @@ mod tests {
         assert_eq!(apply(&base, &delta, target.len() as u64).unwrap(), target);
         // The frame is plain zstd with the base as prefix: another base makes other bytes or fails.
         let other = noise(2, 300_000);
-        assert!(apply(&other, &delta, target.len() as u64).is_ok_and(|o| o != target)
-            || apply(&other, &delta, target.len() as u64).is_err());
+        assert!(
+            apply(&other, &delta, target.len() as u64).is_ok_and(|o| o != target)
+                || apply(&other, &delta, target.len() as u64).is_err()
+        );
     }
 
     #[test]

@@ -108,6 +108,20 @@ impl<W: ObjectWrite + ?Sized> FileSink<'_, W> {
     }
 }
 
+/// The chunk list of a large file's normalized `contents`, as [`FileSink`] makes it (for a
+/// reader that has the contents by another way, such as a delta).
+pub fn chunk_list_of(contents: &[u8]) -> Vec<u8> {
+    let mut chunks = Vec::new();
+    let mut emit = |c: &[u8]| -> Result<(), ()> {
+        chunks.push((ContentDigest::of(c), c.len() as u64));
+        Ok(())
+    };
+    let mut chunker = Chunker::default();
+    let _ = chunker.feed(contents, &mut emit);
+    let _ = chunker.finish(&mut emit);
+    encode_chunk_list(&chunks)
+}
+
 fn encode_chunk_list(chunks: &[(ContentDigest, u64)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(chunks.len() * 36);
     put(&mut out, chunks.len() as u64);

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 
 use refstrip_cas::delta::{DELTA_LEVEL, MAX_DELTA_INPUT};
-use refstrip_cas::{Chunker, FileSource, Kind, ObjectId, ObjectWrite, CHUNK_THRESHOLD};
+use refstrip_cas::{FileSource, Kind, ObjectId, ObjectWrite};
 use refstrip_read::objects::Objects;
 use refstrip_read::{Offer, PathRecord};
 use refstrip_store::{package_of, StagingPack, Store, StoreError};
@@ -37,8 +37,7 @@ pub struct Predecessors(HashMap<(String, String), (String, std::time::SystemTime
 impl Predecessors {
     pub fn of(store: &Store) -> Result<Predecessors, StoreError> {
         let times = store.registration_times()?;
-        let mut newest: HashMap<(String, String), (String, std::time::SystemTime)> =
-            HashMap::new();
+        let mut newest: HashMap<(String, String), (String, std::time::SystemTime)> = HashMap::new();
         for (hash_part, store_path) in store.catalog().paths()? {
             let Some(time) = times.get(&hash_part) else {
                 continue;
@@ -67,52 +66,61 @@ fn name_of(store_path: &str) -> &str {
     base.get(33..).unwrap_or("")
 }
 
-/// A sink that passes everything on and keeps the normalized bytes of files that could get a
-/// delta, by digest.
-pub struct Keep<'s, S: ContentSink> {
+/// A sink in front of the pack's that holds back the files that could get a delta (their
+/// normalized bytes, by digest, up to a budget) and passes everything else on. The files held back
+/// are written by [`write`] once pairing has decided which get a delta: those go into blocks of
+/// their own, so that a client rebuilding them from deltas fetches no block holding them.
+pub struct Keep<S: ContentSink> {
     pub inner: S,
     on: bool,
     current: Option<Vec<u8>>,
-    pub kept: HashMap<ContentDigest, Vec<u8>>,
+    /// Files held back, in the order they came.
+    pub kept: Vec<(ContentDigest, Vec<u8>)>,
     budget: u64,
-    _s: std::marker::PhantomData<&'s ()>,
 }
 
-impl<S: ContentSink> Keep<'_, S> {
+impl<S: ContentSink> Keep<S> {
     pub fn new(inner: S, on: bool) -> Self {
         Keep {
             inner,
             on,
             current: None,
-            kept: HashMap::new(),
+            kept: Vec::new(),
             budget: KEEP_BUDGET,
-            _s: std::marker::PhantomData,
         }
     }
 }
 
-impl<S: ContentSink> ContentSink for Keep<'_, S> {
+impl<S: ContentSink> ContentSink for Keep<S> {
     fn begin(&mut self, size: u64) -> io::Result<()> {
-        self.current = (self.on
-            && (MIN_DELTA_FILE..=MAX_DELTA_INPUT).contains(&size)
-            && size <= self.budget)
-            .then(|| Vec::with_capacity(size as usize));
+        let keep =
+            self.on && (MIN_DELTA_FILE..=MAX_DELTA_INPUT).contains(&size) && size <= self.budget;
+        if keep {
+            self.budget -= size;
+            self.current = Some(Vec::with_capacity(size as usize));
+            return Ok(());
+        }
         self.inner.begin(size)
     }
 
     fn write(&mut self, normalized: &[u8]) -> io::Result<()> {
-        if let Some(c) = &mut self.current {
-            c.extend_from_slice(normalized);
+        match &mut self.current {
+            Some(c) => {
+                c.extend_from_slice(normalized);
+                Ok(())
+            }
+            None => self.inner.write(normalized),
         }
-        self.inner.write(normalized)
     }
 
     fn end(&mut self, digest: &ContentDigest) -> io::Result<()> {
-        if let Some(bytes) = self.current.take() {
-            self.budget -= bytes.len() as u64;
-            self.kept.insert(*digest, bytes);
+        match self.current.take() {
+            Some(bytes) => {
+                self.kept.push((*digest, bytes));
+                Ok(())
+            }
+            None => self.inner.end(digest),
         }
-        self.inner.end(digest)
     }
 }
 
@@ -189,36 +197,39 @@ pub fn pair(
     out
 }
 
-/// What making deltas for one path did.
+/// The deltas of one path.
 #[derive(Default)]
 pub struct Made {
     pub offers: Vec<Offer>,
-    /// The delta objects the offers name (for the record's object table).
-    pub objects: Vec<ObjectId>,
+    /// The delta objects, by the offers' order.
+    deltas: Vec<(ObjectId, Vec<u8>)>,
+    /// Bytes of the delta objects this path added to the pack.
     pub bytes: u64,
 }
 
-/// Deltas from `base` (the predecessor's record) to the files of `manifest` kept in `kept`,
-/// written into `pack` in blocks of their own.
+/// Deltas from `base` (the predecessor's record) to the files of `manifest` held back in `kept`.
 pub fn make(
     objects: &Objects,
     base: &PathRecord,
     manifest: &Manifest,
-    kept: &HashMap<ContentDigest, Vec<u8>>,
+    kept: &[(ContentDigest, Vec<u8>)],
     level: i32,
-    pack: &mut StagingPack<'_>,
 ) -> io::Result<Made> {
+    let kept: HashMap<&ContentDigest, &[u8]> =
+        kept.iter().map(|(d, b)| (d, b.as_slice())).collect();
     let targets = files(manifest);
     let bases = files(&base.manifest);
     let mut made = Made::default();
-    let mut deltas = Vec::new();
     for (t, b) in pair(&targets, &bases) {
         let (_, digest, size) = &targets[t];
         let (_, base_digest, base_size) = &bases[b];
         let Some(target) = kept.get(digest) else {
             continue;
         };
-        if *base_size > MAX_DELTA_INPUT || *base_size == 0 {
+        if *base_size > MAX_DELTA_INPUT
+            || *base_size == 0
+            || made.offers.iter().any(|o| o.target.digest == *digest)
+        {
             continue;
         }
         let mut base_bytes = Vec::with_capacity(*base_size as usize);
@@ -236,16 +247,16 @@ pub fn make(
             continue;
         }
         let target_id = refstrip_cas::file_object(digest, *size);
-        let mut covers = Vec::new();
-        if target_id.kind == Kind::ChunkList {
-            let mut chunker = Chunker::default();
-            let mut emit = |c: &[u8]| -> Result<(), ()> {
-                covers.push(ContentDigest::of(c));
-                Ok(())
-            };
-            let _ = chunker.feed(target, &mut emit);
-            let _ = chunker.finish(&mut emit);
-        }
+        let covers = match target_id.kind {
+            Kind::ChunkList => {
+                refstrip_cas::decode_chunk_list(&refstrip_cas::chunk_list_of(target))
+                    .expect("a list just encoded")
+                    .into_iter()
+                    .map(|(digest, _)| digest)
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         let delta_id = ObjectId::new(Kind::Delta, ContentDigest::of(&delta));
         made.offers.push(Offer {
             target: target_id,
@@ -255,22 +266,55 @@ pub fn make(
             delta: delta_id.digest,
             covers,
         });
-        made.objects.push(delta_id);
-        deltas.push((delta_id, delta));
+        made.deltas.push((delta_id, delta));
     }
-    debug_assert!(CHUNK_THRESHOLD as u64 <= MAX_DELTA_INPUT);
-    if deltas.is_empty() {
-        return Ok(made);
+    Ok(made)
+}
+
+/// Write the files held back and the deltas into `pack`: the files that got a delta in blocks
+/// of their own, then the deltas in blocks of their own, then the other files held back.
+/// Returns the objects the path needs beyond what `sink` recorded: its new objects and bytes,
+/// and every object id written or found.
+pub fn write(
+    pack: &mut StagingPack<'_>,
+    kept: Vec<(ContentDigest, Vec<u8>)>,
+    made: &mut Made,
+) -> io::Result<(u64, u64, Vec<ObjectId>)> {
+    let with_delta: std::collections::HashSet<ContentDigest> =
+        made.offers.iter().map(|o| o.target.digest).collect();
+    let (first, rest): (Vec<_>, Vec<_>) =
+        kept.into_iter().partition(|(d, _)| with_delta.contains(d));
+    let mut needed = Vec::new();
+    let (mut new_objects, mut new_bytes) = (0, 0);
+    let mut files = |pack: &mut StagingPack<'_>, files: Vec<(ContentDigest, Vec<u8>)>| {
+        let mut sink = refstrip_cas::FileSink::new(pack);
+        for (digest, bytes) in files {
+            sink.begin(bytes.len() as u64)?;
+            sink.write(&bytes)?;
+            sink.end(&digest)?;
+        }
+        new_objects += sink.new_objects;
+        new_bytes += sink.new_bytes;
+        needed.extend(sink.needed);
+        io::Result::Ok(())
+    };
+    if !first.is_empty() {
+        pack.end_block()?;
+        files(pack, first)?;
+        pack.end_block()?;
     }
-    pack.end_block()?;
-    for (id, bytes) in deltas {
-        if !pack.has(&id)? {
+    for (id, bytes) in &made.deltas {
+        if !pack.has(id)? {
             made.bytes += bytes.len() as u64;
-            pack.put(id, &bytes)?;
+            pack.put(*id, bytes)?;
         }
     }
-    pack.end_block()?;
-    Ok(made)
+    if !made.deltas.is_empty() {
+        pack.end_block()?;
+    }
+    files(pack, rest)?;
+    needed.extend(made.deltas.iter().map(|(id, _)| *id));
+    Ok((new_objects, new_bytes, needed))
 }
 
 #[cfg(test)]

@@ -347,15 +347,18 @@ fn strip_path(
         })?;
     let kept = sink.kept;
     let sink = sink.inner;
-    let (new_objects, new_bytes, mut needed) = (sink.new_objects, sink.new_bytes, sink.needed);
-    let made = match base {
-        Some((base, objects)) => {
-            delta::make(objects, base, &manifest, &kept, options.level, pack)
-                .map_err(|e| format!("making deltas: {e}"))?
-        }
+    let (mut new_objects, mut new_bytes, mut needed) =
+        (sink.new_objects, sink.new_bytes, sink.needed);
+    let mut made = match base {
+        Some((base, objects)) => delta::make(objects, base, &manifest, &kept, options.level)
+            .map_err(|e| format!("making deltas: {e}"))?,
         None => delta::Made::default(),
     };
-    needed.extend(made.objects.iter().copied());
+    let (objects, bytes, more) =
+        delta::write(pack, kept, &mut made).map_err(|e| format!("writing objects: {e}"))?;
+    new_objects += objects;
+    new_bytes += bytes;
+    needed.extend(more);
     let pending = Pending {
         manifest,
         needed,

@@ -135,7 +135,10 @@ impl From<Table> for Locations {
     fn from(table: Table) -> Self {
         let cell = OnceLock::new();
         let _ = cell.set(Ok(table));
-        Locations(Arc::new(LocationsInner { table: cell, load: None }))
+        Locations(Arc::new(LocationsInner {
+            table: cell,
+            load: None,
+        }))
     }
 }
 
@@ -424,14 +427,19 @@ fn decode_offers(
             .get(usize::try_from(i).unwrap_or(usize::MAX))
             .ok_or("delta offer names an object the table does not list")?;
         if !kinds.contains(&id.kind) {
-            return Err(format!("delta offer names a {} where it needs {kinds:?}", id.kind.name()));
+            return Err(format!(
+                "delta offer names a {} where it needs {kinds:?}",
+                id.kind.name()
+            ));
         }
         Ok((id, objects[&id].1.size))
     };
     let mut offers: Vec<Offer> = Vec::with_capacity(n);
     for _ in 0..n {
-        let (target, stored) =
-            entry(cur.varint().ok_or_else(truncated)?, &[Kind::Blob, Kind::ChunkList])?;
+        let (target, stored) = entry(
+            cur.varint().ok_or_else(truncated)?,
+            &[Kind::Blob, Kind::ChunkList],
+        )?;
         let target_size = cur.varint().ok_or_else(truncated)?;
         let base = ContentDigest(cur.take(32).ok_or_else(truncated)?.try_into().expect("32"));
         let base_size = cur.varint().ok_or_else(truncated)?;
@@ -442,7 +450,11 @@ fn decode_offers(
         }
         let mut covers = Vec::with_capacity(c);
         for _ in 0..c {
-            covers.push(entry(cur.varint().ok_or_else(truncated)?, &[Kind::Blob])?.0.digest);
+            covers.push(
+                entry(cur.varint().ok_or_else(truncated)?, &[Kind::Blob])?
+                    .0
+                    .digest,
+            );
         }
         // The sizes bound what a client allocates to apply the delta: checked here once.
         let blob_size_ok = match target.kind {

@@ -287,7 +287,7 @@ fn substitute_in_pool(
         objects = objects.with_near(near.clone());
     }
     let blocks = blocks_of(plan.iter().map(|p| &p.record), opts.near.as_deref())
-    .map_err(|why| io_err("reading object tables")(io::Error::other(why)))?;
+        .map_err(|why| io_err("reading object tables")(io::Error::other(why)))?;
     opts.progress.set_length(total_nar);
     opts.progress.set_message("fetching");
     objects
@@ -319,9 +319,11 @@ fn substitute_in_pool(
     let failures = Mutex::new(Vec::new());
     let written = Mutex::new(Vec::new());
     let copies = CopyCounters::default();
+    let rebuilt = Mutex::new(HashMap::new());
     let sources = Sources {
         packs: objects.packs(),
         counters: &objects.counters,
+        rebuilt: &rebuilt,
         near: opts.near.as_deref().map(|n| n as &dyn NearSource),
         store: &store_fd,
         copies: &copies,
@@ -425,7 +427,7 @@ fn substitute_in_pool(
         report.written = plan
             .into_iter()
             .filter_map(|p| {
-                let chunk_lists = chunk_lists_of(&p.record, &objects).ok()?;
+                let chunk_lists = chunk_lists_of(&p.record, &objects, &rebuilt).ok()?;
                 Some(WrittenPath {
                     manifest: p.record.manifest,
                     chunk_lists,
@@ -457,13 +459,19 @@ struct Written {
 fn chunk_lists_of(
     record: &PathRecord,
     objects: &Objects,
+    rebuilt: &Mutex<HashMap<ContentDigest, Vec<u8>>>,
 ) -> Result<HashMap<ContentDigest, Vec<u8>>, refstrip_cas::CasError> {
     let mut source = objects.of(record);
     let mut lists = HashMap::new();
     for (digest, size) in record.manifest.objects() {
         let id = refstrip_cas::file_object(&digest, size);
         if id.kind == Kind::ChunkList {
-            lists.insert(digest, source.get(&ObjectId::new(Kind::ChunkList, digest))?);
+            let list = rebuilt.lock().expect("poisoned").get(&digest).cloned();
+            let list = match list {
+                Some(list) => list,
+                None => source.get(&ObjectId::new(Kind::ChunkList, digest))?,
+            };
+            lists.insert(digest, list);
         }
     }
     Ok(lists)

@@ -13,6 +13,7 @@
 //! patches and writes the previous pieces; [`FedSource`] is restore's end of it.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::ops::Range;
@@ -156,6 +157,9 @@ fn corrupt(id: &ObjectId, why: &str) -> Stop {
 pub struct Sources<'a> {
     pub packs: &'a PackBlocks,
     pub counters: &'a FetchCounters,
+    /// Chunk lists of the large files rebuilt from deltas, for indexing the written paths
+    /// without fetching the lists.
+    pub rebuilt: &'a Mutex<HashMap<ContentDigest, Vec<u8>>>,
     pub near: Option<&'a dyn NearSource>,
     /// The store directory, where copies of local files are made.
     pub store: &'a File,
@@ -168,6 +172,7 @@ pub struct Feeder<'a> {
     record: &'a PathRecord,
     packs: &'a PackBlocks,
     counters: &'a FetchCounters,
+    rebuilt: &'a Mutex<HashMap<ContentDigest, Vec<u8>>>,
     near: Option<&'a dyn NearSource>,
     store: &'a File,
     copies: &'a CopyCounters,
@@ -187,6 +192,7 @@ impl<'a> Feeder<'a> {
             record,
             packs: from.packs,
             counters: from.counters,
+            rebuilt: from.rebuilt,
             near: from.near,
             store: from.store,
             copies: from.copies,
@@ -229,6 +235,10 @@ impl<'a> Feeder<'a> {
             let id = refstrip_cas::file_object(digest, size);
             refstrip_read::delta::rebuild(self.record, &id, near, self.packs, Some(self.counters))
         }) {
+            if size > CHUNK_THRESHOLD as u64 {
+                let list = refstrip_cas::chunk_list_of(&bytes);
+                self.rebuilt.lock().expect("poisoned").insert(*digest, list);
+            }
             self.end_run()?;
             let ticket = self.take(size)?;
             self.push(Bytes::from_owner(Held {
