@@ -121,3 +121,145 @@ pub fn rebuild(
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+
+    use refstrip_cas::pack::PackWriter;
+    use refstrip_cas::CasError;
+
+    use super::*;
+    use crate::objects::tests::{record_of, MemoryPack};
+    use crate::objects::PackBlocks;
+    use crate::ObjectMap;
+
+    /// A near source holding one file (`base`'s bytes under its name, possibly wrong).
+    struct Near(ObjectId, Vec<u8>);
+    impl NearSource for Near {
+        fn object(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, CasError> {
+            Ok((*id == self.0).then(|| self.1.clone()))
+        }
+        fn may_have(&self, id: &ObjectId) -> bool {
+            *id == self.0
+        }
+        fn served(&self) -> (u64, u64) {
+            (0, 0)
+        }
+    }
+
+    fn noise(seed: u8, n: usize) -> Vec<u8> {
+        let mut v = vec![0; n];
+        blake3::Hasher::new()
+            .update(&[seed])
+            .finalize_xof()
+            .fill(&mut v);
+        v
+    }
+
+    #[test]
+    fn a_delta_is_used_only_when_its_output_hashes_to_the_target() {
+        let base = noise(1, 100_000);
+        let mut target = base.clone();
+        target[500..600].fill(7);
+        let delta = refstrip_cas::delta::encode(&base, &target, 3).unwrap();
+        let (t, d) = (
+            ObjectId::blob(&target),
+            ObjectId::new(Kind::Delta, ContentDigest::of(&delta)),
+        );
+        // The full object and the delta in blocks of their own, as ingest writes them.
+        let mut w = PackWriter::new(Vec::new(), 1).unwrap();
+        w.add(t, &target).unwrap();
+        w.end_block().unwrap();
+        w.add(d, &delta).unwrap();
+        let (bytes, index) = w.finish().unwrap();
+        let objects: ObjectMap = index
+            .iter()
+            .map(|(id, l)| (*id, ("p".to_string(), *l)))
+            .collect();
+        let offer = Offer {
+            target: t,
+            target_size: target.len() as u64,
+            base: ContentDigest::of(&base),
+            base_size: base.len() as u64,
+            delta: d.digest,
+            covers: Vec::new(),
+        };
+        let record = record_of(
+            t,
+            target.len() as u64,
+            Table {
+                objects,
+                offers: vec![offer.clone()],
+            }
+            .into(),
+        );
+        let far = Arc::new(MemoryPack {
+            bytes,
+            fetches: AtomicU64::new(0),
+        });
+        let packs = PackBlocks::new(far.clone(), 0);
+        let counters = FetchCounters::default();
+
+        let good = Near(offer.base_object(), base.clone());
+        let out = rebuild(&record, &t, &good, &packs, Some(&counters));
+        assert_eq!(out.as_deref(), Some(target.as_slice()));
+        assert_eq!(FetchCounters::get(&counters.deltas_applied), 1);
+        // Only the delta's block is planned for a client with the base; both without it.
+        let planned = crate::objects::blocks_of([&record], Some(&good as &dyn NearSource)).unwrap();
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].offset, index[&d].block_offset);
+        assert_eq!(crate::objects::blocks_of([&record], None).unwrap().len(), 1);
+
+        // A base whose bytes changed since it was indexed: the output fails its BLAKE3 check.
+        let mut wrong = base.clone();
+        wrong[50_000] ^= 1;
+        let bad = Near(offer.base_object(), wrong);
+        assert_eq!(rebuild(&record, &t, &bad, &packs, Some(&counters)), None);
+        assert_eq!(FetchCounters::get(&counters.deltas_rejected), 1);
+        // No base near: nothing tried. The target itself near: nothing tried either.
+        let none = Near(ObjectId::blob(b"other"), Vec::new());
+        assert_eq!(rebuild(&record, &t, &none, &packs, Some(&counters)), None);
+        let has_target = Near(t, target.clone());
+        assert_eq!(
+            rebuild(&record, &t, &has_target, &packs, Some(&counters)),
+            None
+        );
+        assert_eq!(FetchCounters::get(&counters.deltas_rejected), 1);
+
+        // An offer naming a valid delta of other bytes: the output is wrong, refused.
+        let other = refstrip_cas::delta::encode(&base, &noise(2, 100_000), 3).unwrap();
+        let o = ObjectId::new(Kind::Delta, ContentDigest::of(&other));
+        let mut w = PackWriter::new(Vec::new(), 1).unwrap();
+        w.add(o, &other).unwrap();
+        let (bytes, index) = w.finish().unwrap();
+        let objects: HashMap<_, _> = index
+            .iter()
+            .map(|(id, l)| (*id, ("p".to_string(), *l)))
+            .collect();
+        let swapped = Offer {
+            delta: o.digest,
+            ..offer
+        };
+        let record = record_of(
+            t,
+            target.len() as u64,
+            Table {
+                objects,
+                offers: vec![swapped],
+            }
+            .into(),
+        );
+        let packs = PackBlocks::new(
+            Arc::new(MemoryPack {
+                bytes,
+                fetches: AtomicU64::new(0),
+            }),
+            0,
+        );
+        assert_eq!(rebuild(&record, &t, &good, &packs, Some(&counters)), None);
+        assert_eq!(FetchCounters::get(&counters.deltas_rejected), 2);
+    }
+}

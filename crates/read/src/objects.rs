@@ -792,15 +792,15 @@ impl Objects {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use refstrip_cas::pack::PackWriter;
     use std::collections::HashMap;
 
     /// A pack in memory, served as blocks, counting fetches.
-    struct MemoryPack {
-        bytes: Vec<u8>,
-        fetches: AtomicU64,
+    pub(crate) struct MemoryPack {
+        pub(crate) bytes: Vec<u8>,
+        pub(crate) fetches: AtomicU64,
     }
 
     impl BlockSource for MemoryPack {
@@ -1056,7 +1056,7 @@ mod tests {
     }
 
     /// A record of one file made of the object `id`.
-    fn record_of(id: ObjectId, size: u64, objects: crate::Locations) -> PathRecord {
+    pub(crate) fn record_of(id: ObjectId, size: u64, objects: crate::Locations) -> PathRecord {
         use refstrip_strip::{Manifest, Node, RefTable};
         PathRecord {
             manifest: Manifest {

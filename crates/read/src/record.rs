@@ -537,3 +537,223 @@ fn decode_objects(cur: &mut Cursor<'_>) -> Result<(ObjectMap, Vec<ObjectId>), St
     }
     Ok((objects, order))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u8) -> ContentDigest {
+        ContentDigest::of(&[n])
+    }
+
+    fn loc(size: u64) -> Location {
+        Location {
+            block_offset: 8,
+            block_len: 100,
+            block_raw_len: 1 << 20,
+            offset_in_block: 0,
+            size,
+        }
+    }
+
+    /// A table with a small target, a chunked one (two chunks) and their deltas.
+    fn table() -> Table {
+        let mut objects = ObjectMap::new();
+        let mut add = |kind, n, size| {
+            let id = ObjectId::new(kind, digest(n));
+            objects.insert(id, ("ab12".to_string(), loc(size)));
+            id
+        };
+        let small = add(Kind::Blob, 1, 5000);
+        let large = add(Kind::ChunkList, 2, 80);
+        add(Kind::Blob, 3, 200_000);
+        add(Kind::Blob, 4, 100_000);
+        add(Kind::Delta, 5, 700);
+        add(Kind::Delta, 6, 9000);
+        let offers = vec![
+            Offer {
+                target: small,
+                target_size: 5000,
+                base: digest(7),
+                base_size: 4900,
+                delta: digest(5),
+                covers: vec![],
+            },
+            Offer {
+                target: large,
+                target_size: 300_000,
+                base: digest(8),
+                base_size: 290_000,
+                delta: digest(6),
+                covers: vec![digest(3), digest(4)],
+            },
+        ];
+        Table { objects, offers }
+    }
+
+    fn sorted(mut offers: Vec<Offer>) -> Vec<Offer> {
+        offers.sort_by_key(|o| (o.target, o.base));
+        offers
+    }
+
+    /// The shape file bytes after the frame: the object table and the offers.
+    fn tail(table: &Table) -> Vec<u8> {
+        let mut out = Vec::new();
+        let order = encode_objects(&mut out, &table.objects);
+        encode_offers(&mut out, &table.offers, &order);
+        out
+    }
+
+    fn decode_tail(bytes: &[u8]) -> Result<Table, String> {
+        decode_table(&mut Cursor { bytes })
+    }
+
+    #[test]
+    fn offers_round_trip_and_a_table_without_offers_is_unchanged() {
+        let t = table();
+        let file = ShapeFile::encode(b"body", &t);
+        let back = ShapeFile::decode(&file, &ContentDigest::of(b"body")).unwrap();
+        assert_eq!(back.table.objects, t.objects);
+        assert_eq!(back.table.offers, sorted(t.offers.clone()));
+        // No offers: nothing after the object table, as before offers existed.
+        let plain = Table::from(t.objects.clone());
+        let mut before = Vec::new();
+        encode_objects(&mut before, &plain.objects);
+        assert_eq!(tail(&plain), before);
+        assert!(decode_tail(&before).unwrap().offers.is_empty());
+        // Offers naming objects the table lacks are left out when writing.
+        let mut dangling = t.clone();
+        dangling.offers[0].delta = digest(99);
+        assert_eq!(decode_tail(&tail(&dangling)).unwrap().offers.len(), 1);
+    }
+
+    /// The offers section of `t` (what follows its object table), edited, then decoded.
+    fn with_offers(t: &Table, edit: impl FnOnce(&mut Vec<u8>)) -> Result<Table, String> {
+        let mut objects = Vec::new();
+        encode_objects(&mut objects, &t.objects);
+        let all = tail(t);
+        let mut offers = all[objects.len()..].to_vec();
+        edit(&mut offers);
+        objects.extend_from_slice(&offers);
+        decode_tail(&objects)
+    }
+
+    /// One offer written by hand: (target index, target size, base, base size, delta index, covers).
+    fn offer_bytes(target: u64, size: u64, base_size: u64, delta: u64, covers: &[u64]) -> Vec<u8> {
+        let mut out = Vec::new();
+        put(&mut out, 1);
+        put(&mut out, target);
+        put(&mut out, size);
+        out.extend_from_slice(&digest(7).0);
+        put(&mut out, base_size);
+        put(&mut out, delta);
+        put(&mut out, covers.len() as u64);
+        for c in covers {
+            put(&mut out, *c);
+        }
+        out
+    }
+
+    #[test]
+    fn hostile_offers_are_refused() {
+        let t = table();
+        // Table order: sorted by (kind, digest); find the indices of each kind.
+        let mut order: Vec<ObjectId> = t.objects.keys().copied().collect();
+        order.sort();
+        let at = |kind: Kind, n: u8| {
+            order
+                .iter()
+                .position(|id| *id == ObjectId::new(kind, digest(n)))
+                .unwrap() as u64
+        };
+        let (small, large, delta) = (
+            at(Kind::Blob, 1),
+            at(Kind::ChunkList, 2),
+            at(Kind::Delta, 5),
+        );
+        let chunk = at(Kind::Blob, 3);
+        let refused = |bytes: Vec<u8>, why: &str| {
+            let err = with_offers(&t, |o| *o = bytes).unwrap_err();
+            assert!(err.contains(why), "{err} (expected {why})");
+        };
+        assert!(with_offers(&t, |o| *o = offer_bytes(small, 5000, 10, delta, &[])).is_ok());
+        assert!(with_offers(&t, |o| *o =
+            offer_bytes(large, 300_000, 10, delta, &[chunk]))
+        .is_ok());
+        // Counts beyond the bytes left, and an empty section.
+        refused(vec![0], "truncated");
+        refused(
+            {
+                let mut b = Vec::new();
+                put(&mut b, u64::MAX);
+                b
+            },
+            "truncated",
+        );
+        refused(
+            {
+                let mut b = offer_bytes(small, 5000, 10, delta, &[]);
+                b.pop();
+                put(&mut b, 1 << 40);
+                b
+            },
+            "truncated",
+        );
+        refused(
+            offer_bytes(small, 5000, 10, delta, &[])[..30].to_vec(),
+            "truncated",
+        );
+        // Indices outside the table, and objects of the wrong kind.
+        refused(offer_bytes(1000, 5000, 10, delta, &[]), "does not list");
+        refused(offer_bytes(u64::MAX, 5000, 10, delta, &[]), "does not list");
+        refused(offer_bytes(small, 5000, 10, small, &[]), "needs");
+        refused(offer_bytes(delta, 5000, 10, delta, &[]), "needs");
+        refused(offer_bytes(large, 300_000, 10, delta, &[large]), "needs");
+        // Sizes: a blob target's must be its object's; a chunked one's above the chunk
+        // threshold; neither may exceed the delta limit (they size the client's buffers).
+        refused(offer_bytes(small, 5001, 10, delta, &[]), "impossible sizes");
+        refused(
+            offer_bytes(small, 5000, 10, delta, &[chunk]),
+            "impossible sizes",
+        );
+        refused(offer_bytes(large, 1000, 10, delta, &[]), "impossible sizes");
+        refused(
+            offer_bytes(large, u64::MAX, 10, delta, &[]),
+            "impossible sizes",
+        );
+        refused(
+            offer_bytes(small, 5000, u64::MAX, delta, &[]),
+            "impossible sizes",
+        );
+        // Two offers out of order (or twice the same).
+        let mut two = offer_bytes(small, 5000, 10, delta, &[]);
+        two.remove(0);
+        let mut twice = Vec::new();
+        put(&mut twice, 2);
+        twice.extend_from_slice(&two);
+        twice.extend_from_slice(&two);
+        refused(twice, "not sorted");
+        // Bytes after the offers.
+        refused(
+            {
+                let mut b = offer_bytes(small, 5000, 10, delta, &[]);
+                b.push(0);
+                b
+            },
+            "trailing",
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_after_a_table_decode_or_refuse(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let t = table();
+            if let Ok(back) = with_offers(&t, |o| *o = bytes) {
+                for o in &back.offers {
+                    proptest::prop_assert!(o.target_size <= refstrip_cas::delta::MAX_DELTA_INPUT);
+                    proptest::prop_assert!(back.objects.contains_key(&o.delta_object()));
+                }
+            }
+        }
+    }
+}
