@@ -12,9 +12,22 @@ use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter};
 /// once, in memory on both sides; larger files (libxul is 184 MB) are stored whole or as chunks.
 pub const MAX_DELTA_INPUT: u64 = 64 << 20;
 
-/// zstd level of deltas (measured in docs/store.md: 19 makes lua's deltas 12 % smaller than 12
-/// for a few milliseconds more per file; a delta is made once and fetched by every client).
+/// zstd level of deltas (measured in docs/store.md: 19 makes lua's deltas 11 % smaller than 12
+/// and runs at about 1 MB/s of target on them, 12 at about 5 MB/s; a delta is made once and
+/// fetched by every client that updates).
 pub const DELTA_LEVEL: i32 = 19;
+/// Targets above this get [`DELTA_LEVEL_LARGE`]: at level 19 a 64 MiB target would hold a worker
+/// for a minute.
+pub const DELTA_LARGE: u64 = 8 << 20;
+pub const DELTA_LEVEL_LARGE: i32 = 12;
+
+/// The level a delta to a target of `size` bytes is made at.
+pub fn level_for(size: u64) -> i32 {
+    match size > DELTA_LARGE {
+        true => DELTA_LEVEL_LARGE,
+        false => DELTA_LEVEL,
+    }
+}
 
 fn zstd_err(what: &str) -> impl Fn(usize) -> io::Error + '_ {
     move |code| {

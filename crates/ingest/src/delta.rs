@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 
-use refstrip_cas::delta::{DELTA_LEVEL, MAX_DELTA_INPUT};
+use refstrip_cas::delta::MAX_DELTA_INPUT;
 use refstrip_cas::{FileSource, Kind, ObjectId, ObjectWrite};
 use refstrip_read::objects::Objects;
 use refstrip_read::{Offer, PathRecord};
@@ -241,7 +241,8 @@ pub fn make(
         {
             continue; // a base the store cannot read gets no delta; the full object is there
         }
-        let delta = refstrip_cas::delta::encode(&base_bytes, target, DELTA_LEVEL)?;
+        let delta_level = refstrip_cas::delta::level_for(*size);
+        let delta = refstrip_cas::delta::encode(&base_bytes, target, delta_level)?;
         let whole = zstd::bulk::compress(target, level)?.len();
         if delta.len() as f64 > whole as f64 * MAX_DELTA_RATIO {
             continue;
