@@ -6,6 +6,9 @@
 
 use std::io;
 
+use std::collections::{HashMap, HashSet};
+
+use refstrip_strip::{ContentDigest, Manifest, Node};
 use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter};
 
 /// Largest base (and target) a delta is made for. A patch-from window holds base and target at
@@ -85,6 +88,99 @@ pub fn apply(base: &[u8], delta: &[u8], size: u64) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Files smaller than this get no delta: a delta frame's own overhead (~20 bytes) and the
+/// offer's (~40) eat most of what it could save on them.
+pub const MIN_DELTA_FILE: u64 = 4096;
+
+/// A delta is kept only if it is at most this fraction of the target's compressed size (measured
+/// in docs/store.md: lua's changed binaries come to 30–33 %; a delta saving less than half costs
+/// the store bytes that few clients win back).
+pub const MAX_DELTA_RATIO: f64 = 0.5;
+
+/// The delta from `base` to `target` if it is worth storing: at most [`MAX_DELTA_RATIO`] of the
+/// target compressed whole at `level` (the pack's level).
+pub fn worth_making(base: &[u8], target: &[u8], level: i32) -> io::Result<Option<Vec<u8>>> {
+    let delta = encode(base, target, level_for(target.len() as u64))?;
+    let whole = zstd::bulk::compress(target, level)?.len();
+    Ok((delta.len() as f64 <= whole as f64 * MAX_DELTA_RATIO).then_some(delta))
+}
+
+/// A file of a manifest: relative path (normalized names joined by `/`), digest, size.
+pub type FileEntry = (Vec<u8>, ContentDigest, u64);
+
+/// Every regular file of a manifest: relative path (normalized names), digest, size.
+pub fn files(manifest: &Manifest) -> Vec<FileEntry> {
+    fn walk(node: &Node, path: &mut Vec<u8>, out: &mut Vec<FileEntry>) {
+        match node {
+            Node::File { digest, size, .. } => out.push((path.clone(), *digest, *size)),
+            Node::Symlink { .. } => {}
+            Node::Directory(entries) => {
+                for e in entries {
+                    let len = path.len();
+                    path.push(b'/');
+                    path.extend_from_slice(&e.name);
+                    walk(&e.node, path, out);
+                    path.truncate(len);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&manifest.root, &mut Vec::new(), &mut out);
+    out
+}
+
+/// The path with every run of ASCII digits replaced by one `#`.
+pub fn fuzzy(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    for &b in path {
+        if b.is_ascii_digit() {
+            if out.last() != Some(&b'#') {
+                out.push(b'#');
+            }
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// For each target file, the base file it pairs with: the same path, else the same fuzzy path
+/// with the closest size. Targets whose contents the base has already get none.
+pub fn pair(
+    targets: &[FileEntry],
+    bases: &[FileEntry],
+) -> Vec<(usize, usize)> {
+    let exact: HashMap<&[u8], usize> = bases
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.0.as_slice(), i))
+        .collect();
+    let mut by_fuzzy: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
+    for (i, b) in bases.iter().enumerate() {
+        by_fuzzy.entry(fuzzy(&b.0)).or_default().push(i);
+    }
+    let base_digests: HashSet<&ContentDigest> =
+        bases.iter().map(|b| &b.1).collect();
+    let mut out = Vec::new();
+    for (t, (path, digest, size)) in targets.iter().enumerate() {
+        if base_digests.contains(digest) {
+            continue;
+        }
+        let base = exact.get(path.as_slice()).copied().or_else(|| {
+            by_fuzzy
+                .get(&fuzzy(path))?
+                .iter()
+                .copied()
+                .min_by_key(|&b| (bases[b].2.abs_diff(*size), b))
+        });
+        if let Some(b) = base {
+            out.push((t, b));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +246,30 @@ mod tests {
                 prop_assert_eq!(out.len() as u64, size);
             }
         }
+    }
+
+    fn f(path: &str, n: u8, size: u64) -> (Vec<u8>, ContentDigest, u64) {
+        (path.as_bytes().to_vec(), ContentDigest::of(&[n]), size)
+    }
+
+    #[test]
+    fn versioned_names_pair_and_ties_go_to_the_closest_size() {
+        assert_eq!(fuzzy(b"/lib/liblua.so.5.4.7"), b"/lib/liblua.so.#.#.#");
+        assert_eq!(fuzzy(b"/lib/python3.11/x"), fuzzy(b"/lib/python3.12/x"));
+        let bases = [
+            f("/lib/liblua.so.5.4.4", 1, 305_512),
+            f("/bin/luac", 2, 216_856),
+            f("/lib/libx.so.1", 3, 10),
+            f("/lib/libx.so.2", 4, 1000),
+            f("/share/same", 9, 50),
+        ];
+        let targets = [
+            f("/lib/liblua.so.5.4.7", 5, 305_584),
+            f("/bin/luac", 6, 216_928),
+            f("/lib/libx.so.3", 7, 900),
+            f("/bin/new", 8, 100),
+            f("/share/moved", 9, 50), // contents the base has already: no delta
+        ];
+        assert_eq!(pair(&targets, &bases), vec![(0, 0), (1, 1), (2, 3)]);
     }
 }

@@ -3,7 +3,7 @@
 //! pair whose contents differ a zstd patch-from delta is stored beside the full object when it is
 //! small enough to be worth a client's while.
 //!
-//! Pairing follows OSTree's rule: the same relative path, else the same path with every run of
+//! Pairing (`refstrip_cas::delta::pair`) follows OSTree's rule: the same relative path, else the same path with every run of
 //! digits wildcarded (`lib/liblua.so.5.4.4` ~ `lib/liblua.so.5.4.7`, `lib/python3.11/x` ~
 //! `lib/python3.12/x`), ties broken by the closest size. Deltas are made on the worker that
 //! stripped the path, from bytes it kept while stripping and the base read back from the store.
@@ -11,21 +11,12 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 
-use refstrip_cas::delta::MAX_DELTA_INPUT;
+use refstrip_cas::delta::{files, pair, MAX_DELTA_INPUT, MIN_DELTA_FILE};
 use refstrip_cas::{FileSource, Kind, ObjectId, ObjectWrite};
 use refstrip_read::objects::Objects;
 use refstrip_read::{Offer, PathRecord};
 use refstrip_store::{package_of, StagingPack, Store, StoreError};
-use refstrip_strip::{ContentDigest, ContentSink, ContentSource, Manifest, Node};
-
-/// Files smaller than this get no delta: a delta frame's own overhead (~20 bytes) and the
-/// offer's (~40) eat most of what it could save on them.
-pub const MIN_DELTA_FILE: u64 = 4096;
-
-/// A delta is kept only if it is at most this fraction of the target's compressed size (measured
-/// in docs/store.md: lua's changed binaries come to 30–33 %; a delta saving less than half costs
-/// the store bytes that few clients win back).
-pub const MAX_DELTA_RATIO: f64 = 0.5;
+use refstrip_strip::{ContentDigest, ContentSink, ContentSource, Manifest};
 
 /// Normalized bytes of the files of one path a worker keeps while stripping it, at most this
 /// much: the candidates for deltas. Files beyond it simply get none.
@@ -124,79 +115,6 @@ impl<S: ContentSink> ContentSink for Keep<S> {
     }
 }
 
-/// Every regular file of a manifest: relative path (normalized names), digest, size.
-fn files(manifest: &Manifest) -> Vec<(Vec<u8>, ContentDigest, u64)> {
-    fn walk(node: &Node, path: &mut Vec<u8>, out: &mut Vec<(Vec<u8>, ContentDigest, u64)>) {
-        match node {
-            Node::File { digest, size, .. } => out.push((path.clone(), *digest, *size)),
-            Node::Symlink { .. } => {}
-            Node::Directory(entries) => {
-                for e in entries {
-                    let len = path.len();
-                    path.push(b'/');
-                    path.extend_from_slice(&e.name);
-                    walk(&e.node, path, out);
-                    path.truncate(len);
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&manifest.root, &mut Vec::new(), &mut out);
-    out
-}
-
-/// The path with every run of ASCII digits replaced by one `#`.
-pub fn fuzzy(path: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(path.len());
-    for &b in path {
-        if b.is_ascii_digit() {
-            if out.last() != Some(&b'#') {
-                out.push(b'#');
-            }
-        } else {
-            out.push(b);
-        }
-    }
-    out
-}
-
-/// For each target file, the base file it pairs with: the same path, else the same fuzzy path
-/// with the closest size. Targets whose contents the base has already get none.
-pub fn pair(
-    targets: &[(Vec<u8>, ContentDigest, u64)],
-    bases: &[(Vec<u8>, ContentDigest, u64)],
-) -> Vec<(usize, usize)> {
-    let exact: HashMap<&[u8], usize> = bases
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (b.0.as_slice(), i))
-        .collect();
-    let mut by_fuzzy: HashMap<Vec<u8>, Vec<usize>> = HashMap::new();
-    for (i, b) in bases.iter().enumerate() {
-        by_fuzzy.entry(fuzzy(&b.0)).or_default().push(i);
-    }
-    let base_digests: std::collections::HashSet<&ContentDigest> =
-        bases.iter().map(|b| &b.1).collect();
-    let mut out = Vec::new();
-    for (t, (path, digest, size)) in targets.iter().enumerate() {
-        if base_digests.contains(digest) {
-            continue;
-        }
-        let base = exact.get(path.as_slice()).copied().or_else(|| {
-            by_fuzzy
-                .get(&fuzzy(path))?
-                .iter()
-                .copied()
-                .min_by_key(|&b| (bases[b].2.abs_diff(*size), b))
-        });
-        if let Some(b) = base {
-            out.push((t, b));
-        }
-    }
-    out
-}
-
 /// The deltas of one path.
 #[derive(Default)]
 pub struct Made {
@@ -241,12 +159,9 @@ pub fn make(
         {
             continue; // a base the store cannot read gets no delta; the full object is there
         }
-        let delta_level = refstrip_cas::delta::level_for(*size);
-        let delta = refstrip_cas::delta::encode(&base_bytes, target, delta_level)?;
-        let whole = zstd::bulk::compress(target, level)?.len();
-        if delta.len() as f64 > whole as f64 * MAX_DELTA_RATIO {
+        let Some(delta) = refstrip_cas::delta::worth_making(&base_bytes, target, level)? else {
             continue;
-        }
+        };
         let target_id = refstrip_cas::file_object(digest, *size);
         let covers = match target_id.kind {
             Kind::ChunkList => {
@@ -316,34 +231,4 @@ pub fn write(
     files(pack, rest)?;
     needed.extend(made.deltas.iter().map(|(id, _)| *id));
     Ok((new_objects, new_bytes, needed))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn f(path: &str, n: u8, size: u64) -> (Vec<u8>, ContentDigest, u64) {
-        (path.as_bytes().to_vec(), ContentDigest::of(&[n]), size)
-    }
-
-    #[test]
-    fn versioned_names_pair_and_ties_go_to_the_closest_size() {
-        assert_eq!(fuzzy(b"/lib/liblua.so.5.4.7"), b"/lib/liblua.so.#.#.#");
-        assert_eq!(fuzzy(b"/lib/python3.11/x"), fuzzy(b"/lib/python3.12/x"));
-        let bases = [
-            f("/lib/liblua.so.5.4.4", 1, 305_512),
-            f("/bin/luac", 2, 216_856),
-            f("/lib/libx.so.1", 3, 10),
-            f("/lib/libx.so.2", 4, 1000),
-            f("/share/same", 9, 50),
-        ];
-        let targets = [
-            f("/lib/liblua.so.5.4.7", 5, 305_584),
-            f("/bin/luac", 6, 216_928),
-            f("/lib/libx.so.3", 7, 900),
-            f("/bin/new", 8, 100),
-            f("/share/moved", 9, 50), // contents the base has already: no delta
-        ];
-        assert_eq!(pair(&targets, &bases), vec![(0, 0), (1, 1), (2, 3)]);
-    }
 }
