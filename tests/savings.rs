@@ -96,7 +96,10 @@ fn a_version_bump_with_deltas_costs_under_60_percent_of_nar_xz_and_a_mass_rebuil
     let r = savings_json(
         &generation("gen1"),
         &generation("bump"),
-        &["--methods", "nar-xz,stripped-cdc-zstd,stripped-cdc-zstd-delta"],
+        &[
+            "--methods",
+            "nar-xz,stripped-cdc-zstd,stripped-cdc-zstd-delta",
+        ],
     );
     let (xz, cdc, delta) = (
         bytes(&r, "nar-xz", "downloaded"),

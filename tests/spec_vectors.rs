@@ -240,7 +240,11 @@ fn delta_offer_vector_matches() {
     });
     if bless || committed.is_none() {
         assert!(bless, "{file} is missing: run with REFSTRIP_BLESS=1");
-        fs::write(&file, serde_json::to_string_pretty(&computed).unwrap() + "\n").unwrap();
+        fs::write(
+            &file,
+            serde_json::to_string_pretty(&computed).unwrap() + "\n",
+        )
+        .unwrap();
         return;
     }
     assert_eq!(computed, committed.unwrap(), "{file} no longer matches");

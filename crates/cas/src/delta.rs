@@ -147,10 +147,7 @@ pub fn fuzzy(path: &[u8]) -> Vec<u8> {
 
 /// For each target file, the base file it pairs with: the same path, else the same fuzzy path
 /// with the closest size. Targets whose contents the base has already get none.
-pub fn pair(
-    targets: &[FileEntry],
-    bases: &[FileEntry],
-) -> Vec<(usize, usize)> {
+pub fn pair(targets: &[FileEntry], bases: &[FileEntry]) -> Vec<(usize, usize)> {
     let exact: HashMap<&[u8], usize> = bases
         .iter()
         .enumerate()
@@ -160,8 +157,7 @@ pub fn pair(
     for (i, b) in bases.iter().enumerate() {
         by_fuzzy.entry(fuzzy(&b.0)).or_default().push(i);
     }
-    let base_digests: HashSet<&ContentDigest> =
-        bases.iter().map(|b| &b.1).collect();
+    let base_digests: HashSet<&ContentDigest> = bases.iter().map(|b| &b.1).collect();
     let mut out = Vec::new();
     for (t, (path, digest, size)) in targets.iter().enumerate() {
         if base_digests.contains(digest) {

@@ -380,7 +380,7 @@ fn encode_offers(out: &mut Vec<u8>, offers: &[Offer], order: &[ObjectId]) {
     if rows.is_empty() {
         return;
     }
-    rows.sort_by(|a, b| (a.0, a.1.base).cmp(&(b.0, b.1.base)));
+    rows.sort_by_key(|a| (a.0, a.1.base));
     rows.dedup_by(|a, b| (a.0, a.1.base) == (b.0, b.1.base));
     put(out, rows.len() as u64);
     for (target, o, delta, covers) in rows {

@@ -57,7 +57,7 @@ fn stripped(
         &StripOptions::default(),
         &mut keep,
     )
-    .map_err(|e| SavingsError::invalid(&info.store_path.to_string(), e.to_string()))?;
+    .map_err(|e| SavingsError::invalid(info.store_path.to_string(), e.to_string()))?;
     Ok((manifest, keep.kept))
 }
 
@@ -93,8 +93,7 @@ pub(crate) fn apply(
         let (tfiles, bfiles) = (files(&new_manifest), files(&old_manifest));
         for (t, b) in pair(&tfiles, &bfiles) {
             let (digest, size) = (tfiles[t].1, tfiles[t].2);
-            let (Some(target), Some(base)) = (targets.get(&digest), bases.get(&bfiles[b].1))
-            else {
+            let (Some(target), Some(base)) = (targets.get(&digest), bases.get(&bfiles[b].1)) else {
                 continue;
             };
             // The target's units, as `FileMeter` names them: its blob, or its chunk list (named
@@ -108,9 +107,8 @@ pub(crate) fn apply(
             if keys.iter().all(|k| have.contains(k)) {
                 continue;
             }
-            let Some(delta) = worth_making(base, target, PACK_LEVEL).map_err(|e| {
-                SavingsError::invalid(&info.store_path.to_string(), e.to_string())
-            })?
+            let Some(delta) = worth_making(base, target, PACK_LEVEL)
+                .map_err(|e| SavingsError::invalid(info.store_path.to_string(), e.to_string()))?
             else {
                 continue;
             };

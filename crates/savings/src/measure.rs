@@ -306,8 +306,11 @@ fn path_units(
             wanted(methods, Method::StrippedFile),
             wanted(methods, Method::StrippedFileZstd),
             // The delta method starts from these units (see `deltas`).
-            wanted(methods, Method::StrippedCdcZstd)
-                .or(wanted(methods, Method::StrippedCdcZstdDelta).map(|_| Method::StrippedCdcZstd)),
+            wanted(methods, Method::StrippedCdcZstd).or(wanted(
+                methods,
+                Method::StrippedCdcZstdDelta,
+            )
+            .map(|_| Method::StrippedCdcZstd)),
         ),
         (
             false,
@@ -324,7 +327,8 @@ fn path_units(
         strip_pass(source, info, &options, meter, &mut units)?;
     }
     if methods.contains(&Method::StrippedCdcZstdDelta) {
-        units[Method::StrippedCdcZstdDelta.index()] = units[Method::StrippedCdcZstd.index()].clone();
+        units[Method::StrippedCdcZstdDelta.index()] =
+            units[Method::StrippedCdcZstd.index()].clone();
     }
     Ok(units)
 }
