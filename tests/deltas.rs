@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use refstrip_tests::operator::{corpus_root, hashes_match, verify_contents, Serving};
+use refstrip_tests::operator::{
+    corpus_root, hashes_match, nix_copy_generation, substitute_generation, verify_contents, Serving,
+};
 use refstrip_tests::{
     generation_dir, refstrip_bin, run, static_http_server_counting, xz_bytes_new,
 };
@@ -29,34 +31,12 @@ fn store_with_bump(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
     store
 }
 
-/// A chroot Nix store with gen1, as stock Nix installs it from the plain binary cache.
 fn gen1_by_nix(root: &Path) {
-    run(Command::new("nix")
-        .args(["copy", "--no-check-sigs", "--from"])
-        .arg(format!("file://{}", generation_dir("gen1").display()))
-        .arg("--to")
-        .arg(root)
-        .arg(corpus_root("gen1")));
+    nix_copy_generation(root, "gen1");
 }
 
-/// `refstrip substitute` of bump into `root` (its own local store) from `url`: the JSON report
-/// and the bytes the origin sent meanwhile.
 fn substitute_bump(url: &str, sent: &AtomicU64, root: &Path) -> (serde_json::Value, u64) {
-    let before = sent.load(Ordering::Relaxed);
-    let out = Command::new(refstrip_bin())
-        .args(["substitute", "--json", "--no-cache", "--no-check-sigs"])
-        .args(["--from", url, "--store"])
-        .arg(root)
-        .arg(corpus_root("bump"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "substitute failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = serde_json::from_slice(&out.stdout).unwrap();
-    (report, sent.load(Ordering::Relaxed) - before)
+    substitute_generation("bump", url, sent, root, &[])
 }
 
 fn count(report: &serde_json::Value, key: &str) -> u64 {

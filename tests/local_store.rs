@@ -23,12 +23,7 @@ fn root_path(generation: &str) -> String {
 
 /// A chroot Nix store with gen1, as stock Nix installs it from the plain binary cache.
 fn gen1_by_nix(root: &Path) {
-    run(Command::new("nix")
-        .args(["copy", "--no-check-sigs", "--from"])
-        .arg(format!("file://{}", gen_dir("gen1").display()))
-        .arg("--to")
-        .arg(root)
-        .arg(root_path("gen1")));
+    refstrip_tests::operator::nix_copy_generation(root, "gen1");
 }
 
 fn index(root: &Path) -> String {
@@ -46,39 +41,7 @@ fn substitute_mass(
     root: &Path,
     extra: &[&str],
 ) -> (serde_json::Value, u64) {
-    substitute_generation("mass", url, sent, root, extra)
-}
-
-fn substitute_generation(
-    generation: &str,
-    url: &str,
-    sent: &std::sync::atomic::AtomicU64,
-    root: &Path,
-    extra: &[&str],
-) -> (serde_json::Value, u64) {
-    let before = sent.load(Ordering::Relaxed);
-    let out = Command::new(refstrip_bin())
-        .args([
-            "substitute",
-            "--json",
-            "--no-cache",
-            "--no-check-sigs",
-            "--from",
-            url,
-            "--store",
-        ])
-        .arg(root)
-        .args(extra)
-        .arg(root_path(generation))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "substitute failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = serde_json::from_slice(&out.stdout).unwrap();
-    (report, sent.load(Ordering::Relaxed) - before)
+    refstrip_tests::operator::substitute_generation("mass", url, sent, root, extra)
 }
 
 fn mass_hashes_match(root: &Path) {
@@ -221,7 +184,7 @@ fn substitute_indexes_the_paths_it_writes() {
     let (url, _, sent) = static_http_server_counting(store.clone());
     // A store this run makes: nothing to read from, the 14 paths written are indexed.
     let root = dir.path().join("root");
-    let (r, _) = substitute_generation("gen1", &url, &sent, &root, &[]);
+    let (r, _) = refstrip_tests::operator::substitute_generation("gen1", &url, &sent, &root, &[]);
     assert_eq!(r["paths"], 14, "{r}");
     assert_eq!(r["indexed_written_paths"], 14, "{r}");
     assert!(index(&root).contains("indexed 0 new paths"));

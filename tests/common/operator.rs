@@ -105,6 +105,49 @@ pub fn verify_contents(root: &Path) {
     );
 }
 
+/// A chroot Nix store at `root` given corpus/small's `generation` by stock Nix from the plain
+/// binary cache (no refstrip).
+pub fn nix_copy_generation(root: &Path, generation: &str) {
+    run(Command::new("nix")
+        .args(["copy", "--no-check-sigs", "--from"])
+        .arg(format!(
+            "file://{}",
+            corpus_dir().join("small").join(generation).display()
+        ))
+        .arg("--to")
+        .arg(root)
+        .arg(corpus_root(generation)));
+}
+
+/// `refstrip substitute --json --no-cache --no-check-sigs --from URL --store ROOT EXTRA…` of
+/// corpus/small's `generation`: the report, and the bytes the origin counted by `sent` sent
+/// meanwhile.
+pub fn substitute_generation(
+    generation: &str,
+    url: &str,
+    sent: &std::sync::atomic::AtomicU64,
+    root: &Path,
+    extra: &[&str],
+) -> (serde_json::Value, u64) {
+    use std::sync::atomic::Ordering;
+    let before = sent.load(Ordering::Relaxed);
+    let out = Command::new(refstrip_bin())
+        .args(["substitute", "--json", "--no-cache", "--no-check-sigs"])
+        .args(["--from", url, "--store"])
+        .arg(root)
+        .args(extra)
+        .arg(corpus_root(generation))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "substitute failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_slice(&out.stdout).unwrap();
+    (report, sent.load(Ordering::Relaxed) - before)
+}
+
 /// The NAR hashes of a corpus generation's closure as its binary cache records them are what the
 /// chroot store at `root` reports for it.
 pub fn hashes_match(root: &Path, generation: &str) {
