@@ -230,6 +230,16 @@ mod tests {
             rebuild(&record, &t, &has_target, &packs, Some(&counters)),
             None
         );
+        // ... without reading the object table (a shape from near by has not fetched it).
+        let reads = Arc::new(AtomicU64::new(0));
+        let counted = reads.clone();
+        let deferred = crate::Locations::deferred(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Table::default())
+        });
+        let unread = record_of(t, target.len() as u64, deferred);
+        assert_eq!(rebuild(&unread, &t, &has_target, &packs, None), None);
+        assert_eq!(FetchCounters::get(&reads), 0);
         assert_eq!(FetchCounters::get(&counters.deltas_rejected), 1);
 
         // An offer naming a valid delta of other bytes: the output is wrong, refused.
