@@ -3,10 +3,11 @@
 //! the target from a frame a fraction of the target's compressed size. A delta is an object of
 //! kind [`Kind::Delta`](crate::Kind::Delta), named by the BLAKE3 of its bytes; the output proves
 //! itself by hashing to the target's name, so neither the base nor the delta needs trusting.
-
-use std::io;
+//! Also here, shared by ingest (which stores deltas) and savings (which counts them): which files
+//! pair up ([`pair`]) and which deltas are worth storing ([`worth_making`]).
 
 use std::collections::{HashMap, HashSet};
+use std::io;
 
 use refstrip_strip::{ContentDigest, Manifest, Node};
 use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter};
@@ -93,7 +94,7 @@ pub fn apply(base: &[u8], delta: &[u8], size: u64) -> io::Result<Vec<u8>> {
 pub const MIN_DELTA_FILE: u64 = 4096;
 
 /// A delta is kept only if it is at most this fraction of the target's compressed size (measured
-/// in docs/store.md: lua's changed binaries come to 30–33 %; a delta saving less than half costs
+/// in docs/store.md: lua's changed binaries come to 23–29 %; a delta saving less than half costs
 /// the store bytes that few clients win back).
 pub const MAX_DELTA_RATIO: f64 = 0.5;
 

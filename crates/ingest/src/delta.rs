@@ -3,10 +3,11 @@
 //! pair whose contents differ a zstd patch-from delta is stored beside the full object when it is
 //! small enough to be worth a client's while.
 //!
-//! Pairing (`refstrip_cas::delta::pair`) follows OSTree's rule: the same relative path, else the same path with every run of
-//! digits wildcarded (`lib/liblua.so.5.4.4` ~ `lib/liblua.so.5.4.7`, `lib/python3.11/x` ~
-//! `lib/python3.12/x`), ties broken by the closest size. Deltas are made on the worker that
-//! stripped the path, from bytes it kept while stripping and the base read back from the store.
+//! Pairing (`refstrip_cas::delta::pair`) follows OSTree's rule: the same relative path, else the
+//! same path with every run of digits wildcarded (`lib/liblua.so.5.4.4` ~ `lib/liblua.so.5.4.7`,
+//! `lib/python3.11/x` ~ `lib/python3.12/x`), ties broken by the closest size. Deltas are made on
+//! the worker that stripped the path, from bytes it kept while stripping and the base read back
+//! from the store.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
