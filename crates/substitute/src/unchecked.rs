@@ -231,21 +231,35 @@ impl<'a> Feeder<'a> {
             return Ok(());
         };
         let size = *size;
-        if let Some(bytes) = self.near.and_then(|near| {
+        if let Some(near) = self.near {
             let id = refstrip_cas::file_object(digest, size);
-            refstrip_read::delta::rebuild(self.record, &id, near, self.packs, Some(self.counters))
-        }) {
-            if size > CHUNK_THRESHOLD as u64 {
-                let list = refstrip_cas::chunk_list_of(&bytes);
-                self.rebuilt.lock().expect("poisoned").insert(*digest, list);
+            // A delta's output is the whole file in memory: its share of the budget is taken
+            // first, and only when an offer's base is near (which needs the object table only if
+            // the file itself is not near).
+            let usable = !near.may_have(&id)
+                && self
+                    .record
+                    .objects
+                    .table()
+                    .is_ok_and(|t| refstrip_read::delta::usable(t, &id, near).is_some());
+            if usable {
+                self.end_run()?;
+                let ticket = self.take(size)?;
+                let counters = Some(self.counters);
+                let rebuilt =
+                    refstrip_read::delta::rebuild(self.record, &id, near, self.packs, counters);
+                if let Some(bytes) = rebuilt {
+                    if size > CHUNK_THRESHOLD as u64 {
+                        let list = refstrip_cas::chunk_list_of(&bytes);
+                        self.rebuilt.lock().expect("poisoned").insert(*digest, list);
+                    }
+                    self.push(Bytes::from_owner(Held {
+                        bytes,
+                        _ticket: ticket,
+                    }))?;
+                    return self.end_run();
+                }
             }
-            self.end_run()?;
-            let ticket = self.take(size)?;
-            self.push(Bytes::from_owner(Held {
-                bytes,
-                _ticket: ticket,
-            }))?;
-            return self.end_run();
         }
         if size <= CHUNK_THRESHOLD as u64 {
             self.object(&ObjectId::new(Kind::Blob, *digest))?;
