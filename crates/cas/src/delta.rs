@@ -17,11 +17,11 @@ use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter};
 pub const MAX_DELTA_INPUT: u64 = 64 << 20;
 
 /// zstd level of deltas (measured in docs/store.md: 19 makes lua's deltas 11 % smaller than 12
-/// and runs at about 1 MB/s of target on them, 12 at about 5 MB/s; a delta is made once and
+/// and makes about 2 MB/s of target on them, 12 about 13 MB/s; a delta is made once and
 /// fetched by every client that updates).
 pub const DELTA_LEVEL: i32 = 19;
 /// Targets above this get [`DELTA_LEVEL_LARGE`]: at level 19 a 64 MiB target would hold a worker
-/// for a minute.
+/// for half a minute.
 pub const DELTA_LARGE: u64 = 8 << 20;
 pub const DELTA_LEVEL_LARGE: i32 = 12;
 
