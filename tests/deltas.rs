@@ -8,10 +8,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use refstrip_tests::operator::{
-    corpus_root, hashes_match, nix_copy_generation, substitute_generation, verify_contents, Serving,
+    corpus_root, hashes_match, local_substituter, nix_copy_counted, nix_copy_generation,
+    substitute_generation, verify_contents,
 };
 use refstrip_tests::{
     generation_dir, refstrip_bin, run, static_http_server_counting, xz_bytes_new,
@@ -84,25 +85,8 @@ fn a_version_bump_comes_as_deltas_through_substitute_and_serve() {
     // Stock Nix through the local substituter.
     let root = dir.path().join("serve");
     gen1_by_nix(&root);
-    let serve = Serving::start_from(
-        &origin,
-        &[
-            "--store-dir",
-            "/nix/store",
-            "--local-store",
-            root.to_str().unwrap(),
-        ],
-    );
-    let before = sent.load(Ordering::Relaxed);
-    run(Command::new("nix")
-        .args(["copy", "--option", "trusted-public-keys"])
-        .arg(refstrip_tests::corpus_key())
-        .args(["--option", "narinfo-cache-negative-ttl", "0"])
-        .args(["--option", "narinfo-cache-positive-ttl", "0"])
-        .args(["--from", &serve.url(), "--to"])
-        .arg(&root)
-        .arg(corpus_root("bump")));
-    let fetched = sent.load(Ordering::Relaxed) - before;
+    let serve = local_substituter(&origin, &root, &[]);
+    let fetched = nix_copy_counted(&serve.url(), &root, &corpus_root("bump"), &sent);
     drop(serve);
     verify_contents(&root);
     hashes_match(&root, "bump");

@@ -5,9 +5,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::Ordering;
 
-use refstrip_tests::operator::{verify_contents, Serving};
+use refstrip_tests::operator::{local_substituter, nix_copy_counted as nix_copy, verify_contents};
 use refstrip_tests::{corpus_dir, refstrip_bin, run, static_http_server_counting};
 
 fn gen_dir(generation: &str) -> PathBuf {
@@ -262,35 +261,6 @@ fn nix_verify_mass_only(root: &Path, altered: &Path) {
             "only the altered path may be reported: {line}"
         );
     }
-}
-
-/// The local substituter: `refstrip serve --from FROM --local-store ROOT`.
-fn local_substituter(from: &str, root: &Path, extra: &[&str]) -> Serving {
-    let mut args = vec![
-        "--store-dir",
-        "/nix/store",
-        "--local-store",
-        root.to_str().unwrap(),
-    ];
-    args.extend(extra);
-    Serving::start_from(from, &args)
-}
-
-/// Stock `nix copy` of `path` from the cache at `url` into `root`, signatures checked against the
-/// corpus key; the bytes the origin sent meanwhile.
-fn nix_copy(url: &str, root: &Path, path: &str, sent: &std::sync::atomic::AtomicU64) -> u64 {
-    let before = sent.load(Ordering::Relaxed);
-    // Nix caches narinfos per cache URL (a 404 for an hour): other tests' servers answered on
-    // these loopback ports before, some with a 404 for every path.
-    run(Command::new("nix")
-        .args(["copy", "--option", "trusted-public-keys"])
-        .arg(refstrip_tests::corpus_key())
-        .args(["--option", "narinfo-cache-negative-ttl", "0"])
-        .args(["--option", "narinfo-cache-positive-ttl", "0"])
-        .args(["--from", url, "--to"])
-        .arg(root)
-        .arg(path));
-    sent.load(Ordering::Relaxed) - before
 }
 
 #[test]

@@ -47,14 +47,7 @@ pub fn key_pair(dir: &Path, name: &str) -> (PathBuf, String) {
 /// every signature removed from Nix's database: the paths are then exactly as unsigned as paths a
 /// build machine built itself (input-addressed, no CA field, no `sigs`).
 pub fn unsigned_local_store(root: &Path, generation: &str) {
-    run(nix(&["copy", "--no-check-sigs", "--from"])
-        .arg(format!(
-            "file://{}",
-            corpus_dir().join("small").join(generation).display()
-        ))
-        .arg("--to")
-        .arg(root)
-        .arg(corpus_root(generation)));
+    nix_copy_generation(root, generation);
     strip_signatures(root);
 }
 
@@ -105,11 +98,45 @@ pub fn verify_contents(root: &Path) {
     );
 }
 
+/// The local substituter: `refstrip serve --from FROM --local-store ROOT`.
+pub fn local_substituter(from: &str, root: &Path, extra: &[&str]) -> Serving {
+    let mut args = vec![
+        "--store-dir",
+        "/nix/store",
+        "--local-store",
+        root.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    Serving::start_from(from, &args)
+}
+
+/// Stock `nix copy` of `path` from the cache at `url` into `root`, signatures checked against the
+/// corpus key; the bytes the origin sent meanwhile.
+pub fn nix_copy_counted(
+    url: &str,
+    root: &Path,
+    path: &str,
+    sent: &std::sync::atomic::AtomicU64,
+) -> u64 {
+    use std::sync::atomic::Ordering;
+    let before = sent.load(Ordering::Relaxed);
+    // Nix caches narinfos per cache URL (a 404 for an hour): other tests' servers answered on
+    // these loopback ports before, some with a 404 for every path.
+    run(Command::new("nix")
+        .args(["copy", "--option", "trusted-public-keys"])
+        .arg(crate::corpus_key())
+        .args(["--option", "narinfo-cache-negative-ttl", "0"])
+        .args(["--option", "narinfo-cache-positive-ttl", "0"])
+        .args(["--from", url, "--to"])
+        .arg(root)
+        .arg(path));
+    sent.load(Ordering::Relaxed) - before
+}
+
 /// A chroot Nix store at `root` given corpus/small's `generation` by stock Nix from the plain
 /// binary cache (no refstrip).
 pub fn nix_copy_generation(root: &Path, generation: &str) {
-    run(Command::new("nix")
-        .args(["copy", "--no-check-sigs", "--from"])
+    run(nix(&["copy", "--no-check-sigs", "--from"])
         .arg(format!(
             "file://{}",
             corpus_dir().join("small").join(generation).display()
