@@ -5,9 +5,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::Ordering;
 
-use refstrip_tests::operator::{verify_contents, Serving};
+use refstrip_tests::operator::{local_substituter, nix_copy_counted as nix_copy, verify_contents};
 use refstrip_tests::{corpus_dir, refstrip_bin, run, static_http_server_counting};
 
 fn gen_dir(generation: &str) -> PathBuf {
@@ -23,12 +22,7 @@ fn root_path(generation: &str) -> String {
 
 /// A chroot Nix store with gen1, as stock Nix installs it from the plain binary cache.
 fn gen1_by_nix(root: &Path) {
-    run(Command::new("nix")
-        .args(["copy", "--no-check-sigs", "--from"])
-        .arg(format!("file://{}", gen_dir("gen1").display()))
-        .arg("--to")
-        .arg(root)
-        .arg(root_path("gen1")));
+    refstrip_tests::operator::nix_copy_generation(root, "gen1");
 }
 
 fn index(root: &Path) -> String {
@@ -46,66 +40,11 @@ fn substitute_mass(
     root: &Path,
     extra: &[&str],
 ) -> (serde_json::Value, u64) {
-    substitute_generation("mass", url, sent, root, extra)
+    refstrip_tests::operator::substitute_generation("mass", url, sent, root, extra)
 }
 
-fn substitute_generation(
-    generation: &str,
-    url: &str,
-    sent: &std::sync::atomic::AtomicU64,
-    root: &Path,
-    extra: &[&str],
-) -> (serde_json::Value, u64) {
-    let before = sent.load(Ordering::Relaxed);
-    let out = Command::new(refstrip_bin())
-        .args([
-            "substitute",
-            "--json",
-            "--no-cache",
-            "--no-check-sigs",
-            "--from",
-            url,
-            "--store",
-        ])
-        .arg(root)
-        .args(extra)
-        .arg(root_path(generation))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "substitute failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = serde_json::from_slice(&out.stdout).unwrap();
-    (report, sent.load(Ordering::Relaxed) - before)
-}
-
-/// The mass generation's NAR hashes as the corpus cache records them, and as the store reports them.
 fn mass_hashes_match(root: &Path) {
-    let q = |args: &[&str], paths: &[String]| {
-        String::from_utf8(run(Command::new("nix-store")
-            .arg("--store")
-            .arg(root)
-            .args(args)
-            .args(paths)))
-        .unwrap()
-    };
-    let closure: Vec<String> = q(&["--query", "--requisites"], &[root_path("mass")])
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let got = q(&["--query", "--hash"], &closure);
-    for info in fs::read_dir(gen_dir("mass")).unwrap().flatten() {
-        let text = fs::read_to_string(info.path()).unwrap_or_default();
-        if let Some(hash) = text.lines().find_map(|l| l.strip_prefix("NarHash: ")) {
-            assert!(
-                got.contains(hash),
-                "{} missing in {got}",
-                info.path().display()
-            );
-        }
-    }
+    refstrip_tests::operator::hashes_match(root, "mass");
 }
 
 /// The largest regular file under `dir`.
@@ -244,7 +183,7 @@ fn substitute_indexes_the_paths_it_writes() {
     let (url, _, sent) = static_http_server_counting(store.clone());
     // A store this run makes: nothing to read from, the 14 paths written are indexed.
     let root = dir.path().join("root");
-    let (r, _) = substitute_generation("gen1", &url, &sent, &root, &[]);
+    let (r, _) = refstrip_tests::operator::substitute_generation("gen1", &url, &sent, &root, &[]);
     assert_eq!(r["paths"], 14, "{r}");
     assert_eq!(r["indexed_written_paths"], 14, "{r}");
     assert!(index(&root).contains("indexed 0 new paths"));
@@ -322,35 +261,6 @@ fn nix_verify_mass_only(root: &Path, altered: &Path) {
             "only the altered path may be reported: {line}"
         );
     }
-}
-
-/// The local substituter: `refstrip serve --from FROM --local-store ROOT`.
-fn local_substituter(from: &str, root: &Path, extra: &[&str]) -> Serving {
-    let mut args = vec![
-        "--store-dir",
-        "/nix/store",
-        "--local-store",
-        root.to_str().unwrap(),
-    ];
-    args.extend(extra);
-    Serving::start_from(from, &args)
-}
-
-/// Stock `nix copy` of `path` from the cache at `url` into `root`, signatures checked against the
-/// corpus key; the bytes the origin sent meanwhile.
-fn nix_copy(url: &str, root: &Path, path: &str, sent: &std::sync::atomic::AtomicU64) -> u64 {
-    let before = sent.load(Ordering::Relaxed);
-    // Nix caches narinfos per cache URL (a 404 for an hour): other tests' servers answered on
-    // these loopback ports before, some with a 404 for every path.
-    run(Command::new("nix")
-        .args(["copy", "--option", "trusted-public-keys"])
-        .arg(refstrip_tests::corpus_key())
-        .args(["--option", "narinfo-cache-negative-ttl", "0"])
-        .args(["--option", "narinfo-cache-positive-ttl", "0"])
-        .args(["--from", url, "--to"])
-        .arg(root)
-        .arg(path));
-    sent.load(Ordering::Relaxed) - before
 }
 
 #[test]

@@ -151,17 +151,125 @@ fn x86_filter_vector() {
     let vector: Value =
         serde_json::from_str(&fs::read_to_string(format!("{VECTORS}/x86-filter.json")).unwrap())
             .unwrap();
-    let bytes = |key: &str| {
-        let s = vector[key].as_str().unwrap();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect::<Vec<u8>>()
-    };
+    let bytes = |key: &str| decode_hex(vector[key].as_str().unwrap());
     let (input, filtered) = (bytes("input_hex"), bytes("filtered_hex"));
     let mut b = input.clone();
     refstrip_cas::filter::encode(&mut b);
     assert_eq!(hex(&b), hex(&filtered));
     refstrip_cas::filter::decode(&mut b);
     assert_eq!(b, input);
+}
+
+/// §8's delta offers: a fixed object table with two offers encoded as a shape file's tail, and
+/// §5's delta object: a frame that rebuilds its target from its base as a zstd prefix. The frame
+/// is checked by decoding (compressors may encode differently; every decoder must decode alike).
+#[test]
+fn delta_offer_vector_matches() {
+    use refstrip_cas::pack::Location;
+    use refstrip_cas::{Kind, ObjectId};
+    use refstrip_read::{ObjectMap, Offer, ShapeFile, Table};
+    use refstrip_strip::ContentDigest;
+
+    let file = format!("{VECTORS}/delta-offers.json");
+    let bless = std::env::var_os("REFSTRIP_BLESS").is_some();
+    let committed: Option<Value> = fs::read_to_string(&file)
+        .ok()
+        .map(|t| serde_json::from_str(&t).unwrap());
+
+    let base = b"local lua = require('lua') -- version 5.4.4, built 2023\n".repeat(8);
+    let mut target = base.clone();
+    target[38..43].copy_from_slice(b"5.4.7");
+    target.extend_from_slice(b"-- one more line\n");
+    let delta = match (&committed, bless) {
+        (Some(v), false) => decode_hex(v["delta"]["delta_hex"].as_str().unwrap()),
+        _ => refstrip_cas::delta::encode(&base, &target, refstrip_cas::delta::DELTA_LEVEL).unwrap(),
+    };
+    assert_eq!(
+        refstrip_cas::delta::apply(&base, &delta, target.len() as u64).unwrap(),
+        target
+    );
+
+    let d = |n: u8| ContentDigest::of(&[n]);
+    let at = |block_offset, size| Location {
+        block_offset,
+        block_len: 40,
+        block_raw_len: 300_000,
+        offset_in_block: 0,
+        size,
+    };
+    let small = ObjectId::blob(&target);
+    let delta_id = ObjectId::new(Kind::Delta, ContentDigest::of(&delta));
+    let large = ObjectId::new(Kind::ChunkList, d(2));
+    let chunk = ObjectId::new(Kind::Blob, d(3));
+    let large_delta = ObjectId::new(Kind::Delta, d(4));
+    let objects: ObjectMap = [
+        (small, ("aa".to_string(), at(8, target.len() as u64))),
+        (delta_id, ("bb".to_string(), at(48, delta.len() as u64))),
+        (large, ("aa".to_string(), at(88, 40))),
+        (chunk, ("aa".to_string(), at(88, 270_000))),
+        (large_delta, ("bb".to_string(), at(128, 900))),
+    ]
+    .into_iter()
+    .collect();
+    let offers = vec![
+        Offer {
+            target: small,
+            target_size: target.len() as u64,
+            base: ContentDigest::of(&base),
+            base_size: base.len() as u64,
+            delta: delta_id.digest,
+            covers: vec![],
+        },
+        Offer {
+            target: large,
+            target_size: 270_000,
+            base: d(5),
+            base_size: 269_000,
+            delta: large_delta.digest,
+            covers: vec![chunk.digest],
+        },
+    ];
+    let table = Table { objects, offers };
+    // A shape file whose body frame is empty: what follows it is the object table and offers.
+    let shape_file = ShapeFile::encode(b"", &table);
+    let prefix = ShapeFile::encode(b"", &Table::default());
+    let prefix_len = prefix.len() - 2; // the empty table: two zero counts
+    let tail = &shape_file[prefix_len..];
+    let decoded = ShapeFile::decode_objects(&shape_file).unwrap();
+    let mut offers_sorted = table.offers.clone();
+    offers_sorted.sort_by_key(|o| (o.target, o.base));
+    assert_eq!(decoded.offers, offers_sorted);
+    let offer_json = |o: &Offer| {
+        json!({"target": o.target.digest.to_hex(), "target_kind": o.target.kind.name(),
+               "target_size": o.target_size, "base": o.base.to_hex(), "base_size": o.base_size,
+               "delta": o.delta.to_hex(),
+               "covers": o.covers.iter().map(|c| c.to_hex()).collect::<Vec<_>>()})
+    };
+    let computed = json!({
+        "table_and_offers_hex": hex(tail),
+        "offers": decoded.offers.iter().map(offer_json).collect::<Vec<_>>(),
+        "delta": {
+            "base_hex": hex(&base),
+            "delta_hex": hex(&delta),
+            "target_hex": hex(&target),
+            "target_blake3": ContentDigest::of(&target).to_hex(),
+        },
+    });
+    if bless || committed.is_none() {
+        assert!(bless, "{file} is missing: run with REFSTRIP_BLESS=1");
+        fs::write(
+            &file,
+            serde_json::to_string_pretty(&computed).unwrap() + "\n",
+        )
+        .unwrap();
+        return;
+    }
+    assert_eq!(computed, committed.unwrap(), "{file} no longer matches");
+}
+
+fn decode_hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }

@@ -291,15 +291,29 @@ pub fn edit_objects(
 
 /// Bytes of every NAR of a generation compressed with xz at Nix's level (6): the NAR+xz baseline.
 pub fn xz_bytes(generation: &str) -> u64 {
-    let source = refstrip_source::open_source(
-        generation_dir(generation).to_str().unwrap(),
-        refstrip_nix::StoreDir::default(),
-    )
-    .unwrap();
+    xz_bytes_new(generation, None)
+}
+
+/// [`xz_bytes`] of the paths of `generation` that `base` (another generation) lacks: what a
+/// plain binary cache sends a client updating from `base`.
+pub fn xz_bytes_new(generation: &str, base: Option<&str>) -> u64 {
+    let open = |g: &str| {
+        refstrip_source::open_source(
+            generation_dir(g).to_str().unwrap(),
+            refstrip_nix::StoreDir::default(),
+        )
+        .unwrap()
+    };
+    let source = open(generation);
+    let old: std::collections::HashSet<_> = match base {
+        Some(b) => open(b).list().unwrap().into_iter().collect(),
+        None => Default::default(),
+    };
     source
         .list()
         .unwrap()
         .iter()
+        .filter(|p| !old.contains(*p))
         .map(|p| {
             let mut nar = Vec::new();
             use std::io::Read;

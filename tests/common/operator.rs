@@ -47,14 +47,7 @@ pub fn key_pair(dir: &Path, name: &str) -> (PathBuf, String) {
 /// every signature removed from Nix's database: the paths are then exactly as unsigned as paths a
 /// build machine built itself (input-addressed, no CA field, no `sigs`).
 pub fn unsigned_local_store(root: &Path, generation: &str) {
-    run(nix(&["copy", "--no-check-sigs", "--from"])
-        .arg(format!(
-            "file://{}",
-            corpus_dir().join("small").join(generation).display()
-        ))
-        .arg("--to")
-        .arg(root)
-        .arg(corpus_root(generation)));
+    nix_copy_generation(root, generation);
     strip_signatures(root);
 }
 
@@ -103,6 +96,112 @@ pub fn verify_contents(root: &Path) {
             && !stderr.contains("disappeared"),
         "verify complained: {stderr}"
     );
+}
+
+/// The local substituter: `refstrip serve --from FROM --local-store ROOT`.
+pub fn local_substituter(from: &str, root: &Path, extra: &[&str]) -> Serving {
+    let mut args = vec![
+        "--store-dir",
+        "/nix/store",
+        "--local-store",
+        root.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    Serving::start_from(from, &args)
+}
+
+/// Stock `nix copy` of `path` from the cache at `url` into `root`, signatures checked against the
+/// corpus key; the bytes the origin sent meanwhile.
+pub fn nix_copy_counted(
+    url: &str,
+    root: &Path,
+    path: &str,
+    sent: &std::sync::atomic::AtomicU64,
+) -> u64 {
+    use std::sync::atomic::Ordering;
+    let before = sent.load(Ordering::Relaxed);
+    // Nix caches narinfos per cache URL (a 404 for an hour): other tests' servers answered on
+    // these loopback ports before, some with a 404 for every path.
+    run(Command::new("nix")
+        .args(["copy", "--option", "trusted-public-keys"])
+        .arg(crate::corpus_key())
+        .args(["--option", "narinfo-cache-negative-ttl", "0"])
+        .args(["--option", "narinfo-cache-positive-ttl", "0"])
+        .args(["--from", url, "--to"])
+        .arg(root)
+        .arg(path));
+    sent.load(Ordering::Relaxed) - before
+}
+
+/// A chroot Nix store at `root` given corpus/small's `generation` by stock Nix from the plain
+/// binary cache (no refstrip).
+pub fn nix_copy_generation(root: &Path, generation: &str) {
+    run(nix(&["copy", "--no-check-sigs", "--from"])
+        .arg(format!(
+            "file://{}",
+            corpus_dir().join("small").join(generation).display()
+        ))
+        .arg("--to")
+        .arg(root)
+        .arg(corpus_root(generation)));
+}
+
+/// `refstrip substitute --json --no-cache --no-check-sigs --from URL --store ROOT EXTRA…` of
+/// corpus/small's `generation`: the report, and the bytes the origin counted by `sent` sent
+/// meanwhile.
+pub fn substitute_generation(
+    generation: &str,
+    url: &str,
+    sent: &std::sync::atomic::AtomicU64,
+    root: &Path,
+    extra: &[&str],
+) -> (serde_json::Value, u64) {
+    use std::sync::atomic::Ordering;
+    let before = sent.load(Ordering::Relaxed);
+    let out = Command::new(refstrip_bin())
+        .args(["substitute", "--json", "--no-cache", "--no-check-sigs"])
+        .args(["--from", url, "--store"])
+        .arg(root)
+        .args(extra)
+        .arg(corpus_root(generation))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "substitute failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_slice(&out.stdout).unwrap();
+    (report, sent.load(Ordering::Relaxed) - before)
+}
+
+/// The NAR hashes of a corpus generation's closure as its binary cache records them are what the
+/// chroot store at `root` reports for it.
+pub fn hashes_match(root: &Path, generation: &str) {
+    let q = |args: &[&str], paths: &[String]| {
+        String::from_utf8(run(Command::new("nix-store")
+            .arg("--store")
+            .arg(root)
+            .args(args)
+            .args(paths)))
+        .unwrap()
+    };
+    let closure: Vec<String> = q(&["--query", "--requisites"], &[corpus_root(generation)])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let got = q(&["--query", "--hash"], &closure);
+    let dir = crate::corpus_dir().join("small").join(generation);
+    for info in std::fs::read_dir(dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(info.path()).unwrap_or_default();
+        if let Some(hash) = text.lines().find_map(|l| l.strip_prefix("NarHash: ")) {
+            assert!(
+                got.contains(hash),
+                "{} missing in {got}",
+                info.path().display()
+            );
+        }
+    }
 }
 
 /// The closure of `path` in the chroot store at `root`, as Nix lists it.

@@ -18,6 +18,13 @@ pub trait ObjectWrite {
 /// Somewhere objects can be read from; implementations verify what they return.
 pub trait ObjectRead {
     fn get(&mut self, id: &ObjectId) -> Result<Vec<u8>, CasError>;
+
+    /// The whole normalized contents of file `id` (`size` bytes) by another way than its
+    /// objects (a client rebuilding it from a delta), already checked against `id`'s digest;
+    /// `None` to read it object by object.
+    fn file(&mut self, _id: &ObjectId, _size: u64) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// Stores each normalized file as one blob, or as chunks plus a chunk list when it is large.
@@ -101,6 +108,20 @@ impl<W: ObjectWrite + ?Sized> FileSink<'_, W> {
     }
 }
 
+/// The chunk list of a large file's normalized `contents`, as [`FileSink`] makes it (for a
+/// reader that has the contents by another way, such as a delta).
+pub fn chunk_list_of(contents: &[u8]) -> Vec<u8> {
+    let mut chunks = Vec::new();
+    let mut emit = |c: &[u8]| -> Result<(), ()> {
+        chunks.push((ContentDigest::of(c), c.len() as u64));
+        Ok(())
+    };
+    let mut chunker = Chunker::default();
+    let _ = chunker.feed(contents, &mut emit);
+    let _ = chunker.finish(&mut emit);
+    encode_chunk_list(&chunks)
+}
+
 fn encode_chunk_list(chunks: &[(ContentDigest, u64)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(chunks.len() * 36);
     put(&mut out, chunks.len() as u64);
@@ -147,6 +168,9 @@ impl<'r, R: ObjectRead + ?Sized> FileSource<'r, R> {
 impl<R: ObjectRead + ?Sized> ContentSource for FileSource<'_, R> {
     fn open(&mut self, digest: &ContentDigest, size: u64) -> io::Result<Box<dyn Read + '_>> {
         let id = file_object(digest, size);
+        if let Some(bytes) = self.store.file(&id, size) {
+            return Ok(Box::new(io::Cursor::new(bytes)));
+        }
         if id.kind == Kind::Blob {
             let bytes = self.store.get(&id)?;
             return Ok(Box::new(io::Cursor::new(bytes)));

@@ -11,6 +11,9 @@ pub enum Kind {
     ChunkList,
     /// An encoded manifest, named by the BLAKE3 of its encoding.
     Manifest,
+    /// A zstd frame that rebuilds one file's normalized bytes from another's (see [`crate::delta`]);
+    /// named by the BLAKE3 of its own bytes.
+    Delta,
 }
 
 impl Kind {
@@ -19,6 +22,7 @@ impl Kind {
             Kind::Blob => 0,
             Kind::ChunkList => 1,
             Kind::Manifest => 2,
+            Kind::Delta => 3,
         }
     }
 
@@ -27,6 +31,7 @@ impl Kind {
             0 => Kind::Blob,
             1 => Kind::ChunkList,
             2 => Kind::Manifest,
+            3 => Kind::Delta,
             _ => return None,
         })
     }
@@ -36,6 +41,7 @@ impl Kind {
             Kind::Blob => "blob",
             Kind::ChunkList => "chunklist",
             Kind::Manifest => "manifest",
+            Kind::Delta => "delta",
         }
     }
 }

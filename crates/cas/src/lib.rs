@@ -13,6 +13,7 @@
 
 pub mod bundle;
 mod chunk;
+pub mod delta;
 mod error;
 mod files;
 pub mod filter;
@@ -21,5 +22,7 @@ pub mod pack;
 
 pub use chunk::{Chunker, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, CHUNK_THRESHOLD};
 pub use error::CasError;
-pub use files::{decode_chunk_list, file_object, FileSink, FileSource, ObjectRead, ObjectWrite};
+pub use files::{
+    chunk_list_of, decode_chunk_list, file_object, FileSink, FileSource, ObjectRead, ObjectWrite,
+};
 pub use id::{Kind, ObjectId};

@@ -367,6 +367,18 @@ impl<W: Write> PackWriter<W> {
         Ok(true)
     }
 
+    /// Close the open blocks now, so that the next objects start blocks of their own (a path's
+    /// deltas share blocks only with each other: a client fetching them does not fetch the full
+    /// objects they stand in for). In class order, so the output does not depend on which class
+    /// came first.
+    pub fn end_block(&mut self) -> io::Result<()> {
+        self.open.sort_by_key(|b| b.class);
+        while !self.open.is_empty() {
+            self.flush_block(0)?;
+        }
+        Ok(())
+    }
+
     /// Send open block `i` to the pool, then write what the pool has finished (waiting while more
     /// blocks are in flight than the pool has threads, which bounds memory).
     fn flush_block(&mut self, i: usize) -> io::Result<()> {
@@ -429,11 +441,7 @@ impl<W: Write> PackWriter<W> {
 
     /// Write the last blocks, the index and the footer.
     pub fn finish(mut self) -> io::Result<(W, HashMap<ObjectId, Location>)> {
-        // Open blocks in class order, so the output does not depend on which class came first.
-        self.open.sort_by_key(|b| b.class);
-        while !self.open.is_empty() {
-            self.flush_block(0)?;
-        }
+        self.end_block()?;
         self.write_finished(0)?;
         let index = zstd::bulk::compress(&encode_index(&self.index), self.level)?;
         self.w.write_all(&index)?;

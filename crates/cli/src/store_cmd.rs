@@ -46,6 +46,10 @@ pub struct IngestArgs {
     /// Keep ELF build-ids as they are instead of normalizing them.
     #[arg(long)]
     no_build_id: bool,
+    /// Store no deltas from each path's predecessor (the store's newest other path of the same
+    /// package and output); clients holding the predecessor then fetch changed files whole.
+    #[arg(long)]
+    no_deltas: bool,
     #[arg(long, default_value = "/nix/store")]
     store_dir: String,
     /// Sign every path with this secret key file (as `nix-store --generate-binary-cache-key NAME
@@ -208,6 +212,7 @@ pub fn ingest_cmd(args: IngestArgs) -> anyhow::Result<()> {
             normalize_build_id: !args.no_build_id,
         },
         closure: !args.no_closure,
+        deltas: !args.no_deltas,
         sign_key: args
             .sign_key
             .as_deref()
@@ -230,6 +235,7 @@ pub fn ingest_cmd(args: IngestArgs) -> anyhow::Result<()> {
             "nar_bytes": report.nar_bytes, "source_file_bytes": report.source_file_bytes,
             "new_objects": report.new_objects, "new_object_bytes": report.new_object_bytes,
             "stored_bytes": report.stored_bytes, "packs": report.packs, "seconds": report.seconds,
+            "deltas": report.deltas, "delta_bytes": report.delta_bytes,
             "store_requests": report.store_requests.map(|r| requests_json(&r, report.nar_bytes)),
             "source_requests": report.source_requests.map(|r| requests_json(&r, report.nar_bytes)),
         });

@@ -267,6 +267,12 @@ pub fn run(args: SubstituteArgs) -> anyhow::Result<()> {
             report.reflinked_files,
             report.refused_copies
         );
+        if report.delta_files + report.deltas_rejected > 0 {
+            println!(
+                "rebuilt {} files ({} bytes) from their predecessors in the local store and {} bytes of deltas; {} deltas not used (the full objects were fetched)",
+                report.delta_files, report.delta_file_bytes, report.delta_bytes, report.deltas_rejected
+            );
+        }
         let t = &report.phases;
         println!(
             "time: plan {:.2} s, fetch {:.2} s, restore {:.2} s, sync {:.2} s, register {:.2} s",

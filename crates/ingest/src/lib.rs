@@ -10,6 +10,7 @@
 //! shared thread pool (at most one per pool thread and one more), one chunk and the NAR reader's
 //! buffer, whatever the sizes.
 
+mod delta;
 pub mod push;
 mod sign;
 
@@ -41,6 +42,8 @@ pub struct IngestOptions {
     /// The operator's key: every path's record gets its signature (next to the upstream ones), and
     /// records already in the store that lack it are re-signed (one record read each).
     pub sign_key: Option<SecretKey>,
+    /// Store deltas from each path's predecessor (spec §8 offers; see `delta`).
+    pub deltas: bool,
 }
 
 impl Default for IngestOptions {
@@ -52,6 +55,7 @@ impl Default for IngestOptions {
             strip: StripOptions::default(),
             closure: true,
             sign_key: None,
+            deltas: true,
         }
     }
 }
@@ -75,6 +79,10 @@ pub struct IngestReport {
     pub new_object_bytes: u64,
     /// Bytes added to the store: sealed packs plus path records.
     pub stored_bytes: u64,
+    /// Delta offers written (files that a client holding the predecessor rebuilds from a delta),
+    /// and the bytes of the new delta objects (part of `stored_bytes`).
+    pub deltas: u64,
+    pub delta_bytes: u64,
     pub packs: u64,
     pub seconds: f64,
     /// Requests to an object-store destination since it was opened (catalog refresh included).
@@ -158,6 +166,7 @@ pub fn select(
 struct Pending {
     manifest: Manifest,
     needed: Vec<refstrip_cas::ObjectId>,
+    offers: Vec<refstrip_read::Offer>,
 }
 
 /// Ingest `paths` (from [`select`]) into `store`. Per-path failures (bad NarHash, truncated or
@@ -180,6 +189,16 @@ pub fn ingest(
     });
     let stored = AtomicU64::new(0);
     let waiting = Mutex::new(Vec::new());
+    // Predecessors are paths the store had before this run: a run's own paths are not read
+    // back while other workers may still be writing them.
+    let predecessors = match options.deltas {
+        true => Some(delta::Predecessors::of(store)?),
+        false => None,
+    };
+    let objects = store
+        .reader()
+        .objects(&refstrip_read::objects::ObjectOptions::default())
+        .map_err(StoreError::from)?;
 
     std::thread::scope(|scope| -> Result<(), IngestError> {
         let workers: Vec<_> = (0..options.jobs.max(1))
@@ -189,6 +208,8 @@ pub fn ingest(
                     report: &report,
                     stored: &stored,
                     waiting: &waiting,
+                    predecessors: predecessors.as_ref(),
+                    objects: &objects,
                 };
                 scope.spawn(move || worker(source, store, shared, options, progress))
             })
@@ -242,6 +263,9 @@ struct Shared<'a> {
     stored: &'a AtomicU64,
     /// Paths whose objects include some in another worker's pack, not sealed yet.
     waiting: &'a Mutex<Vec<Pending>>,
+    predecessors: Option<&'a delta::Predecessors>,
+    /// The store's objects, for reading delta bases.
+    objects: &'a refstrip_read::objects::Objects,
 }
 
 fn worker(
@@ -278,14 +302,23 @@ fn worker(
             continue;
         }
         progress.set_message(info.store_path.name().to_string());
-        match strip_path(source, &info, options, &mut pack) {
-            Ok((p, new_objects, new_bytes)) => {
+        // A predecessor that cannot be read only costs this path its deltas.
+        let base = shared
+            .predecessors
+            .and_then(|p| p.of_path(&hash_part, info.store_path.name()))
+            .and_then(|h| store.reader().record(h).ok())
+            .map(|(record, _)| record);
+        let base = base.as_ref().map(|b| (b, shared.objects));
+        match strip_path(source, &info, options, base, &mut pack) {
+            Ok((p, new_objects, new_bytes, made)) => {
                 let mut r = report.lock().expect("report lock");
                 r.ingested += 1;
                 r.nar_bytes += info.nar_size;
                 r.source_file_bytes += info.file_size.unwrap_or(0);
                 r.new_objects += new_objects;
                 r.new_object_bytes += new_bytes;
+                r.deltas += made.offers.len() as u64;
+                r.delta_bytes += made.bytes;
                 pending.push(p);
             }
             Err(why) => {
@@ -305,13 +338,15 @@ fn worker(
     publish(store, &mut pack, &mut pending, shared)
 }
 
-/// Strip one path into the staging pack, checking the NAR against its narinfo.
+/// Strip one path into the staging pack, checking the NAR against its narinfo, then add the
+/// deltas from `base` (its predecessor's record, and the store's objects to read it with).
 fn strip_path(
     source: &dyn NarSource,
     info: &NarInfo,
     options: &IngestOptions,
+    base: Option<(&PathRecord, &refstrip_read::objects::Objects)>,
     pack: &mut StagingPack<'_>,
-) -> Result<(Pending, u64, u64), String> {
+) -> Result<(Pending, u64, u64, delta::Made), String> {
     let nar = source.nar(info).map_err(|e| e.to_string())?;
     // Signed before the NarHash/NarSize check below, which fails the path (and drops the
     // signature) if the NAR does not match what the signature covers.
@@ -323,14 +358,32 @@ fn strip_path(
         }
         None => info,
     };
-    let mut sink = FileSink::new(pack);
+    let mut sink = delta::Keep::new(FileSink::new(&mut *pack), base.is_some());
     let manifest = refstrip_read::pathinfo::strip_nar(nar, info, &options.strip, &mut sink)
         .map_err(|e| match e {
             StripNarError::Strip(e) => format!("reading NAR: {e}"),
             e => e.to_string(),
         })?;
-    let (new_objects, new_bytes, needed) = (sink.new_objects, sink.new_bytes, sink.needed);
-    Ok((Pending { manifest, needed }, new_objects, new_bytes))
+    let kept = sink.kept;
+    let sink = sink.inner;
+    let (mut new_objects, mut new_bytes, mut needed) =
+        (sink.new_objects, sink.new_bytes, sink.needed);
+    let mut made = match base {
+        Some((base, objects)) => delta::make(objects, base, &manifest, &kept, options.level)
+            .map_err(|e| format!("making deltas: {e}"))?,
+        None => delta::Made::default(),
+    };
+    let (objects, bytes, more) =
+        delta::write(pack, kept, &mut made).map_err(|e| format!("writing objects: {e}"))?;
+    new_objects += objects;
+    new_bytes += bytes;
+    needed.extend(more);
+    let pending = Pending {
+        manifest,
+        needed,
+        offers: made.offers.clone(),
+    };
+    Ok((pending, new_objects, new_bytes, made))
 }
 
 /// Seal the staging pack, then write the records of the paths waiting on it whose objects are
@@ -401,7 +454,11 @@ fn write_record(
 ) -> Result<u64, IngestError> {
     let record = PathRecord {
         manifest: p.manifest,
-        objects: objects.into(),
+        objects: refstrip_read::Table {
+            objects,
+            offers: p.offers,
+        }
+        .into(),
     };
     Ok(store.add_record(&record)?)
 }

@@ -226,7 +226,7 @@ impl LocalStore {
                     .try_fold(0u64, |t, (_, s)| t.checked_add(*s))?;
                 (total == c.file_size).then_some(list)
             }
-            Kind::Manifest => None,
+            Kind::Manifest | Kind::Delta => None,
         }
     }
 

@@ -13,6 +13,7 @@
 //! Record validation and caching each live in one place here; the write side (`refstrip-store`)
 //! and every client build on it.
 
+pub mod delta;
 mod held;
 pub mod objects;
 pub mod pathinfo;
@@ -30,7 +31,8 @@ use refstrip_nix::is_hash_part;
 use refstrip_strip::ContentDigest;
 
 pub use record::{
-    EncodedRecord, Locations, ObjectMap, PathRecord, ShapeFile, StoredRecord, MAX_RECORD_BYTES,
+    EncodedRecord, Locations, ObjectMap, Offer, PathRecord, ShapeFile, StoredRecord, Table,
+    MAX_RECORD_BYTES,
 };
 
 /// The store format this version reads and writes (spec/normalized-format.md §7): 2 since path
@@ -346,7 +348,7 @@ impl StoreReader {
             source.keep(digest, &file.body);
         }
         let body = Arc::new(file.body);
-        let objects = Locations::from(file.objects);
+        let objects = Locations::from(file.table);
         self.remember_shape(digest, &body, &objects);
         Ok((body, objects, bytes.len() as u64))
     }

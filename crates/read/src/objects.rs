@@ -49,12 +49,15 @@ impl BlockKey {
     }
 }
 
-/// Every block the objects of `records` that `wanted` selects live in, each once, sorted.
-/// Fetches the object table of a record only if `wanted` selects one of its objects.
+/// Every block of `records` a client with `near` fetches, each once, sorted: those of the
+/// objects `near` may not have, except where a delta offer's base is near (spec §8): then the
+/// delta's block instead of the target's. Fetches the object table of a record only if `near`
+/// lacks one of its files.
 pub fn blocks_of<'r>(
     records: impl IntoIterator<Item = &'r PathRecord>,
-    wanted: impl Fn(&ObjectId) -> bool,
+    near: Option<&dyn NearSource>,
 ) -> Result<Vec<BlockKey>, String> {
+    let wanted = |id: &ObjectId| near.is_none_or(|n| !n.may_have(id));
     let mut blocks = Vec::new();
     for r in records {
         if !r
@@ -65,8 +68,17 @@ pub fn blocks_of<'r>(
         {
             continue;
         }
-        for (id, (pack, loc)) in r.objects.map()? {
-            if wanted(id) {
+        let table = r.objects.table()?;
+        let (replaced, deltas) = match near {
+            Some(near) => crate::delta::plan(table, near),
+            None => Default::default(),
+        };
+        for (id, (pack, loc)) in &table.objects {
+            let fetch = match id.kind {
+                refstrip_cas::Kind::Delta => deltas.contains(id),
+                _ => wanted(id) && !replaced.contains(id),
+            };
+            if fetch {
                 blocks.push(BlockKey::of(pack, loc));
             }
         }
@@ -88,6 +100,12 @@ pub struct FetchCounters {
     /// it had to read from the layers below.
     pub object_memory_hits: AtomicU64,
     pub object_memory_misses: AtomicU64,
+    /// Files rebuilt from a near base and a delta (spec §8): how many, the deltas' bytes, the
+    /// files' bytes; and deltas tried and not used (base gone or changed, wrong output).
+    pub deltas_applied: AtomicU64,
+    pub delta_bytes: AtomicU64,
+    pub delta_output_bytes: AtomicU64,
+    pub deltas_rejected: AtomicU64,
 }
 
 impl FetchCounters {
@@ -684,9 +702,17 @@ pub struct RecordObjects<'a> {
     pub record: &'a PathRecord,
     pub near: Option<&'a dyn NearSource>,
     pub source: &'a dyn ObjectSource,
+    pub counters: Option<&'a FetchCounters>,
 }
 
 impl ObjectRead for RecordObjects<'_> {
+    /// A file the near source lacks, rebuilt from its predecessor there and a delta.
+    fn file(&mut self, id: &ObjectId, size: u64) -> Option<Vec<u8>> {
+        let near = self.near?;
+        let bytes = crate::delta::rebuild(self.record, id, near, self.source, self.counters)?;
+        (bytes.len() as u64 == size).then_some(bytes)
+    }
+
     fn get(&mut self, id: &ObjectId) -> Result<Vec<u8>, CasError> {
         if let Some(bytes) = self.near.map(|n| n.object(id)).transpose()?.flatten() {
             return Ok(bytes);
@@ -836,6 +862,7 @@ impl Objects {
             record,
             near: self.near.as_deref(),
             source: &*self.source,
+            counters: Some(&self.counters),
         }
     }
 
@@ -846,15 +873,15 @@ impl Objects {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use refstrip_cas::pack::PackWriter;
     use std::collections::HashMap;
 
     /// A pack in memory, served as blocks, counting fetches.
-    struct MemoryPack {
-        bytes: Vec<u8>,
-        fetches: AtomicU64,
+    pub(crate) struct MemoryPack {
+        pub(crate) bytes: Vec<u8>,
+        pub(crate) fetches: AtomicU64,
     }
 
     impl BlockSource for MemoryPack {
@@ -1074,12 +1101,13 @@ mod tests {
             loc.size,
             crate::Locations::deferred(move || {
                 reads.fetch_add(1, Ordering::Relaxed);
-                Ok(table.clone())
+                Ok(table.clone().into())
             }),
         );
         let near = One(*id, b"near".to_vec());
         let packs = PackBlocks::new(Arc::new(Shared(far.clone())), 0);
         let mut objects = RecordObjects {
+            counters: None,
             record: &record,
             near: Some(&near),
             source: &packs,
@@ -1109,7 +1137,7 @@ mod tests {
     }
 
     /// A record of one file made of the object `id`.
-    fn record_of(id: ObjectId, size: u64, objects: crate::Locations) -> PathRecord {
+    pub(crate) fn record_of(id: ObjectId, size: u64, objects: crate::Locations) -> PathRecord {
         use refstrip_strip::{Manifest, Node, RefTable};
         PathRecord {
             manifest: Manifest {

@@ -41,7 +41,48 @@ pub const MAX_RECORD_BYTES: u64 = 64 << 20;
 /// Where each object of a path lives: pack id and location, by object.
 pub type ObjectMap = HashMap<ObjectId, (String, Location)>;
 
-type Loader = Box<dyn Fn() -> Result<ObjectMap, String> + Send + Sync>;
+/// A delta offer (spec §8): the file whose normalized bytes are `target` (`target_size` of them)
+/// can be rebuilt from the file `base` (`base_size` bytes) with the delta object `delta`
+/// ([`refstrip_cas::delta`]). `covers` are the chunks of a chunked target: what a client using the
+/// delta does not fetch. Nothing here is trusted: the output must hash to `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub target: ObjectId,
+    pub target_size: u64,
+    pub base: ContentDigest,
+    pub base_size: u64,
+    pub delta: ContentDigest,
+    pub covers: Vec<ContentDigest>,
+}
+
+impl Offer {
+    /// The base file's object (a blob, or a chunk list for a large file).
+    pub fn base_object(&self) -> ObjectId {
+        refstrip_cas::file_object(&self.base, self.base_size)
+    }
+
+    pub fn delta_object(&self) -> ObjectId {
+        ObjectId::new(Kind::Delta, self.delta)
+    }
+}
+
+/// A shape file's object table: where each object lives, and the delta offers.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    pub objects: ObjectMap,
+    pub offers: Vec<Offer>,
+}
+
+impl From<ObjectMap> for Table {
+    fn from(objects: ObjectMap) -> Self {
+        Table {
+            objects,
+            offers: Vec::new(),
+        }
+    }
+}
+
+type Loader = Box<dyn Fn() -> Result<Table, String> + Send + Sync>;
 
 /// A record's object table, known or fetched on first use: a version 2 record whose shape came
 /// from near by (the client's own Nix store) needs its object table only if an object is missing
@@ -50,52 +91,72 @@ type Loader = Box<dyn Fn() -> Result<ObjectMap, String> + Send + Sync>;
 pub struct Locations(Arc<LocationsInner>);
 
 struct LocationsInner {
-    map: OnceLock<Result<ObjectMap, String>>,
+    table: OnceLock<Result<Table, String>>,
     load: Option<Loader>,
 }
 
 impl Locations {
-    pub fn deferred(load: impl Fn() -> Result<ObjectMap, String> + Send + Sync + 'static) -> Self {
+    pub fn deferred(load: impl Fn() -> Result<Table, String> + Send + Sync + 'static) -> Self {
         Locations(Arc::new(LocationsInner {
-            map: OnceLock::new(),
+            table: OnceLock::new(),
             load: Some(Box::new(load)),
         }))
     }
 
     /// The table, fetching it first if need be (once; an error is kept and repeated).
-    pub fn map(&self) -> Result<&ObjectMap, String> {
+    pub fn table(&self) -> Result<&Table, String> {
         let inner = &*self.0;
         inner
-            .map
+            .table
             .get_or_init(|| match &inner.load {
                 Some(load) => load(),
-                None => Ok(ObjectMap::new()),
+                None => Ok(Table::default()),
             })
             .as_ref()
             .map_err(Clone::clone)
     }
 
+    /// Where each object lives (see [`table`](Self::table)).
+    pub fn map(&self) -> Result<&ObjectMap, String> {
+        self.table().map(|t| &t.objects)
+    }
+
     /// The table if it is in memory already.
     pub fn loaded(&self) -> Option<&ObjectMap> {
-        self.0.map.get().and_then(|r| r.as_ref().ok())
+        self.0
+            .table
+            .get()
+            .and_then(|r| r.as_ref().ok())
+            .map(|t| &t.objects)
     }
 }
 
-impl From<ObjectMap> for Locations {
-    fn from(map: ObjectMap) -> Self {
+impl From<Table> for Locations {
+    fn from(table: Table) -> Self {
         let cell = OnceLock::new();
-        let _ = cell.set(Ok(map));
+        let _ = cell.set(Ok(table));
         Locations(Arc::new(LocationsInner {
-            map: cell,
+            table: cell,
             load: None,
         }))
     }
 }
 
+impl From<ObjectMap> for Locations {
+    fn from(map: ObjectMap) -> Self {
+        Table::from(map).into()
+    }
+}
+
 impl fmt::Debug for Locations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.map.get() {
-            Some(Ok(map)) => write!(f, "Locations({} objects)", map.len()),
+        match self.0.table.get() {
+            Some(Ok(t)) => write!(
+                f,
+                "Locations({} objects, {} offers)",
+                t.objects.len(),
+                t.offers.len()
+            ),
             Some(Err(e)) => write!(f, "Locations(error: {e})"),
             None => f.write_str("Locations(not fetched)"),
         }
@@ -138,14 +199,15 @@ impl StoredRecord {
 /// A decoded shape file: the shape's body (checked against its name) and the object table.
 pub struct ShapeFile {
     pub body: Vec<u8>,
-    pub objects: ObjectMap,
+    pub table: Table,
 }
 
 impl ShapeFile {
-    pub fn encode(body: &[u8], objects: &ObjectMap) -> Vec<u8> {
+    pub fn encode(body: &[u8], table: &Table) -> Vec<u8> {
         let mut out = SHAPE_MAGIC.to_vec();
         put_bytes(&mut out, &refstrip_strip::compress_shape(body));
-        encode_objects(&mut out, objects);
+        let order = encode_objects(&mut out, &table.objects);
+        encode_offers(&mut out, &table.offers, &order);
         out
     }
 
@@ -160,25 +222,18 @@ impl ShapeFile {
         if ContentDigest::of(&body) != *digest {
             return Err(format!("shape filed under {digest} has other contents"));
         }
-        let objects = decode_objects(&mut cur)?;
-        if !cur.bytes.is_empty() {
-            return Err("trailing bytes in shape".into());
-        }
-        Ok(ShapeFile { body, objects })
+        let table = decode_table(&mut cur)?;
+        Ok(ShapeFile { body, table })
     }
 
     /// Only the object table, for a reader that has the body already.
-    pub fn decode_objects(bytes: &[u8]) -> Result<ObjectMap, String> {
+    pub fn decode_objects(bytes: &[u8]) -> Result<Table, String> {
         let rest = bytes
             .strip_prefix(SHAPE_MAGIC.as_slice())
             .ok_or("not a refstrip shape (bad magic)")?;
         let mut cur = Cursor { bytes: rest };
         cur.bytes().ok_or("truncated shape")?;
-        let objects = decode_objects(&mut cur)?;
-        if !cur.bytes.is_empty() {
-            return Err("trailing bytes in shape".into());
-        }
-        Ok(objects)
+        decode_table(&mut cur)
     }
 }
 
@@ -217,12 +272,12 @@ impl PathRecord {
 
     /// The version 2 encoding (what writers write). The object table must be loaded.
     pub fn encode(&self) -> Result<EncodedRecord, String> {
-        let objects = self.objects.map()?;
+        let table = self.objects.table()?;
         let body = self.manifest.shape_body();
         Ok(EncodedRecord {
             binding: self.manifest.binding().map_err(|e| e.to_string())?,
             shape: ContentDigest::of(&body),
-            shape_file: ShapeFile::encode(&body, objects),
+            shape_file: ShapeFile::encode(&body, table),
         })
     }
 
@@ -242,7 +297,7 @@ impl PathRecord {
         let mut cur = Cursor { bytes: rest };
         let manifest_bytes = cur.bytes().ok_or("truncated path record")?;
         let manifest = Manifest::decode(manifest_bytes).map_err(|e| e.to_string())?;
-        let objects = decode_objects(&mut cur)?;
+        let (objects, _) = decode_objects(&mut cur)?;
         if !cur.bytes.is_empty() {
             return Err("trailing bytes in path record".into());
         }
@@ -276,7 +331,8 @@ impl PathRecord {
     }
 }
 
-fn encode_objects(out: &mut Vec<u8>, objects: &ObjectMap) {
+/// Writes the table; returns its entries in the order written (offers refer to them by index).
+fn encode_objects(out: &mut Vec<u8>, objects: &ObjectMap) -> Vec<ObjectId> {
     let mut packs: Vec<&str> = objects.values().map(|(p, _)| p.as_str()).collect();
     packs.sort_unstable();
     packs.dedup();
@@ -287,7 +343,7 @@ fn encode_objects(out: &mut Vec<u8>, objects: &ObjectMap) {
     let mut sorted: Vec<_> = objects.iter().collect();
     sorted.sort_by_key(|(id, _)| **id);
     put(out, sorted.len() as u64);
-    for (id, (pack, loc)) in sorted {
+    for &(id, (pack, loc)) in &sorted {
         out.extend_from_slice(&id.digest.0);
         let pack_index = packs.binary_search(&pack.as_str()).expect("listed above") as u64;
         for v in [
@@ -302,9 +358,132 @@ fn encode_objects(out: &mut Vec<u8>, objects: &ObjectMap) {
             put(out, v);
         }
     }
+    sorted.into_iter().map(|(id, _)| *id).collect()
 }
 
-fn decode_objects(cur: &mut Cursor<'_>) -> Result<ObjectMap, String> {
+/// The offers section (spec §8), written only when there are offers, so that a shape file
+/// without any is byte for byte what it was before offers existed. Offers naming an object the
+/// table lacks are left out.
+fn encode_offers(out: &mut Vec<u8>, offers: &[Offer], order: &[ObjectId]) {
+    let index = |id: &ObjectId| order.binary_search(id).ok().map(|i| i as u64);
+    let mut rows: Vec<(u64, &Offer, u64, Vec<u64>)> = offers
+        .iter()
+        .filter_map(|o| {
+            let covers = o
+                .covers
+                .iter()
+                .map(|c| index(&ObjectId::new(Kind::Blob, *c)))
+                .collect::<Option<Vec<u64>>>()?;
+            Some((index(&o.target)?, o, index(&o.delta_object())?, covers))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    rows.sort_by_key(|a| (a.0, a.1.base));
+    rows.dedup_by(|a, b| (a.0, a.1.base) == (b.0, b.1.base));
+    put(out, rows.len() as u64);
+    for (target, o, delta, covers) in rows {
+        put(out, target);
+        put(out, o.target_size);
+        out.extend_from_slice(&o.base.0);
+        put(out, o.base_size);
+        put(out, delta);
+        put(out, covers.len() as u64);
+        for c in covers {
+            put(out, c);
+        }
+    }
+}
+
+/// The object table and, if bytes follow it, the offers; nothing may follow those.
+fn decode_table(cur: &mut Cursor<'_>) -> Result<Table, String> {
+    let (objects, order) = decode_objects(cur)?;
+    let offers = if cur.bytes.is_empty() {
+        Vec::new()
+    } else {
+        decode_offers(cur, &objects, &order)?
+    };
+    if !cur.bytes.is_empty() {
+        return Err("trailing bytes in shape".into());
+    }
+    Ok(Table { objects, offers })
+}
+
+fn decode_offers(
+    cur: &mut Cursor<'_>,
+    objects: &ObjectMap,
+    order: &[ObjectId],
+) -> Result<Vec<Offer>, String> {
+    use refstrip_cas::delta::MAX_DELTA_INPUT;
+    let truncated = || "truncated delta offers".to_string();
+    let n = cur.count().ok_or_else(truncated)?;
+    // A section is written only with offers; each takes at least 37 bytes.
+    if n == 0 || n > cur.bytes.len() / 37 {
+        return Err(truncated());
+    }
+    let entry = |i: u64, kinds: &[Kind]| -> Result<(ObjectId, u64), String> {
+        let id = *order
+            .get(usize::try_from(i).unwrap_or(usize::MAX))
+            .ok_or("delta offer names an object the table does not list")?;
+        if !kinds.contains(&id.kind) {
+            return Err(format!(
+                "delta offer names a {} where it needs {kinds:?}",
+                id.kind.name()
+            ));
+        }
+        Ok((id, objects[&id].1.size))
+    };
+    let mut offers: Vec<Offer> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (target, stored) = entry(
+            cur.varint().ok_or_else(truncated)?,
+            &[Kind::Blob, Kind::ChunkList],
+        )?;
+        let target_size = cur.varint().ok_or_else(truncated)?;
+        let base = ContentDigest(cur.take(32).ok_or_else(truncated)?.try_into().expect("32"));
+        let base_size = cur.varint().ok_or_else(truncated)?;
+        let (delta, _) = entry(cur.varint().ok_or_else(truncated)?, &[Kind::Delta])?;
+        let c = cur.count().ok_or_else(truncated)?;
+        if c > cur.bytes.len() {
+            return Err(truncated());
+        }
+        let mut covers = Vec::with_capacity(c);
+        for _ in 0..c {
+            covers.push(
+                entry(cur.varint().ok_or_else(truncated)?, &[Kind::Blob])?
+                    .0
+                    .digest,
+            );
+        }
+        // The sizes bound what a client allocates to apply the delta: checked here once.
+        let blob_size_ok = match target.kind {
+            Kind::Blob => target_size == stored && covers.is_empty(),
+            _ => target_size > refstrip_cas::CHUNK_THRESHOLD as u64,
+        };
+        if !blob_size_ok || target_size > MAX_DELTA_INPUT || base_size > MAX_DELTA_INPUT {
+            return Err("delta offer with impossible sizes".into());
+        }
+        let offer = Offer {
+            target,
+            target_size,
+            base,
+            base_size,
+            delta: delta.digest,
+            covers,
+        };
+        if offers
+            .last()
+            .is_some_and(|last| (last.target, last.base) >= (offer.target, offer.base))
+        {
+            return Err("delta offers not sorted".into());
+        }
+        offers.push(offer);
+    }
+    Ok(offers)
+}
+
+fn decode_objects(cur: &mut Cursor<'_>) -> Result<(ObjectMap, Vec<ObjectId>), String> {
     let truncated = || "truncated object table".to_string();
     let n = cur.count().ok_or_else(truncated)?;
     // Each pack id takes at least two bytes: no count read here reaches the allocator unchecked.
@@ -326,6 +505,7 @@ fn decode_objects(cur: &mut Cursor<'_>) -> Result<ObjectMap, String> {
         return Err(truncated());
     }
     let mut objects = HashMap::with_capacity(n);
+    let mut order = Vec::with_capacity(n);
     for _ in 0..n {
         let digest = ContentDigest(
             cur.take(32)
@@ -351,7 +531,229 @@ fn decode_objects(cur: &mut Cursor<'_>) -> Result<ObjectMap, String> {
         };
         // The pack's length is not known here; the backend checks the range against it.
         loc.check(u64::MAX)?;
-        objects.insert(ObjectId::new(kind, digest), (pack, loc));
+        let id = ObjectId::new(kind, digest);
+        order.push(id);
+        objects.insert(id, (pack, loc));
     }
-    Ok(objects)
+    Ok((objects, order))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u8) -> ContentDigest {
+        ContentDigest::of(&[n])
+    }
+
+    fn loc(size: u64) -> Location {
+        Location {
+            block_offset: 8,
+            block_len: 100,
+            block_raw_len: 1 << 20,
+            offset_in_block: 0,
+            size,
+        }
+    }
+
+    /// A table with a small target, a chunked one (two chunks) and their deltas.
+    fn table() -> Table {
+        let mut objects = ObjectMap::new();
+        let mut add = |kind, n, size| {
+            let id = ObjectId::new(kind, digest(n));
+            objects.insert(id, ("ab12".to_string(), loc(size)));
+            id
+        };
+        let small = add(Kind::Blob, 1, 5000);
+        let large = add(Kind::ChunkList, 2, 80);
+        add(Kind::Blob, 3, 200_000);
+        add(Kind::Blob, 4, 100_000);
+        add(Kind::Delta, 5, 700);
+        add(Kind::Delta, 6, 9000);
+        let offers = vec![
+            Offer {
+                target: small,
+                target_size: 5000,
+                base: digest(7),
+                base_size: 4900,
+                delta: digest(5),
+                covers: vec![],
+            },
+            Offer {
+                target: large,
+                target_size: 300_000,
+                base: digest(8),
+                base_size: 290_000,
+                delta: digest(6),
+                covers: vec![digest(3), digest(4)],
+            },
+        ];
+        Table { objects, offers }
+    }
+
+    fn sorted(mut offers: Vec<Offer>) -> Vec<Offer> {
+        offers.sort_by_key(|o| (o.target, o.base));
+        offers
+    }
+
+    /// The shape file bytes after the frame: the object table and the offers.
+    fn tail(table: &Table) -> Vec<u8> {
+        let mut out = Vec::new();
+        let order = encode_objects(&mut out, &table.objects);
+        encode_offers(&mut out, &table.offers, &order);
+        out
+    }
+
+    fn decode_tail(bytes: &[u8]) -> Result<Table, String> {
+        decode_table(&mut Cursor { bytes })
+    }
+
+    #[test]
+    fn offers_round_trip_and_a_table_without_offers_is_unchanged() {
+        let t = table();
+        let file = ShapeFile::encode(b"body", &t);
+        let back = ShapeFile::decode(&file, &ContentDigest::of(b"body")).unwrap();
+        assert_eq!(back.table.objects, t.objects);
+        assert_eq!(back.table.offers, sorted(t.offers.clone()));
+        // No offers: nothing after the object table, as before offers existed.
+        let plain = Table::from(t.objects.clone());
+        let mut before = Vec::new();
+        encode_objects(&mut before, &plain.objects);
+        assert_eq!(tail(&plain), before);
+        assert!(decode_tail(&before).unwrap().offers.is_empty());
+        // Offers naming objects the table lacks are left out when writing.
+        let mut dangling = t.clone();
+        dangling.offers[0].delta = digest(99);
+        assert_eq!(decode_tail(&tail(&dangling)).unwrap().offers.len(), 1);
+    }
+
+    /// The offers section of `t` (what follows its object table), edited, then decoded.
+    fn with_offers(t: &Table, edit: impl FnOnce(&mut Vec<u8>)) -> Result<Table, String> {
+        let mut objects = Vec::new();
+        encode_objects(&mut objects, &t.objects);
+        let all = tail(t);
+        let mut offers = all[objects.len()..].to_vec();
+        edit(&mut offers);
+        objects.extend_from_slice(&offers);
+        decode_tail(&objects)
+    }
+
+    /// One offer written by hand: (target index, target size, base, base size, delta index, covers).
+    fn offer_bytes(target: u64, size: u64, base_size: u64, delta: u64, covers: &[u64]) -> Vec<u8> {
+        let mut out = Vec::new();
+        put(&mut out, 1);
+        put(&mut out, target);
+        put(&mut out, size);
+        out.extend_from_slice(&digest(7).0);
+        put(&mut out, base_size);
+        put(&mut out, delta);
+        put(&mut out, covers.len() as u64);
+        for c in covers {
+            put(&mut out, *c);
+        }
+        out
+    }
+
+    #[test]
+    fn hostile_offers_are_refused() {
+        let t = table();
+        // Table order: sorted by (kind, digest); find the indices of each kind.
+        let mut order: Vec<ObjectId> = t.objects.keys().copied().collect();
+        order.sort();
+        let at = |kind: Kind, n: u8| {
+            order
+                .iter()
+                .position(|id| *id == ObjectId::new(kind, digest(n)))
+                .unwrap() as u64
+        };
+        let (small, large, delta) = (
+            at(Kind::Blob, 1),
+            at(Kind::ChunkList, 2),
+            at(Kind::Delta, 5),
+        );
+        let chunk = at(Kind::Blob, 3);
+        let refused = |bytes: Vec<u8>, why: &str| {
+            let err = with_offers(&t, |o| *o = bytes).unwrap_err();
+            assert!(err.contains(why), "{err} (expected {why})");
+        };
+        assert!(with_offers(&t, |o| *o = offer_bytes(small, 5000, 10, delta, &[])).is_ok());
+        assert!(with_offers(&t, |o| *o =
+            offer_bytes(large, 300_000, 10, delta, &[chunk]))
+        .is_ok());
+        // Counts beyond the bytes left, and an empty section.
+        refused(vec![0], "truncated");
+        refused(
+            {
+                let mut b = Vec::new();
+                put(&mut b, u64::MAX);
+                b
+            },
+            "truncated",
+        );
+        refused(
+            {
+                let mut b = offer_bytes(small, 5000, 10, delta, &[]);
+                b.pop();
+                put(&mut b, 1 << 40);
+                b
+            },
+            "truncated",
+        );
+        refused(
+            offer_bytes(small, 5000, 10, delta, &[])[..30].to_vec(),
+            "truncated",
+        );
+        // Indices outside the table, and objects of the wrong kind.
+        refused(offer_bytes(1000, 5000, 10, delta, &[]), "does not list");
+        refused(offer_bytes(u64::MAX, 5000, 10, delta, &[]), "does not list");
+        refused(offer_bytes(small, 5000, 10, small, &[]), "needs");
+        refused(offer_bytes(delta, 5000, 10, delta, &[]), "needs");
+        refused(offer_bytes(large, 300_000, 10, delta, &[large]), "needs");
+        // Sizes: a blob target's must be its object's; a chunked one's above the chunk
+        // threshold; neither may exceed the delta limit (they size the client's buffers).
+        refused(offer_bytes(small, 5001, 10, delta, &[]), "impossible sizes");
+        refused(
+            offer_bytes(small, 5000, 10, delta, &[chunk]),
+            "impossible sizes",
+        );
+        refused(offer_bytes(large, 1000, 10, delta, &[]), "impossible sizes");
+        refused(
+            offer_bytes(large, u64::MAX, 10, delta, &[]),
+            "impossible sizes",
+        );
+        refused(
+            offer_bytes(small, 5000, u64::MAX, delta, &[]),
+            "impossible sizes",
+        );
+        // Two offers out of order (or twice the same).
+        let mut two = offer_bytes(small, 5000, 10, delta, &[]);
+        two.remove(0);
+        let mut twice = Vec::new();
+        put(&mut twice, 2);
+        twice.extend_from_slice(&two);
+        twice.extend_from_slice(&two);
+        refused(twice, "not sorted");
+        // Bytes after the offers.
+        refused(
+            {
+                let mut b = offer_bytes(small, 5000, 10, delta, &[]);
+                b.push(0);
+                b
+            },
+            "trailing",
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_after_a_table_decode_or_refuse(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let t = table();
+            if let Ok(back) = with_offers(&t, |o| *o = bytes) {
+                for o in &back.offers {
+                    proptest::prop_assert!(o.target_size <= refstrip_cas::delta::MAX_DELTA_INPUT);
+                    proptest::prop_assert!(back.objects.contains_key(&o.delta_object()));
+                }
+            }
+        }
+    }
 }

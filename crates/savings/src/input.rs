@@ -184,7 +184,7 @@ pub fn resolve(source: &dyn NarSource, spec: &str) -> Result<Vec<StorePath>, Sav
 
 /// (package name, output) of a store path name, as Nix splits `name-version[-output]`: the name ends
 /// at the first `-` followed by a digit; a trailing all-letters component is the output.
-fn package_key(name: &str) -> (&str, &str) {
+pub(crate) fn package_key(name: &str) -> (&str, &str) {
     let split = name
         .match_indices('-')
         .find(|(i, _)| name[i + 1..].starts_with(|c: char| c.is_ascii_digit()))

@@ -4,6 +4,7 @@
 //! (`refstrip explain`): every size is obtained by really compressing and chunking, never estimated.
 
 mod codec;
+mod deltas;
 mod explain;
 mod input;
 mod measure;

@@ -39,10 +39,14 @@ pub enum Method {
     /// As above with ELF build-ids left in the contents (`normalize_build_id: false`).
     StrippedFileZstdKeepBuildId,
     StrippedCdcZstdKeepBuildId,
+    /// `stripped-cdc-zstd` for a client holding the old closure in its Nix store, with the deltas a
+    /// refstrip store offers (spec §8): a changed file paired with its predecessor's comes as a
+    /// delta from it instead of its objects.
+    StrippedCdcZstdDelta,
 }
 
 impl Method {
-    pub const ALL: [Method; 11] = [
+    pub const ALL: [Method; 12] = [
         Method::NarXz,
         Method::NarZstd,
         Method::File,
@@ -54,6 +58,7 @@ impl Method {
         Method::StrippedCdcZstd,
         Method::StrippedFileZstdKeepBuildId,
         Method::StrippedCdcZstdKeepBuildId,
+        Method::StrippedCdcZstdDelta,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +74,7 @@ impl Method {
             Method::StrippedCdcZstd => "stripped-cdc-zstd",
             Method::StrippedFileZstdKeepBuildId => "stripped-file-zstd-keep-build-id",
             Method::StrippedCdcZstdKeepBuildId => "stripped-cdc-zstd-keep-build-id",
+            Method::StrippedCdcZstdDelta => "stripped-cdc-zstd-delta",
         }
     }
 
@@ -76,7 +82,7 @@ impl Method {
         Method::ALL.into_iter().find(|m| m.name() == name)
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 
@@ -134,8 +140,8 @@ pub enum Progress<'a> {
     Path { nar_size: u64 },
 }
 
-type Unit = ([u8; 32], u64);
-type Units = Vec<Vec<Unit>>;
+pub(crate) type Unit = ([u8; 32], u64);
+pub(crate) type Units = Vec<Vec<Unit>>;
 
 fn no_units() -> Units {
     vec![Vec::new(); Method::ALL.len()]
@@ -154,7 +160,10 @@ pub fn measure(
     let cache = SizeCache::default();
     // The old closure only needs its unit names: what it provides, not what it cost.
     let old_units = side_units(old, methods, false, &cache, "old", progress)?;
-    let new_units = side_units(new, methods, true, &cache, "new", progress)?;
+    let mut new_units = side_units(new, methods, true, &cache, "new", progress)?;
+    if methods.contains(&Method::StrippedCdcZstdDelta) {
+        crate::deltas::apply(old, new, &old_units, &mut new_units)?;
+    }
 
     let (rows, base) = rows(methods, &old_units, &new_units);
     let side = |(source, infos): (&dyn NarSource, &[NarInfo])| Side {
@@ -296,7 +305,12 @@ fn path_units(
             true,
             wanted(methods, Method::StrippedFile),
             wanted(methods, Method::StrippedFileZstd),
-            wanted(methods, Method::StrippedCdcZstd),
+            // The delta method starts from these units (see `deltas`).
+            wanted(methods, Method::StrippedCdcZstd).or(wanted(
+                methods,
+                Method::StrippedCdcZstdDelta,
+            )
+            .map(|_| Method::StrippedCdcZstd)),
         ),
         (
             false,
@@ -311,6 +325,10 @@ fn path_units(
         let meter = FileMeter::new([file, None, file_zstd, cdc], sizes, cache);
         let options = StripOptions { normalize_build_id };
         strip_pass(source, info, &options, meter, &mut units)?;
+    }
+    if methods.contains(&Method::StrippedCdcZstdDelta) {
+        units[Method::StrippedCdcZstdDelta.index()] =
+            units[Method::StrippedCdcZstd.index()].clone();
     }
     Ok(units)
 }

@@ -10,6 +10,9 @@
 //! refstrip_serve_object_cache_misses_total     objects it had to read from pack blocks
 //! refstrip_serve_store_blocks_fetched_total    pack blocks read from the store (or the disk cache's far end)
 //! refstrip_serve_store_bytes_fetched_total     their compressed bytes
+//! refstrip_serve_delta_files_total             files rebuilt from a local base and a delta
+//! refstrip_serve_delta_bytes_total             the deltas' bytes
+//! refstrip_serve_deltas_rejected_total         deltas tried and not used (the full object was read)
 //! refstrip_serve_nar_streams_active            NARs being restored now
 //! ```
 //! A request is counted when its response body ends (completed, aborted or abandoned), so counts
@@ -89,6 +92,9 @@ pub struct Metrics {
     object_misses: Counter,
     blocks_fetched: Counter,
     bytes_fetched: Counter,
+    delta_files: Counter,
+    delta_bytes: Counter,
+    deltas_rejected: Counter,
     streams: Gauge,
 }
 
@@ -150,6 +156,24 @@ impl Metrics {
             "Compressed bytes of the pack blocks read from the store",
             bytes_fetched.clone(),
         );
+        let delta_files = Counter::default();
+        registry.register(
+            "delta_files",
+            "Files rebuilt from a base in the local store and a delta",
+            delta_files.clone(),
+        );
+        let delta_bytes = Counter::default();
+        registry.register(
+            "delta_bytes",
+            "Bytes of the deltas files were rebuilt from",
+            delta_bytes.clone(),
+        );
+        let deltas_rejected = Counter::default();
+        registry.register(
+            "deltas_rejected",
+            "Deltas tried and not used (base changed or gone, wrong output): the full object was read",
+            deltas_rejected.clone(),
+        );
         let streams = Gauge::default();
         registry.register(
             "nar_streams_active",
@@ -166,6 +190,9 @@ impl Metrics {
             object_misses,
             blocks_fetched,
             bytes_fetched,
+            delta_files,
+            delta_bytes,
+            deltas_rejected,
             streams,
         }
     }
@@ -198,6 +225,9 @@ impl Metrics {
             (&self.object_misses, &counters.object_memory_misses),
             (&self.blocks_fetched, &counters.fetched_blocks),
             (&self.bytes_fetched, &counters.fetched_bytes),
+            (&self.delta_files, &counters.deltas_applied),
+            (&self.delta_bytes, &counters.delta_bytes),
+            (&self.deltas_rejected, &counters.deltas_rejected),
         ] {
             metric
                 .inner()
@@ -239,6 +269,7 @@ mod tests {
         m.restored(0.003);
         let counters = FetchCounters::default();
         counters.object_memory_hits.store(7, Ordering::Relaxed);
+        counters.deltas_applied.store(3, Ordering::Relaxed);
         let text = m.encode(&counters);
         for line in [
             "refstrip_serve_requests_total{kind=\"nar\",status=\"200\"} 2",
@@ -247,6 +278,7 @@ mod tests {
             "refstrip_serve_errors_total{kind=\"nar\"} 1",
             "refstrip_serve_nar_restore_seconds_count 1",
             "refstrip_serve_object_cache_hits_total 7",
+            "refstrip_serve_delta_files_total 3",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

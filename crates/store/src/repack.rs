@@ -257,7 +257,13 @@ impl Store {
         }
         for (i, objects) in rewritten {
             let record = &mut records[i];
-            record.objects = objects.into();
+            // Offers name objects, not places: they stay valid as they are.
+            let offers = record
+                .objects
+                .table()
+                .map(|t| t.offers.clone())
+                .unwrap_or_default();
+            record.objects = refstrip_read::Table { objects, offers }.into();
             // The object table lives in the (shared) shape file: rewrite it with the new places.
             self.replace_record(record)?;
             let key = record_key(record.hash_part());

@@ -239,7 +239,7 @@ impl Store {
         let Ok(table) = refstrip_read::ShapeFile::decode_objects(&bytes) else {
             return Ok(false);
         };
-        let packs: HashSet<&str> = table.values().map(|(p, _)| p.as_str()).collect();
+        let packs: HashSet<&str> = table.objects.values().map(|(p, _)| p.as_str()).collect();
         for pack in packs {
             if !self.catalog().has_pack(pack)? {
                 return Ok(false);
@@ -573,6 +573,11 @@ impl StagingPack<'_> {
 
     pub fn is_empty(&self) -> bool {
         self.writer.as_ref().is_none_or(|w| w.is_empty())
+    }
+
+    /// See [`PackWriter::end_block`].
+    pub fn end_block(&mut self) -> io::Result<()> {
+        self.writer.as_mut().expect("writer present").end_block()
     }
 
     /// Finish the pack, move it into the store and catalog its objects. Returns its id, index and

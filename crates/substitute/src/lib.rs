@@ -130,6 +130,12 @@ pub struct Report {
     /// Objects (and their bytes) taken from the near source (the local Nix store) instead.
     pub local_objects: u64,
     pub local_bytes: u64,
+    /// Files rebuilt from their predecessor in the local Nix store and a delta (spec §8), the
+    /// deltas' bytes, the files' bytes; deltas tried and not used (the full object was fetched).
+    pub delta_files: u64,
+    pub delta_bytes: u64,
+    pub delta_file_bytes: u64,
+    pub deltas_rejected: u64,
     /// Large files copied from files of the local Nix store (reflinked where the file system
     /// shares extents), and their bytes; local files that did not check out and were written.
     pub copied_files: u64,
@@ -286,10 +292,8 @@ fn substitute_in_pool(
         objects = objects.with_near(near.clone());
     }
     let near = objects.near().cloned();
-    let blocks = blocks_of(plan.iter().map(|p| &p.record), |id| {
-        near.as_ref().is_none_or(|n| !n.may_have(id))
-    })
-    .map_err(|why| io_err("reading object tables")(io::Error::other(why)))?;
+    let blocks = blocks_of(plan.iter().map(|p| &p.record), near.as_deref())
+        .map_err(|why| io_err("reading object tables")(io::Error::other(why)))?;
     opts.progress.set_length(total_nar);
     opts.progress.set_message("fetching");
     objects
@@ -321,8 +325,11 @@ fn substitute_in_pool(
     let failures = Mutex::new(Vec::new());
     let written = Mutex::new(Vec::new());
     let copies = CopyCounters::default();
+    let rebuilt = Mutex::new(HashMap::new());
     let sources = Sources {
         packs: objects.packs(),
+        counters: &objects.counters,
+        rebuilt: &rebuilt,
         near: near.as_deref(),
         store: &store_fd,
         copies: &copies,
@@ -411,6 +418,10 @@ fn substitute_in_pool(
     report.reused_blocks = FetchCounters::get(&counters.reused_blocks);
     report.reused_bytes = FetchCounters::get(&counters.reused_bytes);
     (report.cached_objects, report.cached_bytes) = objects.held_served();
+    report.delta_files = FetchCounters::get(&counters.deltas_applied);
+    report.delta_bytes = FetchCounters::get(&counters.delta_bytes);
+    report.delta_file_bytes = FetchCounters::get(&counters.delta_output_bytes);
+    report.deltas_rejected = FetchCounters::get(&counters.deltas_rejected);
     report.record_bytes += store.deferred_bytes();
     report.fetched_bytes = report.record_bytes + report.fetched_block_bytes;
     if let (Some(near), Some((objects, bytes))) = (&opts.near, near_before) {
@@ -424,7 +435,7 @@ fn substitute_in_pool(
         report.written = plan
             .into_iter()
             .filter_map(|p| {
-                let chunk_lists = chunk_lists_of(&p.record, &objects).ok()?;
+                let chunk_lists = chunk_lists_of(&p.record, &objects, &rebuilt).ok()?;
                 Some(WrittenPath {
                     manifest: p.record.manifest,
                     chunk_lists,
@@ -456,13 +467,19 @@ struct Written {
 fn chunk_lists_of(
     record: &PathRecord,
     objects: &Objects,
+    rebuilt: &Mutex<HashMap<ContentDigest, Vec<u8>>>,
 ) -> Result<HashMap<ContentDigest, Vec<u8>>, refstrip_cas::CasError> {
     let mut source = objects.of(record);
     let mut lists = HashMap::new();
     for (digest, size) in record.manifest.objects() {
         let id = refstrip_cas::file_object(&digest, size);
         if id.kind == Kind::ChunkList {
-            lists.insert(digest, source.get(&ObjectId::new(Kind::ChunkList, digest))?);
+            let list = rebuilt.lock().expect("poisoned").get(&digest).cloned();
+            let list = match list {
+                Some(list) => list,
+                None => source.get(&ObjectId::new(Kind::ChunkList, digest))?,
+            };
+            lists.insert(digest, list);
         }
     }
     Ok(lists)

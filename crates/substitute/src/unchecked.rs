@@ -13,6 +13,7 @@
 //! patches and writes the previous pieces; [`FedSource`] is restore's end of it.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::ops::Range;
@@ -22,7 +23,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use refstrip_cas::pack::Location;
 use refstrip_cas::{decode_chunk_list, Kind, ObjectId, CHUNK_MAX, CHUNK_THRESHOLD};
-use refstrip_read::objects::{BlockKey, NearSource, PackBlocks};
+use refstrip_read::objects::{BlockKey, FetchCounters, NearSource, PackBlocks};
 use refstrip_read::PathRecord;
 use refstrip_strip::{Bytes, ContentDigest, ContentSource, Node, Pieces};
 
@@ -155,6 +156,10 @@ fn corrupt(id: &ObjectId, why: &str) -> Stop {
 /// Where a feeder reads objects from and copies local files to.
 pub struct Sources<'a> {
     pub packs: &'a PackBlocks,
+    pub counters: &'a FetchCounters,
+    /// Chunk lists of the large files rebuilt from deltas, for indexing the written paths
+    /// without fetching the lists.
+    pub rebuilt: &'a Mutex<HashMap<ContentDigest, Vec<u8>>>,
     pub near: Option<&'a dyn NearSource>,
     /// The store directory, where copies of local files are made.
     pub store: &'a File,
@@ -166,6 +171,8 @@ pub struct Sources<'a> {
 pub struct Feeder<'a> {
     record: &'a PathRecord,
     packs: &'a PackBlocks,
+    counters: &'a FetchCounters,
+    rebuilt: &'a Mutex<HashMap<ContentDigest, Vec<u8>>>,
     near: Option<&'a dyn NearSource>,
     store: &'a File,
     copies: &'a CopyCounters,
@@ -184,6 +191,8 @@ impl<'a> Feeder<'a> {
         Feeder {
             record,
             packs: from.packs,
+            counters: from.counters,
+            rebuilt: from.rebuilt,
             near: from.near,
             store: from.store,
             copies: from.copies,
@@ -222,6 +231,36 @@ impl<'a> Feeder<'a> {
             return Ok(());
         };
         let size = *size;
+        if let Some(near) = self.near {
+            let id = refstrip_cas::file_object(digest, size);
+            // A delta's output is the whole file in memory: its share of the budget is taken
+            // first, and only when an offer's base is near (which needs the object table only if
+            // the file itself is not near).
+            let usable = !near.may_have(&id)
+                && self
+                    .record
+                    .objects
+                    .table()
+                    .is_ok_and(|t| refstrip_read::delta::usable(t, &id, near).is_some());
+            if usable {
+                self.end_run()?;
+                let ticket = self.take(size)?;
+                let counters = Some(self.counters);
+                let rebuilt =
+                    refstrip_read::delta::rebuild(self.record, &id, near, self.packs, counters);
+                if let Some(bytes) = rebuilt {
+                    if size > CHUNK_THRESHOLD as u64 {
+                        let list = refstrip_cas::chunk_list_of(&bytes);
+                        self.rebuilt.lock().expect("poisoned").insert(*digest, list);
+                    }
+                    self.push(Bytes::from_owner(Held {
+                        bytes,
+                        _ticket: ticket,
+                    }))?;
+                    return self.end_run();
+                }
+            }
+        }
         if size <= CHUNK_THRESHOLD as u64 {
             self.object(&ObjectId::new(Kind::Blob, *digest))?;
             return self.end_run();

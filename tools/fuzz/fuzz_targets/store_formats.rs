@@ -5,12 +5,15 @@
 //!   block within the decoder's limits;
 //! - 1: a format 2 binding and a shape body (split at a little-endian u16 length) either refuse to
 //!   join or join into a manifest that splits into halves joining to the same manifest;
-//! - 2: a shape file's object table, with every block within the limits;
+//! - 2: a shape file's object table and delta offers, with every block within the limits, every
+//!   offer's sizes within the delta limit and its delta in the table; the table encodes back to
+//!   one decoding the same;
 //! - anything else: a store URL either refuses or parses, and an `s3://` one to a bucket name and
 //!   a prefix that is empty or ends in `/` (keys are the prefix plus `packs/…`, `paths/…`).
 use libfuzzer_sys::fuzz_target;
 use refstrip_backend::StoreUrl;
 use refstrip_cas::pack::MAX_BLOCK_RAW_LEN;
+use refstrip_cas::delta::MAX_DELTA_INPUT;
 use refstrip_read::{ObjectMap, PathRecord, ShapeFile, StoredRecord};
 use refstrip_strip::{Binding, Manifest};
 
@@ -50,8 +53,16 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         2 => {
-            if let Ok(objects) = ShapeFile::decode_objects(rest) {
-                check_locations(&objects);
+            if let Ok(table) = ShapeFile::decode_objects(rest) {
+                check_locations(&table.objects);
+                for o in &table.offers {
+                    assert!(o.target_size <= MAX_DELTA_INPUT && o.base_size <= MAX_DELTA_INPUT);
+                    assert!(table.objects.contains_key(&o.delta_object()));
+                }
+                let again = ShapeFile::decode_objects(&ShapeFile::encode(b"", &table))
+                    .expect("an encoded table decodes");
+                assert_eq!(again.objects, table.objects);
+                assert_eq!(again.offers, table.offers);
             }
         }
         _ => {

@@ -1,0 +1,235 @@
+//! Deltas for version bumps (spec §8 "offers"): a new path's files are paired with the files of
+//! its predecessor (the store's newest other path of the same package and output), and for each
+//! pair whose contents differ a zstd patch-from delta is stored beside the full object when it is
+//! small enough to be worth a client's while.
+//!
+//! Pairing (`refstrip_cas::delta::pair`) follows OSTree's rule: the same relative path, else the
+//! same path with every run of digits wildcarded (`lib/liblua.so.5.4.4` ~ `lib/liblua.so.5.4.7`,
+//! `lib/python3.11/x` ~ `lib/python3.12/x`), ties broken by the closest size. Deltas are made on
+//! the worker that stripped the path, from bytes it kept while stripping and the base read back
+//! from the store.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+
+use refstrip_cas::delta::{files, pair, MAX_DELTA_INPUT, MIN_DELTA_FILE};
+use refstrip_cas::{FileSource, Kind, ObjectId, ObjectWrite};
+use refstrip_read::objects::Objects;
+use refstrip_read::{Offer, PathRecord};
+use refstrip_store::{package_of, StagingPack, Store, StoreError};
+use refstrip_strip::{ContentDigest, ContentSink, ContentSource, Manifest};
+
+/// Normalized bytes of the files of one path a worker keeps while stripping it, at most this
+/// much: the candidates for deltas. Files beyond it simply get none.
+const KEEP_BUDGET: u64 = 256 << 20;
+
+/// The newest path of each (package, output) in the store when the ingest started, by hash part.
+pub struct Predecessors(HashMap<(String, String), (String, std::time::SystemTime)>);
+
+impl Predecessors {
+    pub fn of(store: &Store) -> Result<Predecessors, StoreError> {
+        let times = store.registration_times()?;
+        let mut newest: HashMap<(String, String), (String, std::time::SystemTime)> = HashMap::new();
+        for (hash_part, store_path) in store.catalog().paths()? {
+            let Some(time) = times.get(&hash_part) else {
+                continue;
+            };
+            let (package, output) = package_of(name_of(&store_path));
+            let key = (package.to_string(), output.to_string());
+            if newest.get(&key).is_none_or(|(_, t)| t < time) {
+                newest.insert(key, (hash_part, *time));
+            }
+        }
+        Ok(Predecessors(newest))
+    }
+
+    /// The hash part of `store_path`'s predecessor, if the store has one.
+    pub fn of_path(&self, hash_part: &str, name: &str) -> Option<&str> {
+        let (package, output) = package_of(name);
+        self.0
+            .get(&(package.to_string(), output.to_string()))
+            .map(|(h, _)| h.as_str())
+            .filter(|h| *h != hash_part)
+    }
+}
+
+fn name_of(store_path: &str) -> &str {
+    let base = store_path.rsplit('/').next().unwrap_or(store_path);
+    base.get(33..).unwrap_or("")
+}
+
+/// A sink in front of the pack's that holds back the files that could get a delta (their
+/// normalized bytes, by digest, up to a budget) and passes everything else on. The files held back
+/// are written by [`write`] once pairing has decided which get a delta: those go into blocks of
+/// their own, so that a client rebuilding them from deltas fetches no block holding them.
+pub struct Keep<S: ContentSink> {
+    pub inner: S,
+    on: bool,
+    current: Option<Vec<u8>>,
+    /// Files held back, in the order they came.
+    pub kept: Vec<(ContentDigest, Vec<u8>)>,
+    budget: u64,
+}
+
+impl<S: ContentSink> Keep<S> {
+    pub fn new(inner: S, on: bool) -> Self {
+        Keep {
+            inner,
+            on,
+            current: None,
+            kept: Vec::new(),
+            budget: KEEP_BUDGET,
+        }
+    }
+}
+
+impl<S: ContentSink> ContentSink for Keep<S> {
+    fn begin(&mut self, size: u64) -> io::Result<()> {
+        let keep =
+            self.on && (MIN_DELTA_FILE..=MAX_DELTA_INPUT).contains(&size) && size <= self.budget;
+        if keep {
+            self.budget -= size;
+            self.current = Some(Vec::with_capacity(size as usize));
+            return Ok(());
+        }
+        self.inner.begin(size)
+    }
+
+    fn write(&mut self, normalized: &[u8]) -> io::Result<()> {
+        match &mut self.current {
+            Some(c) => {
+                c.extend_from_slice(normalized);
+                Ok(())
+            }
+            None => self.inner.write(normalized),
+        }
+    }
+
+    fn end(&mut self, digest: &ContentDigest) -> io::Result<()> {
+        match self.current.take() {
+            Some(bytes) => {
+                self.kept.push((*digest, bytes));
+                Ok(())
+            }
+            None => self.inner.end(digest),
+        }
+    }
+}
+
+/// The deltas of one path.
+#[derive(Default)]
+pub struct Made {
+    pub offers: Vec<Offer>,
+    /// The delta objects, by the offers' order.
+    deltas: Vec<(ObjectId, Vec<u8>)>,
+    /// Bytes of the delta objects this path added to the pack.
+    pub bytes: u64,
+}
+
+/// Deltas from `base` (the predecessor's record) to the files of `manifest` held back in `kept`.
+pub fn make(
+    objects: &Objects,
+    base: &PathRecord,
+    manifest: &Manifest,
+    kept: &[(ContentDigest, Vec<u8>)],
+    level: i32,
+) -> io::Result<Made> {
+    let kept: HashMap<&ContentDigest, &[u8]> =
+        kept.iter().map(|(d, b)| (d, b.as_slice())).collect();
+    let targets = files(manifest);
+    let bases = files(&base.manifest);
+    let mut made = Made::default();
+    for (t, b) in pair(&targets, &bases) {
+        let (_, digest, size) = &targets[t];
+        let (_, base_digest, base_size) = &bases[b];
+        let Some(target) = kept.get(digest) else {
+            continue;
+        };
+        if *base_size > MAX_DELTA_INPUT
+            || *base_size == 0
+            || made.offers.iter().any(|o| o.target.digest == *digest)
+        {
+            continue;
+        }
+        let mut base_bytes = Vec::with_capacity(*base_size as usize);
+        let mut read = objects.of(base);
+        if FileSource::new(&mut read)
+            .open(base_digest, *base_size)
+            .and_then(|mut r| r.read_to_end(&mut base_bytes))
+            .is_err()
+        {
+            continue; // a base the store cannot read gets no delta; the full object is there
+        }
+        let Some(delta) = refstrip_cas::delta::worth_making(&base_bytes, target, level)? else {
+            continue;
+        };
+        let target_id = refstrip_cas::file_object(digest, *size);
+        let covers = match target_id.kind {
+            Kind::ChunkList => {
+                refstrip_cas::decode_chunk_list(&refstrip_cas::chunk_list_of(target))
+                    .expect("a list just encoded")
+                    .into_iter()
+                    .map(|(digest, _)| digest)
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let delta_id = ObjectId::new(Kind::Delta, ContentDigest::of(&delta));
+        made.offers.push(Offer {
+            target: target_id,
+            target_size: *size,
+            base: *base_digest,
+            base_size: *base_size,
+            delta: delta_id.digest,
+            covers,
+        });
+        made.deltas.push((delta_id, delta));
+    }
+    Ok(made)
+}
+
+/// Write the files held back and the deltas into `pack`: the files that got a delta in blocks
+/// of their own, then the deltas in blocks of their own, then the other files held back.
+/// Returns the objects the path needs beyond what `sink` recorded: its new objects and bytes,
+/// and every object id written or found.
+pub fn write(
+    pack: &mut StagingPack<'_>,
+    kept: Vec<(ContentDigest, Vec<u8>)>,
+    made: &mut Made,
+) -> io::Result<(u64, u64, Vec<ObjectId>)> {
+    let with_delta: std::collections::HashSet<ContentDigest> =
+        made.offers.iter().map(|o| o.target.digest).collect();
+    let (first, rest): (Vec<_>, Vec<_>) =
+        kept.into_iter().partition(|(d, _)| with_delta.contains(d));
+    let mut needed = Vec::new();
+    let (mut new_objects, mut new_bytes) = (0, 0);
+    let mut files = |pack: &mut StagingPack<'_>, files: Vec<(ContentDigest, Vec<u8>)>| {
+        let mut sink = refstrip_cas::FileSink::new(pack);
+        for (digest, bytes) in files {
+            sink.begin(bytes.len() as u64)?;
+            sink.write(&bytes)?;
+            sink.end(&digest)?;
+        }
+        new_objects += sink.new_objects;
+        new_bytes += sink.new_bytes;
+        needed.extend(sink.needed);
+        io::Result::Ok(())
+    };
+    if !first.is_empty() {
+        pack.end_block()?;
+        files(pack, first)?;
+        pack.end_block()?;
+    }
+    for (id, bytes) in &made.deltas {
+        if !pack.has(id)? {
+            made.bytes += bytes.len() as u64;
+            pack.put(*id, bytes)?;
+        }
+    }
+    if !made.deltas.is_empty() {
+        pack.end_block()?;
+    }
+    files(pack, rest)?;
+    needed.extend(made.deltas.iter().map(|(id, _)| *id));
+    Ok((new_objects, new_bytes, needed))
+}
