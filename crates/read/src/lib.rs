@@ -36,8 +36,10 @@ pub use record::{
 };
 
 /// The store format this version reads and writes (spec/normalized-format.md §7): 2 since path
-/// records are split into bindings and shapes (§8). Format 1 stores are read as well.
-pub const STORE_FORMAT: u64 = 2;
+/// records are split into bindings and shapes (§8), 3 since packs may filter blocks (§6) and shape
+/// files may offer deltas (§8) — what a format 2 reader would misread, so it refuses the store
+/// instead. Stores of formats 1 and 2 are read as well.
+pub const STORE_FORMAT: u64 = 3;
 
 /// Shape bodies a reader keeps in memory (a shape is a few hundred bytes to a few MB).
 const SHAPE_MEMORY: u64 = 32 << 20;
@@ -69,7 +71,7 @@ pub enum OpenError {
     BinaryCache { location: String },
     #[error("{location} is not a normalized store: it has neither a {MARKER_KEY} file nor a paths/ directory")]
     NotAStore { location: String },
-    #[error("{location} is a store of format {found}; this refstrip reads format {STORE_FORMAT}")]
+    #[error("{location} is a store of format {found}; this refstrip reads formats up to {STORE_FORMAT} (a newer refstrip wrote it: upgrade)")]
     Format { location: String, found: String },
     #[error("opening {location}: {error}")]
     Io { location: String, error: io::Error },
