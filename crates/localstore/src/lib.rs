@@ -33,7 +33,7 @@ use refstrip_strip::{ContentDigest, RefTable, Scanner};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use index::{Restored, UpdateReport};
-pub use renorm::{open_dir_beneath, open_in, renormalize, renormalize_window};
+pub use renorm::{open_dir_beneath, open_in, renormalize};
 
 /// The index's file name inside the state directory.
 pub const INDEX_FILE: &str = "local-objects.sqlite";
@@ -290,20 +290,12 @@ impl NearSource for LocalStore {
             if c.offset != 0 || c.size != c.file_size {
                 continue;
             }
-            let Some(file) = self.open_file(&c) else {
-                continue;
-            };
-            let Some(scanner) = self.scanner(&c) else {
-                continue;
-            };
-            let (size, zero) = (c.file_size, c.zero.map(|(s, e)| s..e));
-            return Some(NearFile {
-                file,
-                size,
-                normalize: Box::new(move |window, at, range| {
-                    renormalize_window(window, at, range, &scanner, zero.clone())
-                }),
-            });
+            if let Some(file) = self.open_file(&c) {
+                return Some(NearFile {
+                    file,
+                    size: c.file_size,
+                });
+            }
         }
         None
     }

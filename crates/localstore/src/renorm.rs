@@ -109,29 +109,6 @@ pub fn renormalize(
 /// Bytes read on either side of a range so that a reference overlapping its edge is found.
 const MARGIN: u64 = (HASH_LEN - 1) as u64;
 
-/// [`renormalize`] of bytes in memory: `window` is the file's bytes from offset `at` on, and holds
-/// `range` plus `HASH_LEN - 1` bytes on either side (fewer only at the file's start and end).
-pub fn renormalize_window(
-    window: &[u8],
-    at: u64,
-    range: Range<u64>,
-    scanner: &Scanner,
-    zero: Option<Range<u64>>,
-) -> Vec<u8> {
-    let from = (range.start - at) as usize;
-    let to = from + (range.end - range.start) as usize;
-    let mut out = window[from..to].to_vec();
-    // The placeholders of the matches in the whole window, cut to the range.
-    scanner.find(window, |m, _| {
-        let (s, e) = (m.max(from), (m + HASH_LEN).min(to));
-        if s < e {
-            out[s - from..e - from].copy_from_slice(&PLACEHOLDER[s - m..e - m]);
-        }
-    });
-    zero_in(&mut out, range, zero);
-    out
-}
-
 /// Zero the part of `zero` (file offsets) that lies in `out`, the normalized bytes `range`.
 fn zero_in(out: &mut [u8], range: Range<u64>, zero: Option<Range<u64>>) {
     if let Some(zero) = zero {
