@@ -7,8 +7,10 @@
 //! recorded for them in `db.sqlite` ([`LocalStore::update`], incremental by `ValidPaths.id`), or
 //! from the manifests of paths just written from them ([`LocalStore::add_restored`]).
 //! As an [`ObjectSource`] it reads the range back (opened below the store directory following no
-//! symlink), re-normalizes it with the path's reference table, and hands it out only if its BLAKE3
-//! is the object's name. The index is a cache, never the truth: a garbage-collected path, a
+//! symlink; the directories of the paths last read are kept open), re-normalizes it with the
+//! path's reference table, and hands it out only if its BLAKE3 is the object's name. Whole files
+//! ([`NearSource::file`], for copies) are handed out unchecked, to a client that covers them with
+//! its own check. The index is a cache, never the truth: a garbage-collected path, a
 //! modified file, a stale row are all misses (`Ok(None)`), and the next layer fetches the object.
 //!
 //! ```text
