@@ -611,19 +611,19 @@ fn restore_to_channel(
         let failed = |e: refstrip_strip::StripError| e.to_string();
         match (compression, range) {
             (Compression::None, None) => {
-                refstrip_strip::restore_threaded(manifest, &mut source, &mut out, &mut ())
+                refstrip_strip::restore(manifest, &mut source, &mut out, &mut ())
                     .map_err(failed)?;
             }
             // The whole NAR is restored (and checked), only the range is passed on.
             (Compression::None, Some((start, end))) => {
                 let mut part = range::RangeWriter::new(&mut out, start, end, nar_size);
-                refstrip_strip::restore_threaded(manifest, &mut source, &mut part, &mut ())
+                refstrip_strip::restore(manifest, &mut source, &mut part, &mut ())
                     .map_err(failed)?;
             }
             (Compression::Zstd, _) => {
                 let mut encoder = zstd::stream::write::Encoder::new(&mut out, level)
                     .map_err(|e| e.to_string())?;
-                refstrip_strip::restore_threaded(manifest, &mut source, &mut encoder, &mut ())
+                refstrip_strip::restore(manifest, &mut source, &mut encoder, &mut ())
                     .map_err(failed)?;
                 encoder.finish().map_err(|e| e.to_string())?;
             }
