@@ -9,8 +9,8 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 use refstrip_cas::{decode_chunk_list, FileSink, Kind, ObjectId, ObjectWrite, CHUNK_THRESHOLD};
 use refstrip_strip::{
-    apply_all, compress_shape, shape_body, strip, ContentDigest, Manifest, Node, Patch, PatchKind,
-    RefTable, StripOptions,
+    apply_all, compress_shape_quickly, shape_body, strip, ContentDigest, Manifest, Node, Patch,
+    PatchKind, RefTable, StripOptions,
 };
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
@@ -387,7 +387,7 @@ fn insert_shape(tx: &rusqlite::Transaction, path: i64, body: &[u8]) -> rusqlite:
     let digest = blake3::hash(body);
     tx.execute(
         "INSERT OR IGNORE INTO shapes (digest, path, body) VALUES (?1, ?2, ?3)",
-        params![&digest.as_bytes()[..], path, compress_shape(body)],
+        params![&digest.as_bytes()[..], path, compress_shape_quickly(body)],
     )?;
     Ok(())
 }

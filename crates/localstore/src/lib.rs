@@ -7,8 +7,10 @@
 //! recorded for them in `db.sqlite` ([`LocalStore::update`], incremental by `ValidPaths.id`), or
 //! from the manifests of paths just written from them ([`LocalStore::add_restored`]).
 //! As an [`ObjectSource`] it reads the range back (opened below the store directory following no
-//! symlink), re-normalizes it with the path's reference table, and hands it out only if its BLAKE3
-//! is the object's name. The index is a cache, never the truth: a garbage-collected path, a
+//! symlink; the directories of the paths last read are kept open), re-normalizes it with the
+//! path's reference table, and hands it out only if its BLAKE3 is the object's name. Whole files
+//! ([`NearSource::file`], for copies) are handed out unchecked, to a client that covers them with
+//! its own check. The index is a cache, never the truth: a garbage-collected path, a
 //! modified file, a stale row are all misses (`Ok(None)`), and the next layer fetches the object.
 //!
 //! ```text
@@ -33,14 +35,15 @@ use refstrip_strip::{ContentDigest, RefTable, Scanner};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use index::{Restored, UpdateReport};
-pub use renorm::{open_beneath, renormalize, renormalize_window};
+pub use renorm::{open_dir_beneath, open_in, renormalize};
 
 /// The index's file name inside the state directory.
 pub const INDEX_FILE: &str = "local-objects.sqlite";
 /// Version of the index's tables; an index of another version is rebuilt.
 const INDEX_VERSION: i64 = 2;
-/// Candidate copies tried per object before giving up (a popular file is in many paths).
-const MAX_CANDIDATES: usize = 4;
+/// Directories of store paths kept open: objects are asked for in NAR order, so the next one
+/// is mostly in the directory of the last, and opening it anew took a component per level.
+const OPEN_DIRS: u64 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -87,6 +90,8 @@ pub struct LocalStore {
     /// The store directory, opened once: every file is opened below it.
     store_fd: File,
     index: Mutex<Connection>,
+    /// Open directories by `basename/dir` (see [`OPEN_DIRS`]).
+    dirs: Mutex<SizedLru<Vec<u8>, Arc<File>>>,
     /// Scanners by path id (building one hashes every reference).
     scanners: Mutex<SizedLru<i64, Arc<Scanner>>>,
     pub counters: Arc<Counters>,
@@ -132,6 +137,7 @@ impl LocalStore {
             real_store,
             store_fd,
             index: Mutex::new(conn),
+            dirs: Mutex::new(SizedLru::new(OPEN_DIRS)),
             scanners: Mutex::new(SizedLru::new(16 << 20)),
             counters: Arc::default(),
         })
@@ -140,48 +146,63 @@ impl LocalStore {
     /// Whether the index names a copy of `id` (which may still turn out stale when read).
     pub fn may_have(&self, id: &ObjectId) -> bool {
         let conn = self.index.lock().expect("poisoned");
-        conn.query_row(
-            "SELECT 1 FROM objects WHERE digest = ?1 AND kind = ?2 LIMIT 1",
-            params![&id.digest.0[..], id.kind.code() as i64],
-            |_| Ok(()),
-        )
-        .optional()
-        .ok()
-        .flatten()
-        .is_some()
+        conn.prepare_cached("SELECT 1 FROM objects WHERE digest = ?1 AND kind = ?2 LIMIT 1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![&id.digest.0[..], id.kind.code() as i64], |_| Ok(()))
+                    .optional()
+            })
+            .ok()
+            .flatten()
+            .is_some()
     }
 
     fn candidates(&self, id: &ObjectId) -> rusqlite::Result<Vec<Candidate>> {
         let conn = self.index.lock().expect("poisoned");
-        let mut stmt = conn.prepare_cached(
-            "SELECT o.path, p.basename, p.refs, o.file, o.file_size, o.offset, o.size,
-                    o.zero_start, o.zero_end, o.list
-             FROM objects o JOIN paths p ON p.id = o.path
-             WHERE o.digest = ?1 AND o.kind = ?2 ORDER BY o.path DESC LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(
-            params![
-                &id.digest.0[..],
-                id.kind.code() as i64,
-                MAX_CANDIDATES as i64
-            ],
-            |r| {
-                let zs: Option<i64> = r.get(7)?;
-                let ze: Option<i64> = r.get(8)?;
-                Ok(Candidate {
-                    path: r.get(0)?,
-                    basename: r.get(1)?,
-                    refs: r.get(2)?,
-                    file: r.get(3)?,
-                    file_size: r.get::<_, i64>(4)? as u64,
-                    offset: r.get::<_, i64>(5)? as u64,
-                    size: r.get::<_, i64>(6)? as u64,
-                    zero: zs.zip(ze).map(|(s, e)| (s as u64, e as u64)),
-                    list: r.get(9)?,
-                })
-            },
-        )?;
+        let mut stmt = conn.prepare_cached(CANDIDATES)?;
+        let rows = stmt.query_map(params![&id.digest.0[..], id.kind.code() as i64], |r| {
+            let zs: Option<i64> = r.get(7)?;
+            let ze: Option<i64> = r.get(8)?;
+            Ok(Candidate {
+                path: r.get(0)?,
+                basename: r.get(1)?,
+                refs: r.get(2)?,
+                file: r.get(3)?,
+                file_size: r.get::<_, i64>(4)? as u64,
+                offset: r.get::<_, i64>(5)? as u64,
+                size: r.get::<_, i64>(6)? as u64,
+                zero: zs.zip(ze).map(|(s, e)| (s as u64, e as u64)),
+                list: r.get(9)?,
+            })
+        })?;
         rows.collect()
+    }
+
+    /// The candidate's file, opened below the store directory following no symlink, through the
+    /// open directory of its path if there is one.
+    fn open_file(&self, c: &Candidate) -> Option<File> {
+        let (dir, name) = match c.file.iter().rposition(|&b| b == b'/') {
+            _ if c.file.is_empty() => {
+                return open_in(&self.store_fd, c.basename.as_bytes(), c.file_size).ok()
+            }
+            Some(i) => (&c.file[..i], &c.file[i + 1..]),
+            None => (&b""[..], &c.file[..]),
+        };
+        let mut key = Vec::with_capacity(c.basename.len() + 1 + dir.len());
+        key.extend_from_slice(c.basename.as_bytes());
+        key.push(b'/');
+        key.extend_from_slice(dir);
+        let open = self.dirs.lock().expect("poisoned").get(&key);
+        if let Some(open) = open {
+            match open_in(&open, name, c.file_size) {
+                Ok(file) => return Some(file),
+                // Maybe no longer the path's directory (collected, made anew): look again.
+                Err(_) => self.dirs.lock().expect("poisoned").remove(&key),
+            }
+        }
+        let open = Arc::new(open_dir_beneath(&self.store_fd, c.basename.as_bytes(), dir).ok()?);
+        let file = open_in(&open, name, c.file_size).ok();
+        self.dirs.lock().expect("poisoned").put(key, open, 1);
+        file
     }
 
     fn scanner(&self, c: &Candidate) -> Option<Arc<Scanner>> {
@@ -206,8 +227,7 @@ impl LocalStore {
 
     /// One candidate's bytes, if they are the object `id`.
     fn read(&self, id: &ObjectId, c: &Candidate) -> Option<Vec<u8>> {
-        let file =
-            open_beneath(&self.store_fd, c.basename.as_bytes(), &c.file, c.file_size).ok()?;
+        let file = self.open_file(c)?;
         match id.kind {
             Kind::Blob => {
                 let scanner = self.scanner(c)?;
@@ -272,22 +292,12 @@ impl NearSource for LocalStore {
             if c.offset != 0 || c.size != c.file_size {
                 continue;
             }
-            let Ok(file) =
-                open_beneath(&self.store_fd, c.basename.as_bytes(), &c.file, c.file_size)
-            else {
-                continue;
-            };
-            let Some(scanner) = self.scanner(&c) else {
-                continue;
-            };
-            let (size, zero) = (c.file_size, c.zero.map(|(s, e)| s..e));
-            return Some(NearFile {
-                file,
-                size,
-                normalize: Box::new(move |window, at, range| {
-                    renormalize_window(window, at, range, &scanner, zero.clone())
-                }),
-            });
+            if let Some(file) = self.open_file(&c) {
+                return Some(NearFile {
+                    file,
+                    size: c.file_size,
+                });
+            }
         }
         None
     }
@@ -297,6 +307,14 @@ impl NearSource for LocalStore {
         (objects, bytes)
     }
 }
+
+/// Copies of an object, newest path first: at most four are tried before giving up (a popular
+/// file is in many paths). The limit is in the text: SQLite re-prepares a statement whose `LIMIT`
+/// is a bound parameter every time it is bound, which once cost a tenth of serve's CPU.
+const CANDIDATES: &str = "SELECT o.path, p.basename, p.refs, o.file, o.file_size, o.offset, o.size,
+            o.zero_start, o.zero_end, o.list
+     FROM objects o JOIN paths p ON p.id = o.path
+     WHERE o.digest = ?1 AND o.kind = ?2 ORDER BY o.path DESC LIMIT 4";
 
 /// The shapes of the indexed paths: a mass rebuild's new paths have the old paths' shapes, so a
 /// client need not fetch them (spec §8). The reader checks the digest of what this returns.

@@ -2,45 +2,56 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 
-use refstrip_strip::{Scanner, HASH_LEN};
+use refstrip_strip::{Scanner, HASH_LEN, PLACEHOLDER};
 use rustix::fs::{openat, Mode, OFlags};
 
-/// Open `basename/rel` below the store directory `store`, following no symlink on the way (every
-/// component is opened with `O_NOFOLLOW`, so a path whose directory was swapped for a symlink out
-/// of the store fails), and only if the result is a regular file of `size` bytes. `rel` is the
-/// file's path inside the store path, `/`-separated; empty when the store path is the file itself.
-pub fn open_beneath(store: &File, basename: &[u8], rel: &[u8], size: u64) -> io::Result<File> {
+fn not_plain(name: &[u8]) -> bool {
+    name.is_empty() || name == b"." || name == b".." || name.contains(&0) || name.contains(&b'/')
+}
+
+fn bad(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, why.to_string())
+}
+
+/// The directory `basename/dir` below the store directory `store` (`dir` `/`-separated, empty
+/// for the store path itself), following no symlink on the way: every component is opened with
+/// `O_NOFOLLOW | O_DIRECTORY`, so a path whose directory was swapped for a symlink out of the
+/// store fails.
+pub fn open_dir_beneath(store: &File, basename: &[u8], dir: &[u8]) -> io::Result<File> {
     let mut names = vec![basename];
-    if !rel.is_empty() {
-        names.extend(rel.split(|&b| b == b'/'));
+    if !dir.is_empty() {
+        names.extend(dir.split(|&b| b == b'/'));
     }
-    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, why.to_string());
-    if names
-        .iter()
-        .any(|n| n.is_empty() || *n == b"." || *n == b".." || n.contains(&0))
-    {
+    if names.iter().any(|n| not_plain(n)) {
         return Err(bad("not a plain name"));
     }
-    let last = names.len() - 1;
-    let mut dir: Option<File> = None;
-    for (i, name) in names.iter().enumerate() {
-        let at: &File = dir.as_ref().unwrap_or(store);
-        let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        // NONBLOCK: opening a FIFO planted in the store must not hang; it has no effect on files.
-        flags |= if i == last {
-            OFlags::NONBLOCK
-        } else {
-            OFlags::DIRECTORY
-        };
-        let fd = openat(at, OsStr::from_bytes(name), flags, Mode::empty())?;
-        dir = Some(File::from(fd));
+    let mut at: Option<File> = None;
+    for name in names {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::DIRECTORY;
+        let fd = openat(
+            at.as_ref().unwrap_or(store),
+            OsStr::from_bytes(name),
+            flags,
+            Mode::empty(),
+        )?;
+        at = Some(File::from(fd));
     }
-    let file = dir.expect("at least one component");
+    Ok(at.expect("at least one component"))
+}
+
+/// The regular file `name` in the directory `dir`, not following a symlink, and only if it has
+/// `size` bytes.
+pub fn open_in(dir: &File, name: &[u8], size: u64) -> io::Result<File> {
+    if not_plain(name) {
+        return Err(bad("not a plain name"));
+    }
+    // NONBLOCK: opening a FIFO planted in the store must not hang; it has no effect on files.
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let file = File::from(openat(dir, OsStr::from_bytes(name), flags, Mode::empty())?);
     let meta = file.metadata()?;
     if !meta.file_type().is_file() {
         return Err(bad("not a regular file"));
@@ -74,31 +85,36 @@ pub fn renormalize(
     }
     let start = range.start.saturating_sub(MARGIN);
     let end = range.end.saturating_add(MARGIN).min(file_size);
-    let mut window = vec![0u8; (end - start) as usize];
-    file.read_exact_at(&mut window, start)?;
-    Ok(renormalize_window(&window, start, range, scanner, zero))
+    let len = (end - start) as usize;
+    // Read into spare capacity (no zeroing first), normalize in place, keep only the range.
+    let mut window = Vec::with_capacity(len);
+    let mut reader: &File = file;
+    reader.seek(SeekFrom::Start(start))?;
+    reader.take(len as u64).read_to_end(&mut window)?;
+    if window.len() != len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    let mut found = Vec::new();
+    scanner.find(&window, |at, _| found.push(at));
+    for at in found {
+        window[at..at + HASH_LEN].copy_from_slice(&PLACEHOLDER);
+    }
+    let from = (range.start - start) as usize;
+    window.copy_within(from..from + (range.end - range.start) as usize, 0);
+    window.truncate((range.end - range.start) as usize);
+    zero_in(&mut window, range, zero);
+    Ok(window)
 }
 
 /// Bytes read on either side of a range so that a reference overlapping its edge is found.
 const MARGIN: u64 = (HASH_LEN - 1) as u64;
 
-/// [`renormalize`] of bytes in memory: `window` is the file's bytes from offset `at` on, and holds
-/// `range` plus `HASH_LEN - 1` bytes on either side (fewer only at the file's start and end).
-pub fn renormalize_window(
-    window: &[u8],
-    at: u64,
-    range: Range<u64>,
-    scanner: &Scanner,
-    zero: Option<Range<u64>>,
-) -> Vec<u8> {
-    let (normalized, _) = scanner.strip_bytes(window);
-    let from = (range.start - at) as usize;
-    let mut out = normalized[from..from + (range.end - range.start) as usize].to_vec();
+/// Zero the part of `zero` (file offsets) that lies in `out`, the normalized bytes `range`.
+fn zero_in(out: &mut [u8], range: Range<u64>, zero: Option<Range<u64>>) {
     if let Some(zero) = zero {
         let (zs, ze) = (zero.start.max(range.start), zero.end.min(range.end));
         if zs < ze {
             out[(zs - range.start) as usize..(ze - range.start) as usize].fill(0);
         }
     }
-    out
 }

@@ -62,6 +62,24 @@ fn renormalizing_any_range_gives_the_bytes_of_the_whole_file_scan() {
     assert_eq!(&whole[..32], &PLACEHOLDER);
 }
 
+/// `basename/rel` below `store` as the index's reads open it (`rel` empty: the path itself).
+fn open_beneath(
+    store: &fs::File,
+    basename: &[u8],
+    rel: &[u8],
+    size: u64,
+) -> std::io::Result<fs::File> {
+    match rel.iter().rposition(|&b| b == b'/') {
+        _ if rel.is_empty() => open_in(store, basename, size),
+        None => open_in(&open_dir_beneath(store, basename, b"")?, rel, size),
+        Some(i) => open_in(
+            &open_dir_beneath(store, basename, &rel[..i])?,
+            &rel[i + 1..],
+            size,
+        ),
+    }
+}
+
 #[test]
 fn opening_follows_no_symlink_and_takes_only_regular_files_of_the_recorded_size() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,6 +240,20 @@ fn indexed_paths_serve_every_object_exactly_and_changes_are_misses() {
     fs::remove_dir_all(&me).unwrap();
     for id in wanted.keys() {
         assert_eq!(get(&local, id), None);
+    }
+
+    // The path made anew on disk (as Nix does after deleting it): the directories kept open for
+    // the removed one give nothing, so the new ones are looked up and serve again.
+    fs::create_dir_all(me.join("bin")).unwrap();
+    fs::write(&big, contents(1_000_000, &[ME, DEP], &big_at)).unwrap();
+    fs::write(&small, contents(3000, &[DEP], &[2900])).unwrap();
+    fs::write(me.join("empty"), b"").unwrap();
+    for (id, bytes) in &wanted {
+        assert_eq!(
+            get(&local, id).as_ref(),
+            Some(bytes),
+            "{id} after the path came back"
+        );
     }
 
     // Nix forgets the path (garbage collection): the next update drops it from the index.

@@ -430,8 +430,9 @@ pub trait NearSource: Send + Sync {
     fn served(&self) -> (u64, u64);
     /// A whole file here whose normalized contents should be `id` (a small file's blob, or a
     /// large file's chunk list), for a client that copies files rather than writing their bytes;
-    /// `None` if there is none. Nothing about it is checked: the client must check its copy
-    /// with [`NearFile::normalize`] before using it.
+    /// `None` if there is none. Nothing about it is checked: the client must cover every byte
+    /// it takes from the file with a check of its own (substitute: the path's NarHash, computed
+    /// over the very bytes it writes, with the checking layers to fall back on).
     fn file(&self, _id: &ObjectId) -> Option<NearFile> {
         None
     }
@@ -442,16 +443,6 @@ pub struct NearFile {
     /// Opened without following symlinks; a regular file of `size` bytes when opened.
     pub file: File,
     pub size: u64,
-    /// The normalized bytes `range` of a file with this one's contents (a copy of it), as the
-    /// file was normalized when it was indexed, from `window`: that file's bytes from offset `at`
-    /// on, holding `range` and [`NearFile::MARGIN`] bytes either side (fewer at the file's ends).
-    #[allow(clippy::type_complexity)]
-    pub normalize: Box<dyn Fn(&[u8], u64, std::ops::Range<u64>) -> Vec<u8> + Send + Sync>,
-}
-
-impl NearFile {
-    /// Bytes around a range that normalizing it looks at: a reference may straddle its edge.
-    pub const MARGIN: u64 = refstrip_strip::HASH_LEN as u64 - 1;
 }
 
 impl ObjectSource for Box<dyn ObjectSource> {

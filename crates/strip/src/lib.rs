@@ -30,7 +30,9 @@ pub mod varint;
 pub use bytes::Bytes;
 pub use elf::{build_id_range, HEAD_LEN};
 pub use error::{Result, StripError};
-pub use halves::{compress_shape, inflate_shape, shape_body, Binding, BINDING_MAGIC};
+pub use halves::{
+    compress_shape, compress_shape_quickly, inflate_shape, shape_body, Binding, BINDING_MAGIC,
+};
 pub use manifest::{
     tree_digest, ContentDigest, Entry, Manifest, Node, MANIFEST_VERSION, MAX_NODES, MAX_PATH_LEN,
     MIN_ENTRY_NAR_BYTES,

@@ -3,13 +3,17 @@
 //! After a rebuild most large files a path needs are already on disk in some valid path, their
 //! normalized contents identical and only the references different. Such a file is copied by the
 //! kernel into an unnamed file (`O_TMPFILE`) in the store directory: a `FICLONE` reflink where the
-//! file system shares extents (btrfs, XFS), else `copy_file_range`. The **copy** is then read back
-//! and normalized as the local file was when it was indexed, and used only if that is the object
-//! the path needs (BLAKE3): a store file modified on disk is never trusted, just not copied.
-//! Restore then gets the object's bytes as usual (for the NAR hash: slices of the copy, mapped,
-//! with the few bytes where it differs put back), and the tree writer links the copy into place
-//! and rewrites only the bytes where it differs: the local path's references and build-id, and
-//! the path's own patches. Those are never the bytes restore reads from the mapping.
+//! file system shares extents (btrfs, XFS), else `copy_file_range`. Restore then gets the copy's
+//! bytes (slices of it, mapped) as the object's: where they differ from it, at the local path's
+//! references and build-id, they differ exactly where the object has placeholders and zeros,
+//! which this path's own patches overwrite, so restore's output is the path's file. The tree
+//! writer links the copy into place and rewrites only those patched ranges; they are never the
+//! bytes restore reads from the mapping.
+//!
+//! Nothing here is checked by itself: the NAR hash restore computes covers every byte of the copy
+//! as the file on disk will hold it (the same mapped bytes, patched as they are written). A local
+//! file altered on disk, or one whose references are not where this path's are, fails that check,
+//! and the path is written again through the checking layers, which read nothing unverified.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -19,13 +23,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use refstrip_read::objects::NearFile;
-use refstrip_strip::{ContentDigest, Patch};
+use refstrip_strip::Patch;
 
-/// A checked copy of a local file, for the tree writer.
+/// A copy of a local file, for the tree writer.
 pub struct LocalCopy {
     /// Unnamed, in the store directory's file system, holding the local file's bytes.
     pub file: File,
-    /// Byte ranges to overwrite with the restored bytes: everywhere else the copy is right.
+    /// Byte ranges to overwrite with the restored bytes (this path's patches): everywhere else
+    /// the copy is the file, if the path's NarHash check passes.
     pub rewrite: Vec<Range<u64>>,
 }
 
@@ -36,96 +41,59 @@ pub struct CopyCounters {
     pub bytes: AtomicU64,
     /// Of those, reflinked (no bytes written).
     pub reflinked: AtomicU64,
-    /// Local files that did not check out (modified, or could not be copied): written instead.
+    /// Local files that could not be copied, or were copied for a path that then failed its
+    /// NarHash check and was written again from checked objects: written from objects instead.
     pub refused: AtomicU64,
 }
 
-/// Bytes of a copy mapped, normalized and handed out at a time.
-pub const WINDOW: u64 = 4 << 20;
-/// A local file differing from its normalized form in more bytes than this (a text full of
-/// references) is not worth copying: most of it would be rewritten.
-const MAX_DIFFERENT: u64 = 64 << 10;
-
-/// A checked copy and where the local file differs from its normalized form.
-pub struct Checked {
-    pub copy: LocalCopy,
-    /// (offset, normalized bytes) where the copy's bytes are not the object's, in order.
-    pub differs: Vec<(u64, Vec<u8>)>,
+impl CopyCounters {
+    /// Add what one path's copies did: to the copies if the path was written from them, else
+    /// to the refused ones.
+    pub fn add(&self, path: &CopyCounters, used: bool) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        if used {
+            self.files.fetch_add(get(&path.files), Ordering::Relaxed);
+            self.bytes.fetch_add(get(&path.bytes), Ordering::Relaxed);
+            self.reflinked
+                .fetch_add(get(&path.reflinked), Ordering::Relaxed);
+            self.refused
+                .fetch_add(get(&path.refused), Ordering::Relaxed);
+        } else {
+            let all = get(&path.files) + get(&path.refused);
+            self.refused.fetch_add(all, Ordering::Relaxed);
+        }
+    }
 }
 
-/// Copy `local` into an unnamed file in `store` with `mode`, and check that the copy normalizes
-/// to `digest`. `None` when it cannot be copied or does not check out.
-pub fn copy_checked(
+/// Bytes of a copy mapped and handed out at a time.
+pub const WINDOW: u64 = 4 << 20;
+/// A file with more patched bytes than this (a text full of references) is not worth copying:
+/// much of it would be rewritten.
+const MAX_REWRITTEN: u64 = 64 << 10;
+
+/// Copy `local` into an unnamed file in `store` with `mode`, to be patched with `patches`.
+/// `None` when it is not worth copying or cannot be copied.
+pub fn copy_local(
     store: &File,
     local: &NearFile,
-    digest: &ContentDigest,
     mode: u32,
     patches: &[Patch],
     counters: &CopyCounters,
-) -> Option<Checked> {
-    let checked = check(store, local, digest, mode);
-    let Some((copy, differs, reflinked)) = checked else {
+) -> Option<LocalCopy> {
+    let rewrite = merge(patches.iter().map(|p| p.offset..p.end()));
+    if rewrite.iter().map(|r| r.end - r.start).sum::<u64>() > MAX_REWRITTEN {
+        return None;
+    }
+    let Ok((file, reflinked)) = copy_file(store, &local.file, local.size, mode) else {
         counters.refused.fetch_add(1, Ordering::Relaxed);
         return None;
     };
-    let rewrite = merge(
-        differs
-            .iter()
-            .map(|(at, bytes)| *at..*at + bytes.len() as u64)
-            .chain(patches.iter().map(|p| p.offset..p.end())),
-    );
     counters.files.fetch_add(1, Ordering::Relaxed);
     counters.bytes.fetch_add(local.size, Ordering::Relaxed);
     if reflinked {
         counters.reflinked.fetch_add(1, Ordering::Relaxed);
     }
-    Some(Checked {
-        copy: LocalCopy {
-            file: copy,
-            rewrite,
-        },
-        differs,
-    })
-}
-
-type Differs = Vec<(u64, Vec<u8>)>;
-
-fn check(
-    store: &File,
-    local: &NearFile,
-    digest: &ContentDigest,
-    mode: u32,
-) -> Option<(File, Differs, bool)> {
-    let (copy, reflinked) = copy_file(store, &local.file, local.size, mode).ok()?;
-    // The copy is what is read back (not the local file, which could change meanwhile).
-    let mut hasher = blake3::Hasher::new();
-    let mut differs = Vec::new();
-    let mut different = 0u64;
-    let mut at = 0;
-    while at < local.size {
-        let end = (at + WINDOW).min(local.size);
-        let margin = NearFile::MARGIN;
-        let window = Mapping::new(
-            &copy,
-            at.saturating_sub(margin)..(end + margin).min(local.size),
-        )
-        .ok()?;
-        let normalized = (local.normalize)(window.bytes(), window.start, at..end);
-        let original = window.range(at..end);
-        if normalized.len() != original.len() {
-            return None;
-        }
-        hasher.update(&normalized);
-        for run in runs_differing(original, &normalized) {
-            different += run.len() as u64;
-            differs.push((at + run.start as u64, normalized[run].to_vec()));
-        }
-        if different > MAX_DIFFERENT {
-            return None;
-        }
-        at = end;
-    }
-    (ContentDigest(*hasher.finalize().as_bytes()) == *digest).then_some((copy, differs, reflinked))
+    Some(LocalCopy { file, rewrite })
 }
 
 /// Part of a file mapped read-only (shared, so it reads the file's page cache without copying).
@@ -133,9 +101,7 @@ fn check(
 pub struct Mapping {
     ptr: *mut libc::c_void,
     len: usize,
-    /// The file offset of the first byte of [`bytes`](Self::bytes).
-    pub start: u64,
-    /// Where that byte is in the (page-aligned) mapping.
+    /// Where the first byte of the range is in the (page-aligned) mapping.
     skip: usize,
 }
 
@@ -167,21 +133,15 @@ impl Mapping {
         Ok(Mapping {
             ptr,
             len,
-            start: range.start,
             skip: (range.start - base) as usize,
         })
     }
 
-    /// The mapped bytes from [`start`](Self::start) on.
+    /// The mapped bytes of the range.
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `len` bytes are mapped readable at `ptr` for the lifetime of `self`.
         let all = unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) };
         &all[self.skip..]
-    }
-
-    /// The bytes of file range `range`, which lies within the mapping.
-    pub fn range(&self, range: Range<u64>) -> &[u8] {
-        &self.bytes()[(range.start - self.start) as usize..(range.end - self.start) as usize]
     }
 }
 
@@ -196,32 +156,6 @@ impl Drop for Mapping {
         // SAFETY: unmapping exactly what `new` mapped.
         unsafe { libc::munmap(self.ptr, self.len) };
     }
-}
-
-/// The byte ranges where `a` and `b` (of one length) differ.
-fn runs_differing(a: &[u8], b: &[u8]) -> Vec<Range<usize>> {
-    let mut runs = Vec::new();
-    let mut i = 0;
-    while i < a.len() {
-        // Compare in blocks first: differences are rare.
-        let block = (i + 4096).min(a.len());
-        if a[i..block] == b[i..block] {
-            i = block;
-            continue;
-        }
-        while i < block {
-            if a[i] != b[i] {
-                let start = i;
-                while i < a.len() && a[i] != b[i] {
-                    i += 1;
-                }
-                runs.push(start..i);
-            } else {
-                i += 1;
-            }
-        }
-    }
-    runs
 }
 
 /// Sorted, overlapping or touching ranges merged.
@@ -320,14 +254,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn differing_runs_and_merged_ranges() {
-        let a = vec![7u8; 10_000];
-        let mut b = a.clone();
-        b[0] = 1;
-        b[4095..4098].fill(2);
-        b[9999] = 3;
-        assert_eq!(runs_differing(&a, &b), vec![0..1, 4095..4098, 9999..10_000]);
-        assert_eq!(runs_differing(&a, &a), Vec::<Range<usize>>::new());
+    fn merged_ranges() {
         assert_eq!(
             merge([5..9, 0..2, 2..3, 8..12, 20..20].into_iter()),
             vec![0..3, 5..12]

@@ -508,9 +508,16 @@ fn restore_path(
     links: Option<&Links>,
 ) -> Result<Written, Error> {
     let files = refstrip_strip::files_in_nar_order(&p.record.manifest);
+    // This path's copies of local files count only if it is written from them.
+    let copies = CopyCounters::default();
     let fast = std::thread::scope(|s| {
         let (tx, rx) = mpsc::sync_channel(FEED_AHEAD);
-        let feeder = Feeder::new(&p.record, sources, tx);
+        let ours = Sources {
+            copies: &copies,
+            budget: sources.budget.clone(),
+            ..*sources
+        };
+        let feeder = Feeder::new(&p.record, &ours, tx);
         s.spawn(|| feeder.run(&files));
         let copy = CopySlot::default();
         // The source (and with it the channel) is dropped here, which stops the feeder early.
@@ -523,6 +530,7 @@ fn restore_path(
             links,
         )
     });
+    sources.copies.add(&copies, fast.is_ok());
     fast.or_else(|_| {
         let mut checked = objects.of(&p.record);
         write_path(

@@ -248,8 +248,8 @@ impl<'l> TreeWriter<'l> {
         })
     }
 
-    /// Take a file's checked copy from `slot` when there is one (see `copy.rs`): it is linked
-    /// into place, and of the file's bytes only the ones where it differs are written.
+    /// Take the copy of a local file from `slot` when there is one (see `copy.rs`): it is linked
+    /// into place, and of the file's bytes only the patched ones are written.
     pub fn copies_from(&mut self, slot: Option<CopySlot>) {
         self.copies = slot;
     }

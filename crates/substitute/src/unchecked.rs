@@ -7,7 +7,8 @@
 //! reads the path again through the checking layers (`Objects::of`), which find the bad object,
 //! drop its block from memory and from the disk cache and fetch it anew, so a damaged copy is
 //! healed, or refused, exactly as before. Objects from a near source (the local Nix store) are
-//! checked by it as always.
+//! checked by it as always; whole local files copied for large ones (`copy.rs`) are not, the
+//! NarHash covers them too, and the checking layers read no such copy.
 //!
 //! The [`Feeder`] runs on a thread of its own, fetching and decompressing blocks while restore
 //! patches and writes the previous pieces; [`FedSource`] is restore's end of it.
@@ -27,9 +28,9 @@ use refstrip_read::objects::{BlockKey, FetchCounters, NearSource, PackBlocks};
 use refstrip_read::PathRecord;
 use refstrip_strip::{Bytes, ContentDigest, ContentSource, Node, Pieces};
 
-use crate::copy::{copy_checked, Checked, CopyCounters, LocalCopy, Mapping, WINDOW};
+use crate::copy::{copy_local, CopyCounters, LocalCopy, Mapping, WINDOW};
 
-/// Where [`FedSource`] puts the checked copy of the file restore is reading, for the tree
+/// Where [`FedSource`] puts the copy of the local file restore is reading, for the tree
 /// writer to take when it creates that file (both live on restore's thread).
 pub type CopySlot = Rc<RefCell<Option<LocalCopy>>>;
 
@@ -120,8 +121,8 @@ impl AsRef<[u8]> for Held<Mapping> {
     }
 }
 
-/// What a feeder sends: a file's pieces (after the checked copy of a local file with its
-/// contents, if there is one), then its end.
+/// What a feeder sends: a file's pieces (after the copy of a local file with its contents, if
+/// there is one), then its end.
 pub enum Fed {
     Local(LocalCopy),
     Piece(Bytes),
@@ -268,10 +269,8 @@ impl<'a> Feeder<'a> {
         let id = ObjectId::new(Kind::ChunkList, *digest);
         if let Some(local) = self.near.and_then(|near| near.file(&id)) {
             let mode = if *executable { 0o555 } else { 0o444 };
-            if let Some(checked) =
-                copy_checked(self.store, &local, digest, mode, patches, self.copies)
-            {
-                return self.copied(checked, size);
+            if let Some(copy) = copy_local(self.store, &local, mode, patches, self.copies) {
+                return self.copied(copy, size);
             }
         }
         let list = self.bytes_of(&id)?;
@@ -341,33 +340,20 @@ impl<'a> Feeder<'a> {
         Ok(loc.size)
     }
 
-    /// A file copied from the local store: the copy for the tree writer, then the object's bytes:
-    /// slices of the copy, mapped, with the bytes where it differs put back.
-    fn copied(&mut self, checked: Checked, size: u64) -> Result<(), Stop> {
-        let Checked { copy, differs } = checked;
+    /// A file copied from the local store: the copy for the tree writer, then its bytes as the
+    /// object's, mapped (see [`crate::copy`]: the path's NarHash check covers them).
+    fn copied(&mut self, copy: LocalCopy, size: u64) -> Result<(), Stop> {
         let file = copy.file.try_clone()?;
         self.end_run()?;
         self.batch.push(Fed::Local(copy));
-        let mut differs = differs.into_iter().peekable();
         let mut at = 0;
         while at < size {
             let end = (at + WINDOW).min(size);
             let ticket = self.take(end - at)?;
-            let window = Bytes::from_owner(Held {
+            self.push(Bytes::from_owner(Held {
                 bytes: Mapping::new(&file, at..end)?,
                 _ticket: ticket,
-            });
-            let mut from = at;
-            while let Some((offset, normalized)) = differs.next_if(|(o, _)| *o < end) {
-                if offset > from {
-                    self.push(window.slice((from - at) as usize..(offset - at) as usize))?;
-                }
-                from = offset + normalized.len() as u64;
-                self.push(Bytes::from(normalized))?;
-            }
-            if from < end {
-                self.push(window.slice((from - at) as usize..))?;
-            }
+            }))?;
             at = end;
         }
         Ok(())
