@@ -30,7 +30,7 @@ pub struct SavingsArgs {
     old_roots: Vec<String>,
     /// Methods to measure, comma-separated (default: all): nar-xz, nar-zstd, file, file-xz,
     /// file-zstd, cdc-nar-zstd, stripped-file, stripped-file-zstd, stripped-cdc-zstd,
-    /// stripped-file-zstd-keep-build-id, stripped-cdc-zstd-keep-build-id.
+    /// stripped-file-zstd-keep-build-id, stripped-cdc-zstd-keep-build-id, stripped-cdc-zstd-delta.
     #[arg(long, value_delimiter = ',', value_parser = parse_method)]
     methods: Vec<Method>,
     /// Print the report as JSON instead of a table.
