@@ -228,12 +228,11 @@ impl NearSource for NearLayers {
 mod tests {
     use std::fs;
 
-    use refstrip_backend::{pack_key, LocalDir};
-    use refstrip_cas::pack::PackWriter;
-    use refstrip_strip::{Manifest, Node, RefTable};
-
+    use crate::objects::tests::record_of;
     use crate::objects::{ObjectOptions, Objects};
     use crate::{Locations, ObjectMap, PathRecord};
+    use refstrip_backend::{pack_key, LocalDir};
+    use refstrip_cas::pack::PackWriter;
 
     use super::*;
 
@@ -261,25 +260,10 @@ mod tests {
         (tables.pop().unwrap(), b)
     }
 
+    /// A record of one file: the first object of `table`, which is the record's object table.
     fn record(table: ObjectMap) -> PathRecord {
         let (id, (_, loc)) = table.iter().next().unwrap();
-        PathRecord {
-            manifest: Manifest {
-                store_dir: b"/nix/store".to_vec(),
-                refs: RefTable::new(b"0000000000000000000000000000000z-x", &[]).unwrap(),
-                references: Vec::new(),
-                nar_hash: [0; 32],
-                nar_size: 1,
-                info: Vec::new(),
-                root: Node::File {
-                    executable: false,
-                    size: loc.size,
-                    digest: id.digest,
-                    patches: Vec::new(),
-                },
-            },
-            objects: Locations::from(table),
-        }
+        record_of(*id, loc.size, Locations::from(table.clone()))
     }
 
     #[test]
