@@ -142,8 +142,8 @@ impl CacheIndex {
 /// The disk cache as a [`NearSource`]: objects it holds in any cached block, found by name
 /// (reads go through the decoded-block memory layer, so one block serves many objects).
 pub struct HeldObjects {
-    pub(crate) disk: Arc<DiskCache>,
-    pub(crate) packs: Arc<PackBlocks>,
+    disk: Arc<DiskCache>,
+    packs: Arc<PackBlocks>,
     served_objects: AtomicU64,
     served_bytes: AtomicU64,
 }
@@ -158,10 +158,13 @@ impl HeldObjects {
         }
     }
 
-    /// The block and place of `id` if the cache holds that block now.
+    /// The block and place of `id` if the cache holds that block now. An entry is bounded like a
+    /// record's location before it reaches the block decoder (the cached block is the whole
+    /// "pack" it must lie in).
     fn held(&self, id: &ObjectId) -> Option<(String, Location)> {
         let (pack, loc) = self.disk.index.find(id)?;
-        (loc.size <= loc.block_raw_len && self.disk.holds(&BlockKey::of(&pack, &loc)))
+        let in_block = loc.block_offset.checked_add(loc.block_len)?;
+        (loc.check(in_block).is_ok() && self.disk.holds(&BlockKey::of(&pack, &loc)))
             .then_some((pack, loc))
     }
 }
@@ -298,6 +301,20 @@ mod tests {
         assert_eq!(near.object(&id).unwrap().unwrap(), shared);
         assert_eq!(near.served(), (1, shared.len() as u64));
         assert!(!near.may_have(&ObjectId::blob(&other)));
+
+        // An entry claiming a block larger than any block may be is a miss, before anything is
+        // allocated for it; put back, it is read again.
+        let index = Connection::open(cache.path().join(INDEX_FILE)).unwrap();
+        let lie = |raw_len: u64| {
+            index
+                .execute("UPDATE objects SET block_raw_len = ?1", [raw_len as i64])
+                .unwrap()
+        };
+        lie(1 << 40);
+        assert!(!near.may_have(&id));
+        assert_eq!(near.object(&id).unwrap(), None);
+        lie(loc.block_raw_len);
+        assert!(near.may_have(&id));
 
         // A damaged cached block is a miss, never wrong bytes.
         assert!(in_b.contains_key(&id));

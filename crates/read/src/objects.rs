@@ -215,9 +215,14 @@ impl DiskCache {
     /// Note the objects of `map` that sit in cached blocks in the object index, keeping the index
     /// within the cap too.
     fn note_held(&self, map: &crate::ObjectMap) {
+        // Many objects share a block: look each block up on disk once.
+        let mut held = std::collections::HashMap::new();
         let cached = map
             .iter()
-            .filter(|(_, (pack, loc))| self.holds(&BlockKey::of(pack, loc)))
+            .filter(|(_, (pack, loc))| {
+                let key = BlockKey::of(pack, loc);
+                *held.entry(key).or_insert_with_key(|key| self.holds(key))
+            })
             .map(|(id, (pack, loc))| (id, pack.as_str(), loc));
         // A cache that cannot note objects only costs later fetches.
         let _ = self.index.note(cached);
