@@ -168,6 +168,20 @@ impl Backend for LocalDir {
         Ok(buf)
     }
 
+    fn will_read(&self, key: &str, ranges: &[(u64, u64)]) {
+        let Ok(Some((file, _))) = self.path(key).and_then(|p| open_regular(&p)) else {
+            return;
+        };
+        for &(offset, len) in ranges {
+            let _ = rustix::fs::fadvise(
+                &file,
+                offset,
+                std::num::NonZeroU64::new(len),
+                rustix::fs::Advice::WillNeed,
+            );
+        }
+    }
+
     fn size(&self, key: &str) -> io::Result<Option<u64>> {
         match fs::metadata(self.path(key)?) {
             Ok(m) => Ok(Some(m.len())),

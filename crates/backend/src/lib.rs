@@ -55,6 +55,10 @@ pub trait Backend: Send + Sync {
     /// `len` bytes at `offset` (a ranged read: one block of a pack); an error, not a short read,
     /// if the file is shorter.
     fn get_range(&self, key: &str, offset: u64, len: u64) -> io::Result<Vec<u8>>;
+    /// A hint that these ranges (`(offset, len)`) of `key` are about to be read with
+    /// [`get_range`](Self::get_range): a local file starts reading them into the page cache
+    /// while the caller works. Nothing is returned and errors are ignored: the reads decide.
+    fn will_read(&self, _key: &str, _ranges: &[(u64, u64)]) {}
     fn size(&self, key: &str) -> io::Result<Option<u64>>;
     /// Keys under `prefix` (e.g. `"paths/"`), in no particular order.
     fn list(&self, prefix: &str) -> io::Result<Vec<String>>;

@@ -125,6 +125,14 @@ impl Location {
 /// has more. A bomb declaring 4 MiB that inflates to 1 GiB costs 4 MiB. The filter is one linear
 /// pass over that buffer.
 pub fn decode_block(compressed: &[u8], raw_len: u64) -> io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    decode_block_into(compressed, raw_len, &mut raw)?;
+    Ok(raw)
+}
+
+/// [`decode_block`] into `raw` (cleared first; its allocation is reused, so a reader that
+/// decodes many blocks recycles their buffers instead of having the kernel zero fresh pages).
+pub fn decode_block_into(compressed: &[u8], raw_len: u64, raw: &mut Vec<u8>) -> io::Result<()> {
     let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
     if raw_len > MAX_BLOCK_RAW_LEN {
         return Err(invalid("block declares more than the block size limit"));
@@ -149,18 +157,30 @@ pub fn decode_block(compressed: &[u8], raw_len: u64) -> io::Result<Vec<u8>> {
     if frame.get(..4) != Some(&ZSTD_MAGIC[..]) {
         return Err(invalid("block is not a zstd frame"));
     }
-    let mut raw = zstd::bulk::decompress(frame, raw_len as usize).map_err(|e| {
-        invalid(&format!(
-            "block does not decompress to its declared {raw_len} bytes ({e})"
-        ))
-    })?;
+    raw.clear();
+    raw.reserve_exact(raw_len as usize);
+    // The output buffer's capacity bounds the output: it may be larger than `raw_len` when
+    // reused, so the length is checked after.
+    DECOMPRESSOR
+        .with_borrow_mut(|d| d.decompress_to_buffer(frame, raw))
+        .map_err(|e| {
+            invalid(&format!(
+                "block does not decompress to its declared {raw_len} bytes ({e})"
+            ))
+        })?;
     if raw.len() as u64 != raw_len {
         return Err(invalid("block has the wrong length"));
     }
     if filter == Filter::X86 {
-        crate::filter::decode(&mut raw);
+        crate::filter::decode(raw);
     }
-    Ok(raw)
+    Ok(())
+}
+
+thread_local! {
+    /// One decompression context per thread, reused across blocks.
+    static DECOMPRESSOR: std::cell::RefCell<zstd::bulk::Decompressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().expect("a zstd context"));
 }
 
 /// Compress one block's concatenated objects: `filter` applied, then one zstd frame at `level`,

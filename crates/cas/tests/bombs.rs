@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::io::{self, Cursor, Read, Write};
 
 use refstrip_cas::pack::{
-    decode_block, decompress_bounded, PackReader, PackWriter, MAX_BLOCK_RAW_LEN,
+    decode_block, decode_block_into, decompress_bounded, PackReader, PackWriter, MAX_BLOCK_RAW_LEN,
 };
 use refstrip_cas::{CasError, ObjectId, ObjectRead};
 use refstrip_strip::varint::put;
@@ -229,4 +229,25 @@ fn chunk_lists_with_overflowing_sizes_are_corrupt() {
             .unwrap_err();
         assert!(err.to_string().contains("chunk sizes"), "{sizes:?}: {err}");
     }
+}
+
+#[test]
+fn a_reused_buffer_bounds_a_bomb_by_its_capacity_and_yields_exact_blocks() {
+    // A reader recycles block buffers: one larger than the next block's declared length must not
+    // let that block decode to more than it declares, nor keep bytes of the block before.
+    let mut buffer = Vec::new();
+    decode_block_into(&zeros_frame(8 << 20, false), 8 << 20, &mut buffer).unwrap();
+    assert_eq!(buffer.len(), 8 << 20);
+    let bomb = zeros_frame(1 << 30, true);
+    let err = decode_block_into(&bomb, 4 << 20, &mut buffer).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    assert!(
+        buffer.capacity() < 16 * MIB,
+        "grew to {}",
+        buffer.capacity()
+    );
+    let small = zstd::bulk::compress(b"one small block", 3).unwrap();
+    decode_block_into(&small, 15, &mut buffer).unwrap();
+    assert_eq!(buffer, b"one small block");
+    assert!(decode_block_into(&zeros_frame(4 << 20, false), (4 << 20) - 1, &mut buffer).is_err());
 }

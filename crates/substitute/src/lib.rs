@@ -325,11 +325,11 @@ fn substitute_in_pool(
     let failures = Mutex::new(Vec::new());
     let written = Mutex::new(Vec::new());
     let copies = CopyCounters::default();
-    let rebuilt = Mutex::new(HashMap::new());
+    let chunk_lists = Mutex::new(HashMap::new());
     let sources = Sources {
         packs: objects.packs(),
         counters: &objects.counters,
-        rebuilt: &rebuilt,
+        chunk_lists: opts.keep_written.then_some(&chunk_lists),
         near: near.as_deref(),
         store: &store_fd,
         copies: &copies,
@@ -338,34 +338,47 @@ fn substitute_in_pool(
     // Paths in flight, largest first, each a pipeline of three threads (see `restore_path`), so
     // the largest path is not written by one thread while the others go idle.
     let next = AtomicUsize::new(0);
+    let syncer = Syncer::default();
     std::thread::scope(|s| {
-        for _ in 0..rayon::current_num_threads() {
-            s.spawn(|| {
-                while let Some(p) = plan.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let restored = restore_path(
-                        p,
-                        &objects,
-                        &sources,
-                        &store_fd,
-                        &real_store,
-                        links.as_ref(),
-                    );
-                    match restored {
-                        Ok(w) => {
-                            objects.remember(&p.record);
-                            opts.progress.inc(p.record.manifest.nar_size);
-                            written.lock().expect("poisoned").push(w);
-                        }
-                        Err(e) => {
-                            let msg = match e {
-                                Error::Path { .. } => e.to_string(),
-                                e => format!("{}: {e}", p.path),
-                            };
-                            failures.lock().expect("poisoned").push(msg);
+        s.spawn(|| syncer.run(&store_fd));
+        let workers: Vec<_> = (0..rayon::current_num_threads())
+            .map(|_| {
+                s.spawn(|| {
+                    while let Some(p) = plan.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let restored = restore_path(
+                            p,
+                            &objects,
+                            &sources,
+                            &store_fd,
+                            &real_store,
+                            links.as_ref(),
+                        );
+                        match restored {
+                            Ok(w) => {
+                                syncer.wrote(p.record.manifest.nar_size);
+                                objects.remember(&p.record);
+                                opts.progress.inc(p.record.manifest.nar_size);
+                                written.lock().expect("poisoned").push(w);
+                            }
+                            Err(e) => {
+                                let msg = match e {
+                                    Error::Path { .. } => e.to_string(),
+                                    e => format!("{}: {e}", p.path),
+                                };
+                                failures.lock().expect("poisoned").push(msg);
+                            }
                         }
                     }
-                }
-            });
+                })
+            })
+            .collect();
+        let joined: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
+        // The syncer must stop before a worker's panic goes on, or the scope would wait for it.
+        syncer.finish();
+        for result in joined {
+            if let Err(panic) = result {
+                std::panic::resume_unwind(panic);
+            }
         }
     });
     let written: Vec<Written> = written.into_inner().expect("poisoned");
@@ -435,7 +448,7 @@ fn substitute_in_pool(
         report.written = plan
             .into_iter()
             .filter_map(|p| {
-                let chunk_lists = chunk_lists_of(&p.record, &objects, &rebuilt).ok()?;
+                let chunk_lists = chunk_lists_of(&p.record, &objects, &chunk_lists).ok()?;
                 Some(WrittenPath {
                     manifest: p.record.manifest,
                     chunk_lists,
@@ -452,6 +465,47 @@ fn substitute_in_pool(
     Ok(report)
 }
 
+/// Writes back what the restore has written while it goes on, so that the `syncfs` before
+/// registration finds little left to do: a `syncfs` whenever [`SYNC_EVERY`] bytes more are written.
+#[derive(Default)]
+struct Syncer {
+    state: Mutex<(u64, bool)>,
+    more: std::sync::Condvar,
+}
+
+const SYNC_EVERY: u64 = 128 << 20;
+
+impl Syncer {
+    fn wrote(&self, bytes: u64) {
+        self.state.lock().expect("poisoned").0 += bytes;
+        self.more.notify_one();
+    }
+
+    fn finish(&self) {
+        self.state.lock().expect("poisoned").1 = true;
+        self.more.notify_one();
+    }
+
+    fn run(&self, store: &File) {
+        let mut synced = 0;
+        loop {
+            let state = self
+                .more
+                .wait_while(self.state.lock().expect("poisoned"), |(written, done)| {
+                    !*done && *written < synced + SYNC_EVERY
+                })
+                .expect("poisoned");
+            if state.1 {
+                return;
+            }
+            synced = state.0;
+            drop(state);
+            // SAFETY: syncfs on a valid descriptor. Best effort: the final one is the guarantee.
+            unsafe { libc::syncfs(store.as_raw_fd()) };
+        }
+    }
+}
+
 /// What [`restore_path`] wrote.
 struct Written {
     dest: PathBuf,
@@ -463,18 +517,19 @@ struct Written {
 
 /// The chunk lists of a written path's large files: with the manifest, they say where each chunk
 /// lies in the files written, which a local-store index needs (a few dozen bytes per 64 KiB).
-/// Read through the checking layers, where the restore just left them.
+/// Those the restore kept, else read through the checking layers (a file copied from the local
+/// store, or a path written again through them).
 fn chunk_lists_of(
     record: &PathRecord,
     objects: &Objects,
-    rebuilt: &Mutex<HashMap<ContentDigest, Vec<u8>>>,
+    kept: &Mutex<HashMap<ContentDigest, Vec<u8>>>,
 ) -> Result<HashMap<ContentDigest, Vec<u8>>, refstrip_cas::CasError> {
     let mut source = objects.of(record);
     let mut lists = HashMap::new();
     for (digest, size) in record.manifest.objects() {
         let id = refstrip_cas::file_object(&digest, size);
         if id.kind == Kind::ChunkList {
-            let list = rebuilt.lock().expect("poisoned").get(&digest).cloned();
+            let list = kept.lock().expect("poisoned").get(&digest).cloned();
             let list = match list {
                 Some(list) => list,
                 None => source.get(&ObjectId::new(Kind::ChunkList, digest))?,

@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use refstrip_cas::pack::Location;
 use refstrip_cas::{decode_chunk_list, Kind, ObjectId, CHUNK_MAX, CHUNK_THRESHOLD};
-use refstrip_read::objects::{BlockKey, FetchCounters, NearSource, PackBlocks};
+use refstrip_read::objects::{BlockKey, Decoded, FetchCounters, NearSource, PackBlocks};
 use refstrip_read::PathRecord;
 use refstrip_strip::{Bytes, ContentDigest, ContentSource, Node, Pieces};
 
@@ -109,7 +109,7 @@ impl AsRef<[u8]> for Held<Vec<u8>> {
     }
 }
 
-impl AsRef<[u8]> for Held<Arc<Vec<u8>>> {
+impl AsRef<[u8]> for Held<Arc<Decoded>> {
     fn as_ref(&self) -> &[u8] {
         &self.bytes
     }
@@ -158,9 +158,9 @@ fn corrupt(id: &ObjectId, why: &str) -> Stop {
 pub struct Sources<'a> {
     pub packs: &'a PackBlocks,
     pub counters: &'a FetchCounters,
-    /// Chunk lists of the large files rebuilt from deltas, for indexing the written paths
-    /// without fetching the lists.
-    pub rebuilt: &'a Mutex<HashMap<ContentDigest, Vec<u8>>>,
+    /// Where to keep the chunk lists of the large files written (as read, or made from a delta's
+    /// output), when the written paths are to be indexed: then the lists need not be read again.
+    pub chunk_lists: Option<&'a Mutex<HashMap<ContentDigest, Vec<u8>>>>,
     pub near: Option<&'a dyn NearSource>,
     /// The store directory, where copies of local files are made.
     pub store: &'a File,
@@ -173,7 +173,7 @@ pub struct Feeder<'a> {
     record: &'a PathRecord,
     packs: &'a PackBlocks,
     counters: &'a FetchCounters,
-    rebuilt: &'a Mutex<HashMap<ContentDigest, Vec<u8>>>,
+    chunk_lists: Option<&'a Mutex<HashMap<ContentDigest, Vec<u8>>>>,
     near: Option<&'a dyn NearSource>,
     store: &'a File,
     copies: &'a CopyCounters,
@@ -193,7 +193,7 @@ impl<'a> Feeder<'a> {
             record,
             packs: from.packs,
             counters: from.counters,
-            rebuilt: from.rebuilt,
+            chunk_lists: from.chunk_lists,
             near: from.near,
             store: from.store,
             copies: from.copies,
@@ -251,8 +251,7 @@ impl<'a> Feeder<'a> {
                     refstrip_read::delta::rebuild(self.record, &id, near, self.packs, counters);
                 if let Some(bytes) = rebuilt {
                     if size > CHUNK_THRESHOLD as u64 {
-                        let list = refstrip_cas::chunk_list_of(&bytes);
-                        self.rebuilt.lock().expect("poisoned").insert(*digest, list);
+                        self.keep_chunk_list(digest, || refstrip_cas::chunk_list_of(&bytes));
                     }
                     self.push(Bytes::from_owner(Held {
                         bytes,
@@ -287,13 +286,20 @@ impl<'a> Feeder<'a> {
                 &format!("chunks do not add up to {size} bytes"),
             ));
         }
-        for (digest, size) in chunks {
-            let id = ObjectId::new(Kind::Blob, digest);
-            if self.object(&id)? != size {
+        for (chunk, len) in chunks {
+            let id = ObjectId::new(Kind::Blob, chunk);
+            if self.object(&id)? != len {
                 return Err(corrupt(&id, "a chunk has the wrong size"));
             }
         }
+        self.keep_chunk_list(digest, || list.to_vec());
         self.end_run()
+    }
+
+    fn keep_chunk_list(&self, file: &ContentDigest, list: impl FnOnce() -> Vec<u8>) {
+        if let Some(lists) = self.chunk_lists {
+            lists.lock().expect("poisoned").insert(*file, list());
+        }
     }
 
     /// Object `id` as the file's next piece; returns its size.
