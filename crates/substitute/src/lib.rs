@@ -467,13 +467,16 @@ fn substitute_in_pool(
 
 /// Writes back what the restore has written while it goes on, so that the `syncfs` before
 /// registration finds little left to do: a `syncfs` whenever [`SYNC_EVERY`] bytes more are written.
+/// (Measured on ext4, large profile: the final `syncfs` alone took 0.9 s; starting writeback of
+/// each file of 1 MiB or more as it closed, 0.35 s, and slowed the restore by as much when
+/// combined with this; this alone, 0.15 s and the least time in all, 64 MiB to 512 MiB alike.)
 #[derive(Default)]
 struct Syncer {
     state: Mutex<(u64, bool)>,
     more: std::sync::Condvar,
 }
 
-const SYNC_EVERY: u64 = 128 << 20;
+const SYNC_EVERY: u64 = 256 << 20;
 
 impl Syncer {
     fn wrote(&self, bytes: u64) {

@@ -217,9 +217,6 @@ pub struct TreeWriter<'l> {
     rewrite: Option<Vec<std::ops::Range<u64>>>,
 }
 
-/// Files of at least this size are handed to writeback as soon as they are written.
-const EARLY_WRITEBACK: u64 = 1 << 20;
-
 impl<'l> TreeWriter<'l> {
     /// `parent` must stay open while the writer is used; `name` must not exist yet. With `links`,
     /// unpatched files are hard-linked from there when a copy exists.
@@ -302,14 +299,6 @@ impl<'l> TreeWriter<'l> {
         self.rewrite = None;
         if let Some(file) = self.file.take() {
             file.set_times(canonical_times())?;
-            if self.file_bytes >= EARLY_WRITEBACK {
-                // Start writing it to disk now, while later files are restored, rather than all
-                // in the `syncfs` before registration. Best effort: that `syncfs` is the guarantee.
-                // SAFETY: a valid descriptor; no memory is passed.
-                unsafe {
-                    libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
-                };
-            }
         }
         if let Some(h) = self.hashing.take() {
             let (hash, _, _) = h.nar.finish().map_err(io::Error::other)?.finish();
