@@ -36,6 +36,9 @@ pub(crate) fn open_index(file: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(Duration::from_secs(60))?;
     conn.pragma_update(None, "journal_mode", "wal")?;
     conn.pragma_update(None, "synchronous", "normal")?;
+    // Up to 64 MiB of pages (SQLite's default is 2 MiB): indexing the paths an update wrote
+    // inserts rows all over the index by name (large profile: 135 ms with 2 MiB, 80 with 64).
+    conn.pragma_update(None, "cache_size", -65536)?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version != INDEX_VERSION {
         // A cache: another version is simply rebuilt.
