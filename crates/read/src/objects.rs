@@ -813,7 +813,8 @@ pub struct ObjectOptions {
 /// The default cap of the disk cache: 8 GiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 8 << 30;
 /// Decoded blocks kept in memory by default (512 MiB once measured 715 MiB peak RSS on the large
-/// corpus; a few blocks per worker suffice).
+/// corpus; 64 MiB decoded a cold substitute's 319 blocks 440 times, 128 MiB 360 times at 210 MiB
+/// peak RSS).
 pub const DEFAULT_BLOCK_MEMORY: u64 = 128 << 20;
 
 impl Default for ObjectOptions {
