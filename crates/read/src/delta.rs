@@ -134,26 +134,11 @@ mod tests {
     use std::sync::Arc;
 
     use refstrip_cas::pack::PackWriter;
-    use refstrip_cas::CasError;
 
     use super::*;
-    use crate::objects::tests::{record_of, MemoryPack};
+    use crate::objects::tests::{record_of, MemoryPack, One};
     use crate::objects::PackBlocks;
     use crate::ObjectMap;
-
-    /// A near source holding one file (`base`'s bytes under its name, possibly wrong).
-    struct Near(ObjectId, Vec<u8>);
-    impl NearSource for Near {
-        fn object(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, CasError> {
-            Ok((*id == self.0).then(|| self.1.clone()))
-        }
-        fn may_have(&self, id: &ObjectId) -> bool {
-            *id == self.0
-        }
-        fn served(&self) -> (u64, u64) {
-            (0, 0)
-        }
-    }
 
     /// `n` bytes that repeat only every 251 × 256 bytes.
     fn pattern(seed: u8, n: usize) -> Vec<u8> {
@@ -206,7 +191,7 @@ mod tests {
         let packs = PackBlocks::new(far.clone(), 0);
         let counters = FetchCounters::default();
 
-        let good = Near(offer.base_object(), base.clone());
+        let good = One(offer.base_object(), base.clone());
         let out = rebuild(&record, &t, &good, &packs, Some(&counters));
         assert_eq!(out.as_deref(), Some(target.as_slice()));
         assert_eq!(FetchCounters::get(&counters.deltas_applied), 1);
@@ -219,13 +204,13 @@ mod tests {
         // A base whose bytes changed since it was indexed: the output fails its BLAKE3 check.
         let mut wrong = base.clone();
         wrong[50_000] ^= 1;
-        let bad = Near(offer.base_object(), wrong);
+        let bad = One(offer.base_object(), wrong);
         assert_eq!(rebuild(&record, &t, &bad, &packs, Some(&counters)), None);
         assert_eq!(FetchCounters::get(&counters.deltas_rejected), 1);
         // No base near: nothing tried. The target itself near: nothing tried either.
-        let none = Near(ObjectId::blob(b"other"), Vec::new());
+        let none = One(ObjectId::blob(b"other"), Vec::new());
         assert_eq!(rebuild(&record, &t, &none, &packs, Some(&counters)), None);
-        let has_target = Near(t, target.clone());
+        let has_target = One(t, target.clone());
         assert_eq!(
             rebuild(&record, &t, &has_target, &packs, Some(&counters)),
             None

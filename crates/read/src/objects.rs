@@ -412,21 +412,18 @@ impl BlockSource for DiskCache {
 
     fn prefetch(&self, keys: &[BlockKey]) -> io::Result<()> {
         keys.par_iter().try_for_each(|key| {
-            let file = self.file(key);
-            match fs::metadata(&file) {
-                Ok(m) if m.len() == key.len => {
-                    let _ = File::options()
-                        .write(true)
-                        .open(&file)
-                        .and_then(|f| f.set_modified(SystemTime::now()));
-                    self.counters
-                        .reused_bytes
-                        .fetch_add(key.len, Ordering::Relaxed);
-                    self.counters.reused_blocks.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
-                }
-                _ => self.keep(key, &self.far.fetch(key)?),
+            if !self.holds(key) {
+                return self.keep(key, &self.far.fetch(key)?);
             }
+            let _ = File::options()
+                .write(true)
+                .open(self.file(key))
+                .and_then(|f| f.set_modified(SystemTime::now()));
+            self.counters
+                .reused_bytes
+                .fetch_add(key.len, Ordering::Relaxed);
+            self.counters.reused_blocks.fetch_add(1, Ordering::Relaxed);
+            Ok(())
         })
     }
 }
@@ -613,25 +610,22 @@ impl PackBlocks {
             bytes: self.buffers.take(),
             pool: self.buffers.clone(),
         };
-        match decode_block_into(&self.blocks.fetch(key)?, key.raw_len, &mut raw.bytes) {
-            Ok(()) => {}
-            Err(_) => {
-                // A bad copy in a cache: fetch it once more from further away.
-                self.blocks.forget(key);
-                decode_block_into(&self.blocks.fetch(key)?, key.raw_len, &mut raw.bytes).map_err(
-                    |e| {
-                        // Bad at the far end too: keep no copy of it.
-                        self.blocks.forget(key);
-                        io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "block at {} of pack {} is corrupt: {e}",
-                                key.offset, key.pack
-                            ),
-                        )
-                    },
-                )?
-            }
+        if decode_block_into(&self.blocks.fetch(key)?, key.raw_len, &mut raw.bytes).is_err() {
+            // A bad copy in a cache: fetch it once more from further away.
+            self.blocks.forget(key);
+            decode_block_into(&self.blocks.fetch(key)?, key.raw_len, &mut raw.bytes).map_err(
+                |e| {
+                    // Bad at the far end too: keep no copy of it.
+                    self.blocks.forget(key);
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "block at {} of pack {} is corrupt: {e}",
+                            key.offset, key.pack
+                        ),
+                    )
+                },
+            )?;
         }
         let raw = Arc::new(raw);
         self.memory
@@ -959,6 +953,22 @@ pub(crate) mod tests {
         }
     }
 
+    /// A near source that has exactly one object, whatever bytes it is given for it (and says so
+    /// for no other).
+    pub(crate) struct One(pub(crate) ObjectId, pub(crate) Vec<u8>);
+
+    impl NearSource for One {
+        fn object(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, CasError> {
+            Ok((*id == self.0).then(|| self.1.clone()))
+        }
+        fn may_have(&self, id: &ObjectId) -> bool {
+            *id == self.0
+        }
+        fn served(&self) -> (u64, u64) {
+            (0, 0)
+        }
+    }
+
     #[test]
     fn blocks_evicted_and_dropped_lend_their_buffers_to_the_next_ones() {
         let (source, locs) = pack(6, 3 << 20);
@@ -1182,19 +1192,6 @@ pub(crate) mod tests {
             assert!(memory.used() <= 1600);
         }
 
-        /// A near source that has exactly one object (and says so for no other).
-        struct One(ObjectId, Vec<u8>);
-        impl NearSource for One {
-            fn object(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, CasError> {
-                Ok((*id == self.0).then(|| self.1.clone()))
-            }
-            fn may_have(&self, id: &ObjectId) -> bool {
-                *id == self.0
-            }
-            fn served(&self) -> (u64, u64) {
-                (0, 0)
-            }
-        }
         let (id, loc) = index.iter().next().unwrap();
         let (other, _) = index.iter().nth(1).unwrap();
         let table: crate::ObjectMap = index
