@@ -575,7 +575,7 @@ fn restore_path(
             budget: sources.budget.clone(),
             ..*sources
         };
-        let feeder = Feeder::new(&p.record, &ours, tx);
+        let feeder = Feeder::new(&p.record, ours, tx);
         s.spawn(|| feeder.run(&files));
         let copy = CopySlot::default();
         // The source (and with it the channel) is dropped here, which stops the feeder early.

@@ -171,13 +171,7 @@ pub struct Sources<'a> {
 /// Reads one path's file contents, in the order restore asks for them, and sends them on.
 pub struct Feeder<'a> {
     record: &'a PathRecord,
-    packs: &'a PackBlocks,
-    counters: &'a FetchCounters,
-    chunk_lists: Option<&'a Mutex<HashMap<ContentDigest, Vec<u8>>>>,
-    near: Option<&'a dyn NearSource>,
-    store: &'a File,
-    copies: &'a CopyCounters,
-    budget: Arc<Budget>,
+    from: Sources<'a>,
     tx: SyncSender<Vec<Fed>>,
     batch: Vec<Fed>,
     bytes: usize,
@@ -188,16 +182,10 @@ pub struct Feeder<'a> {
 }
 
 impl<'a> Feeder<'a> {
-    pub fn new(record: &'a PathRecord, from: &Sources<'a>, tx: SyncSender<Vec<Fed>>) -> Self {
+    pub fn new(record: &'a PathRecord, from: Sources<'a>, tx: SyncSender<Vec<Fed>>) -> Self {
         Feeder {
             record,
-            packs: from.packs,
-            counters: from.counters,
-            chunk_lists: from.chunk_lists,
-            near: from.near,
-            store: from.store,
-            copies: from.copies,
-            budget: from.budget.clone(),
+            from,
             tx,
             batch: Vec::new(),
             bytes: 0,
@@ -232,7 +220,7 @@ impl<'a> Feeder<'a> {
             return Ok(());
         };
         let size = *size;
-        if let Some(near) = self.near {
+        if let Some(near) = self.from.near {
             let id = refstrip_cas::file_object(digest, size);
             // A delta's output is the whole file in memory: its share of the budget is taken
             // first, and only when an offer's base is near (which needs the object table only if
@@ -246,9 +234,14 @@ impl<'a> Feeder<'a> {
             if usable {
                 self.end_run()?;
                 let ticket = self.take(size)?;
-                let counters = Some(self.counters);
-                let rebuilt =
-                    refstrip_read::delta::rebuild(self.record, &id, near, self.packs, counters);
+                let counters = Some(self.from.counters);
+                let rebuilt = refstrip_read::delta::rebuild(
+                    self.record,
+                    &id,
+                    near,
+                    self.from.packs,
+                    counters,
+                );
                 if let Some(bytes) = rebuilt {
                     if size > CHUNK_THRESHOLD as u64 {
                         self.keep_chunk_list(digest, || refstrip_cas::chunk_list_of(&bytes));
@@ -266,9 +259,10 @@ impl<'a> Feeder<'a> {
             return self.end_run();
         }
         let id = ObjectId::new(Kind::ChunkList, *digest);
-        if let Some(local) = self.near.and_then(|near| near.file(&id)) {
+        if let Some(local) = self.from.near.and_then(|near| near.file(&id)) {
             let mode = if *executable { 0o555 } else { 0o444 };
-            if let Some(copy) = copy_local(self.store, &local, mode, patches, self.copies) {
+            if let Some(copy) = copy_local(self.from.store, &local, mode, patches, self.from.copies)
+            {
                 return self.copied(copy, size);
             }
         }
@@ -297,14 +291,14 @@ impl<'a> Feeder<'a> {
     }
 
     fn keep_chunk_list(&self, file: &ContentDigest, list: impl FnOnce() -> Vec<u8>) {
-        if let Some(lists) = self.chunk_lists {
+        if let Some(lists) = self.from.chunk_lists {
             lists.lock().expect("poisoned").insert(*file, list());
         }
     }
 
     /// Object `id` as the file's next piece; returns its size.
     fn object(&mut self, id: &ObjectId) -> Result<u64, Stop> {
-        if let Some(near) = self.near {
+        if let Some(near) = self.from.near {
             if let Some(bytes) = near.object(id).map_err(io::Error::from)? {
                 self.end_run()?;
                 let size = bytes.len() as u64;
@@ -324,7 +318,7 @@ impl<'a> Feeder<'a> {
             self.block = None;
             let ticket = self.take(key.raw_len)?;
             let block = Bytes::from_owner(Held {
-                bytes: self.packs.block(&key)?,
+                bytes: self.from.packs.block(&key)?,
                 _ticket: ticket,
             });
             self.block = Some((key, block));
@@ -381,13 +375,13 @@ impl<'a> Feeder<'a> {
 
     /// A small object's bytes, which are not a piece of the file (a chunk list).
     fn bytes_of(&mut self, id: &ObjectId) -> Result<Bytes, Stop> {
-        if let Some(near) = self.near {
+        if let Some(near) = self.from.near {
             if let Some(bytes) = near.object(id).map_err(io::Error::from)? {
                 return Ok(Bytes::from(bytes));
             }
         }
         let (pack, loc) = self.locate(id)?;
-        let block = self.packs.block(&BlockKey::of(pack, loc))?;
+        let block = self.from.packs.block(&BlockKey::of(pack, loc))?;
         let start = loc.offset_in_block as usize;
         loc.offset_in_block
             .checked_add(loc.size)
@@ -426,11 +420,11 @@ impl<'a> Feeder<'a> {
 
     /// `n` bytes of the budget, first sending what is batched if it has to wait for them.
     fn take(&mut self, n: u64) -> Result<Ticket, Stop> {
-        if let Some(ticket) = self.budget.try_take(n) {
+        if let Some(ticket) = self.from.budget.try_take(n) {
             return Ok(ticket);
         }
         self.flush()?;
-        Ok(self.budget.take(n))
+        Ok(self.from.budget.take(n))
     }
 }
 
