@@ -144,6 +144,22 @@ pub fn decode_chunk_list(bytes: &[u8]) -> Option<Vec<(ContentDigest, u64)>> {
     cur.bytes.is_empty().then_some(out)
 }
 
+/// The chunks of a large file of `size` bytes, from its chunk list: an error unless the list is
+/// well formed, no chunk is larger than [`CHUNK_MAX`] and their sizes add up to `size` exactly
+/// (summed with checks: a hostile list's sizes could overflow).
+pub fn chunks_of_file(list: &[u8], size: u64) -> Result<Vec<(ContentDigest, u64)>, String> {
+    let chunks = decode_chunk_list(list).ok_or("malformed chunk list")?;
+    let total = chunks.iter().try_fold(0u64, |t, c| {
+        (c.1 <= CHUNK_MAX as u64)
+            .then(|| t.checked_add(c.1))
+            .flatten()
+    });
+    if total != Some(size) {
+        return Err(format!("chunk sizes do not add up to {size} bytes"));
+    }
+    Ok(chunks)
+}
+
 /// Restores normalized files from objects; a large file's chunks are fetched one at a time, and
 /// the whole file's BLAKE3 is checked against its name before the last byte is handed out.
 pub struct FileSource<'r, R: ObjectRead + ?Sized> {
@@ -176,25 +192,8 @@ impl<R: ObjectRead + ?Sized> ContentSource for FileSource<'_, R> {
             return Ok(Box::new(io::Cursor::new(bytes)));
         }
         let list = self.store.get(&id)?;
-        let chunks = decode_chunk_list(&list).ok_or_else(|| {
-            io::Error::from(CasError::Corrupt {
-                id,
-                why: "malformed chunk list".into(),
-            })
-        })?;
-        // Checked: a hostile list's sizes could overflow (a panic in debug builds, a wrap in release).
-        let total = chunks.iter().try_fold(0u64, |t, c| {
-            (c.1 <= CHUNK_MAX as u64)
-                .then(|| t.checked_add(c.1))
-                .flatten()
-        });
-        if total != Some(size) {
-            return Err(CasError::Corrupt {
-                id,
-                why: format!("chunk sizes do not add up to {size} bytes"),
-            }
-            .into());
-        }
+        let chunks = chunks_of_file(&list, size)
+            .map_err(|why| io::Error::from(CasError::Corrupt { id, why }))?;
         Ok(Box::new(ChunkReader {
             store: &mut *self.store,
             id,

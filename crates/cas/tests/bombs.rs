@@ -251,3 +251,28 @@ fn a_reused_buffer_bounds_a_bomb_by_its_capacity_and_yields_exact_blocks() {
     assert_eq!(buffer, b"one small block");
     assert!(decode_block_into(&zeros_frame(4 << 20, false), (4 << 20) - 1, &mut buffer).is_err());
 }
+
+#[test]
+fn a_chunk_list_is_taken_only_if_its_sizes_make_the_file_exactly() {
+    use refstrip_cas::{chunk_list_of, chunks_of_file, CHUNK_MAX};
+    let file: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let list = chunk_list_of(&file);
+    let chunks = chunks_of_file(&list, file.len() as u64).unwrap();
+    assert_eq!(chunks.iter().map(|c| c.1).sum::<u64>(), file.len() as u64);
+    assert!(chunks_of_file(&list, file.len() as u64 + 1).is_err());
+    assert!(chunks_of_file(&list[..list.len() - 1], file.len() as u64).is_err());
+    // Hand-made lists: a chunk over the limit, and sizes whose sum wraps around to the size.
+    let made = |sizes: &[u64]| {
+        let mut list = Vec::new();
+        put(&mut list, sizes.len() as u64);
+        for &s in sizes {
+            list.extend_from_slice(&[7u8; 32]);
+            put(&mut list, s);
+        }
+        list
+    };
+    let over = CHUNK_MAX as u64 + 1;
+    assert!(chunks_of_file(&made(&[over]), over).is_err());
+    assert!(chunks_of_file(&made(&[u64::MAX, 11]), 10).is_err());
+    assert_eq!(chunks_of_file(&made(&[5, 6]), 11).unwrap().len(), 2);
+}

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use refstrip_cas::{decode_chunk_list, CasError, Kind, ObjectId};
+use refstrip_cas::{chunks_of_file, CasError, Kind, ObjectId};
 use refstrip_read::objects::{NearFile, NearSource, SizedLru};
 use refstrip_read::ShapeSource;
 use refstrip_strip::{ContentDigest, RefTable, Scanner};
@@ -241,10 +241,8 @@ impl LocalStore {
             // it must at least describe a file of this size that is still there.
             Kind::ChunkList => {
                 let list = c.list.clone()?;
-                let total = decode_chunk_list(&list)?
-                    .iter()
-                    .try_fold(0u64, |t, (_, s)| t.checked_add(*s))?;
-                (total == c.file_size).then_some(list)
+                chunks_of_file(&list, c.file_size).ok()?;
+                Some(list)
             }
             Kind::Manifest | Kind::Delta => None,
         }

@@ -13,7 +13,7 @@ use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
-use refstrip_cas::{decode_chunk_list, Kind, ObjectId, ObjectRead, CHUNK_THRESHOLD};
+use refstrip_cas::{chunks_of_file, Kind, ObjectId, ObjectRead, CHUNK_THRESHOLD};
 use refstrip_read::objects::{FetchCounters, Objects, RecordObjects};
 use refstrip_strip::{ContentDigest, Patcher};
 
@@ -191,15 +191,12 @@ impl LazyStore {
         let list = objects
             .get(&ObjectId::new(Kind::ChunkList, file.digest))
             .map_err(|e| e.to_string())?;
-        let list = decode_chunk_list(&list).ok_or("malformed chunk list")?;
+        let list = chunks_of_file(&list, file.size)?;
         let mut start = 0u64;
         let mut chunks = Vec::with_capacity(list.len());
         for (digest, size) in list {
             chunks.push((start, digest, size));
-            start = start.checked_add(size).ok_or("chunk sizes overflow")?;
-        }
-        if start != file.size {
-            return Err(format!("chunks add up to {start} bytes, not {}", file.size));
+            start += size;
         }
         let chunks = Arc::new(chunks);
         self.chunk_lists

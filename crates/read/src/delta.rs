@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
-use refstrip_cas::{decode_chunk_list, Kind, ObjectId, CHUNK_MAX};
+use refstrip_cas::{Kind, ObjectId};
 use refstrip_strip::ContentDigest;
 
 use crate::objects::{FetchCounters, NearSource, ObjectSource};
@@ -50,15 +50,7 @@ fn near_file(near: &dyn NearSource, digest: &ContentDigest, size: u64) -> Option
     if id.kind == Kind::Blob {
         return Some(bytes);
     }
-    let chunks = decode_chunk_list(&bytes)?;
-    let total = chunks.iter().try_fold(0u64, |t, c| {
-        (c.1 <= CHUNK_MAX as u64)
-            .then(|| t.checked_add(c.1))
-            .flatten()
-    });
-    if total != Some(size) {
-        return None;
-    }
+    let chunks = refstrip_cas::chunks_of_file(&bytes, size).ok()?;
     let mut out = Vec::with_capacity(size as usize);
     for (chunk, len) in chunks {
         let bytes = near.object(&ObjectId::new(Kind::Blob, chunk)).ok()??;

@@ -23,7 +23,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 
 use refstrip_cas::pack::Location;
-use refstrip_cas::{decode_chunk_list, Kind, ObjectId, CHUNK_MAX, CHUNK_THRESHOLD};
+use refstrip_cas::{chunks_of_file, Kind, ObjectId, CHUNK_THRESHOLD};
 use refstrip_read::objects::{BlockKey, Decoded, FetchCounters, NearSource, PackBlocks};
 use refstrip_read::PathRecord;
 use refstrip_strip::{Bytes, ContentDigest, ContentSource, Node, Pieces};
@@ -267,19 +267,7 @@ impl<'a> Feeder<'a> {
             }
         }
         let list = self.bytes_of(&id)?;
-        let chunks =
-            decode_chunk_list(&list).ok_or_else(|| corrupt(&id, "malformed chunk list"))?;
-        let total = chunks.iter().try_fold(0u64, |t, c| {
-            (c.1 <= CHUNK_MAX as u64)
-                .then(|| t.checked_add(c.1))
-                .flatten()
-        });
-        if total != Some(size) {
-            return Err(corrupt(
-                &id,
-                &format!("chunks do not add up to {size} bytes"),
-            ));
-        }
+        let chunks = chunks_of_file(&list, size).map_err(|why| corrupt(&id, &why))?;
         for (chunk, len) in chunks {
             let id = ObjectId::new(Kind::Blob, chunk);
             if self.object(&id)? != len {
