@@ -158,14 +158,16 @@ impl HeldObjects {
         }
     }
 
-    /// The block and place of `id` if the cache holds that block now. An entry is bounded like a
-    /// record's location before it reaches the block decoder (the cached block is the whole
-    /// "pack" it must lie in).
+    /// The block and place of `id` if the cache holds that block now. An entry is checked like a
+    /// record's location before it reaches a path on disk or the block decoder: a pack id of hex
+    /// digits, a place bounded by its block (the cached block is the whole "pack" it must lie in).
     fn held(&self, id: &ObjectId) -> Option<(String, Location)> {
         let (pack, loc) = self.disk.index.find(id)?;
         let in_block = loc.block_offset.checked_add(loc.block_len)?;
-        (loc.check(in_block).is_ok() && self.disk.holds(&BlockKey::of(&pack, &loc)))
-            .then_some((pack, loc))
+        (crate::record::is_pack_id(&pack)
+            && loc.check(in_block).is_ok()
+            && self.disk.holds(&BlockKey::of(&pack, &loc)))
+        .then_some((pack, loc))
     }
 }
 
@@ -314,6 +316,18 @@ mod tests {
         assert!(!near.may_have(&id));
         assert_eq!(near.object(&id).unwrap(), None);
         lie(loc.block_raw_len);
+        assert!(near.may_have(&id));
+        // So is an entry whose pack is not a plain hex name, even one that leads to the very
+        // block (`blocks/../blocks/a/…`): nothing outside the names a store could give is opened.
+        let pack_named = |pack: &str| {
+            index
+                .execute("UPDATE objects SET pack = ?1", [pack])
+                .unwrap()
+        };
+        pack_named("../blocks/a");
+        assert!(!near.may_have(&id));
+        assert_eq!(near.object(&id).unwrap(), None);
+        pack_named("a");
         assert!(near.may_have(&id));
 
         // A damaged cached block is a miss, never wrong bytes.

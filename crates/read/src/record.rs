@@ -483,6 +483,12 @@ fn decode_offers(
     Ok(offers)
 }
 
+/// Whether `id` can name a pack: hex digits only, so that it is one plain file name under
+/// `packs/` or a cache's `blocks/`, wherever it was read.
+pub(crate) fn is_pack_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn decode_objects(cur: &mut Cursor<'_>) -> Result<(ObjectMap, Vec<ObjectId>), String> {
     let truncated = || "truncated object table".to_string();
     let n = cur.count().ok_or_else(truncated)?;
@@ -494,7 +500,7 @@ fn decode_objects(cur: &mut Cursor<'_>) -> Result<(ObjectMap, Vec<ObjectId>), St
     for _ in 0..n {
         let id = std::str::from_utf8(cur.bytes().ok_or_else(truncated)?)
             .map_err(|_| "pack id is not UTF-8")?;
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_pack_id(id) {
             return Err(format!("bad pack id {id:?}"));
         }
         packs.push(id.to_string());
