@@ -16,31 +16,41 @@ use refstrip_cas::delta::{files, pair, MAX_DELTA_INPUT, MIN_DELTA_FILE};
 use refstrip_cas::{FileSource, Kind, ObjectId, ObjectWrite};
 use refstrip_read::objects::Objects;
 use refstrip_read::{Offer, PathRecord};
-use refstrip_store::{package_of, StagingPack, Store, StoreError};
+use refstrip_store::{name_of, package_of, StagingPack, Store, StoreError};
 use refstrip_strip::{ContentDigest, ContentSink, ContentSource, Manifest};
 
 /// Normalized bytes of the files of one path a worker keeps while stripping it, at most this
 /// much: the candidates for deltas. Files beyond it simply get none.
 const KEEP_BUDGET: u64 = 256 << 20;
 
-/// The newest path of each (package, output) in the store when the ingest started, by hash part.
-pub struct Predecessors(HashMap<(String, String), (String, std::time::SystemTime)>);
+/// The newest path of each (package, output) in the store when the ingest started, by hash part:
+/// newest as retention's `--keep-newest` counts it (registered last; in the same second, as one
+/// ingest registers many paths, the highest name, then hash part).
+pub struct Predecessors(HashMap<(String, String), (std::time::SystemTime, String, String)>);
 
 impl Predecessors {
     pub fn of(store: &Store) -> Result<Predecessors, StoreError> {
         let times = store.registration_times()?;
-        let mut newest: HashMap<(String, String), (String, std::time::SystemTime)> = HashMap::new();
-        for (hash_part, store_path) in store.catalog().paths()? {
-            let Some(time) = times.get(&hash_part) else {
-                continue;
-            };
-            let (package, output) = package_of(name_of(&store_path));
+        let paths = store.catalog().paths()?.into_iter();
+        Ok(Self::among(paths.filter_map(|(hash_part, store_path)| {
+            let time = *times.get(&hash_part)?;
+            Some((hash_part, store_path, time))
+        })))
+    }
+
+    /// The newest of these `(hash part, store path, registration time)`s per package.
+    fn among(paths: impl Iterator<Item = (String, String, std::time::SystemTime)>) -> Self {
+        let mut newest: HashMap<_, (std::time::SystemTime, String, String)> = HashMap::new();
+        for (hash_part, store_path, time) in paths {
+            let name = name_of(&store_path);
+            let (package, output) = package_of(name);
             let key = (package.to_string(), output.to_string());
-            if newest.get(&key).is_none_or(|(_, t)| t < time) {
-                newest.insert(key, (hash_part, *time));
+            let age = (time, name.to_string(), hash_part);
+            if newest.get(&key).is_none_or(|newer| *newer < age) {
+                newest.insert(key, age);
             }
         }
-        Ok(Predecessors(newest))
+        Predecessors(newest)
     }
 
     /// The hash part of `store_path`'s predecessor, if the store has one.
@@ -48,14 +58,9 @@ impl Predecessors {
         let (package, output) = package_of(name);
         self.0
             .get(&(package.to_string(), output.to_string()))
-            .map(|(h, _)| h.as_str())
+            .map(|(_, _, h)| h.as_str())
             .filter(|h| *h != hash_part)
     }
-}
-
-fn name_of(store_path: &str) -> &str {
-    let base = store_path.rsplit('/').next().unwrap_or(store_path);
-    base.get(33..).unwrap_or("")
 }
 
 /// A sink in front of the pack's that holds back the files that could get a delta (their
@@ -232,4 +237,38 @@ pub fn write(
     files(pack, rest)?;
     needed.extend(made.deltas.iter().map(|(id, _)| *id));
     Ok((new_objects, new_bytes, needed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn the_predecessor_is_the_newest_path_and_in_one_second_the_highest_name() {
+        let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let path = |h: char, name: &str| format!("/nix/store/{}-{name}", h.to_string().repeat(32));
+        let h = |c: char| c.to_string().repeat(32);
+        // lua 5.4.6 and 5.4.4 in one ingest (the same second), listed in either order; 5.4.0
+        // later; zlib alone; lua's manual is a package of its own.
+        for order in [["a", "b"], ["b", "a"]] {
+            let mut paths = vec![
+                (h('c'), path('c', "lua-5.4.0"), at(10)),
+                (h('d'), path('d', "zlib-1.3"), at(5)),
+                (h('e'), path('e', "lua-5.4.4-man"), at(1)),
+            ];
+            for which in order {
+                paths.push(match which {
+                    "a" => (h('a'), path('a', "lua-5.4.6"), at(20)),
+                    _ => (h('b'), path('b', "lua-5.4.4"), at(20)),
+                });
+            }
+            let p = Predecessors::among(paths.into_iter());
+            assert_eq!(p.of_path(&h('z'), "lua-5.4.7"), Some(h('a').as_str()));
+            assert_eq!(p.of_path(&h('z'), "zlib-1.3.1"), Some(h('d').as_str()));
+            assert_eq!(p.of_path(&h('z'), "lua-5.4.7-man"), Some(h('e').as_str()));
+            assert_eq!(p.of_path(&h('a'), "lua-5.4.6"), None, "not its own");
+            assert_eq!(p.of_path(&h('z'), "libpng-1.6"), None);
+        }
+    }
 }

@@ -24,5 +24,5 @@ mod store;
 
 pub use catalog::{Catalog, Totals};
 pub use repack::{PackUse, RepackOptions, RepackReport};
-pub use retention::{package_of, Policy, PolicyEffect, Retention, RetentionPlan};
+pub use retention::{name_of, package_of, Policy, PolicyEffect, Retention, RetentionPlan};
 pub use store::{read_pack_index, GcPlan, GcReport, StagingPack, Store, StoreError, PACK_TARGET};

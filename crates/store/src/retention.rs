@@ -76,6 +76,12 @@ pub struct RetentionPlan {
     pub served_within: usize,
 }
 
+/// The name of a store path (`/nix/store/<hash>-<name>` → `<name>`), as [`package_of`] takes it.
+pub fn name_of(store_path: &str) -> &str {
+    let base = store_path.rsplit('/').next().unwrap_or(store_path);
+    base.get(33..).unwrap_or("")
+}
+
 /// The package a store path name belongs to, for `--keep-newest`: the name without its version,
 /// split as Nix's `DrvName` does (at the first `-` not followed by a letter), plus the output when
 /// the version ends in one (`hello-2.12-man` → `hello`, `man`): a path's outputs are counted
@@ -154,8 +160,7 @@ impl Store {
         if let Some(n) = retention.keep_newest {
             let mut packages: HashMap<(&str, &str), Vec<Member>> = HashMap::new();
             for (hash_part, store_path) in &paths {
-                let base = store_path.rsplit('/').next().unwrap_or(store_path);
-                let name = base.get(33..).unwrap_or("");
+                let name = name_of(store_path);
                 let time = registered
                     .get(hash_part)
                     .copied()
