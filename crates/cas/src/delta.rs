@@ -42,10 +42,14 @@ fn zstd_err(what: &str) -> impl Fn(usize) -> io::Error + '_ {
     }
 }
 
+/// The largest window a delta may use: all of a base and a target of [`MAX_DELTA_INPUT`] bytes
+/// each. Writers stay within it and readers refuse frames that ask for more.
+const MAX_WINDOW_LOG: u32 = (2 * MAX_DELTA_INPUT).ilog2();
+
 /// The window log a frame needs to see all of `base` while writing `target`.
 fn window_log(base: usize, target: usize) -> u32 {
     let span = (base + target).max(1 << 10) as u64;
-    (64 - (span - 1).leading_zeros()).clamp(10, 27)
+    (64 - (span - 1).leading_zeros()).clamp(10, MAX_WINDOW_LOG)
 }
 
 /// The delta rebuilding `target` from `base`, at zstd `level`.
@@ -78,7 +82,7 @@ pub fn apply(base: &[u8], delta: &[u8], size: u64) -> io::Result<Vec<u8>> {
     }
     let mut dctx = DCtx::create();
     let err = zstd_err("applying a delta");
-    dctx.set_parameter(DParameter::WindowLogMax(27))
+    dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
         .map_err(&err)?;
     dctx.ref_prefix(base).map_err(&err)?;
     let mut out = Vec::with_capacity(size as usize);

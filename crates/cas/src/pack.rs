@@ -123,7 +123,8 @@ impl Location {
 /// [`MAX_BLOCK_RAW_LEN`] is refused before allocating, and decompression goes into a buffer of
 /// exactly `raw_len` bytes in one shot (no window buffer besides), failing as soon as the frame
 /// has more. A bomb declaring 4 MiB that inflates to 1 GiB costs 4 MiB. The filter is one linear
-/// pass over that buffer.
+/// pass over that buffer. ([`decode_block_into`] with a reused, larger buffer lets a frame run on
+/// to that buffer's capacity before it fails: no more memory, a little more time.)
 pub fn decode_block(compressed: &[u8], raw_len: u64) -> io::Result<Vec<u8>> {
     let mut raw = Vec::new();
     decode_block_into(compressed, raw_len, &mut raw)?;
