@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 
-use refstrip_strip::{ContentDigest, Manifest, Node};
+use refstrip_strip::{ContentDigest, ContentSink, Manifest, Node};
 use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter};
 
 /// Largest base (and target) a delta is made for. A patch-from window holds base and target at
@@ -39,6 +39,69 @@ fn zstd_err(what: &str) -> impl Fn(usize) -> io::Error + '_ {
             io::ErrorKind::InvalidData,
             format!("{what}: {}", zstd::zstd_safe::get_error_name(code)),
         )
+    }
+}
+
+/// Normalized bytes of the files of one path kept while stripping it, at most this much: the
+/// candidates for deltas. Files beyond it simply get none.
+pub const KEEP_BUDGET: u64 = 256 << 20;
+
+/// A sink in front of another that holds back the files of one path that could get a delta
+/// (their normalized bytes, by digest, up to [`KEEP_BUDGET`]) and passes everything else on.
+/// Ingest writes the files held back once pairing has decided which get a delta (into blocks of
+/// their own, so that a client rebuilding them from deltas fetches no block holding them);
+/// savings only counts them.
+pub struct Keep<S: ContentSink> {
+    pub inner: S,
+    on: bool,
+    current: Option<Vec<u8>>,
+    /// Files held back, in the order they came.
+    pub kept: Vec<(ContentDigest, Vec<u8>)>,
+    budget: u64,
+}
+
+impl<S: ContentSink> Keep<S> {
+    pub fn new(inner: S, on: bool) -> Self {
+        Keep {
+            inner,
+            on,
+            current: None,
+            kept: Vec::new(),
+            budget: KEEP_BUDGET,
+        }
+    }
+}
+
+impl<S: ContentSink> ContentSink for Keep<S> {
+    fn begin(&mut self, size: u64) -> io::Result<()> {
+        let keep =
+            self.on && (MIN_DELTA_FILE..=MAX_DELTA_INPUT).contains(&size) && size <= self.budget;
+        if keep {
+            self.budget -= size;
+            self.current = Some(Vec::with_capacity(size as usize));
+            return Ok(());
+        }
+        self.inner.begin(size)
+    }
+
+    fn write(&mut self, normalized: &[u8]) -> io::Result<()> {
+        match &mut self.current {
+            Some(c) => {
+                c.extend_from_slice(normalized);
+                Ok(())
+            }
+            None => self.inner.write(normalized),
+        }
+    }
+
+    fn end(&mut self, digest: &ContentDigest) -> io::Result<()> {
+        match self.current.take() {
+            Some(bytes) => {
+                self.kept.push((*digest, bytes));
+                Ok(())
+            }
+            None => self.inner.end(digest),
+        }
     }
 }
 
@@ -186,6 +249,50 @@ pub fn pair(targets: &[FileEntry], bases: &[FileEntry]) -> Vec<(usize, usize)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Counts what reaches the sink behind a [`Keep`].
+    #[derive(Default)]
+    struct Passed(Vec<ContentDigest>);
+
+    impl ContentSink for Passed {
+        fn begin(&mut self, _: u64) -> io::Result<()> {
+            Ok(())
+        }
+        fn write(&mut self, _: &[u8]) -> io::Result<()> {
+            Ok(())
+        }
+        fn end(&mut self, digest: &ContentDigest) -> io::Result<()> {
+            self.0.push(*digest);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn keep_holds_back_candidates_up_to_its_budget_and_passes_the_rest_on() {
+        let mut keep = Keep::new(Passed::default(), true);
+        let piece = vec![1u8; 1 << 20];
+        // Five files of 60 MiB: four fit in the 256 MiB budget; then a tiny one and an empty one.
+        let sizes = [60 << 20, 60 << 20, 60 << 20, 60 << 20, 60 << 20, 100, 0];
+        for (n, &size) in sizes.iter().enumerate() {
+            keep.begin(size).unwrap();
+            for _ in 0..size >> 20 {
+                keep.write(&piece).unwrap();
+            }
+            keep.write(&piece[..(size % (1 << 20)) as usize]).unwrap();
+            keep.end(&ContentDigest::of(&[n as u8])).unwrap();
+        }
+        assert_eq!(keep.kept.len(), 4);
+        assert!(keep.kept.iter().all(|(_, b)| b.len() == 60 << 20));
+        let passed: Vec<_> = (4..7).map(|n| ContentDigest::of(&[n as u8])).collect();
+        assert_eq!(keep.inner.0, passed);
+        // Off, it keeps nothing.
+        let mut off = Keep::new(Passed::default(), false);
+        off.begin(10_000).unwrap();
+        off.write(&piece[..10_000]).unwrap();
+        off.end(&ContentDigest::of(b"x")).unwrap();
+        assert!(off.kept.is_empty());
+        assert_eq!(off.inner.0.len(), 1);
+    }
 
     fn noise(seed: u8, n: usize) -> Vec<u8> {
         let mut v = vec![0; n];

@@ -12,16 +12,12 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 
-use refstrip_cas::delta::{files, pair, MAX_DELTA_INPUT, MIN_DELTA_FILE};
+use refstrip_cas::delta::{files, pair, MAX_DELTA_INPUT};
 use refstrip_cas::{FileSource, Kind, ObjectId, ObjectWrite};
 use refstrip_read::objects::Objects;
 use refstrip_read::{Offer, PathRecord};
 use refstrip_store::{name_of, package_of, StagingPack, Store, StoreError};
 use refstrip_strip::{ContentDigest, ContentSink, ContentSource, Manifest};
-
-/// Normalized bytes of the files of one path a worker keeps while stripping it, at most this
-/// much: the candidates for deltas. Files beyond it simply get none.
-const KEEP_BUDGET: u64 = 256 << 20;
 
 /// The newest path of each (package, output) in the store when the ingest started, by hash part:
 /// newest as retention's `--keep-newest` counts it (registered last; in the same second, as one
@@ -60,64 +56,6 @@ impl Predecessors {
             .get(&(package.to_string(), output.to_string()))
             .map(|(_, _, h)| h.as_str())
             .filter(|h| *h != hash_part)
-    }
-}
-
-/// A sink in front of the pack's that holds back the files that could get a delta (their
-/// normalized bytes, by digest, up to a budget) and passes everything else on. The files held back
-/// are written by [`write`] once pairing has decided which get a delta: those go into blocks of
-/// their own, so that a client rebuilding them from deltas fetches no block holding them.
-pub struct Keep<S: ContentSink> {
-    pub inner: S,
-    on: bool,
-    current: Option<Vec<u8>>,
-    /// Files held back, in the order they came.
-    pub kept: Vec<(ContentDigest, Vec<u8>)>,
-    budget: u64,
-}
-
-impl<S: ContentSink> Keep<S> {
-    pub fn new(inner: S, on: bool) -> Self {
-        Keep {
-            inner,
-            on,
-            current: None,
-            kept: Vec::new(),
-            budget: KEEP_BUDGET,
-        }
-    }
-}
-
-impl<S: ContentSink> ContentSink for Keep<S> {
-    fn begin(&mut self, size: u64) -> io::Result<()> {
-        let keep =
-            self.on && (MIN_DELTA_FILE..=MAX_DELTA_INPUT).contains(&size) && size <= self.budget;
-        if keep {
-            self.budget -= size;
-            self.current = Some(Vec::with_capacity(size as usize));
-            return Ok(());
-        }
-        self.inner.begin(size)
-    }
-
-    fn write(&mut self, normalized: &[u8]) -> io::Result<()> {
-        match &mut self.current {
-            Some(c) => {
-                c.extend_from_slice(normalized);
-                Ok(())
-            }
-            None => self.inner.write(normalized),
-        }
-    }
-
-    fn end(&mut self, digest: &ContentDigest) -> io::Result<()> {
-        match self.current.take() {
-            Some(bytes) => {
-                self.kept.push((*digest, bytes));
-                Ok(())
-            }
-            None => self.inner.end(digest),
-        }
     }
 }
 

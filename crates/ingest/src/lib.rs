@@ -358,7 +358,7 @@ fn strip_path(
         }
         None => info,
     };
-    let mut sink = delta::Keep::new(FileSink::new(&mut *pack), base.is_some());
+    let mut sink = refstrip_cas::delta::Keep::new(FileSink::new(&mut *pack), base.is_some());
     let manifest = refstrip_read::pathinfo::strip_nar(nar, info, &options.strip, &mut sink)
         .map_err(|e| match e {
             StripNarError::Strip(e) => format!("reading NAR: {e}"),

@@ -7,10 +7,10 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 
-use refstrip_cas::delta::{files, pair, worth_making, MAX_DELTA_INPUT, MIN_DELTA_FILE};
+use refstrip_cas::delta::{files, pair, worth_making, Keep};
 use refstrip_nix::NarInfo;
 use refstrip_source::NarSource;
-use refstrip_strip::{ContentDigest, ContentSink, Manifest, StripOptions};
+use refstrip_strip::{ContentDigest, Manifest, StripOptions};
 
 use crate::measure::{Method, Units};
 use crate::SavingsError;
@@ -18,39 +18,11 @@ use crate::SavingsError;
 /// The pack level ingest compares deltas against (its default).
 const PACK_LEVEL: i32 = 12;
 
-/// Keeps the normalized bytes of the files a delta could be made for.
-#[derive(Default)]
-struct Keep {
-    current: Option<Vec<u8>>,
-    kept: HashMap<ContentDigest, Vec<u8>>,
-}
-
-impl ContentSink for Keep {
-    fn begin(&mut self, size: u64) -> io::Result<()> {
-        self.current = (MIN_DELTA_FILE..=MAX_DELTA_INPUT)
-            .contains(&size)
-            .then(|| Vec::with_capacity(size as usize));
-        Ok(())
-    }
-    fn write(&mut self, normalized: &[u8]) -> io::Result<()> {
-        if let Some(c) = &mut self.current {
-            c.extend_from_slice(normalized);
-        }
-        Ok(())
-    }
-    fn end(&mut self, digest: &ContentDigest) -> io::Result<()> {
-        if let Some(bytes) = self.current.take() {
-            self.kept.insert(*digest, bytes);
-        }
-        Ok(())
-    }
-}
-
 fn stripped(
     source: &dyn NarSource,
     info: &NarInfo,
 ) -> Result<(Manifest, HashMap<ContentDigest, Vec<u8>>), SavingsError> {
-    let mut keep = Keep::default();
+    let mut keep = Keep::new(io::sink(), true);
     let manifest = refstrip_read::pathinfo::strip_nar(
         source.nar(info)?,
         info,
@@ -58,7 +30,7 @@ fn stripped(
         &mut keep,
     )
     .map_err(|e| SavingsError::invalid(info.store_path.to_string(), e.to_string()))?;
-    Ok((manifest, keep.kept))
+    Ok((manifest, keep.kept.into_iter().collect()))
 }
 
 /// Replace, in the delta method's units of `new`'s paths, the objects of files that come as
