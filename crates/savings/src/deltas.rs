@@ -63,8 +63,13 @@ pub(crate) fn apply(
         let (new_manifest, targets) = stripped(new, info)?;
         let (old_manifest, bases) = stripped(old, base)?;
         let (tfiles, bfiles) = (files(&new_manifest), files(&old_manifest));
+        // As ingest: contents several files share get one delta.
+        let mut made = HashSet::new();
         for (t, b) in pair(&tfiles, &bfiles) {
             let (digest, size) = (tfiles[t].1, tfiles[t].2);
+            if made.contains(&digest) {
+                continue;
+            }
             let (Some(target), Some(base)) = (targets.get(&digest), bases.get(&bfiles[b].1)) else {
                 continue;
             };
@@ -86,6 +91,7 @@ pub(crate) fn apply(
             };
             units[m].retain(|(k, _)| !keys.contains(k));
             units[m].push((*blake3::hash(&delta).as_bytes(), delta.len() as u64));
+            made.insert(digest);
         }
     }
     Ok(())
