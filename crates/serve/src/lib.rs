@@ -635,8 +635,9 @@ fn restore_to_channel(
     match result {
         Ok(()) => {
             metrics.restored(started.elapsed().as_secs_f64());
-            objects.remember(record);
             out.finish();
+            // After the client has its last bytes: noting the objects is an SQLite write.
+            objects.remember(record);
             true
         }
         Err(why) => {
