@@ -22,6 +22,14 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::objects::{BlockKey, DiskCache, NearFile, NearSource, ObjectSource, PackBlocks};
 
+/// Whether opening the index failed because its file is damaged (not, say, busy).
+fn damaged(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
 /// The index's file in the cache directory.
 pub(crate) const INDEX_FILE: &str = "objects.sqlite";
 
@@ -33,14 +41,16 @@ pub(crate) struct CacheIndex {
 impl CacheIndex {
     pub(crate) fn open(dir: &Path) -> io::Result<CacheIndex> {
         let path = dir.join(INDEX_FILE);
+        let failed = |e: rusqlite::Error| io::Error::other(format!("{}: {e}", path.display()));
         let db = match Self::open_at(&path) {
             Ok(db) => db,
-            // A hint file that a crash damaged is thrown away, not trusted.
-            Err(_) => {
+            // A hint file that a crash damaged is thrown away, not trusted. Only then: a file
+            // another process holds locked a while is still its index.
+            Err(e) if damaged(&e) => {
                 let _ = std::fs::remove_file(&path);
-                Self::open_at(&path)
-                    .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?
+                Self::open_at(&path).map_err(failed)?
             }
+            Err(e) => return Err(failed(e)),
         };
         Ok(CacheIndex { db: Mutex::new(db) })
     }
@@ -55,7 +65,10 @@ impl CacheIndex {
         db.pragma_update(None, "synchronous", "OFF")?;
         let check: String = db.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if check != "ok" {
-            return Err(rusqlite::Error::InvalidQuery);
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                Some(check),
+            ));
         }
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS objects (
@@ -343,5 +356,31 @@ mod tests {
         fs::write(&cached, bytes).unwrap();
         let fresh = Objects::new(Arc::new(LocalDir::open(store.path())), &opts).unwrap();
         assert_eq!(fresh.near().unwrap().object(&id).unwrap(), None);
+    }
+}
+
+#[cfg(test)]
+mod damage {
+    use super::*;
+
+    #[test]
+    fn a_damaged_index_file_is_replaced_and_a_sound_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(INDEX_FILE);
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let index = CacheIndex::open(dir.path()).unwrap();
+        let id = ObjectId::blob(b"x");
+        let loc = Location {
+            block_offset: 0,
+            block_len: 10,
+            block_raw_len: 10,
+            offset_in_block: 0,
+            size: 1,
+        };
+        index.note([(&id, "ab", &loc)].into_iter()).unwrap();
+        drop(index);
+        // Opened again, the entry is still there: a sound file is not thrown away.
+        let index = CacheIndex::open(dir.path()).unwrap();
+        assert_eq!(index.find(&id), Some(("ab".to_string(), loc)));
     }
 }
