@@ -78,9 +78,6 @@ pub fn rebuild(
         return None;
     }
     let table = record.objects.table().ok()?;
-    if !table.offers.iter().any(|o| o.target == *target) {
-        return None;
-    }
     for offer in table.offers.iter().filter(|o| o.target == *target) {
         let rejected = || {
             if let Some(c) = counters {
