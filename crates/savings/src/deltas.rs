@@ -15,9 +15,6 @@ use refstrip_strip::{ContentDigest, Manifest, StripOptions};
 use crate::measure::{Method, Units};
 use crate::SavingsError;
 
-/// The pack level ingest compares deltas against (its default).
-const PACK_LEVEL: i32 = 12;
-
 fn stripped(
     source: &dyn NarSource,
     info: &NarInfo,
@@ -84,7 +81,7 @@ pub(crate) fn apply(
             if keys.iter().all(|k| have.contains(k)) {
                 continue;
             }
-            let Some(delta) = worth_making(base, target, PACK_LEVEL)
+            let Some(delta) = worth_making(base, target, refstrip_cas::pack::DEFAULT_LEVEL)
                 .map_err(|e| SavingsError::invalid(info.store_path.to_string(), e.to_string()))?
             else {
                 continue;
