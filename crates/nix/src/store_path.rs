@@ -65,6 +65,32 @@ pub const fn is_name_char(c: u8) -> bool {
     matches!(c, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'+' | b'-' | b'.' | b'_' | b'?' | b'=')
 }
 
+/// The name of a store path (`/nix/store/<hash>-<name>` → `<name>`), as [`package_of`] takes it.
+pub fn name_of(store_path: &str) -> &str {
+    let base = store_path.rsplit('/').next().unwrap_or(store_path);
+    base.get(HASH_PART_LEN + 1..).unwrap_or("")
+}
+
+/// The package a store path name belongs to (retention's `--keep-newest`, ingest's and savings'
+/// delta predecessors): the name without its version,
+/// split as Nix's `DrvName` does (at the first `-` not followed by a letter), plus the output when
+/// the version ends in one (`hello-2.12-man` → `hello`, `man`): a path's outputs are counted
+/// separately, so that keeping the newest `hello` does not drop its newest manual.
+pub fn package_of(name: &str) -> (&str, &str) {
+    let bytes = name.as_bytes();
+    let split = (0..bytes.len())
+        .find(|&i| bytes[i] == b'-' && bytes.get(i + 1).is_some_and(|c| !c.is_ascii_alphabetic()));
+    let Some(i) = split else {
+        return (name, "");
+    };
+    let version = &name[i + 1..];
+    let output = match version.rsplit_once('-') {
+        Some((_, last)) if !last.is_empty() && last.bytes().all(|c| c.is_ascii_lowercase()) => last,
+        _ => "",
+    };
+    (&name[..i], output)
+}
+
 /// Check a store-path name (the part after `<hash>-`) the way Nix 2.8 does.
 pub fn validate_name(name: &str) -> Result<(), StorePathError> {
     validate_name_in(name, name)

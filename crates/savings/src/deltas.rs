@@ -1,6 +1,6 @@
 //! The `stripped-cdc-zstd-delta` row: what a client holding the old closure fetches from a
 //! refstrip store that offers deltas (spec §8). Each new path whose predecessor (same package and
-//! output, `input::package_key`) is in the old closure is stripped again beside it; their files
+//! output, as ingest splits names: `refstrip_nix::store_path::package_of`) is in the old closure is stripped again beside it; their files
 //! are paired and a delta made exactly as ingest does (`refstrip_cas::delta`); where ingest would
 //! store one, the target's objects (a blob, or a chunk list and its chunks) give way to the delta.
 
@@ -47,14 +47,16 @@ pub(crate) fn apply(
     let mut predecessor: HashMap<(&str, &str), &NarInfo> = HashMap::new();
     for info in old_infos {
         predecessor
-            .entry(crate::input::package_key(info.store_path.name()))
+            .entry(refstrip_nix::store_path::package_of(info.store_path.name()))
             .or_insert(info);
     }
     for (info, units) in new_infos.iter().zip(new_units.iter_mut()) {
         if old_paths.contains(&info.store_path.to_string()) {
             continue; // the client has this very path
         }
-        let Some(base) = predecessor.get(&crate::input::package_key(info.store_path.name())) else {
+        let Some(base) = predecessor.get(&refstrip_nix::store_path::package_of(
+            info.store_path.name(),
+        )) else {
             continue;
         };
         let (new_manifest, targets) = stripped(new, info)?;

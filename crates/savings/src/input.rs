@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use refstrip_cas::FileSource;
+use refstrip_nix::store_path::package_of;
 use refstrip_nix::{NarInfo, StoreDir, StorePath};
 use refstrip_read::objects::{ObjectOptions, Objects};
 use refstrip_read::{ReadError, StoreReader};
@@ -162,10 +163,10 @@ pub fn resolve(source: &dyn NarSource, spec: &str) -> Result<Vec<StorePath>, Sav
     let all = source.list()?;
     let mut found: Vec<StorePath> = all.iter().filter(|p| p.name() == name).cloned().collect();
     if found.is_empty() {
-        let key = package_key(&name);
+        let key = package_of(&name);
         found = all
             .into_iter()
-            .filter(|p| package_key(p.name()) == key)
+            .filter(|p| package_of(p.name()) == key)
             .collect();
     }
     found.sort_by(|a, b| a.base_name().cmp(b.base_name()));
@@ -174,30 +175,12 @@ pub fn resolve(source: &dyn NarSource, spec: &str) -> Result<Vec<StorePath>, Sav
             spec,
             format!(
                 "no path named {name} (nor of package {}) in {}",
-                package_key(&name).0,
+                package_of(&name).0,
                 source.describe()
             ),
         ));
     }
     Ok(found)
-}
-
-/// (package name, output) of a store path name, as Nix splits `name-version[-output]`: the name ends
-/// at the first `-` followed by a digit; a trailing all-letters component is the output.
-pub(crate) fn package_key(name: &str) -> (&str, &str) {
-    let split = name
-        .match_indices('-')
-        .find(|(i, _)| name[i + 1..].starts_with(|c: char| c.is_ascii_digit()))
-        .map(|(i, _)| i);
-    let Some(i) = split else {
-        return (name, "");
-    };
-    let output = name[i + 1..]
-        .rsplit_once('-')
-        .map(|(_, last)| last)
-        .filter(|last| last.chars().all(|c| c.is_ascii_alphabetic()))
-        .unwrap_or("");
-    (&name[..i], output)
 }
 
 /// The narinfos of the closure of `roots` (see [`resolve`]), or of every path of the source when
@@ -234,13 +217,13 @@ mod tests {
 
     #[test]
     fn package_keys_ignore_versions_but_not_outputs() {
-        assert_eq!(package_key("lua-5.4.7"), ("lua", ""));
-        assert_eq!(package_key("lua-5.4.4-dev"), ("lua", "dev"));
-        assert_eq!(package_key("lua-zlib-1.3"), ("lua-zlib", ""));
+        assert_eq!(package_of("lua-5.4.7"), ("lua", ""));
+        assert_eq!(package_of("lua-5.4.4-dev"), ("lua", "dev"));
+        assert_eq!(package_of("lua-zlib-1.3"), ("lua-zlib", ""));
         assert_eq!(
-            package_key("refstrip-corpus-small-env"),
+            package_of("refstrip-corpus-small-env"),
             ("refstrip-corpus-small-env", "")
         );
-        assert_eq!(package_key("pcre2-10.42-2"), ("pcre2", ""));
+        assert_eq!(package_of("pcre2-10.42-2"), ("pcre2", ""));
     }
 }

@@ -23,6 +23,7 @@ pub mod retention;
 mod store;
 
 pub use catalog::{Catalog, Totals};
+pub use refstrip_nix::store_path::{name_of, package_of};
 pub use repack::{PackUse, RepackOptions, RepackReport};
-pub use retention::{name_of, package_of, Policy, PolicyEffect, Retention, RetentionPlan};
+pub use retention::{Policy, PolicyEffect, Retention, RetentionPlan};
 pub use store::{read_pack_index, GcPlan, GcReport, StagingPack, Store, StoreError, PACK_TARGET};

@@ -9,7 +9,7 @@
 //!   notes it (a narinfo answered or a NAR sent);
 //! - **newest**: the newest N paths (by registration time) of each package, the package being the
 //!   path's name without its version as Nix's `DrvName` splits it (plus the output, see
-//!   [`package_of`]).
+//!   [`package_of`](crate::package_of)).
 //!
 //! [`Store::retention_plan`] computes the plan of all of them together, and what each would free
 //! on its own, from one closure walk.
@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use refstrip_read::{hash_part_of, Visit};
 
 use crate::store::{GcPlan, Store, StoreError};
+use crate::{name_of, package_of};
 
 /// What to keep.
 #[derive(Debug, Clone, Default)]
@@ -74,31 +75,6 @@ pub struct RetentionPlan {
     /// Of the `within` roots: how many were registered, and how many served, within the duration.
     pub registered_within: usize,
     pub served_within: usize,
-}
-
-/// The name of a store path (`/nix/store/<hash>-<name>` → `<name>`), as [`package_of`] takes it.
-pub fn name_of(store_path: &str) -> &str {
-    let base = store_path.rsplit('/').next().unwrap_or(store_path);
-    base.get(33..).unwrap_or("")
-}
-
-/// The package a store path name belongs to, for `--keep-newest`: the name without its version,
-/// split as Nix's `DrvName` does (at the first `-` not followed by a letter), plus the output when
-/// the version ends in one (`hello-2.12-man` → `hello`, `man`): a path's outputs are counted
-/// separately, so that keeping the newest `hello` does not drop its newest manual.
-pub fn package_of(name: &str) -> (&str, &str) {
-    let bytes = name.as_bytes();
-    let split = (0..bytes.len())
-        .find(|&i| bytes[i] == b'-' && bytes.get(i + 1).is_some_and(|c| !c.is_ascii_alphabetic()));
-    let Some(i) = split else {
-        return (name, "");
-    };
-    let version = &name[i + 1..];
-    let output = match version.rsplit_once('-') {
-        Some((_, last)) if !last.is_empty() && last.bytes().all(|c| c.is_ascii_lowercase()) => last,
-        _ => "",
-    };
-    (&name[..i], output)
 }
 
 impl Store {
