@@ -108,9 +108,9 @@ impl<W: ObjectWrite + ?Sized> FileSink<'_, W> {
     }
 }
 
-/// The chunk list of a large file's normalized `contents`, as [`FileSink`] makes it (for a
-/// reader that has the contents by another way, such as a delta).
-pub fn chunk_list_of(contents: &[u8]) -> Vec<u8> {
+/// The chunks of a large file's normalized `contents` (digest and size each), as [`FileSink`]
+/// cuts them.
+pub fn chunks_of(contents: &[u8]) -> Vec<(ContentDigest, u64)> {
     let mut chunks = Vec::new();
     let mut emit = |c: &[u8]| -> Result<(), ()> {
         chunks.push((ContentDigest::of(c), c.len() as u64));
@@ -119,7 +119,13 @@ pub fn chunk_list_of(contents: &[u8]) -> Vec<u8> {
     let mut chunker = Chunker::default();
     let _ = chunker.feed(contents, &mut emit);
     let _ = chunker.finish(&mut emit);
-    encode_chunk_list(&chunks)
+    chunks
+}
+
+/// The chunk list of a large file's normalized `contents`, as [`FileSink`] makes it (for a
+/// reader that has the contents by another way, such as a delta).
+pub fn chunk_list_of(contents: &[u8]) -> Vec<u8> {
+    encode_chunk_list(&chunks_of(contents))
 }
 
 fn encode_chunk_list(chunks: &[(ContentDigest, u64)]) -> Vec<u8> {

@@ -23,7 +23,7 @@ pub mod pack;
 pub use chunk::{Chunker, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, CHUNK_THRESHOLD};
 pub use error::CasError;
 pub use files::{
-    chunk_list_of, chunks_of_file, decode_chunk_list, file_object, FileSink, FileSource,
+    chunk_list_of, chunks_of, chunks_of_file, decode_chunk_list, file_object, FileSink, FileSource,
     ObjectRead, ObjectWrite,
 };
 pub use id::{Kind, ObjectId};

@@ -108,13 +108,10 @@ pub fn make(
         };
         let target_id = refstrip_cas::file_object(digest, *size);
         let covers = match target_id.kind {
-            Kind::ChunkList => {
-                refstrip_cas::decode_chunk_list(&refstrip_cas::chunk_list_of(target))
-                    .expect("a list just encoded")
-                    .into_iter()
-                    .map(|(digest, _)| digest)
-                    .collect()
-            }
+            Kind::ChunkList => refstrip_cas::chunks_of(target)
+                .into_iter()
+                .map(|(digest, _)| digest)
+                .collect(),
             _ => Vec::new(),
         };
         let delta_id = ObjectId::new(Kind::Delta, ContentDigest::of(&delta));

@@ -75,10 +75,8 @@ pub(crate) fn apply(
             // The target's units, as `FileMeter` names them: its blob, or its chunk list (named
             // by the file) and chunks.
             let mut keys: HashSet<[u8; 32]> = HashSet::from([digest.0]);
-            if size > refstrip_cas::CHUNK_THRESHOLD as u64 {
-                let list = refstrip_cas::chunk_list_of(target);
-                let chunks = refstrip_cas::decode_chunk_list(&list).expect("a list just made");
-                keys.extend(chunks.iter().map(|(d, _)| d.0));
+            if refstrip_cas::file_object(&digest, size).kind == refstrip_cas::Kind::ChunkList {
+                keys.extend(refstrip_cas::chunks_of(target).iter().map(|(d, _)| d.0));
             }
             if keys.iter().all(|k| have.contains(k)) {
                 continue;
