@@ -11,8 +11,8 @@ use std::process::Command;
 use std::sync::atomic::AtomicU64;
 
 use refstrip_tests::operator::{
-    corpus_root, hashes_match, local_substituter, nix_copy_counted, nix_copy_generation,
-    substitute_generation, verify_contents,
+    hashes_match, nix_copy_generation, substitute_generation, update_through_local_substituter,
+    verify_contents,
 };
 use refstrip_tests::{
     generation_dir, refstrip_bin, run, static_http_server_counting, xz_bytes_new,
@@ -83,13 +83,8 @@ fn a_version_bump_comes_as_deltas_through_substitute_and_serve() {
     );
 
     // Stock Nix through the local substituter.
-    let root = dir.path().join("serve");
-    gen1_by_nix(&root);
-    let serve = local_substituter(&origin, &root, &[]);
-    let fetched = nix_copy_counted(&serve.url(), &root, &corpus_root("bump"), &sent);
-    drop(serve);
-    verify_contents(&root);
-    hashes_match(&root, "bump");
+    let fetched =
+        update_through_local_substituter(&origin, &dir.path().join("serve"), "bump", &sent);
     eprintln!("bump by nix copy through serve: {fetched} bytes from the origin");
     assert!(fetched * 100 <= xz * 60, "{fetched} bytes vs NAR.xz {xz}");
 }

@@ -6,7 +6,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use refstrip_tests::operator::{local_substituter, nix_copy_counted as nix_copy, verify_contents};
+use refstrip_tests::operator::{
+    local_substituter, nix_copy_counted as nix_copy, update_through_local_substituter,
+    verify_contents,
+};
 use refstrip_tests::{corpus_dir, refstrip_bin, run, static_http_server_counting};
 
 fn gen_dir(generation: &str) -> PathBuf {
@@ -284,13 +287,8 @@ fn stock_nix_updates_through_serve_drawing_on_the_local_store() {
     let baseline = nix_copy(&plain_cache, &plain, &root_path("mass"), &plain_sent);
 
     // gen1 installed by plain nix copy (no refstrip); the local substituter started afterwards.
-    let root = dir.path().join("root");
-    gen1_by_nix(&root);
-    let serve = local_substituter(&origin, &root, &[]);
-    let fetched = nix_copy(&serve.url(), &root, &root_path("mass"), &sent);
-    drop(serve);
-    verify_contents(&root);
-    mass_hashes_match(&root);
+    let fetched =
+        update_through_local_substituter(&origin, &dir.path().join("root"), "mass", &sent);
     eprintln!("mass through the local substituter: {fetched} bytes from the origin; plain cache: {baseline}");
     // Issue 14's bound: at most 1.5 % of the mass generation's NAR.xz (measured: 3,704 bytes, the
     // 14 format 2 bindings, 0.51 %; the shapes come from the local store's own paths).

@@ -110,6 +110,24 @@ pub fn local_substituter(from: &str, root: &Path, extra: &[&str]) -> Serving {
     Serving::start_from(from, &args)
 }
 
+/// An update as a user makes it: `root` given gen1 by stock Nix from the plain binary cache, then
+/// corpus/small's `generation` by stock `nix copy` through a local substituter over `origin`, and
+/// the store checked (contents, NAR hashes). The bytes the origin sent during the copy.
+pub fn update_through_local_substituter(
+    origin: &str,
+    root: &Path,
+    generation: &str,
+    sent: &std::sync::atomic::AtomicU64,
+) -> u64 {
+    nix_copy_generation(root, "gen1");
+    let serve = local_substituter(origin, root, &[]);
+    let fetched = nix_copy_counted(&serve.url(), root, &corpus_root(generation), sent);
+    drop(serve);
+    verify_contents(root);
+    hashes_match(root, generation);
+    fetched
+}
+
 /// Stock `nix copy` of `path` from the cache at `url` into `root`, signatures checked against the
 /// corpus key; the bytes the origin sent meanwhile.
 pub fn nix_copy_counted(
